@@ -1,0 +1,242 @@
+//! A backup run: database (and, later, storage) -> sealed blobs -> manifest -> meta.json.
+//!
+//! The run fills its record as it goes, so a failure still reports what was done and where it
+//! stopped. Nothing is committed unless every part succeeded: the snapshot appears (meta.json
+//! is written) only as the very last step.
+
+use crate::error::{Error, Result};
+use crate::policy::Policy;
+use crate::progress::Progress;
+use crate::record::{BackupDb, BackupRecord, Phase};
+use crate::repo::format::{DbManifest, Manifest, Meta, MetaDb, MetaEncryption, StoredObject, FORMAT};
+use crate::repo::writer::BlobWriter;
+use crate::repo::Repo;
+use crate::seal::Sealer;
+use crate::source::pgtools::{self, DbUrl};
+use crate::source::postgres::Session;
+use crate::util::secs;
+use chrono::Utc;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Only {
+    Db,
+    Storage,
+}
+
+pub async fn run(policy: &Policy, repo: &Repo, only: Option<Only>, rec: &mut BackupRecord) -> Result<()> {
+    let snapshot_id = rec
+        .snapshot_id
+        .clone()
+        .unwrap_or_else(|| crate::util::new_id(rec.started_at));
+    let dedup_key = repo.dedup_key(policy.repository.dedup_key.as_deref())?;
+    let sealer = Arc::new(Sealer::new(
+        &policy.recipients,
+        &dedup_key,
+        policy.repository.zstd_level,
+    )?);
+    let want_db = policy.database.is_some() && only != Some(Only::Storage);
+    let want_storage = policy.storage.is_some() && only != Some(Only::Db);
+    if want_storage {
+        return Err(Error::input(
+            "this build of backstop backs up databases only; storage buckets come in a later version: run with --only db",
+        ));
+    }
+    if !want_db {
+        return Err(Error::input(format!(
+            "policy {} has nothing to back up with {}",
+            policy.name,
+            match only {
+                Some(Only::Db) => "--only db (it has no [database])",
+                _ => "these options",
+            }
+        )));
+    }
+    let writer = Arc::new(BlobWriter::new(repo, sealer.clone(), policy.repository.connections).await?);
+    let mut consistent_at = rec.started_at;
+    let mut database = None;
+    let mut meta_db = None;
+    if let Some(db) = policy.database.as_ref().filter(|_| want_db) {
+        let url = DbUrl::parse(&db.url)?;
+        let (manifest, at, figures) =
+            dump_database(&url, &db.exclude_schemas, &writer, rec).await?;
+        consistent_at = at;
+        meta_db = Some(MetaDb {
+            tables: figures.tables,
+            rows: figures.rows,
+            bytes_plain: figures.bytes_plain,
+            server_version: manifest.server_version.clone(),
+        });
+        rec.db = Some(figures);
+        database = Some(manifest);
+    }
+    rec.consistent_at = Some(consistent_at);
+
+    let t = Instant::now();
+    let manifest = Manifest {
+        format: FORMAT,
+        snapshot_id: snapshot_id.clone(),
+        policy: policy.name.clone(),
+        consistent_at,
+        database,
+        storage: None,
+    };
+    let blobs = writer.used();
+    let meta = Meta {
+        format: FORMAT,
+        id: snapshot_id.clone(),
+        policy: policy.name.clone(),
+        consistent_at,
+        started_at: rec.started_at,
+        finished_at: Utc::now(),
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        db: meta_db,
+        storage: None,
+        bytes_referenced: blobs.iter().map(|b| b.size).sum(),
+        encryption: MetaEncryption {
+            scheme: "age-x25519".into(),
+            recipients: policy.recipients.clone(),
+        },
+        manifest: StoredObject {
+            key: String::new(),
+            size: 0,
+            sha256: String::new(),
+        },
+        blobs,
+    };
+    repo.commit(&manifest, &sealer, meta).await?;
+    rec.phases.push(Phase {
+        name: "commit".into(),
+        duration_s: secs(t.elapsed()),
+    });
+    rec.snapshot_id = Some(snapshot_id);
+    Ok(())
+}
+
+/// Dumps the database in one exported snapshot through the writer. Returns the manifest part,
+/// the snapshot's time, and the record figures.
+async fn dump_database(
+    url: &DbUrl,
+    exclude_schemas: &[String],
+    writer: &Arc<BlobWriter>,
+    rec: &mut BackupRecord,
+) -> Result<(DbManifest, chrono::DateTime<Utc>, BackupDb)> {
+    let t = Instant::now();
+    let mut session = Session::begin(url).await?;
+    let tables = session.tables(exclude_schemas).await?;
+    let roles = session.roles().await?;
+    let pg_dump = pgtools::find("pg_dump", session.server_major())?;
+    let password = url.password().unwrap_or_default();
+    let roles_sql = match pgtools::find("pg_dumpall", session.server_major()).and_then(|tool| {
+        let mut cmd = Command::new(&tool.path);
+        cmd.args(["--roles-only", "--no-role-passwords"]);
+        url.configure(&mut cmd);
+        pgtools::run_capture(cmd, "pg_dumpall --roles-only", &[&password])
+    }) {
+        Ok(sql) => sql,
+        Err(e) => {
+            let w = format!("roles not captured as SQL (the manifest still lists them): {}", e.message);
+            tracing::warn!("{w}");
+            rec.warnings.push(w);
+            String::new()
+        }
+    };
+    rec.phases.push(Phase {
+        name: "snapshot".into(),
+        duration_s: secs(t.elapsed()),
+    });
+    tracing::info!(
+        "dumping {} ({} tables, PostgreSQL {}) with {} in snapshot {}",
+        url.masked(),
+        tables.len(),
+        session.server_version,
+        pg_dump.version,
+        session.snapshot
+    );
+
+    let t = Instant::now();
+    let mut cmd = Command::new(&pg_dump.path);
+    cmd.args(["--format=custom", "--compress=0"])
+        .arg(format!("--snapshot={}", session.snapshot));
+    for s in exclude_schemas {
+        cmd.arg(format!("--exclude-schema={s}"));
+    }
+    url.configure(&mut cmd);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::failed(format!("cannot start {}: {e}", pg_dump.path.display())))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::failed("pg_dump has no stdout"))?;
+    let mut stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| Error::failed("pg_dump has no stderr"))?;
+    let stderr_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = (&mut stderr).take(256 * 1024).read_to_string(&mut text);
+        text
+    });
+    let estimate: i64 = tables.iter().map(|t| t.bytes).sum();
+    let progress = Progress::bytes(Some(estimate.max(0) as u64), "backup");
+    let dumped = async {
+        let on_chunk = |n: u64| progress.inc(n);
+        tokio::try_join!(
+            writer.write_stream(stdout, "pg_dump output", &on_chunk),
+            session.table_stats(&tables)
+        )
+    }
+    .await;
+    progress.finish();
+    if dumped.is_err() {
+        let _ = child.kill();
+    }
+    let status = child
+        .wait()
+        .map_err(|e| Error::failed(format!("waiting for pg_dump: {e}")))?;
+    let stderr_text = crate::util::scrub(&stderr_reader.join().unwrap_or_default(), &[&password]);
+    if !status.success() && dumped.is_ok() {
+        return Err(Error::failed(format!(
+            "pg_dump of {} failed ({status}): {}",
+            url.masked(),
+            stderr_text.trim()
+        )));
+    }
+    let ((dump, wstats), stats) = dumped?;
+    let consistent_at = session.consistent_at;
+    let server_version = session.server_version.clone();
+    let server_version_num = session.server_version_num;
+    session.finish().await?;
+    rec.phases.push(Phase {
+        name: "dump".into(),
+        duration_s: secs(t.elapsed()),
+    });
+    let figures = BackupDb {
+        tables: stats.len() as u64,
+        rows: stats.iter().map(|s| s.rows).sum(),
+        bytes_plain: wstats.bytes_plain,
+        bytes_stored: wstats.bytes_stored,
+        blobs_new: wstats.blobs_new,
+        blobs_reused: wstats.blobs_reused,
+        server_version: server_version.clone(),
+        pg_dump_version: pg_dump.version.clone(),
+    };
+    let manifest = DbManifest {
+        database: url.database(),
+        server_version,
+        server_version_num,
+        pg_dump_version: pg_dump.version.clone(),
+        dump_format: "custom".into(),
+        exclude_schemas: exclude_schemas.to_vec(),
+        dump,
+        tables: stats,
+        roles,
+        roles_sql,
+    };
+    Ok((manifest, consistent_at, figures))
+}

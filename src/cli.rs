@@ -1,0 +1,104 @@
+//! The command line (DESIGN.md, "Command line"): clap derive structs only.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "backstop", version, about = "Backups of PostgreSQL/Supabase and storage buckets: sealed, deduplicated, offsite, verified, reported.")]
+pub struct Cli {
+    /// Directory where `--policy NAME` is looked up as NAME.toml (default: ./policies).
+    #[arg(long, global = true, env = "BACKSTOP_POLICIES", value_name = "DIR")]
+    pub policies: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new age identity (mode 0600) and print its public key (the recipient).
+    Keygen {
+        /// Write the identity here (it must not exist); without it, print it on stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Create the repository (backstop.json) that the policy names.
+    Init {
+        #[arg(long, value_name = "P")]
+        policy: String,
+    },
+    /// Back up the policy's database (and storage) into a new snapshot.
+    Backup(BackupArgs),
+    /// List the policy's snapshots (no identity needed).
+    Snapshots {
+        #[arg(long, value_name = "P")]
+        policy: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a snapshot into a database (and storage).
+    Restore(RestoreArgs),
+    /// Policy files.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Check a policy; print OK or every problem with file, line and column.
+    Validate {
+        /// A path, or a name looked up in the policies directory.
+        policy: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Only {
+    Db,
+    Storage,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[arg(long, value_name = "P")]
+    pub policy: String,
+    /// Back up only one side.
+    #[arg(long, value_enum)]
+    pub only: Option<Only>,
+    /// Print exactly one JSON document (the run record) on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    #[arg(long, value_name = "P")]
+    pub policy: String,
+    /// A snapshot id, or `latest`.
+    #[arg(long, value_name = "ID|latest", default_value = "latest")]
+    pub snapshot: String,
+    /// The newest snapshot consistent before this time (RFC 3339, `YYYY-MM-DD HH:MM` UTC, or a date).
+    #[arg(long, value_name = "TIME", conflicts_with = "snapshot")]
+    pub before: Option<String>,
+    /// The age identity file that decrypts the repository.
+    #[arg(long, env = "BACKSTOP_IDENTITY", value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// The database to restore into (created if missing; must be empty unless --force).
+    #[arg(long, value_name = "URL")]
+    pub db_url: Option<String>,
+    /// Write storage objects under DIR/<bucket>/<name>.
+    #[arg(long, value_name = "DIR", conflicts_with = "storage_to_source")]
+    pub storage_dir: Option<PathBuf>,
+    /// Upload storage objects back to the policy's storage source.
+    #[arg(long)]
+    pub storage_to_source: bool,
+    /// Restore only one side.
+    #[arg(long, value_enum)]
+    pub only: Option<Only>,
+    /// Allow restoring over a non-empty target (objects the snapshot holds are dropped and recreated).
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,118 @@
+use super::{load_policy, open_repo, opener, print_json};
+use crate::cli::{self, RestoreArgs};
+use crate::error::{Error, Result};
+use crate::record::{Phase, RestoreRecord};
+use crate::repo::{runs, Selector};
+use crate::restore::{create_missing_roles, load_dump, prepare_target, DbTarget};
+use crate::seal::BlobIds;
+use crate::source::pgtools::DbUrl;
+use crate::util::{parse_time, secs};
+use chrono::Utc;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub async fn run(args: RestoreArgs, dir: Option<&Path>) -> Result<()> {
+    let started_at = Utc::now();
+    let clock = Instant::now();
+    let mut rec = RestoreRecord {
+        kind: "restore",
+        ok: false,
+        snapshot_id: None,
+        policy: args.policy.clone(),
+        started_at,
+        finished_at: started_at,
+        duration_s: 0.0,
+        target: None,
+        db: None,
+        storage: None,
+        phases: Vec::new(),
+        tool_version: env!("CARGO_PKG_VERSION"),
+        error: None,
+    };
+    let mut repo_slot = None;
+    let result = async {
+        let policy = load_policy(&args.policy, dir)?;
+        rec.policy = policy.name.clone();
+        let selector = match (&args.before, args.snapshot.as_str()) {
+            (Some(t), _) => Selector::Before(parse_time(t).map_err(Error::input)?),
+            (None, "latest") => Selector::Latest,
+            (None, id) => Selector::Id(id.to_string()),
+        };
+        let want_db = args.only != Some(cli::Only::Storage);
+        let want_storage = args.only != Some(cli::Only::Db)
+            && (args.storage_dir.is_some() || args.storage_to_source);
+        let target = match (&args.db_url, want_db) {
+            (Some(u), true) => Some(DbUrl::parse(u)?),
+            (None, true) if args.only == Some(cli::Only::Db) || !want_storage => {
+                return Err(Error::input(
+                    "--db-url is required: name the database to restore into (created if missing; it must be empty unless --force)",
+                ))
+            }
+            _ => None,
+        };
+        if want_storage {
+            return Err(Error::input(
+                "this build of backstop restores databases only; storage restore comes in a later version: use --only db",
+            ));
+        }
+        let opener = Arc::new(opener(args.identity.as_ref())?);
+        let repo = repo_slot.insert(open_repo(&policy).await?);
+        let meta = repo.find(&selector).await?;
+        rec.snapshot_id = Some(meta.id.clone());
+        let t = Instant::now();
+        let manifest = repo.read_manifest(&meta, &opener).await?;
+        rec.phases.push(Phase { name: "manifest".into(), duration_s: secs(t.elapsed()) });
+        let Some(url) = target else { return Ok(()) };
+        let db = manifest.database.as_ref().ok_or_else(|| {
+            Error::input(format!("snapshot {} holds no database", meta.id))
+        })?;
+        rec.target = Some(url.masked());
+        eprintln!(
+            "restoring snapshot {} (consistent at {}) into {}",
+            meta.id,
+            meta.consistent_at.to_rfc3339(),
+            url.masked()
+        );
+        let target = DbTarget { url, force: args.force };
+        let t = Instant::now();
+        let created = prepare_target(&target).await?;
+        let roles = create_missing_roles(&target.url, db).await?;
+        rec.phases.push(Phase { name: "prepare".into(), duration_s: secs(t.elapsed()) });
+        let t = Instant::now();
+        let ids = BlobIds::new(&repo.dedup_key(policy.repository.dedup_key.as_deref())?);
+        let mut figures =
+            load_dump(repo, &meta, db, opener, ids, &target, policy.repository.connections).await?;
+        rec.phases.push(Phase { name: "load".into(), duration_s: secs(t.elapsed()) });
+        figures.database_created = created;
+        figures.roles_created = roles;
+        rec.db = Some(figures);
+        Ok(())
+    }
+    .await;
+    rec.finished_at = Utc::now();
+    rec.duration_s = secs(clock.elapsed());
+    rec.ok = result.is_ok();
+    if let Err(e) = &result {
+        rec.error = Some(e.message.clone());
+    }
+    if let Some(repo) = &repo_slot {
+        let id = crate::util::new_id(started_at);
+        if let Err(e) = runs::write(repo.store.as_ref(), &repo.policy, "restore", &id, started_at, &rec).await {
+            tracing::warn!("could not write the run record: {}", e.message);
+        }
+    }
+    if args.json {
+        print_json(&rec);
+    }
+    if let (Ok(()), Some(db)) = (&result, &rec.db) {
+        eprintln!(
+            "restored snapshot {} in {:.1}s: {} tables, {} rows",
+            rec.snapshot_id.as_deref().unwrap_or("?"),
+            rec.duration_s,
+            db.tables,
+            db.rows
+        );
+    }
+    result
+}

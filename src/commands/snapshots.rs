@@ -1,0 +1,57 @@
+use super::{human_bytes, open_repo, print_json};
+use crate::error::Result;
+use crate::policy::Policy;
+use crate::record::{SnapshotDb, SnapshotEntry, SnapshotStorage, SnapshotsRecord};
+
+pub async fn run(policy: &Policy, json: bool) -> Result<()> {
+    let repo = open_repo(policy).await?;
+    let snapshots: Vec<SnapshotEntry> = repo
+        .snapshots()
+        .await?
+        .into_iter()
+        .map(|m| SnapshotEntry {
+            id: m.id,
+            consistent_at: m.consistent_at,
+            finished_at: m.finished_at,
+            db: m.db.map(|d| SnapshotDb {
+                tables: d.tables,
+                rows: d.rows,
+                bytes_plain: d.bytes_plain,
+            }),
+            storage: m.storage.map(|s| SnapshotStorage {
+                objects: s.objects,
+                bytes_plain: s.bytes_plain,
+            }),
+            bytes_referenced: m.bytes_referenced,
+        })
+        .collect();
+    if json {
+        print_json(&SnapshotsRecord {
+            kind: "snapshots",
+            policy: policy.name.clone(),
+            snapshots,
+        });
+        return Ok(());
+    }
+    if snapshots.is_empty() {
+        println!("no snapshots of policy {}", policy.name);
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<20} {:>7} {:>12} {:>10} {:>8} {:>10}",
+        "ID", "CONSISTENT AT (UTC)", "TABLES", "ROWS", "DUMP", "OBJECTS", "STORED"
+    );
+    for s in &snapshots {
+        println!(
+            "{:<24} {:<20} {:>7} {:>12} {:>10} {:>8} {:>10}",
+            s.id,
+            s.consistent_at.format("%Y-%m-%d %H:%M:%S"),
+            s.db.as_ref().map(|d| d.tables).unwrap_or(0),
+            s.db.as_ref().map(|d| d.rows).unwrap_or(0),
+            human_bytes(s.db.as_ref().map(|d| d.bytes_plain).unwrap_or(0)),
+            s.storage.as_ref().map(|d| d.objects).unwrap_or(0),
+            human_bytes(s.bytes_referenced)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,753 @@
+//! Policy files: TOML as in DESIGN.md, turned into a validated [`Policy`] in one place.
+//!
+//! Unknown keys are errors. Every problem is reported as `FILE:LINE:COLUMN: KEY: what is wrong`,
+//! and validation collects all problems rather than stopping at the first (TOML syntax errors
+//! excepted: the parser stops there). String values may contain `${VAR}`, expanded from the
+//! environment; a variable that is unset or empty is an error naming it. Expanded values are
+//! never echoed back, so a secret in the environment cannot leak through an error message.
+//!
+//! Choices where DESIGN.md is silent: `[objectives]` defaults to rpo 24h, rto 1h, retention
+//! 35d; a policy needs `[database]`, `[storage]` or both; relative repository paths are taken
+//! from the current directory; `repository.zstd_level` (1-19, default 3) sets compression.
+
+use crate::error::{Error, Result};
+use crate::schedule::{parse_timezone, Cron};
+use crate::util::parse_duration;
+use chrono_tz::Tz;
+use serde::Deserialize;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+type S = Spanned<String>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    name: S,
+    objectives: Option<RawObjectives>,
+    schedule: Option<RawSchedule>,
+    database: Option<RawDatabase>,
+    storage: Option<RawStorage>,
+    repository: RawRepository,
+    encryption: RawEncryption,
+    retention: Option<RawRetention>,
+    verify: Option<RawVerify>,
+    notify: Option<RawNotify>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawObjectives {
+    rpo: Option<S>,
+    rto: Option<S>,
+    retention: Option<S>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    backup: Option<S>,
+    verify: Option<S>,
+    prune: Option<S>,
+    timezone: Option<S>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    url: S,
+    #[serde(default)]
+    exclude_schemas: Vec<S>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    kind: S,
+    url: Option<S>,
+    key: Option<S>,
+    #[serde(default)]
+    buckets: Vec<S>,
+    endpoint: Option<S>,
+    region: Option<S>,
+    access_key_id: Option<S>,
+    secret_access_key: Option<S>,
+    path: Option<S>,
+    require_consistent: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRepository {
+    url: S,
+    endpoint: Option<S>,
+    region: Option<S>,
+    access_key_id: Option<S>,
+    secret_access_key: Option<S>,
+    object_lock: Option<RawObjectLock>,
+    dedup_key: Option<S>,
+    zstd_level: Option<Spanned<i64>>,
+    checksums: Option<S>,
+    connections: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawObjectLock {
+    mode: S,
+    days: Spanned<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEncryption {
+    recipients: Spanned<Vec<S>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    keep_last: Option<u32>,
+    keep_hourly: Option<u32>,
+    keep_daily: Option<u32>,
+    keep_weekly: Option<u32>,
+    keep_monthly: Option<u32>,
+    keep_yearly: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVerify {
+    scratch_url: Option<S>,
+    read_data: Option<S>,
+    #[serde(default)]
+    queries: Vec<RawQuery>,
+    #[serde(default)]
+    allow_missing_extensions: Vec<S>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuery {
+    sql: S,
+    expect: S,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    webhook: Option<S>,
+    #[serde(default)]
+    on: Vec<S>,
+}
+
+/// A validated policy. Secrets (URLs with passwords, keys) are held here in full; print them
+/// only through [`crate::util::mask_url`].
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub name: String,
+    pub path: PathBuf,
+    pub objectives: Objectives,
+    pub schedule: Option<Schedule>,
+    pub database: Option<Database>,
+    pub storage: Option<StorageSource>,
+    pub repository: Repository,
+    pub recipients: Vec<String>,
+    pub retention: Retention,
+    pub verify: Verify,
+    pub notify: Option<Notify>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Objectives {
+    pub rpo: Duration,
+    pub rto: Duration,
+    pub retention: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub backup: Option<Cron>,
+    pub verify: Option<Cron>,
+    pub prune: Option<Cron>,
+    pub timezone: Tz,
+}
+
+#[derive(Debug, Clone)]
+pub struct Database {
+    pub url: String,
+    pub exclude_schemas: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StorageSource {
+    pub kind: StorageKind,
+    pub url: Option<String>,
+    pub key: Option<String>,
+    pub buckets: Vec<String>,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub path: Option<PathBuf>,
+    pub require_consistent: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageKind {
+    Supabase,
+    S3,
+    Dir,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Dir(PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Repository {
+    pub url: String,
+    pub location: Location,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub object_lock: Option<ObjectLock>,
+    pub dedup_key: Option<String>,
+    pub zstd_level: i32,
+    pub checksums: String,
+    pub connections: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ObjectLock {
+    pub mode: String,
+    pub days: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Retention {
+    pub keep_last: Option<u32>,
+    pub keep_hourly: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    pub keep_yearly: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Verify {
+    pub scratch_url: Option<String>,
+    pub read_data: Option<String>,
+    pub queries: Vec<(String, String)>,
+    pub allow_missing_extensions: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Notify {
+    pub webhook: Option<String>,
+    pub on: Vec<String>,
+}
+
+/// Finds a policy: a path as given, or a name looked up as `DIR/NAME.toml` where DIR is
+/// `--policies`, `BACKSTOP_POLICIES` or `policies`.
+pub fn resolve(arg: &str, policies_dir: Option<&Path>) -> PathBuf {
+    let as_path = PathBuf::from(arg);
+    if arg.contains('/') || arg.ends_with(".toml") || as_path.is_file() {
+        return as_path;
+    }
+    let dir = policies_dir
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("BACKSTOP_POLICIES").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("policies"));
+    dir.join(format!("{arg}.toml"))
+}
+
+pub fn load(path: &Path) -> Result<Policy> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::input(format!("cannot read policy {}: {e}", path.display()))
+    })?;
+    parse(&text, path, &|name| std::env::var(name).ok())
+}
+
+/// Parses and validates a policy text; `env` looks up `${VAR}`s.
+pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Policy> {
+    let file = path.display().to_string();
+    let raw: RawPolicy = toml::from_str(text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|s| location(text, s.start))
+            .map(|(l, c)| format!("{l}:{c}"))
+            .unwrap_or_else(|| "1:1".into());
+        Error::input(format!("{file}:{at}: {}", e.message().trim()))
+    })?;
+    let mut v = Validator {
+        text,
+        file: &file,
+        env,
+        problems: Vec::new(),
+    };
+    let policy = v.policy(raw, path);
+    if v.problems.is_empty() {
+        Ok(policy)
+    } else {
+        Err(Error::input(v.problems.join("\n")))
+    }
+}
+
+fn location(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, col)
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    file: &'a str,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    problems: Vec<String>,
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, span: Range<usize>, key: &str, msg: impl AsRef<str>) {
+        let (l, c) = location(self.text, span.start);
+        self.problems
+            .push(format!("{}:{l}:{c}: {key}: {}", self.file, msg.as_ref()));
+    }
+
+    /// Expands `${VAR}`s; on a missing variable records a problem and returns an empty string.
+    fn expand(&mut self, s: &S, key: &str) -> String {
+        let raw = s.get_ref();
+        let mut out = String::new();
+        let mut rest = raw.as_str();
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let Some(end) = after.find('}') else {
+                self.problem(s.span(), key, "unclosed `${` (write ${NAME})");
+                return String::new();
+            };
+            let name = &after[..end];
+            let valid = !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !name.starts_with(|c: char| c.is_ascii_digit());
+            if !valid {
+                self.problem(s.span(), key, format!("`${{{name}}}` is not a valid variable name"));
+                return String::new();
+            }
+            match (self.env)(name).filter(|v| !v.is_empty()) {
+                Some(value) => out.push_str(&value),
+                None => {
+                    self.problem(
+                        s.span(),
+                        key,
+                        format!("environment variable {name} is not set (or is empty)"),
+                    );
+                    return String::new();
+                }
+            }
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    fn opt(&mut self, s: &Option<S>, key: &str) -> Option<String> {
+        s.as_ref().map(|s| self.expand(s, key))
+    }
+
+    fn duration(&mut self, s: &Option<S>, key: &str, default: u64) -> Duration {
+        match s {
+            None => Duration::from_secs(default),
+            Some(s) => match parse_duration(s.get_ref()) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.problem(s.span(), key, e);
+                    Duration::from_secs(default)
+                }
+            },
+        }
+    }
+
+    fn cron(&mut self, s: &Option<S>, key: &str) -> Option<Cron> {
+        let s = s.as_ref()?;
+        match Cron::parse(s.get_ref()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                self.problem(s.span(), key, e);
+                None
+            }
+        }
+    }
+
+    fn policy(&mut self, raw: RawPolicy, path: &Path) -> Policy {
+        let name = raw.name.get_ref().clone();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            self.problem(
+                raw.name.span(),
+                "name",
+                format!("`{name}` must be non-empty and use only letters, digits, `-` and `_`"),
+            );
+        }
+        let o = raw.objectives.unwrap_or(RawObjectives {
+            rpo: None,
+            rto: None,
+            retention: None,
+        });
+        let objectives = Objectives {
+            rpo: self.duration(&o.rpo, "objectives.rpo", 86_400),
+            rto: self.duration(&o.rto, "objectives.rto", 3600),
+            retention: self.duration(&o.retention, "objectives.retention", 35 * 86_400),
+        };
+        let schedule = raw.schedule.map(|s| {
+            let timezone = match &s.timezone {
+                None => Tz::UTC,
+                Some(t) => parse_timezone(t.get_ref()).unwrap_or_else(|e| {
+                    self.problem(t.span(), "schedule.timezone", e);
+                    Tz::UTC
+                }),
+            };
+            Schedule {
+                backup: self.cron(&s.backup, "schedule.backup"),
+                verify: self.cron(&s.verify, "schedule.verify"),
+                prune: self.cron(&s.prune, "schedule.prune"),
+                timezone,
+            }
+        });
+        let database = raw.database.map(|d| Database {
+            url: self.expand(&d.url, "database.url"),
+            exclude_schemas: d
+                .exclude_schemas
+                .iter()
+                .map(|s| self.expand(s, "database.exclude_schemas"))
+                .collect(),
+        });
+        if let Some(d) = &database {
+            if !d.url.is_empty()
+                && !(d.url.starts_with("postgres://") || d.url.starts_with("postgresql://"))
+            {
+                self.problems.push(format!(
+                    "{}: database.url: must be a postgres:// or postgresql:// URL",
+                    self.file
+                ));
+            }
+        }
+        let storage = raw.storage.map(|s| self.storage(s));
+        if database.is_none() && storage.is_none() {
+            self.problems.push(format!(
+                "{}: policy backs up nothing: add a [database] or a [storage] section",
+                self.file
+            ));
+        }
+        let repository = self.repository(raw.repository);
+        let recipients = self.recipients(&raw.encryption.recipients);
+        let r = raw.retention.unwrap_or_default();
+        let retention = Retention {
+            keep_last: r.keep_last,
+            keep_hourly: r.keep_hourly,
+            keep_daily: r.keep_daily,
+            keep_weekly: r.keep_weekly,
+            keep_monthly: r.keep_monthly,
+            keep_yearly: r.keep_yearly,
+        };
+        let verify = raw
+            .verify
+            .map(|v| Verify {
+                scratch_url: self.opt(&v.scratch_url, "verify.scratch_url"),
+                read_data: v.read_data.as_ref().map(|s| s.get_ref().clone()),
+                queries: v
+                    .queries
+                    .iter()
+                    .map(|q| (q.sql.get_ref().clone(), q.expect.get_ref().clone()))
+                    .collect(),
+                allow_missing_extensions: v
+                    .allow_missing_extensions
+                    .iter()
+                    .map(|s| s.get_ref().clone())
+                    .collect(),
+            })
+            .unwrap_or_default();
+        let notify = raw.notify.map(|n| Notify {
+            webhook: self.opt(&n.webhook, "notify.webhook"),
+            on: n.on.iter().map(|s| s.get_ref().clone()).collect(),
+        });
+        Policy {
+            name,
+            path: path.to_path_buf(),
+            objectives,
+            schedule,
+            database,
+            storage,
+            repository,
+            recipients,
+            retention,
+            verify,
+            notify,
+        }
+    }
+
+    fn storage(&mut self, s: RawStorage) -> StorageSource {
+        let kind = match s.kind.get_ref().as_str() {
+            "supabase" => StorageKind::Supabase,
+            "s3" => StorageKind::S3,
+            "dir" => StorageKind::Dir,
+            other => {
+                self.problem(
+                    s.kind.span(),
+                    "storage.kind",
+                    format!("`{other}` is not one of supabase, s3, dir"),
+                );
+                StorageKind::Dir
+            }
+        };
+        if s.buckets.is_empty() {
+            self.problem(s.kind.span(), "storage.buckets", "list at least one bucket");
+        }
+        let path = self.opt(&s.path, "storage.path").map(PathBuf::from);
+        let url = self.opt(&s.url, "storage.url");
+        let key = self.opt(&s.key, "storage.key");
+        match kind {
+            StorageKind::Supabase if url.is_none() || key.is_none() => self.problem(
+                s.kind.span(),
+                "storage",
+                "kind = \"supabase\" needs url (the project URL) and key (a service-role key)",
+            ),
+            StorageKind::Dir if path.is_none() => {
+                self.problem(s.kind.span(), "storage.path", "kind = \"dir\" needs path")
+            }
+            _ => {}
+        }
+        StorageSource {
+            kind,
+            url,
+            key,
+            buckets: s.buckets.iter().map(|b| b.get_ref().clone()).collect(),
+            endpoint: self.opt(&s.endpoint, "storage.endpoint"),
+            region: self.opt(&s.region, "storage.region"),
+            access_key_id: self.opt(&s.access_key_id, "storage.access_key_id"),
+            secret_access_key: self.opt(&s.secret_access_key, "storage.secret_access_key"),
+            path,
+            require_consistent: s.require_consistent.unwrap_or(false),
+        }
+    }
+
+    fn repository(&mut self, r: RawRepository) -> Repository {
+        let url = self.expand(&r.url, "repository.url");
+        let location = match parse_location(&url) {
+            Ok(l) => l,
+            Err(e) => {
+                if !url.is_empty() {
+                    self.problem(r.url.span(), "repository.url", e);
+                }
+                Location::Dir(PathBuf::new())
+            }
+        };
+        let zstd_level = match &r.zstd_level {
+            None => 3,
+            Some(l) if (1..=19).contains(l.get_ref()) => *l.get_ref() as i32,
+            Some(l) => {
+                self.problem(l.span(), "repository.zstd_level", "must be between 1 and 19");
+                3
+            }
+        };
+        let connections = match &r.connections {
+            None => 8,
+            Some(c) if (1..=256).contains(c.get_ref()) => *c.get_ref() as usize,
+            Some(c) => {
+                self.problem(c.span(), "repository.connections", "must be between 1 and 256");
+                8
+            }
+        };
+        let checksums = match &r.checksums {
+            None => "auto".to_string(),
+            Some(c) if ["auto", "when_required", "always"].contains(&c.get_ref().as_str()) => {
+                c.get_ref().clone()
+            }
+            Some(c) => {
+                self.problem(
+                    c.span(),
+                    "repository.checksums",
+                    "must be one of auto, when_required, always",
+                );
+                "auto".into()
+            }
+        };
+        let object_lock = r.object_lock.as_ref().map(|l| {
+            let mode = l.mode.get_ref().to_ascii_lowercase();
+            if mode != "governance" && mode != "compliance" {
+                self.problem(
+                    l.mode.span(),
+                    "repository.object_lock.mode",
+                    "must be governance or compliance",
+                );
+            }
+            if !(1..=36_500).contains(l.days.get_ref()) {
+                self.problem(l.days.span(), "repository.object_lock.days", "must be 1 to 36500");
+            }
+            ObjectLock {
+                mode,
+                days: (*l.days.get_ref()).clamp(1, 36_500) as u32,
+            }
+        });
+        Repository {
+            url,
+            location,
+            endpoint: self.opt(&r.endpoint, "repository.endpoint"),
+            region: self.opt(&r.region, "repository.region"),
+            access_key_id: self.opt(&r.access_key_id, "repository.access_key_id"),
+            secret_access_key: self.opt(&r.secret_access_key, "repository.secret_access_key"),
+            object_lock,
+            dedup_key: self.opt(&r.dedup_key, "repository.dedup_key"),
+            zstd_level,
+            checksums,
+            connections,
+        }
+    }
+
+    fn recipients(&mut self, list: &Spanned<Vec<S>>) -> Vec<String> {
+        if list.get_ref().is_empty() {
+            self.problem(
+                list.span(),
+                "encryption.recipients",
+                "no recipient: backstop never writes plaintext; add an age public key (backstop keygen prints one)",
+            );
+        }
+        let mut out = Vec::new();
+        for r in list.get_ref() {
+            let value = self.expand(r, "encryption.recipients");
+            if value.is_empty() {
+                continue;
+            }
+            match crate::seal::parse_recipient(&value) {
+                Ok(_) => out.push(value),
+                Err(e) => self.problem(r.span(), "encryption.recipients", e.message),
+            }
+        }
+        out
+    }
+}
+
+/// `s3://bucket/prefix`, `file:///abs/path`, or a plain path.
+pub fn parse_location(url: &str) -> std::result::Result<Location, String> {
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(format!("`{url}` names no bucket (write s3://bucket/prefix)"));
+        }
+        return Ok(Location::S3 {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+        });
+    }
+    if let Some(rest) = url.strip_prefix("file://") {
+        if !rest.starts_with('/') {
+            return Err(format!("`{url}`: a file:// URL needs an absolute path (file:///var/backups/x)"));
+        }
+        return Ok(Location::Dir(PathBuf::from(rest)));
+    }
+    if url.contains("://") {
+        return Err(format!("`{url}`: unsupported scheme (use s3://, file:// or a plain path)"));
+    }
+    if url.is_empty() {
+        return Err("empty repository URL".into());
+    }
+    Ok(Location::Dir(PathBuf::from(url)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "DB_URL" => Some("postgres://u:pw@localhost/db".into()),
+            "REPO" => Some("/tmp/repo".into()),
+            _ => None,
+        }
+    }
+
+    fn minimal(extra: &str) -> String {
+        format!(
+            "name = \"t\"\n[database]\nurl = \"${{DB_URL}}\"\n[repository]\nurl = \"${{REPO}}\"\n[encryption]\nrecipients = [\"{KEY}\"]\n{extra}"
+        )
+    }
+
+    fn err(text: &str) -> String {
+        parse(text, Path::new("p.toml"), &env).unwrap_err().message
+    }
+
+    #[test]
+    fn minimal_policy_parses_with_defaults() {
+        let p = parse(&minimal(""), Path::new("p.toml"), &env).unwrap();
+        assert_eq!(p.database.unwrap().url, "postgres://u:pw@localhost/db");
+        assert_eq!(p.repository.location, Location::Dir("/tmp/repo".into()));
+        assert_eq!(p.objectives.rpo, Duration::from_secs(86_400));
+        assert_eq!(p.repository.zstd_level, 3);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_column_and_key() {
+        let e = err(&minimal("[verify]\nscratch = 1\n"));
+        assert!(e.starts_with("p.toml:9:1:"), "{e}");
+        assert!(e.contains("unknown field `scratch`"), "{e}");
+    }
+
+    #[test]
+    fn missing_variable_is_named() {
+        let e = err(&minimal("[notify]\nwebhook = \"${SLACK_WEBHOOK_URL}\"\n"));
+        assert!(e.contains("p.toml:9:11: notify.webhook: environment variable SLACK_WEBHOOK_URL is not set"), "{e}");
+    }
+
+    #[test]
+    fn collects_every_problem() {
+        let e = err(&minimal(
+            "[objectives]\nrpo = \"24x\"\n[schedule]\nbackup = \"0 3 * *\"\ntimezone = \"Nowhere/City\"\n",
+        ));
+        assert_eq!(e.lines().count(), 3, "{e}");
+        assert!(e.contains("p.toml:9:7: objectives.rpo:"), "{e}");
+        assert!(e.contains("schedule.backup: `0 3 * *` has 4 fields"), "{e}");
+        assert!(e.contains("schedule.timezone:"), "{e}");
+    }
+
+    #[test]
+    fn broken_toml_has_a_position() {
+        let e = err("name = \"t\"\n[database\n");
+        assert!(e.starts_with("p.toml:2:"), "{e}");
+    }
+
+    #[test]
+    fn recipients_are_required_and_checked() {
+        let text = minimal("").replace(KEY, "age1notakey");
+        assert!(err(&text).contains("encryption.recipients"));
+        let text = minimal("").replace(&format!("\"{KEY}\""), "");
+        assert!(err(&text).contains("never writes plaintext"));
+    }
+
+    #[test]
+    fn locations() {
+        assert_eq!(
+            parse_location("s3://b/x/y/").unwrap(),
+            Location::S3 { bucket: "b".into(), prefix: "x/y".into() }
+        );
+        assert_eq!(parse_location("file:///var/b").unwrap(), Location::Dir("/var/b".into()));
+        assert!(parse_location("gs://b").is_err());
+        assert!(parse_location("file://rel").is_err());
+    }
+
+    #[test]
+    fn resolves_names_and_paths() {
+        assert_eq!(resolve("x/y.toml", None), PathBuf::from("x/y.toml"));
+        assert_eq!(resolve("prod", Some(Path::new("/etc/p"))), PathBuf::from("/etc/p/prod.toml"));
+    }
+}

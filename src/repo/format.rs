@@ -1,0 +1,161 @@
+//! The on-store documents (DESIGN.md, "Repository layout"). Fields may be added, never renamed.
+
+use crate::seal::ChunkerParams;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub const FORMAT: u32 = 1;
+
+/// `backstop.json`: public facts about the repository. No secrets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RepoConfig {
+    pub format: u32,
+    pub created_at: DateTime<Utc>,
+    pub tool_version: String,
+    pub chunker: ChunkerParams,
+    /// Hex salt keying blob ids (HMAC-SHA256) unless the policy sets `repository.dedup_key`.
+    pub dedup_salt: String,
+    /// The public keys the repository was created for (informational: each run seals to the
+    /// policy's recipients).
+    pub recipients: Vec<String>,
+    pub blob_format: String,
+}
+
+/// A blob as stored: its id and the size and SHA-256 of its stored (sealed) bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRef {
+    pub id: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// A plaintext stream (a dump, a file) as the ordered list of its chunks.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StreamRef {
+    pub bytes: u64,
+    pub sha256: String,
+    pub chunks: Vec<ChunkRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    pub id: String,
+    pub len: u32,
+}
+
+/// `meta.json`: plaintext, written last. A snapshot exists iff its meta.json exists.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Meta {
+    pub format: u32,
+    pub id: String,
+    pub policy: String,
+    pub consistent_at: DateTime<Utc>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub tool_version: String,
+    pub db: Option<MetaDb>,
+    pub storage: Option<MetaStorage>,
+    /// Sum of the stored sizes of every blob this snapshot references (each counted once).
+    pub bytes_referenced: u64,
+    pub encryption: MetaEncryption,
+    pub manifest: StoredObject,
+    pub blobs: Vec<BlobRef>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetaDb {
+    pub tables: u64,
+    pub rows: u64,
+    pub bytes_plain: u64,
+    pub server_version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetaStorage {
+    pub objects: u64,
+    pub bytes_plain: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetaEncryption {
+    pub scheme: String,
+    pub recipients: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredObject {
+    pub key: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// `manifest.age`: everything needed to restore, encrypted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub snapshot_id: String,
+    pub policy: String,
+    pub consistent_at: DateTime<Utc>,
+    pub database: Option<DbManifest>,
+    pub storage: Option<StorageManifest>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DbManifest {
+    pub database: String,
+    pub server_version: String,
+    pub server_version_num: i32,
+    pub pg_dump_version: String,
+    /// `custom` (pg_dump -Fc, uncompressed: compression happens per chunk).
+    pub dump_format: String,
+    pub exclude_schemas: Vec<String>,
+    pub dump: StreamRef,
+    pub tables: Vec<TableStat>,
+    /// Roles the dumped objects refer to (owners, grantees, policy roles).
+    pub roles: Vec<Role>,
+    /// `pg_dumpall --roles-only --no-role-passwords`, for manual recovery.
+    pub roles_sql: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableStat {
+    pub schema: String,
+    pub name: String,
+    /// `r` table, `m` materialized view.
+    pub kind: String,
+    pub rows: u64,
+    /// Order-independent checksum: the sum of the first 64 bits of md5(row::text) over all rows.
+    pub checksum: String,
+}
+
+impl TableStat {
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Role {
+    pub name: String,
+    pub can_login: bool,
+    pub bypass_rls: bool,
+    pub superuser: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StorageManifest {
+    pub objects: Vec<StorageObject>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StorageObject {
+    pub bucket: String,
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+    pub content_type: Option<String>,
+    pub cache_control: Option<String>,
+    pub etag: Option<String>,
+    pub version: Option<String>,
+    pub chunks: Vec<ChunkRef>,
+}

@@ -1,0 +1,214 @@
+//! Restoring a snapshot's database into a target server.
+//!
+//! Order of work: make sure the target database exists (created when missing) and is empty
+//! (refused otherwise, unless `force`, which makes pg_restore drop what it recreates:
+//! `--clean --if-exists`); create, as NOLOGIN, the roles the dump refers to that the target
+//! server lacks; then stream the dump into pg_restore's stdin, blobs fetched several ahead and
+//! each one checked (see [`crate::repo::reader`]) before a byte of it reaches pg_restore. Any
+//! damaged blob stops the restore with the blob named; pg_restore reporting any error fails
+//! the restore with its messages. A failed restore may leave a partly loaded target: say so.
+
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::record::RestoreDb;
+use crate::repo::format::{DbManifest, Meta};
+use crate::repo::reader::BlobReader;
+use crate::repo::Repo;
+use crate::seal::{BlobIds, Opener};
+use crate::source::pgtools::{self, DbUrl};
+use crate::source::postgres::{connect, connect_existing, quote_ident};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use sqlx::{Connection, Executor, Row};
+use std::process::Stdio;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub struct DbTarget {
+    pub url: DbUrl,
+    pub force: bool,
+}
+
+/// Creates the database when missing; refuses a non-empty one unless forced. Returns whether
+/// the database was created.
+pub async fn prepare_target(target: &DbTarget) -> Result<bool> {
+    let url = &target.url;
+    let mut created = false;
+    let mut conn = match connect_existing(url).await? {
+        Some(c) => c,
+        None => {
+            let mut admin = connect(&url.with_database("postgres")).await?;
+            let db = url.database();
+            admin
+                .execute(format!("CREATE DATABASE {}", quote_ident(&db)).as_str())
+                .await
+                .map_err(|e| {
+                    Error::failed(format!("creating database {db} on {}: {e}", url.masked()))
+                })?;
+            let _ = admin.close().await;
+            tracing::info!("created database {db}");
+            created = true;
+            connect(url).await?
+        }
+    };
+    let rows = sqlx::query(
+        "select n.nspname::text || '.' || c.relname::text from pg_class c \
+         join pg_namespace n on n.oid = c.relnamespace \
+         where c.relkind in ('r', 'p', 'v', 'm', 'S', 'f') \
+           and n.nspname not in ('pg_catalog', 'information_schema') \
+           and n.nspname not like 'pg\\_toast%' and n.nspname not like 'pg\\_temp%' \
+           and not exists (select 1 from pg_depend d where d.classid = 'pg_class'::regclass \
+                           and d.objid = c.oid and d.deptype = 'e') \
+         order by 1",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .map_err(|e| Error::failed(format!("inspecting {}: {e}", url.masked())))?;
+    let _ = conn.close().await;
+    if !rows.is_empty() && !target.force {
+        let names: Vec<String> = rows.iter().take(5).map(|r| r.get(0)).collect();
+        return Err(Error::input(format!(
+            "target database {} is not empty ({} relations, e.g. {}): restore into an empty database, or pass --force to drop and recreate what the snapshot holds",
+            url.masked(),
+            rows.len(),
+            names.join(", ")
+        )));
+    }
+    Ok(created)
+}
+
+/// Creates the roles the dump refers to that the server lacks, as NOLOGIN roles.
+pub async fn create_missing_roles(url: &DbUrl, manifest: &DbManifest) -> Result<Vec<String>> {
+    let mut conn = connect(url).await?;
+    let mut created = Vec::new();
+    for role in &manifest.roles {
+        let exists: bool = sqlx::query("select exists(select 1 from pg_roles where rolname = $1)")
+            .bind(&role.name)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| Error::failed(format!("checking role {} on {}: {e}", role.name, url.masked())))?
+            .get(0);
+        if !exists {
+            conn.execute(format!("CREATE ROLE {} NOLOGIN", quote_ident(&role.name)).as_str())
+                .await
+                .map_err(|e| {
+                    Error::failed(format!(
+                        "creating role {} on {} (the dump needs it): {e}",
+                        role.name,
+                        url.masked()
+                    ))
+                })?;
+            created.push(role.name.clone());
+        }
+    }
+    let _ = conn.close().await;
+    if !created.is_empty() {
+        tracing::info!("created NOLOGIN roles the dump needs: {}", created.join(", "));
+    }
+    Ok(created)
+}
+
+/// Streams the snapshot's dump into pg_restore on the (prepared) target.
+pub async fn load_dump(
+    repo: &Repo,
+    meta: &Meta,
+    manifest: &DbManifest,
+    opener: Arc<Opener>,
+    ids: BlobIds,
+    target: &DbTarget,
+    ahead: usize,
+) -> Result<RestoreDb> {
+    let dump_major = pgtools::parse_version(&format!("x y {}", manifest.pg_dump_version))
+        .map(|(m, _)| m)
+        .unwrap_or(0);
+    let tool = pgtools::find("pg_restore", dump_major)?;
+    let mut std_cmd = std::process::Command::new(&tool.path);
+    std_cmd.arg("--exit-on-error");
+    if target.force {
+        std_cmd.args(["--clean", "--if-exists"]);
+    }
+    target.url.configure(&mut std_cmd);
+    let mut cmd = tokio::process::Command::from(std_cmd);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::failed(format!("cannot start {}: {e}", tool.path.display())))?;
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| Error::failed("pg_restore has no stdin"))?;
+    let mut stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| Error::failed("pg_restore has no stderr"))?;
+    let stderr_task = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = (&mut stderr).take(256 * 1024).read_to_string(&mut text).await;
+        text
+    });
+
+    let reader = Arc::new(BlobReader::new(repo.store.clone(), opener, ids, meta));
+    let progress = Progress::bytes(Some(manifest.dump.bytes), "restore");
+    let mut chunks = reader.stream(manifest.dump.chunks.clone(), ahead);
+    let mut hasher = Sha256::new();
+    let mut written = 0u64;
+    let mut feed_error = None;
+    let mut pipe_closed = false;
+    while let Some(item) = chunks.next().await {
+        match item {
+            Ok(plain) => {
+                hasher.update(&plain);
+                written += plain.len() as u64;
+                if stdin.write_all(&plain).await.is_err() {
+                    pipe_closed = true;
+                    break;
+                }
+                progress.inc(plain.len() as u64);
+            }
+            Err(e) => {
+                feed_error = Some(e);
+                break;
+            }
+        }
+    }
+    drop(chunks);
+    progress.finish();
+    if let Some(e) = feed_error {
+        let _ = child.kill().await;
+        return Err(e.context(format!(
+            "restore into {} stopped; the target may hold a partial restore",
+            target.url.masked()
+        )));
+    }
+    drop(stdin);
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| Error::failed(format!("waiting for pg_restore: {e}")))?;
+    let password = target.url.password().unwrap_or_default();
+    let stderr_text = crate::util::scrub(&stderr_task.await.unwrap_or_default(), &[&password]);
+    if !status.success() || pipe_closed {
+        return Err(Error::failed(format!(
+            "pg_restore into {} failed ({status}); the target may hold a partial restore: {}",
+            target.url.masked(),
+            stderr_text.trim()
+        )));
+    }
+    let sha = hex::encode(hasher.finalize());
+    if written != manifest.dump.bytes || sha != manifest.dump.sha256 {
+        return Err(Error::failed(format!(
+            "the dump of snapshot {} reassembled to {written} bytes with SHA-256 {sha}, but the manifest records {} bytes with {}",
+            meta.id, manifest.dump.bytes, manifest.dump.sha256
+        )));
+    }
+    Ok(RestoreDb {
+        tables: manifest.tables.len() as u64,
+        rows: manifest.tables.iter().map(|t| t.rows).sum(),
+        bytes: written,
+        database_created: false,
+        roles_created: Vec::new(),
+    })
+}

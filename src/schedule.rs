@@ -1,0 +1,123 @@
+//! Cron expressions as policies write them.
+//!
+//! Policies use standard 5-field cron (`min hour dom month dow`, Sunday = 0 or 7), or 6/7 fields
+//! with seconds first (and an optional year last). The `cron` crate only knows the 6/7-field form
+//! and numbers weekdays from Sunday = 1, so a 5-field expression gets a `0` seconds field and its
+//! numeric weekdays are rewritten as names before parsing. Timezones are IANA names.
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use std::str::FromStr;
+
+#[derive(Debug, Clone)]
+pub struct Cron {
+    pub text: String,
+    schedule: cron::Schedule,
+}
+
+impl Cron {
+    pub fn parse(text: &str) -> Result<Cron, String> {
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        let normalized = match fields.len() {
+            5 => {
+                let dow = weekday_names(fields[4])
+                    .map_err(|e| format!("`{text}` is not a valid cron expression: {e}"))?;
+                format!("0 {} {} {} {} {dow}", fields[0], fields[1], fields[2], fields[3])
+            }
+            6 | 7 => fields.join(" "),
+            n => {
+                return Err(format!(
+                    "`{text}` has {n} fields; write standard 5-field cron (`0 3 * * *`) or 6/7 fields with seconds first"
+                ))
+            }
+        };
+        let schedule = cron::Schedule::from_str(&normalized)
+            .map_err(|e| format!("`{text}` is not a valid cron expression: {e}"))?;
+        Ok(Cron {
+            text: text.to_string(),
+            schedule,
+        })
+    }
+
+    /// The first time strictly after `after`, in the given timezone.
+    pub fn next_after(&self, after: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
+        self.schedule
+            .after(&after.with_timezone(&tz))
+            .next()
+            .map(|t| t.with_timezone(&Utc))
+    }
+}
+
+pub fn parse_timezone(text: &str) -> Result<Tz, String> {
+    Tz::from_str(text).map_err(|_| format!("`{text}` is not an IANA timezone name (e.g. Asia/Seoul, UTC)"))
+}
+
+const DAYS: [&str; 8] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+
+/// Rewrites numeric weekdays (0-7, Sunday = 0 or 7) as names, keeping lists, ranges and steps.
+fn weekday_names(field: &str) -> Result<String, String> {
+    let mut items = Vec::new();
+    for item in field.split(',') {
+        let (range, step) = match item.split_once('/') {
+            Some((r, s)) => (r, Some(s)),
+            None => (item, None),
+        };
+        let mut ends = Vec::new();
+        for end in range.split('-') {
+            ends.push(match end.parse::<usize>() {
+                Ok(n) if n < DAYS.len() => DAYS[n].to_string(),
+                Ok(n) => return Err(format!("weekday {n} is out of range 0-7")),
+                Err(_) => end.to_string(),
+            });
+        }
+        let mut out = ends.join("-");
+        if let Some(s) = step {
+            out = format!("{out}/{s}");
+        }
+        items.push(out);
+    }
+    Ok(items.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn next(expr: &str, from: &str, tz: &str) -> String {
+        let c = Cron::parse(expr).unwrap();
+        let from = DateTime::parse_from_rfc3339(from).unwrap().with_timezone(&Utc);
+        c.next_after(from, parse_timezone(tz).unwrap()).unwrap().to_rfc3339()
+    }
+
+    #[test]
+    fn five_fields_with_timezone() {
+        // 03:00 in Seoul is 18:00 UTC the day before.
+        assert_eq!(next("0 3 * * *", "2026-11-29T00:00:00Z", "Asia/Seoul"), "2026-11-29T18:00:00+00:00");
+        assert_eq!(next("30 4 * * *", "2026-11-29T00:00:00Z", "UTC"), "2026-11-29T04:30:00+00:00");
+    }
+
+    #[test]
+    fn sunday_is_zero_and_seven() {
+        // 2026-11-29 is a Sunday.
+        assert_eq!(next("0 5 * * 0", "2026-11-26T00:00:00Z", "UTC"), "2026-11-29T05:00:00+00:00");
+        assert_eq!(next("0 5 * * 7", "2026-11-26T00:00:00Z", "UTC"), "2026-11-29T05:00:00+00:00");
+        assert_eq!(next("0 5 * * 1-5", "2026-11-28T00:00:00Z", "UTC"), "2026-11-30T05:00:00+00:00");
+        assert_eq!(next("0 5 * * MON", "2026-11-28T00:00:00Z", "UTC"), "2026-11-30T05:00:00+00:00");
+    }
+
+    #[test]
+    fn seconds_forms() {
+        assert_eq!(next("15 0 3 * * *", "2026-11-29T00:00:00Z", "UTC"), "2026-11-29T03:00:15+00:00");
+        assert!(Cron::parse("0 0 3 * * * 2027").is_ok());
+    }
+
+    #[test]
+    fn rejects_bad_expressions() {
+        for bad in ["", "0 3 * *", "61 3 * * *", "0 25 * * *", "0 3 * * 8", "every day", "0 3 * * * * * *"] {
+            assert!(Cron::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(parse_timezone("Mars/Olympus").is_err());
+        let _ = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0);
+    }
+}

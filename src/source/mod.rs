@@ -1,0 +1,4 @@
+//! Where backups come from.
+
+pub mod pgtools;
+pub mod postgres;

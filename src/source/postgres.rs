@@ -1,0 +1,253 @@
+//! The database source: one exported snapshot, seen by pg_dump and by backstop's own queries.
+//!
+//! [`Session::begin`] opens a REPEATABLE READ, READ ONLY transaction and exports its snapshot;
+//! pg_dump runs with `--snapshot`, and the per-table row counts and checksums are computed in
+//! the exporting transaction itself, so the figures describe exactly the data in the dump, and
+//! `consistent_at` is that transaction's start. The transaction stays open until the dump has
+//! ended. Reads run with `row_security = off`, like pg_dump's: a table that row-level security
+//! would filter is an error naming the table, never a silently short count.
+
+use super::pgtools::DbUrl;
+use crate::error::{Error, Result};
+use crate::repo::format::{Role, TableStat};
+use chrono::{DateTime, TimeZone, Utc};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, Executor, PgConnection, Row};
+use std::str::FromStr;
+use std::time::Duration;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connects, with a timeout, naming the URL (password masked) on failure.
+pub async fn connect(url: &DbUrl) -> Result<PgConnection> {
+    connect_existing(url).await?.ok_or_else(|| {
+        Error::failed(format!(
+            "cannot connect to database {}: database {} does not exist; check the database name",
+            url.masked(),
+            url.database()
+        ))
+    })
+}
+
+/// Like [`connect`], but `None` when the server answers that the database does not exist.
+pub async fn connect_existing(url: &DbUrl) -> Result<Option<PgConnection>> {
+    let opts = PgConnectOptions::from_str(url.full())
+        .map_err(|e| Error::input(format!("database URL {} is not usable: {e}", url.masked())))?
+        .application_name("backstop")
+        .disable_statement_logging();
+    match tokio::time::timeout(CONNECT_TIMEOUT, opts.connect()).await {
+        Err(_) => Err(Error::failed(format!(
+            "cannot connect to database {}: no answer within {}s; check host, port and firewall",
+            url.masked(),
+            CONNECT_TIMEOUT.as_secs()
+        ))),
+        Ok(Err(e)) if is_missing_database(&e) => Ok(None),
+        Ok(Err(e)) => Err(connect_error(url, e)),
+        Ok(Ok(c)) => Ok(Some(c)),
+    }
+}
+
+fn connect_error(url: &DbUrl, e: sqlx::Error) -> Error {
+    let text = e.to_string();
+    let hint = if text.contains("password authentication failed") {
+        "check the user and password"
+    } else {
+        "check that the server is running and the host and port are right"
+    };
+    Error::failed(format!("cannot connect to database {}: {text}; {hint}", url.masked()))
+}
+
+/// True when a connection failed because the database does not exist (SQLSTATE 3D000).
+fn is_missing_database(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("3D000"))
+}
+
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn db_error(what: &str, e: sqlx::Error) -> Error {
+    Error::failed(format!("{what}: {e}"))
+}
+
+pub struct Session {
+    conn: PgConnection,
+    pub snapshot: String,
+    pub consistent_at: DateTime<Utc>,
+    pub server_version: String,
+    pub server_version_num: i32,
+    pub database: String,
+    pub user: String,
+}
+
+/// A table whose data pg_dump will write.
+#[derive(Debug, Clone)]
+pub struct TableRef {
+    pub schema: String,
+    pub name: String,
+    pub kind: String,
+    pub bytes: i64,
+}
+
+impl Session {
+    pub async fn begin(url: &DbUrl) -> Result<Session> {
+        let mut conn = connect(url).await?;
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL row_security = off")
+            .await
+            .map_err(|e| db_error("starting the snapshot transaction", e))?;
+        let row = sqlx::query(
+            "select pg_export_snapshot(), (extract(epoch from now()) * 1000000)::int8, \
+             current_setting('server_version'), current_setting('server_version_num')::int4, \
+             current_database()::text, current_user::text",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| db_error("exporting a snapshot", e))?;
+        let micros: i64 = row.get(1);
+        Ok(Session {
+            snapshot: row.get(0),
+            consistent_at: Utc.timestamp_micros(micros).single().unwrap_or_else(Utc::now),
+            server_version: row.get(2),
+            server_version_num: row.get(3),
+            database: row.get(4),
+            user: row.get(5),
+            conn,
+        })
+    }
+
+    pub fn server_major(&self) -> u32 {
+        (self.server_version_num / 10_000) as u32
+    }
+
+    /// The tables and materialized views whose data the dump holds, after checking that this
+    /// role can read every one of them in full.
+    pub async fn tables(&mut self, exclude_schemas: &[String]) -> Result<Vec<TableRef>> {
+        let rows = sqlx::query(
+            "select n.nspname::text, c.relname::text, c.relkind::text, pg_table_size(c.oid), \
+               has_table_privilege(c.oid, 'SELECT'), \
+               (c.relrowsecurity and not r.rolsuper and not r.rolbypassrls \
+                 and (c.relforcerowsecurity or not pg_has_role(c.relowner, 'USAGE'))) \
+             from pg_class c join pg_namespace n on n.oid = c.relnamespace \
+             cross join (select rolsuper, rolbypassrls from pg_roles where rolname = current_user) r \
+             where (c.relkind = 'r' or (c.relkind = 'm' and c.relispopulated)) \
+               and c.relpersistence <> 't' \
+               and n.nspname not in ('pg_catalog', 'information_schema') \
+               and n.nspname not like 'pg\\_toast%' and n.nspname not like 'pg\\_temp%' \
+               and not (n.nspname = any($1)) \
+               and not exists (select 1 from pg_depend d where d.classid = 'pg_class'::regclass \
+                               and d.objid = c.oid and d.deptype = 'e') \
+             order by 1, 2",
+        )
+        .bind(exclude_schemas)
+        .fetch_all(&mut self.conn)
+        .await
+        .map_err(|e| db_error("listing tables", e))?;
+        let mut tables = Vec::new();
+        let mut problems = Vec::new();
+        for row in rows {
+            let t = TableRef {
+                schema: row.get(0),
+                name: row.get(1),
+                kind: row.get(2),
+                bytes: row.get(3),
+            };
+            let (can_select, rls_blocked): (bool, bool) = (row.get(4), row.get(5));
+            let q = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name));
+            if !can_select {
+                problems.push(format!(
+                    "table {q}: role {} may not read it (GRANT SELECT ON {q} TO {})",
+                    self.user,
+                    quote_ident(&self.user)
+                ));
+            } else if rls_blocked {
+                problems.push(format!(
+                    "table {q}: row-level security would hide rows from role {} (ALTER ROLE {} BYPASSRLS, or back up as the table owner or a superuser)",
+                    self.user,
+                    quote_ident(&self.user)
+                ));
+            }
+            tables.push(t);
+        }
+        if !problems.is_empty() {
+            return Err(Error::failed(format!(
+                "the backup role cannot read every table in full, so the dump would be incomplete:\n  {}",
+                problems.join("\n  ")
+            )));
+        }
+        Ok(tables)
+    }
+
+    /// Exact row count and order-independent checksum of each table, in the snapshot.
+    pub async fn table_stats(&mut self, tables: &[TableRef]) -> Result<Vec<TableStat>> {
+        let mut out = Vec::with_capacity(tables.len());
+        for t in tables {
+            let (rows, checksum) =
+                table_checksum(&mut self.conn, &t.schema, &t.name, &t.kind).await?;
+            out.push(TableStat {
+                schema: t.schema.clone(),
+                name: t.name.clone(),
+                kind: t.kind.clone(),
+                rows,
+                checksum,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Roles the database's objects refer to: owners, grantees, policy roles, default
+    /// privileges (pg_shdepend), and the database owner. Predefined `pg_*` roles excluded.
+    pub async fn roles(&mut self) -> Result<Vec<Role>> {
+        let rows = sqlx::query(
+            "select r.rolname::text, r.rolcanlogin, r.rolbypassrls, r.rolsuper from pg_roles r \
+             where r.oid in (select d.refobjid from pg_shdepend d \
+                             where d.dbid = (select oid from pg_database where datname = current_database()) \
+                               and d.refclassid = 'pg_authid'::regclass \
+                             union select datdba from pg_database where datname = current_database()) \
+               and r.rolname not like 'pg\\_%' \
+             order by 1",
+        )
+        .fetch_all(&mut self.conn)
+        .await
+        .map_err(|e| db_error("listing roles", e))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Role {
+                name: r.get(0),
+                can_login: r.get(1),
+                bypass_rls: r.get(2),
+                superuser: r.get(3),
+            })
+            .collect())
+    }
+
+    pub async fn finish(mut self) -> Result<()> {
+        self.conn
+            .execute("COMMIT")
+            .await
+            .map_err(|e| db_error("ending the snapshot transaction", e))?;
+        let _ = self.conn.close().await;
+        Ok(())
+    }
+}
+
+/// Row count and checksum of one table: count(*) and the sum of the first 64 bits of
+/// md5(row::text), as an exact decimal. Row order does not matter; any changed, missing or
+/// extra row changes it. `verify` computes the same on the restored copy.
+pub async fn table_checksum(
+    conn: &mut PgConnection,
+    schema: &str,
+    name: &str,
+    kind: &str,
+) -> Result<(u64, String)> {
+    let q = format!("{}.{}", quote_ident(schema), quote_ident(name));
+    let only = if kind == "r" { "only " } else { "" };
+    let sql = format!(
+        "select count(*)::int8, coalesce(sum(('x' || left(md5(_backstop_row::text), 16))::bit(64)::int8::numeric), 0)::text \
+         from {only}{q} _backstop_row"
+    );
+    let row = sqlx::query(&sql)
+        .fetch_one(conn)
+        .await
+        .map_err(|e| db_error(&format!("reading table {q}"), e))?;
+    Ok((row.get::<i64, _>(0) as u64, row.get(1)))
+}
