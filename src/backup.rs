@@ -8,7 +8,9 @@ use crate::error::{Error, Result};
 use crate::policy::Policy;
 use crate::progress::Progress;
 use crate::record::{BackupDb, BackupRecord, Phase};
-use crate::repo::format::{DbManifest, Manifest, Meta, MetaDb, MetaEncryption, StoredObject, FORMAT};
+use crate::repo::format::{
+    DbManifest, Manifest, Meta, MetaDb, MetaEncryption, StoredObject, FORMAT,
+};
 use crate::repo::writer::BlobWriter;
 use crate::repo::Repo;
 use crate::seal::Sealer;
@@ -27,7 +29,12 @@ pub enum Only {
     Storage,
 }
 
-pub async fn run(policy: &Policy, repo: &Repo, only: Option<Only>, rec: &mut BackupRecord) -> Result<()> {
+pub async fn run(
+    policy: &Policy,
+    repo: &Repo,
+    only: Option<Only>,
+    rec: &mut BackupRecord,
+) -> Result<()> {
     let snapshot_id = rec
         .snapshot_id
         .clone()
@@ -55,7 +62,8 @@ pub async fn run(policy: &Policy, repo: &Repo, only: Option<Only>, rec: &mut Bac
             }
         )));
     }
-    let writer = Arc::new(BlobWriter::new(repo, sealer.clone(), policy.repository.connections).await?);
+    let writer =
+        Arc::new(BlobWriter::new(repo, sealer.clone(), policy.repository.connections).await?);
     let mut consistent_at = rec.started_at;
     let mut database = None;
     let mut meta_db = None;
@@ -138,7 +146,10 @@ async fn dump_database(
     }) {
         Ok(sql) => sql,
         Err(e) => {
-            let w = format!("roles not captured as SQL (the manifest still lists them): {}", e.message);
+            let w = format!(
+                "roles not captured as SQL (the manifest still lists them): {}",
+                e.message
+            );
             tracing::warn!("{w}");
             rec.warnings.push(w);
             String::new()
@@ -165,7 +176,9 @@ async fn dump_database(
         cmd.arg(format!("--exclude-schema={s}"));
     }
     url.configure(&mut cmd);
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd
         .spawn()
         .map_err(|e| Error::failed(format!("cannot start {}: {e}", pg_dump.path.display())))?;

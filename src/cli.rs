@@ -4,7 +4,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "backstop", version, about = "Backups of PostgreSQL/Supabase and storage buckets: sealed, deduplicated, offsite, verified, reported.")]
+#[command(
+    name = "backstop",
+    version,
+    about = "Backups of PostgreSQL/Supabase and storage buckets: sealed, deduplicated, offsite, verified, reported."
+)]
 pub struct Cli {
     /// Directory where `--policy NAME` is looked up as NAME.toml (default: ./policies).
     #[arg(long, global = true, env = "BACKSTOP_POLICIES", value_name = "DIR")]
@@ -96,7 +100,7 @@ pub struct RestoreArgs {
     /// Restore only one side.
     #[arg(long, value_enum)]
     pub only: Option<Only>,
-    /// Allow restoring over a non-empty target (objects the snapshot holds are dropped and recreated).
+    /// Allow restoring over a non-empty target database: it is dropped and recreated.
     #[arg(long)]
     pub force: bool,
     #[arg(long)]

@@ -268,9 +268,8 @@ pub fn resolve(arg: &str, policies_dir: Option<&Path>) -> PathBuf {
 }
 
 pub fn load(path: &Path) -> Result<Policy> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::input(format!("cannot read policy {}: {e}", path.display()))
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::input(format!("cannot read policy {}: {e}", path.display())))?;
     parse(&text, path, &|name| std::env::var(name).ok())
 }
 
@@ -302,7 +301,12 @@ pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> R
 fn location(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, col)
 }
 
@@ -337,7 +341,11 @@ impl Validator<'_> {
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                 && !name.starts_with(|c: char| c.is_ascii_digit());
             if !valid {
-                self.problem(s.span(), key, format!("`${{{name}}}` is not a valid variable name"));
+                self.problem(
+                    s.span(),
+                    key,
+                    format!("`${{{name}}}` is not a valid variable name"),
+                );
                 return String::new();
             }
             match (self.env)(name).filter(|v| !v.is_empty()) {
@@ -555,7 +563,11 @@ impl Validator<'_> {
             None => 3,
             Some(l) if (1..=19).contains(l.get_ref()) => *l.get_ref() as i32,
             Some(l) => {
-                self.problem(l.span(), "repository.zstd_level", "must be between 1 and 19");
+                self.problem(
+                    l.span(),
+                    "repository.zstd_level",
+                    "must be between 1 and 19",
+                );
                 3
             }
         };
@@ -563,7 +575,11 @@ impl Validator<'_> {
             None => 8,
             Some(c) if (1..=256).contains(c.get_ref()) => *c.get_ref() as usize,
             Some(c) => {
-                self.problem(c.span(), "repository.connections", "must be between 1 and 256");
+                self.problem(
+                    c.span(),
+                    "repository.connections",
+                    "must be between 1 and 256",
+                );
                 8
             }
         };
@@ -591,7 +607,11 @@ impl Validator<'_> {
                 );
             }
             if !(1..=36_500).contains(l.days.get_ref()) {
-                self.problem(l.days.span(), "repository.object_lock.days", "must be 1 to 36500");
+                self.problem(
+                    l.days.span(),
+                    "repository.object_lock.days",
+                    "must be 1 to 36500",
+                );
             }
             ObjectLock {
                 mode,
@@ -641,7 +661,9 @@ pub fn parse_location(url: &str) -> std::result::Result<Location, String> {
     if let Some(rest) = url.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
-            return Err(format!("`{url}` names no bucket (write s3://bucket/prefix)"));
+            return Err(format!(
+                "`{url}` names no bucket (write s3://bucket/prefix)"
+            ));
         }
         return Ok(Location::S3 {
             bucket: bucket.to_string(),
@@ -650,12 +672,16 @@ pub fn parse_location(url: &str) -> std::result::Result<Location, String> {
     }
     if let Some(rest) = url.strip_prefix("file://") {
         if !rest.starts_with('/') {
-            return Err(format!("`{url}`: a file:// URL needs an absolute path (file:///var/backups/x)"));
+            return Err(format!(
+                "`{url}`: a file:// URL needs an absolute path (file:///var/backups/x)"
+            ));
         }
         return Ok(Location::Dir(PathBuf::from(rest)));
     }
     if url.contains("://") {
-        return Err(format!("`{url}`: unsupported scheme (use s3://, file:// or a plain path)"));
+        return Err(format!(
+            "`{url}`: unsupported scheme (use s3://, file:// or a plain path)"
+        ));
     }
     if url.is_empty() {
         return Err("empty repository URL".into());
@@ -706,7 +732,12 @@ mod tests {
     #[test]
     fn missing_variable_is_named() {
         let e = err(&minimal("[notify]\nwebhook = \"${SLACK_WEBHOOK_URL}\"\n"));
-        assert!(e.contains("p.toml:9:11: notify.webhook: environment variable SLACK_WEBHOOK_URL is not set"), "{e}");
+        assert!(
+            e.contains(
+                "p.toml:9:11: notify.webhook: environment variable SLACK_WEBHOOK_URL is not set"
+            ),
+            "{e}"
+        );
     }
 
     #[test]
@@ -738,9 +769,15 @@ mod tests {
     fn locations() {
         assert_eq!(
             parse_location("s3://b/x/y/").unwrap(),
-            Location::S3 { bucket: "b".into(), prefix: "x/y".into() }
+            Location::S3 {
+                bucket: "b".into(),
+                prefix: "x/y".into()
+            }
         );
-        assert_eq!(parse_location("file:///var/b").unwrap(), Location::Dir("/var/b".into()));
+        assert_eq!(
+            parse_location("file:///var/b").unwrap(),
+            Location::Dir("/var/b".into())
+        );
         assert!(parse_location("gs://b").is_err());
         assert!(parse_location("file://rel").is_err());
     }
@@ -748,6 +785,9 @@ mod tests {
     #[test]
     fn resolves_names_and_paths() {
         assert_eq!(resolve("x/y.toml", None), PathBuf::from("x/y.toml"));
-        assert_eq!(resolve("prod", Some(Path::new("/etc/p"))), PathBuf::from("/etc/p/prod.toml"));
+        assert_eq!(
+            resolve("prod", Some(Path::new("/etc/p"))),
+            PathBuf::from("/etc/p/prod.toml")
+        );
     }
 }

@@ -1,8 +1,9 @@
 //! Restoring a snapshot's database into a target server.
 //!
 //! Order of work: make sure the target database exists (created when missing) and is empty
-//! (refused otherwise, unless `force`, which makes pg_restore drop what it recreates:
-//! `--clean --if-exists`); create, as NOLOGIN, the roles the dump refers to that the target
+//! (refused otherwise, unless `force`, which drops and recreates the target database, so the
+//! result is exactly the snapshot: pg_restore's own `--clean` cannot drop every kind of object,
+//! e.g. a partition's inherited primary key); create, as NOLOGIN, the roles the dump refers to that the target
 //! server lacks; then stream the dump into pg_restore's stdin, blobs fetched several ahead and
 //! each one checked (see [`crate::repo::reader`]) before a byte of it reaches pg_restore. Any
 //! damaged blob stops the restore with the blob named; pg_restore reporting any error fails
@@ -33,22 +34,11 @@ pub struct DbTarget {
 /// the database was created.
 pub async fn prepare_target(target: &DbTarget) -> Result<bool> {
     let url = &target.url;
-    let mut created = false;
     let mut conn = match connect_existing(url).await? {
         Some(c) => c,
         None => {
-            let mut admin = connect(&url.with_database("postgres")).await?;
-            let db = url.database();
-            admin
-                .execute(format!("CREATE DATABASE {}", quote_ident(&db)).as_str())
-                .await
-                .map_err(|e| {
-                    Error::failed(format!("creating database {db} on {}: {e}", url.masked()))
-                })?;
-            let _ = admin.close().await;
-            tracing::info!("created database {db}");
-            created = true;
-            connect(url).await?
+            admin_execute(url, "CREATE DATABASE").await?;
+            return Ok(true);
         }
     };
     let rows = sqlx::query(
@@ -65,16 +55,55 @@ pub async fn prepare_target(target: &DbTarget) -> Result<bool> {
     .await
     .map_err(|e| Error::failed(format!("inspecting {}: {e}", url.masked())))?;
     let _ = conn.close().await;
-    if !rows.is_empty() && !target.force {
+    if rows.is_empty() {
+        return Ok(false);
+    }
+    if !target.force {
         let names: Vec<String> = rows.iter().take(5).map(|r| r.get(0)).collect();
         return Err(Error::input(format!(
-            "target database {} is not empty ({} relations, e.g. {}): restore into an empty database, or pass --force to drop and recreate what the snapshot holds",
+            "target database {} is not empty ({} relations, e.g. {}): restore into an empty database, or pass --force to drop and recreate it",
             url.masked(),
             rows.len(),
             names.join(", ")
         )));
     }
-    Ok(created)
+    tracing::warn!(
+        "--force: dropping and recreating database {}",
+        url.database()
+    );
+    admin_execute(url, "DROP DATABASE").await?;
+    admin_execute(url, "CREATE DATABASE").await?;
+    Ok(true)
+}
+
+/// Runs `CREATE DATABASE` or `DROP DATABASE` for the target's database, from the server's
+/// `postgres` database (or `template1` when the target is `postgres`).
+async fn admin_execute(url: &DbUrl, verb: &str) -> Result<()> {
+    let db = url.database();
+    let admin_db = if db == "postgres" {
+        "template1"
+    } else {
+        "postgres"
+    };
+    let mut admin = connect(&url.with_database(admin_db)).await?;
+    let suffix = if verb == "DROP DATABASE" {
+        " WITH (FORCE)"
+    } else {
+        ""
+    };
+    let sql = format!("{verb} {}{suffix}", quote_ident(&db));
+    let result = admin.execute(sql.as_str()).await;
+    let _ = admin.close().await;
+    result.map_err(|e| Error::failed(format!("{verb} {db} on {}: {e}", url.masked())))?;
+    tracing::info!(
+        "{} database {db}",
+        if suffix.is_empty() {
+            "created"
+        } else {
+            "dropped"
+        }
+    );
+    Ok(())
 }
 
 /// Creates the roles the dump refers to that the server lacks, as NOLOGIN roles.
@@ -86,7 +115,13 @@ pub async fn create_missing_roles(url: &DbUrl, manifest: &DbManifest) -> Result<
             .bind(&role.name)
             .fetch_one(&mut conn)
             .await
-            .map_err(|e| Error::failed(format!("checking role {} on {}: {e}", role.name, url.masked())))?
+            .map_err(|e| {
+                Error::failed(format!(
+                    "checking role {} on {}: {e}",
+                    role.name,
+                    url.masked()
+                ))
+            })?
             .get(0);
         if !exists {
             conn.execute(format!("CREATE ROLE {} NOLOGIN", quote_ident(&role.name)).as_str())
@@ -103,7 +138,10 @@ pub async fn create_missing_roles(url: &DbUrl, manifest: &DbManifest) -> Result<
     }
     let _ = conn.close().await;
     if !created.is_empty() {
-        tracing::info!("created NOLOGIN roles the dump needs: {}", created.join(", "));
+        tracing::info!(
+            "created NOLOGIN roles the dump needs: {}",
+            created.join(", ")
+        );
     }
     Ok(created)
 }
@@ -124,9 +162,6 @@ pub async fn load_dump(
     let tool = pgtools::find("pg_restore", dump_major)?;
     let mut std_cmd = std::process::Command::new(&tool.path);
     std_cmd.arg("--exit-on-error");
-    if target.force {
-        std_cmd.args(["--clean", "--if-exists"]);
-    }
     target.url.configure(&mut std_cmd);
     let mut cmd = tokio::process::Command::from(std_cmd);
     cmd.stdin(Stdio::piped())
@@ -146,7 +181,10 @@ pub async fn load_dump(
         .ok_or_else(|| Error::failed("pg_restore has no stderr"))?;
     let stderr_task = tokio::spawn(async move {
         let mut text = String::new();
-        let _ = (&mut stderr).take(256 * 1024).read_to_string(&mut text).await;
+        let _ = (&mut stderr)
+            .take(256 * 1024)
+            .read_to_string(&mut text)
+            .await;
         text
     });
 

@@ -49,7 +49,8 @@ impl Cron {
 }
 
 pub fn parse_timezone(text: &str) -> Result<Tz, String> {
-    Tz::from_str(text).map_err(|_| format!("`{text}` is not an IANA timezone name (e.g. Asia/Seoul, UTC)"))
+    Tz::from_str(text)
+        .map_err(|_| format!("`{text}` is not an IANA timezone name (e.g. Asia/Seoul, UTC)"))
 }
 
 const DAYS: [&str; 8] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
@@ -86,35 +87,68 @@ mod tests {
 
     fn next(expr: &str, from: &str, tz: &str) -> String {
         let c = Cron::parse(expr).unwrap();
-        let from = DateTime::parse_from_rfc3339(from).unwrap().with_timezone(&Utc);
-        c.next_after(from, parse_timezone(tz).unwrap()).unwrap().to_rfc3339()
+        let from = DateTime::parse_from_rfc3339(from)
+            .unwrap()
+            .with_timezone(&Utc);
+        c.next_after(from, parse_timezone(tz).unwrap())
+            .unwrap()
+            .to_rfc3339()
     }
 
     #[test]
     fn five_fields_with_timezone() {
         // 03:00 in Seoul is 18:00 UTC the day before.
-        assert_eq!(next("0 3 * * *", "2026-11-29T00:00:00Z", "Asia/Seoul"), "2026-11-29T18:00:00+00:00");
-        assert_eq!(next("30 4 * * *", "2026-11-29T00:00:00Z", "UTC"), "2026-11-29T04:30:00+00:00");
+        assert_eq!(
+            next("0 3 * * *", "2026-11-29T00:00:00Z", "Asia/Seoul"),
+            "2026-11-29T18:00:00+00:00"
+        );
+        assert_eq!(
+            next("30 4 * * *", "2026-11-29T00:00:00Z", "UTC"),
+            "2026-11-29T04:30:00+00:00"
+        );
     }
 
     #[test]
     fn sunday_is_zero_and_seven() {
         // 2026-11-29 is a Sunday.
-        assert_eq!(next("0 5 * * 0", "2026-11-26T00:00:00Z", "UTC"), "2026-11-29T05:00:00+00:00");
-        assert_eq!(next("0 5 * * 7", "2026-11-26T00:00:00Z", "UTC"), "2026-11-29T05:00:00+00:00");
-        assert_eq!(next("0 5 * * 1-5", "2026-11-28T00:00:00Z", "UTC"), "2026-11-30T05:00:00+00:00");
-        assert_eq!(next("0 5 * * MON", "2026-11-28T00:00:00Z", "UTC"), "2026-11-30T05:00:00+00:00");
+        assert_eq!(
+            next("0 5 * * 0", "2026-11-26T00:00:00Z", "UTC"),
+            "2026-11-29T05:00:00+00:00"
+        );
+        assert_eq!(
+            next("0 5 * * 7", "2026-11-26T00:00:00Z", "UTC"),
+            "2026-11-29T05:00:00+00:00"
+        );
+        assert_eq!(
+            next("0 5 * * 1-5", "2026-11-28T00:00:00Z", "UTC"),
+            "2026-11-30T05:00:00+00:00"
+        );
+        assert_eq!(
+            next("0 5 * * MON", "2026-11-28T00:00:00Z", "UTC"),
+            "2026-11-30T05:00:00+00:00"
+        );
     }
 
     #[test]
     fn seconds_forms() {
-        assert_eq!(next("15 0 3 * * *", "2026-11-29T00:00:00Z", "UTC"), "2026-11-29T03:00:15+00:00");
+        assert_eq!(
+            next("15 0 3 * * *", "2026-11-29T00:00:00Z", "UTC"),
+            "2026-11-29T03:00:15+00:00"
+        );
         assert!(Cron::parse("0 0 3 * * * 2027").is_ok());
     }
 
     #[test]
     fn rejects_bad_expressions() {
-        for bad in ["", "0 3 * *", "61 3 * * *", "0 25 * * *", "0 3 * * 8", "every day", "0 3 * * * * * *"] {
+        for bad in [
+            "",
+            "0 3 * *",
+            "61 3 * * *",
+            "0 25 * * *",
+            "0 3 * * 8",
+            "every day",
+            "0 3 * * * * * *",
+        ] {
             assert!(Cron::parse(bad).is_err(), "{bad:?} accepted");
         }
         assert!(parse_timezone("Mars/Olympus").is_err());

@@ -71,7 +71,12 @@ pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
         return Ok(dt.with_timezone(&Utc));
     }
-    for fmt in ["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M"] {
+    for fmt in [
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M",
+    ] {
         if let Ok(n) = NaiveDateTime::parse_from_str(t, fmt) {
             return Ok(Utc.from_utc_datetime(&n));
         }
@@ -107,7 +112,11 @@ pub fn scrub(text: &str, secrets: &[&str]) -> String {
 
 /// A new identifier that sorts by creation time: `20261129T031500Z-1a2b3c`.
 pub fn new_id(at: DateTime<Utc>) -> String {
-    format!("{}-{:06x}", at.format("%Y%m%dT%H%M%SZ"), rand::random::<u32>() & 0xff_ffff)
+    format!(
+        "{}-{:06x}",
+        at.format("%Y%m%dT%H%M%SZ"),
+        rand::random::<u32>() & 0xff_ffff
+    )
 }
 
 pub fn secs(d: Duration) -> f64 {
@@ -123,13 +132,30 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("90m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
-        assert_eq!(parse_duration("35d").unwrap(), Duration::from_secs(35 * 86_400));
+        assert_eq!(
+            parse_duration("35d").unwrap(),
+            Duration::from_secs(35 * 86_400)
+        );
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("2w").unwrap(), Duration::from_secs(14 * 86_400));
-        for bad in ["", "h", "24", "24x", "0h", "1.5h", "-3h", "99999999999999999999d"] {
+        assert_eq!(
+            parse_duration("2w").unwrap(),
+            Duration::from_secs(14 * 86_400)
+        );
+        for bad in [
+            "",
+            "h",
+            "24",
+            "24x",
+            "0h",
+            "1.5h",
+            "-3h",
+            "99999999999999999999d",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad} accepted");
         }
-        assert!(parse_duration("24x").unwrap_err().contains("unknown unit `x`"));
+        assert!(parse_duration("24x")
+            .unwrap_err()
+            .contains("unknown unit `x`"));
     }
 
     proptest! {
@@ -155,8 +181,14 @@ mod tests {
     fn times() {
         let t = parse_time("2026-11-28T03:00:00+09:00").unwrap();
         assert_eq!(t.to_rfc3339(), "2026-11-27T18:00:00+00:00");
-        assert_eq!(parse_time("2026-11-28").unwrap().to_rfc3339(), "2026-11-28T00:00:00+00:00");
-        assert_eq!(parse_time("2026-11-28 03:04").unwrap().to_rfc3339(), "2026-11-28T03:04:00+00:00");
+        assert_eq!(
+            parse_time("2026-11-28").unwrap().to_rfc3339(),
+            "2026-11-28T00:00:00+00:00"
+        );
+        assert_eq!(
+            parse_time("2026-11-28 03:04").unwrap().to_rfc3339(),
+            "2026-11-28T03:04:00+00:00"
+        );
         assert!(parse_time("yesterday").is_err());
     }
 }

@@ -53,7 +53,16 @@ pub async fn run(args: BackupArgs, dir: Option<&Path>) -> Result<()> {
             .snapshot_id
             .clone()
             .unwrap_or_else(|| crate::util::new_id(started_at));
-        if let Err(e) = runs::write(repo.store.as_ref(), &repo.policy, "backup", &id, started_at, &rec).await {
+        if let Err(e) = runs::write(
+            repo.store.as_ref(),
+            &repo.policy,
+            "backup",
+            &id,
+            started_at,
+            &rec,
+        )
+        .await
+        {
             tracing::warn!("could not write the run record: {}", e.message);
         }
     }

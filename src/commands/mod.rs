@@ -19,7 +19,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Keygen { out } => keygen::run(out.as_deref()),
         Command::Init { policy } => init::run(&load_policy(&policy, dir)?).await,
         Command::Backup(args) => backup::run(args, dir).await,
-        Command::Snapshots { policy, json } => snapshots::run(&load_policy(&policy, dir)?, json).await,
+        Command::Snapshots { policy, json } => {
+            snapshots::run(&load_policy(&policy, dir)?, json).await
+        }
         Command::Restore(args) => restore::run(args, dir).await,
         Command::Policy {
             action: PolicyCommand::Validate { policy },

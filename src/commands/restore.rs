@@ -98,7 +98,16 @@ pub async fn run(args: RestoreArgs, dir: Option<&Path>) -> Result<()> {
     }
     if let Some(repo) = &repo_slot {
         let id = crate::util::new_id(started_at);
-        if let Err(e) = runs::write(repo.store.as_ref(), &repo.policy, "restore", &id, started_at, &rec).await {
+        if let Err(e) = runs::write(
+            repo.store.as_ref(),
+            &repo.policy,
+            "restore",
+            &id,
+            started_at,
+            &rec,
+        )
+        .await
+        {
             tracing::warn!("could not write the run record: {}", e.message);
         }
     }

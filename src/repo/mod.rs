@@ -41,10 +41,7 @@ pub enum Selector {
 impl Repo {
     /// Creates backstop.json. Returns the existing configuration (and `false`) when the
     /// repository is already initialized.
-    pub async fn init(
-        store: Arc<dyn Store>,
-        recipients: &[String],
-    ) -> Result<(RepoConfig, bool)> {
+    pub async fn init(store: Arc<dyn Store>, recipients: &[String]) -> Result<(RepoConfig, bool)> {
         let config = RepoConfig {
             format: FORMAT,
             created_at: Utc::now(),
@@ -70,7 +67,10 @@ impl Repo {
             ))
         })?;
         let config: RepoConfig = serde_json::from_slice(&body).map_err(|e| {
-            Error::failed(format!("{}/{CONFIG_KEY} is not readable: {e}", store.describe()))
+            Error::failed(format!(
+                "{}/{CONFIG_KEY} is not readable: {e}",
+                store.describe()
+            ))
         })?;
         if config.format != FORMAT {
             return Err(Error::failed(format!(
@@ -159,7 +159,12 @@ impl Repo {
     }
 
     /// Commits a snapshot: manifest.age, then meta.json. Call only when every blob is durable.
-    pub async fn commit(&self, manifest: &Manifest, sealer: &Sealer, mut meta: Meta) -> Result<Meta> {
+    pub async fn commit(
+        &self,
+        manifest: &Manifest,
+        sealer: &Sealer,
+        mut meta: Meta,
+    ) -> Result<Meta> {
         let body = serde_json::to_vec(manifest)
             .map_err(|e| Error::failed(format!("encoding manifest: {e}")))?;
         let sealed = sealer.seal(&body)?;
@@ -170,13 +175,17 @@ impl Repo {
             sha256: sha256_hex(&sealed),
         };
         if self.store.put_new(&key, sealed).await? == Put::Exists {
-            return Err(Error::failed(format!("{key} already exists; refusing to overwrite it")));
+            return Err(Error::failed(format!(
+                "{key} already exists; refusing to overwrite it"
+            )));
         }
         let body = serde_json::to_vec_pretty(&meta)
             .map_err(|e| Error::failed(format!("encoding meta.json: {e}")))?;
         let key = self.meta_key(&meta.id);
         if self.store.put_new(&key, body).await? == Put::Exists {
-            return Err(Error::failed(format!("{key} already exists; refusing to overwrite it")));
+            return Err(Error::failed(format!(
+                "{key} already exists; refusing to overwrite it"
+            )));
         }
         Ok(meta)
     }
@@ -189,7 +198,9 @@ pub async fn read_metas(store: &dyn Store, prefix: &str) -> Result<Vec<Meta>> {
         if !entry.key.ends_with("/meta.json") {
             continue;
         }
-        let Some(body) = store.get_opt(&entry.key).await? else { continue };
+        let Some(body) = store.get_opt(&entry.key).await? else {
+            continue;
+        };
         match serde_json::from_slice::<Meta>(&body) {
             Ok(m) => metas.push(m),
             Err(e) => tracing::warn!("skipping {}: not a readable meta.json ({e})", entry.key),

@@ -22,12 +22,21 @@ pub struct BlobReader {
 }
 
 impl BlobReader {
-    pub fn new(store: Arc<dyn Store>, opener: Arc<Opener>, ids: BlobIds, meta: &Meta) -> BlobReader {
+    pub fn new(
+        store: Arc<dyn Store>,
+        opener: Arc<Opener>,
+        ids: BlobIds,
+        meta: &Meta,
+    ) -> BlobReader {
         BlobReader {
             store,
             opener,
             ids,
-            refs: meta.blobs.iter().map(|b| (b.id.clone(), b.clone())).collect(),
+            refs: meta
+                .blobs
+                .iter()
+                .map(|b| (b.id.clone(), b.clone()))
+                .collect(),
             snapshot: meta.id.clone(),
         }
     }

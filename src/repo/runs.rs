@@ -15,7 +15,10 @@ pub async fn write(
     at: DateTime<Utc>,
     record: &impl Serialize,
 ) -> Result<String> {
-    let key = format!("runs/{policy}/{}-{kind}-{id}.json", at.format("%Y%m%dT%H%M%SZ"));
+    let key = format!(
+        "runs/{policy}/{}-{kind}-{id}.json",
+        at.format("%Y%m%dT%H%M%SZ")
+    );
     let body = serde_json::to_vec_pretty(record)
         .map_err(|e| Error::failed(format!("encoding run record: {e}")))?;
     store.put_new(&key, body).await?;

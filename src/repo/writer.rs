@@ -211,7 +211,10 @@ impl BlobWriter {
     async fn hash_stored(&self, id: &str) -> Result<BlobRef> {
         let key = blob_key(id);
         let bytes = self.store.get_opt(&key).await?.ok_or_else(|| {
-            Error::failed(format!("{key} vanished from {} during the backup", self.store.describe()))
+            Error::failed(format!(
+                "{key} vanished from {} during the backup",
+                self.store.describe()
+            ))
         })?;
         Ok(BlobRef {
             id: id.to_string(),

@@ -53,7 +53,11 @@ pub fn find(name: &str, min_major: u32) -> Result<PgTool> {
         .filter_map(|path| {
             let out = Command::new(&path).arg("--version").output().ok()?;
             let (major, version) = parse_version(&String::from_utf8_lossy(&out.stdout))?;
-            Some(PgTool { path, major, version })
+            Some(PgTool {
+                path,
+                major,
+                version,
+            })
         })
         .collect();
     found.sort_by_key(|t| std::cmp::Reverse(t.major));
@@ -171,7 +175,9 @@ fn percent_decode(s: &str) -> String {
 fn utf8_percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -199,8 +205,14 @@ mod tests {
 
     #[test]
     fn versions() {
-        assert_eq!(parse_version("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n"), Some((15, "15.18".into())));
-        assert_eq!(parse_version("pg_restore (PostgreSQL) 17beta1"), Some((17, "17beta1".into())));
+        assert_eq!(
+            parse_version("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n"),
+            Some((15, "15.18".into()))
+        );
+        assert_eq!(
+            parse_version("pg_restore (PostgreSQL) 17beta1"),
+            Some((17, "17beta1".into()))
+        );
         assert_eq!(parse_version("garbage"), None);
     }
 
@@ -209,8 +221,14 @@ mod tests {
         let u = DbUrl::parse("postgres://app:p%40ss@db:5432/prod%20db?sslmode=require").unwrap();
         assert_eq!(u.password().unwrap(), "p@ss");
         assert_eq!(u.database(), "prod db");
-        assert_eq!(u.masked(), "postgres://app:***@db:5432/prod%20db?sslmode=require");
-        assert_eq!(u.for_libpq(), "postgres://app@db:5432/prod%20db?sslmode=require");
+        assert_eq!(
+            u.masked(),
+            "postgres://app:***@db:5432/prod%20db?sslmode=require"
+        );
+        assert_eq!(
+            u.for_libpq(),
+            "postgres://app@db:5432/prod%20db?sslmode=require"
+        );
         assert_eq!(u.with_database("postgres").database(), "postgres");
         assert_eq!(format!("{u:?}"), u.masked());
         assert!(DbUrl::parse("mysql://x@y/z").is_err());

@@ -54,7 +54,10 @@ fn connect_error(url: &DbUrl, e: sqlx::Error) -> Error {
     } else {
         "check that the server is running and the host and port are right"
     };
-    Error::failed(format!("cannot connect to database {}: {text}; {hint}", url.masked()))
+    Error::failed(format!(
+        "cannot connect to database {}: {text}; {hint}",
+        url.masked()
+    ))
 }
 
 /// True when a connection failed because the database does not exist (SQLSTATE 3D000).
@@ -92,9 +95,11 @@ pub struct TableRef {
 impl Session {
     pub async fn begin(url: &DbUrl) -> Result<Session> {
         let mut conn = connect(url).await?;
-        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL row_security = off")
-            .await
-            .map_err(|e| db_error("starting the snapshot transaction", e))?;
+        conn.execute(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL row_security = off",
+        )
+        .await
+        .map_err(|e| db_error("starting the snapshot transaction", e))?;
         let row = sqlx::query(
             "select pg_export_snapshot(), (extract(epoch from now()) * 1000000)::int8, \
              current_setting('server_version'), current_setting('server_version_num')::int4, \
@@ -106,7 +111,10 @@ impl Session {
         let micros: i64 = row.get(1);
         Ok(Session {
             snapshot: row.get(0),
-            consistent_at: Utc.timestamp_micros(micros).single().unwrap_or_else(Utc::now),
+            consistent_at: Utc
+                .timestamp_micros(micros)
+                .single()
+                .unwrap_or_else(Utc::now),
             server_version: row.get(2),
             server_version_num: row.get(3),
             database: row.get(4),

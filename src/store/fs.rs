@@ -23,7 +23,10 @@ impl FsStore {
     }
 
     fn path(&self, key: &str) -> Result<PathBuf> {
-        if key.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
+        if key
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == "..")
+        {
             return Err(Error::failed(format!("invalid store key `{key}`")));
         }
         Ok(self.root.join(key))
@@ -33,7 +36,9 @@ impl FsStore {
 fn io_error(op: &str, path: &Path, e: std::io::Error) -> Error {
     let hint = match e.kind() {
         ErrorKind::StorageFull => ": the disk is full; free space or move the repository",
-        ErrorKind::PermissionDenied => ": permission denied; check the owner and mode of the repository directory",
+        ErrorKind::PermissionDenied => {
+            ": permission denied; check the owner and mode of the repository directory"
+        }
         ErrorKind::ReadOnlyFilesystem => ": the filesystem is read-only",
         _ => "",
     };
@@ -88,7 +93,11 @@ fn put_blocking(path: &Path, data: &[u8]) -> Result<Put> {
 fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<Entry>> {
     // Walk from the deepest directory the prefix names, then filter by the full prefix.
     let dir_part = prefix.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
-    let start = if dir_part.is_empty() { root.to_path_buf() } else { root.join(dir_part) };
+    let start = if dir_part.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(dir_part)
+    };
     let mut out = Vec::new();
     let mut stack = vec![start];
     while let Some(dir) = stack.pop() {
@@ -110,10 +119,15 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<Entry>> {
                 stack.push(path);
                 continue;
             }
-            let Ok(rel) = path.strip_prefix(root) else { continue };
+            let Ok(rel) = path.strip_prefix(root) else {
+                continue;
+            };
             let key = rel.to_string_lossy().to_string();
             if key.starts_with(prefix) {
-                out.push(Entry { key, size: meta.len() });
+                out.push(Entry {
+                    key,
+                    size: meta.len(),
+                });
             }
         }
     }
@@ -183,15 +197,32 @@ mod tests {
     async fn put_get_list_delete_and_no_overwrite() {
         let dir = tempfile::tempdir().unwrap();
         let s = FsStore::new(dir.path().join("repo"));
-        assert_eq!(s.put_new("blobs/ab/abc", b"one".to_vec()).await.unwrap(), Put::Created);
-        assert_eq!(s.put_new("blobs/ab/abc", b"two".to_vec()).await.unwrap(), Put::Exists);
+        assert_eq!(
+            s.put_new("blobs/ab/abc", b"one".to_vec()).await.unwrap(),
+            Put::Created
+        );
+        assert_eq!(
+            s.put_new("blobs/ab/abc", b"two".to_vec()).await.unwrap(),
+            Put::Exists
+        );
         assert_eq!(s.get_opt("blobs/ab/abc").await.unwrap().unwrap(), b"one");
         assert_eq!(s.get_opt("blobs/ab/none").await.unwrap(), None);
         s.put_new("blobs/cd/cde", vec![0; 10]).await.unwrap();
-        s.put_new("snapshots/p/1/meta.json", b"{}".to_vec()).await.unwrap();
+        s.put_new("snapshots/p/1/meta.json", b"{}".to_vec())
+            .await
+            .unwrap();
         std::fs::write(dir.path().join("repo/blobs/ab/.tmp-x"), b"junk").unwrap();
-        let keys: Vec<_> = s.list("blobs/").await.unwrap().into_iter().map(|e| (e.key, e.size)).collect();
-        assert_eq!(keys, vec![("blobs/ab/abc".into(), 3), ("blobs/cd/cde".into(), 10)]);
+        let keys: Vec<_> = s
+            .list("blobs/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.key, e.size))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![("blobs/ab/abc".into(), 3), ("blobs/cd/cde".into(), 10)]
+        );
         assert_eq!(s.list("snapshots/p/").await.unwrap().len(), 1);
         assert_eq!(s.list("nothing/").await.unwrap(), vec![]);
         s.delete("blobs/ab/abc").await.unwrap();
@@ -206,6 +237,11 @@ mod tests {
         std::fs::write(dir.path().join("blobs"), b"not a dir").unwrap();
         let s = FsStore::new(dir.path().to_path_buf());
         let e = s.put_new("blobs/ab/x", vec![1]).await.unwrap_err();
-        assert!(e.message.contains(&dir.path().join("blobs").display().to_string()), "{}", e.message);
+        assert!(
+            e.message
+                .contains(&dir.path().join("blobs").display().to_string()),
+            "{}",
+            e.message
+        );
     }
 }
