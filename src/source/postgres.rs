@@ -65,8 +65,21 @@ fn is_missing_database(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("3D000"))
 }
 
+/// An identifier quoted for SQL, always.
 pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// An identifier as a person would type it: quoted only when it must be.
+pub fn display_ident(s: &str) -> String {
+    let plain = s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        s.to_string()
+    } else {
+        quote_ident(s)
+    }
 }
 
 fn db_error(what: &str, e: sqlx::Error) -> Error {
@@ -160,18 +173,15 @@ impl Session {
                 bytes: row.get(3),
             };
             let (can_select, rls_blocked): (bool, bool) = (row.get(4), row.get(5));
-            let q = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name));
+            let q = format!("{}.{}", display_ident(&t.schema), display_ident(&t.name));
+            let role = display_ident(&self.user);
             if !can_select {
                 problems.push(format!(
-                    "table {q}: role {} may not read it (GRANT SELECT ON {q} TO {})",
-                    self.user,
-                    quote_ident(&self.user)
+                    "table {q}: role {role} may not read it (GRANT SELECT ON {q} TO {role})"
                 ));
             } else if rls_blocked {
                 problems.push(format!(
-                    "table {q}: row-level security would hide rows from role {} (ALTER ROLE {} BYPASSRLS, or back up as the table owner or a superuser)",
-                    self.user,
-                    quote_ident(&self.user)
+                    "table {q}: row-level security would hide rows from role {role} (ALTER ROLE {role} BYPASSRLS, or back up as the table owner or a superuser)"
                 ));
             }
             tables.push(t);
@@ -248,6 +258,7 @@ pub async fn table_checksum(
     kind: &str,
 ) -> Result<(u64, String)> {
     let q = format!("{}.{}", quote_ident(schema), quote_ident(name));
+    let shown = format!("{}.{}", display_ident(schema), display_ident(name));
     let only = if kind == "r" { "only " } else { "" };
     let sql = format!(
         "select count(*)::int8, coalesce(sum(('x' || left(md5(_backstop_row::text), 16))::bit(64)::int8::numeric), 0)::text \
@@ -256,6 +267,6 @@ pub async fn table_checksum(
     let row = sqlx::query(&sql)
         .fetch_one(conn)
         .await
-        .map_err(|e| db_error(&format!("reading table {q}"), e))?;
+        .map_err(|e| db_error(&format!("reading table {shown}"), e))?;
     Ok((row.get::<i64, _>(0) as u64, row.get(1)))
 }

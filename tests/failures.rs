@@ -1,0 +1,267 @@
+//! Damage, interruption and bad input: each gets the documented exit code and a message that
+//! names the problem, and none leaves a snapshot behind.
+
+mod common;
+
+use common::{bin, files_under, Env};
+use std::time::{Duration, Instant};
+
+fn run(cmd: &mut assert_cmd::Command) -> (i32, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn damage_is_detected_and_named() {
+    let env = Env::new();
+    let first = env.backup_json();
+    let id = first["snapshot_id"].as_str().unwrap().to_string();
+
+    // One flipped byte in one blob: restore exits 1 naming that blob.
+    let blobs = files_under(&env.repo.join("blobs"));
+    let victim = &blobs[blobs.len() / 2];
+    let blob_id = victim.file_name().unwrap().to_string_lossy().to_string();
+    let mut bytes = std::fs::read(victim).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(victim, &bytes).unwrap();
+    let (code, rec, stderr) = env.restore_json(&env.scratch.url("damaged"), &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(rec["ok"], false);
+    assert!(
+        stderr.contains(&format!("blob {blob_id} is damaged")),
+        "{stderr}"
+    );
+    assert!(rec["error"].as_str().unwrap().contains(&blob_id));
+
+    // A deleted blob is named too.
+    bytes[at] ^= 0x01;
+    std::fs::write(victim, &bytes).unwrap();
+    std::fs::remove_file(victim).unwrap();
+    let (code, _, stderr) = env.restore_json(&env.scratch.url("damaged2"), &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("blob {blob_id} is missing")),
+        "{stderr}"
+    );
+
+    // A wrong identity: exit 1, saying the key matches no recipient.
+    let other = env.dir.path().join("other.txt");
+    bin()
+        .args(["keygen", "--out"])
+        .arg(&other)
+        .assert()
+        .success();
+    let (code, _, stderr) = run(env
+        .backstop()
+        .args(["restore", "--policy"])
+        .arg(&env.policy)
+        .args(["--db-url", &env.scratch.url("wrongkey")])
+        .arg("--identity")
+        .arg(&other));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("matches none of the recipients"),
+        "{stderr}"
+    );
+
+    // Removing a snapshot's meta.json hides the snapshot.
+    let meta = env.repo.join(format!("snapshots/test/{id}/meta.json"));
+    std::fs::remove_file(&meta).unwrap();
+    let (code, out, _) = run(env
+        .backstop()
+        .args(["snapshots", "--json", "--policy"])
+        .arg(&env.policy));
+    assert_eq!(code, 0);
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list["snapshots"].as_array().unwrap().len(), 0, "{list}");
+    let (code, _, stderr) = run(env
+        .backstop()
+        .args(["restore", "--policy"])
+        .arg(&env.policy)
+        .args(["--db-url", &env.scratch.url("x"), "--snapshot", &id]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains(&format!("no snapshot {id}")), "{stderr}");
+}
+
+#[test]
+fn a_killed_backup_leaves_no_snapshot_and_the_next_one_succeeds() {
+    let env = Env::new();
+    // Make the dump large enough to be caught mid-stream.
+    env.source.psql(
+        common::FIXTURE_DB,
+        "create table public.bulk as select i, md5(i::text) || repeat(md5((i * 7)::text), 8) as t from generate_series(1, 400000) i",
+    );
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("backstop"))
+        .current_dir(env.dir.path())
+        .env("SOURCE_DB_URL", env.source.url(common::FIXTURE_DB))
+        .args(["backup", "--policy"])
+        .arg(&env.policy)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while files_under(&env.repo.join("blobs")).len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "backup wrote no blobs within 60s"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "backup ended before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        env.meta_files().is_empty(),
+        "a killed backup left a snapshot"
+    );
+
+    let rec = env.backup_json();
+    assert_eq!(rec["ok"], true);
+    assert!(
+        rec["db"]["blobs_reused"].as_u64().unwrap() >= 1,
+        "blobs of the killed run were not reused: {rec}"
+    );
+    assert_eq!(env.meta_files().len(), 1);
+}
+
+#[test]
+fn bad_input_gets_exit_codes_and_names_the_problem() {
+    let env = Env::new();
+    let dir = env.dir.path();
+    let check = |text: &str, code: i32, needles: &[&str]| {
+        let p = dir.join("bad.toml");
+        std::fs::write(&p, text).unwrap();
+        for args in [
+            vec!["policy", "validate", "bad.toml"],
+            vec!["backup", "--policy", "bad.toml"],
+        ] {
+            let (got, _, stderr) = run(env.backstop().args(&args));
+            assert_eq!(got, code, "{args:?} on {text:?}: {stderr}");
+            for n in needles {
+                assert!(stderr.contains(n), "{args:?}: {n:?} not in {stderr}");
+            }
+        }
+    };
+    let good = std::fs::read_to_string(&env.policy).unwrap();
+    check("name = \"x\"\n[database\n", 2, &["bad.toml:2:"]);
+    check(
+        &good.replace("[schedule]", "[schedule]\nbackups = \"0 3 * * *\""),
+        2,
+        &["bad.toml:", "unknown field `backups`"],
+    );
+    check(
+        &good.replace("0 3 * * *", "0 3 * * * * * *"),
+        2,
+        &["schedule.backup", "fields"],
+    );
+    check(
+        &good.replace("${SOURCE_DB_URL}", "${NOT_SET_ANYWHERE}"),
+        2,
+        &["database.url", "NOT_SET_ANYWHERE"],
+    );
+    let (code, out, _) = run(env.backstop().args(["policy", "validate"]).arg(&env.policy));
+    assert_eq!(code, 0);
+    assert!(out.starts_with("OK"));
+
+    // An unreachable database: exit 1, the URL named with its password masked.
+    let port = common::pg::free_port();
+    let url = format!(
+        "postgres://postgres:{}@127.0.0.1:{port}/app",
+        common::pg::PASSWORD
+    );
+    let (code, out, stderr) = run(env
+        .backstop()
+        .env("SOURCE_DB_URL", &url)
+        .args(["backup", "--json", "--policy"])
+        .arg(&env.policy));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot connect to database postgres://postgres:***@127.0.0.1:{port}/app"
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(common::pg::PASSWORD) && !out.contains(common::pg::PASSWORD));
+    let rec: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rec["ok"], false);
+    assert!(rec["snapshot_id"].is_null());
+
+    // Restore without an identity, and before any snapshot.
+    let (code, _, stderr) = run(env
+        .backstop()
+        .env_remove("BACKSTOP_IDENTITY")
+        .args(["restore", "--policy"])
+        .arg(&env.policy)
+        .args(["--db-url", &env.scratch.url("x")]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("BACKSTOP_IDENTITY"), "{stderr}");
+
+    // A backup into a repository that was never initialized.
+    let p = dir.join("noinit.toml");
+    std::fs::write(
+        &p,
+        good.replace(
+            &env.repo.display().to_string(),
+            &dir.join("nowhere").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let (code, _, stderr) = run(env.backstop().args(["backup", "--policy"]).arg(&p));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("backstop init"), "{stderr}");
+
+    assert!(env.meta_files().is_empty(), "bad input left a snapshot");
+    // Every failed backup that reached the repository left a run record saying so.
+    let runs = files_under(&env.repo.join("runs"));
+    assert!(!runs.is_empty());
+    for r in runs {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(r).unwrap()).unwrap();
+        assert_eq!(v["ok"], false);
+        assert!(!v.to_string().contains(common::pg::PASSWORD));
+    }
+}
+
+#[test]
+fn an_unreadable_table_is_named_with_the_grant_it_needs() {
+    let env = Env::new();
+    env.source.psql(
+        common::FIXTURE_DB,
+        "create role limited login password 'limited-pw'; grant usage on schema public, auth, storage to limited; \
+         grant select on all tables in schema public, auth to limited; grant select on storage.buckets to limited",
+    );
+    let url = format!(
+        "postgres://limited:limited-pw@127.0.0.1:{}/app",
+        env.source.port
+    );
+    let (code, _, stderr) = run(env
+        .backstop()
+        .env("SOURCE_DB_URL", &url)
+        .args(["backup", "--policy"])
+        .arg(&env.policy));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("table storage.objects: role limited may not read it (GRANT SELECT ON storage.objects TO limited)"), "{stderr}");
+    assert!(env.meta_files().is_empty());
+
+    // With the grant, row-level security is what stands in the way.
+    env.source.psql(
+        common::FIXTURE_DB,
+        "grant select on storage.objects to limited",
+    );
+    let (code, _, stderr) = run(env
+        .backstop()
+        .env("SOURCE_DB_URL", &url)
+        .args(["backup", "--policy"])
+        .arg(&env.policy));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("table storage.objects: row-level security would hide rows from role limited (ALTER ROLE limited BYPASSRLS"), "{stderr}");
+    assert!(env.meta_files().is_empty());
+}
