@@ -440,9 +440,8 @@ impl Validator<'_> {
                 .collect(),
         });
         if let Some(d) = &database {
-            if !d.url.is_empty()
-                && !(d.url.starts_with("postgres://") || d.url.starts_with("postgresql://"))
-            {
+            let postgres = d.url.starts_with("postgres://") || d.url.starts_with("postgresql://");
+            if !d.url.is_empty() && !postgres {
                 self.problems.push(format!(
                     "{}: database.url: must be a postgres:// or postgresql:// URL",
                     self.file
