@@ -596,6 +596,13 @@ impl Validator<'_> {
                 "auto".into()
             }
         };
+        if r.object_lock.is_some() && matches!(location, Location::Dir(_)) {
+            self.problem(
+                r.url.span(),
+                "repository.object_lock",
+                "object lock needs an s3:// repository; a local directory cannot enforce retention",
+            );
+        }
         let object_lock = r.object_lock.as_ref().map(|l| {
             let mode = l.mode.get_ref().to_ascii_lowercase();
             if mode != "governance" && mode != "compliance" {

@@ -3,6 +3,7 @@ use crate::backup::Only;
 use crate::cli::{self, BackupArgs};
 use crate::error::Result;
 use crate::record::BackupRecord;
+use crate::repo::lock::{self, RunLock};
 use crate::repo::runs;
 use crate::util::secs;
 use chrono::Utc;
@@ -33,11 +34,17 @@ pub async fn run(args: BackupArgs, dir: Option<&Path>) -> Result<()> {
         cli::Only::Storage => Only::Storage,
     });
     let mut repo = None;
+    let run_id = crate::util::new_id(started_at);
     let result = async {
         let policy = load_policy(&args.policy, dir)?;
         rec.policy = policy.name.clone();
         let r = repo.insert(open_repo(&policy).await?);
-        crate::backup::run(&policy, r, only, &mut rec).await
+        let lock =
+            RunLock::acquire(r.store.clone(), &policy.name, "backup", &run_id, lock::TTL).await?;
+        rec.snapshot_id = Some(run_id.clone());
+        let result = crate::backup::run(&policy, r, only, &mut rec).await;
+        lock.release().await;
+        result
     }
     .await;
     rec.finished_at = Utc::now();

@@ -3,7 +3,8 @@ use crate::policy::Policy;
 use crate::repo::Repo;
 
 pub async fn run(policy: &Policy) -> Result<()> {
-    let store = crate::store::open(&policy.repository)?;
+    let store = crate::store::open(&policy.repository).await?;
+    store.check().await?;
     let (config, created) = Repo::init(store.clone(), &policy.recipients).await?;
     if created {
         eprintln!(

@@ -34,7 +34,7 @@ pub fn load_policy(arg: &str, dir: Option<&Path>) -> Result<Policy> {
 }
 
 pub async fn open_repo(policy: &Policy) -> Result<Repo> {
-    let store = crate::store::open(&policy.repository)?;
+    let store = crate::store::open(&policy.repository).await?;
     Repo::open(store, &policy.name).await
 }
 

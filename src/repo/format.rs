@@ -124,7 +124,7 @@ pub struct TableStat {
     /// `r` table, `m` materialized view.
     pub kind: String,
     pub rows: u64,
-    /// Order-independent checksum: the sum of the first 64 bits of md5(row::text) over all rows.
+    /// Order-independent checksum: the sum of hashtextextended(row::text, 0) over all rows.
     pub checksum: String,
 }
 

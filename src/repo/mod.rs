@@ -7,6 +7,7 @@
 //! overwritten; meta.json and run records hold only what an auditor needs, never plaintext.
 
 pub mod format;
+pub mod lock;
 pub mod reader;
 pub mod runs;
 pub mod writer;

@@ -7,7 +7,7 @@
 //! (plus perhaps a stray `.tmp-*` file). A full disk or a permission problem is reported with
 //! the path and is never retried.
 
-use super::{Entry, Put, Store};
+use super::{Entry, Put, PutMode, Store};
 use crate::error::{Error, Result};
 use async_trait::async_trait;
 use std::io::{ErrorKind, Write};
@@ -49,8 +49,8 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-fn put_blocking(path: &Path, data: &[u8]) -> Result<Put> {
-    if path.exists() {
+fn put_blocking(path: &Path, data: &[u8], mode: PutMode) -> Result<Put> {
+    if mode != PutMode::Replace && path.exists() {
         return Ok(Put::Exists);
     }
     // Parent of a key always exists in a valid key (it has at least one component).
@@ -78,6 +78,12 @@ fn put_blocking(path: &Path, data: &[u8]) -> Result<Put> {
                 data.len()
             )));
         }
+        if mode == PutMode::Replace {
+            return std::fs::rename(&tmp, path)
+                .map(|_| Put::Created)
+                .map_err(|e| io_error("rename", path, e));
+        }
+        // link(2) fails when the name exists: the atomic create-if-absent (O_EXCL for names).
         match std::fs::hard_link(&tmp, path) {
             Ok(()) => Ok(Put::Created),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(Put::Exists),
@@ -147,9 +153,17 @@ impl Store for FsStore {
         format!("file://{}", self.root.display())
     }
 
-    async fn put_new(&self, key: &str, data: Vec<u8>) -> Result<Put> {
+    async fn check(&self) -> Result<()> {
+        let root = self.root.clone();
+        blocking(move || {
+            std::fs::create_dir_all(&root).map_err(|e| io_error("create directory", &root, e))
+        })
+        .await
+    }
+
+    async fn put(&self, key: &str, data: Vec<u8>, mode: PutMode) -> Result<Put> {
         let path = self.path(key)?;
-        blocking(move || put_blocking(&path, &data)).await
+        blocking(move || put_blocking(&path, &data, mode)).await
     }
 
     async fn get_opt(&self, key: &str) -> Result<Option<Vec<u8>>> {
@@ -229,6 +243,19 @@ mod tests {
         s.delete("blobs/ab/abc").await.unwrap();
         assert_eq!(s.stat("blobs/ab/abc").await.unwrap(), None);
         assert!(s.put_new("../escape", vec![]).await.is_err());
+        s.put("locks/p.json", b"a".to_vec(), PutMode::CreateMutable)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.put("locks/p.json", b"b".to_vec(), PutMode::CreateMutable)
+                .await
+                .unwrap(),
+            Put::Exists
+        );
+        s.put("locks/p.json", b"c".to_vec(), PutMode::Replace)
+            .await
+            .unwrap();
+        assert_eq!(s.get_opt("locks/p.json").await.unwrap().unwrap(), b"c");
     }
 
     #[tokio::test]

@@ -1,11 +1,15 @@
 //! Stores know bytes and keys, never snapshots.
 //!
-//! Every write creates a new object and never replaces one ([`Store::put_new`] reports
-//! [`Put::Exists`] instead), so nothing written to a repository can be destroyed by a later
-//! write. A put is all-or-nothing: a reader sees the whole object or no object. Keys are
-//! `/`-separated relative paths such as `blobs/ab/<id>`.
+//! Repository data is written with [`PutMode::Create`]: a new object that never replaces one
+//! ([`Put::Exists`] is reported instead) and that carries the store's object-lock retention
+//! where one is configured, so nothing written can be destroyed by a later write. Only run
+//! locks are mutable ([`PutMode::CreateMutable`], [`PutMode::Replace`]). A put is
+//! all-or-nothing: a reader sees the whole object or no object. Keys are `/`-separated relative
+//! paths such as `blobs/ab/<id>`. Every store passes the conformance suite in
+//! `tests/store_conformance.rs`.
 
 pub mod fs;
+pub mod s3;
 
 use crate::error::Result;
 use async_trait::async_trait;
@@ -22,12 +26,30 @@ pub struct Entry {
     pub size: u64,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    /// A new, immutable object (with object-lock retention where configured).
+    Create,
+    /// A new object without retention, for run locks.
+    CreateMutable,
+    /// Create or overwrite, without retention, for refreshing run locks.
+    Replace,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Where the store is, for messages (never with a secret).
     fn describe(&self) -> String;
-    /// Writes `data` under `key` unless an object is there already.
-    async fn put_new(&self, key: &str, data: Vec<u8>) -> Result<Put>;
+    /// Checks that the store can be used (the bucket exists, object lock is enabled when the
+    /// policy asks for it); `init` calls it.
+    async fn check(&self) -> Result<()>;
+    /// Writes `data` under `key`. Unless `mode` is `Replace`, nothing is written when an object
+    /// is there already, and `Put::Exists` says so.
+    async fn put(&self, key: &str, data: Vec<u8>, mode: PutMode) -> Result<Put>;
+    /// [`Store::put`] with [`PutMode::Create`].
+    async fn put_new(&self, key: &str, data: Vec<u8>) -> Result<Put> {
+        self.put(key, data, PutMode::Create).await
+    }
     /// The object, or `None` when there is none.
     async fn get_opt(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// The object's size, or `None` when there is none.
@@ -39,12 +61,13 @@ pub trait Store: Send + Sync {
 }
 
 /// Opens the store a policy's repository names.
-pub fn open(repo: &crate::policy::Repository) -> Result<std::sync::Arc<dyn Store>> {
+pub async fn open(repo: &crate::policy::Repository) -> Result<std::sync::Arc<dyn Store>> {
     match &repo.location {
-        crate::policy::Location::Dir(path) => Ok(std::sync::Arc::new(fs::FsStore::new(path.clone()))),
-        crate::policy::Location::S3 { .. } => Err(crate::error::Error::input(format!(
-            "repository {}: S3 repositories are not supported by this build yet; use a local directory (file:///path)",
-            repo.url
-        ))),
+        crate::policy::Location::Dir(path) => {
+            Ok(std::sync::Arc::new(fs::FsStore::new(path.clone())))
+        }
+        crate::policy::Location::S3 { bucket, prefix } => Ok(std::sync::Arc::new(
+            s3::S3Store::connect(s3::S3Config::from_policy(repo, bucket, prefix)).await?,
+        )),
     }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod s3;
 
 use assert_cmd::Command;
 use pg::Cluster;
@@ -17,11 +18,25 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Where a test's repository lives.
+#[derive(Clone)]
+pub enum RepoSpec {
+    Local,
+    /// `s3://bucket/prefix` at an S3 endpoint (the moto server, or a proxy in front of it).
+    S3 {
+        endpoint: String,
+        bucket: String,
+        prefix: String,
+        object_lock_days: Option<u32>,
+    },
+}
+
 pub struct Env {
     pub source: Cluster,
     pub scratch: Cluster,
     pub dir: tempfile::TempDir,
     pub repo: PathBuf,
+    pub repo_spec: RepoSpec,
     pub identity: PathBuf,
     pub recipient: String,
     pub policy: PathBuf,
@@ -31,6 +46,11 @@ impl Env {
     /// Source cluster with the Supabase-shaped fixture in database `app`, a scratch cluster,
     /// an identity, a policy and an initialized local repository.
     pub fn new() -> Env {
+        Self::with_repo(RepoSpec::Local)
+    }
+
+    /// The same with the repository in a bucket of an S3 server.
+    pub fn with_repo(repo_spec: RepoSpec) -> Env {
         let (source, scratch) = std::thread::scope(|s| {
             let a = s.spawn(Cluster::start);
             let b = s.spawn(Cluster::start);
@@ -55,6 +75,7 @@ impl Env {
             scratch,
             dir,
             repo,
+            repo_spec,
             identity,
             recipient,
             policy,
@@ -70,6 +91,23 @@ impl Env {
 
     /// A policy for the fixture, with `extra` appended.
     pub fn write_policy(&self, path: &Path, extra: &str) {
+        let repository = match &self.repo_spec {
+            RepoSpec::Local => format!("url = \"{}\"", self.repo.display()),
+            RepoSpec::S3 {
+                bucket,
+                prefix,
+                object_lock_days,
+                ..
+            } => {
+                let lock = object_lock_days
+                    .map(|d| format!("\nobject_lock = {{ mode = \"governance\", days = {d} }}"))
+                    .unwrap_or_default();
+                format!(
+                    "url = \"s3://{bucket}/{prefix}\"\nendpoint = \"${{S3_ENDPOINT}}\"\nregion = \"us-east-1\"\n\
+                     access_key_id = \"${{S3_KEY_ID}}\"\nsecret_access_key = \"${{S3_SECRET}}\"{lock}"
+                )
+            }
+        };
         let text = format!(
             r#"name = "test"
 
@@ -86,12 +124,11 @@ timezone = "Asia/Seoul"
 url = "${{SOURCE_DB_URL}}"
 
 [repository]
-url = "{}"
+{repository}
 
 [encryption]
 recipients = ["{}"]
 {extra}"#,
-            self.repo.display(),
             self.recipient
         );
         std::fs::write(path, text).unwrap();
@@ -103,7 +140,12 @@ recipients = ["{}"]
         c.current_dir(self.dir.path())
             .env("SOURCE_DB_URL", self.source.url(FIXTURE_DB))
             .env("BACKSTOP_IDENTITY", &self.identity)
+            .env("S3_KEY_ID", s3::KEY_ID)
+            .env("S3_SECRET", s3::SECRET)
             .env_remove("RUST_LOG");
+        if let RepoSpec::S3 { endpoint, .. } = &self.repo_spec {
+            c.env("S3_ENDPOINT", endpoint);
+        }
         c
     }
 

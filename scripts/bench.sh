@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Benchmark: backstop against the tools an operator would otherwise cron, on a generated
+# database of about 1 GB (pgbench, SCALE=68 by default), in a throwaway local cluster.
+#
+# Baselines it names and divides by:
+#   backup:  pg_dump -Fc -Z0 > /dev/null              (the floor: reading the data out)
+#   restore: pg_restore -j2 from a local, unencrypted dump file
+# also shown: the shell pipeline pg_dump -Fc -Z0 | zstd -3 | age -r KEY > FILE, and a
+# single-job pg_restore. Each case runs RUNS times (default 3); the median time is printed
+# with the peak RSS (GNU time's %M, largest process of the case). Targets that later work is
+# held to: backup <= 1.1x pg_dump, restore <= 1.0x pg_restore -j2, backstop peak RSS <= 128 MiB.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/deps.sh
+ensure_deps age zstd jq runuser time
+. scripts/pg.sh
+
+SCALE=${SCALE:-68}
+RUNS=${RUNS:-3}
+cargo build --release --quiet
+BIN=$PWD/target/release/backstop
+WORK=$(mktemp -d /var/tmp/backstop-bench.XXXXXX)
+chmod 755 "$WORK"
+cleanup() { pg_stop "$WORK/pg"; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+PASSWORD=bench-$RANDOM
+PG_EXTRA_OPTS="-c shared_buffers=256MB -c max_wal_size=8GB -c checkpoint_timeout=30min"
+pg_start "$WORK/pg" "$PASSWORD"
+export PGPASSWORD=$PASSWORD PGHOST=127.0.0.1 PGPORT=$PG_PORT PGUSER=postgres
+echo "generating the database (pgbench scale $SCALE) ..." >&2
+psql -X -q -c "create database bench"
+"$PG_BIN/pgbench" -i -q -s "$SCALE" bench >/dev/null 2>&1
+SIZE=$(psql -X -At -d bench -c "select pg_size_pretty(pg_database_size('bench'))")
+DB_URL="postgres://postgres:$PASSWORD@127.0.0.1:$PG_PORT/bench"
+"$BIN" keygen --out "$WORK/key.txt" > "$WORK/recipient"
+RECIPIENT=$(cat "$WORK/recipient")
+"$PG_BIN/pg_dump" -Fc -Z0 -d bench > /dev/null   # warm the cache
+
+cat > "$WORK/policy.toml" <<POLICY
+name = "bench"
+[database]
+url = "\${BENCH_DB_URL}"
+[repository]
+url = "\${BENCH_REPO}"
+[encryption]
+recipients = ["$RECIPIENT"]
+POLICY
+export BENCH_DB_URL=$DB_URL
+
+declare -A TIME RSS
+# measure NAME COMMAND...: runs RUNS times, keeps the median time and the largest peak RSS.
+# A PREP function, when set, runs untimed before each run.
+measure() {
+  local name=$1; shift
+  local times=() rss=0 i
+  for ((i = 0; i < RUNS; i++)); do
+    if [ -n "${PREP:-}" ]; then $PREP; fi
+    /usr/bin/time -f "%e %M" -o "$WORK/time" "$@" > /dev/null
+    read -r t m < "$WORK/time"
+    times+=("$t"); (( m > rss )) && rss=$m
+  done
+  TIME[$name]=$(printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+  RSS[$name]=$((rss / 1024))
+  echo "  $name: ${TIME[$name]}s (runs: ${times[*]}), peak RSS ${RSS[$name]} MiB" >&2
+}
+
+fresh_repo() {
+  rm -rf "$WORK/repo"; export BENCH_REPO=$WORK/repo
+  "$BIN" init --policy "$WORK/policy.toml" 2>/dev/null
+}
+fresh_target() {
+  psql -X -q -c "drop database if exists target with (force)" 2>/dev/null
+  psql -X -q -c "create database target"
+}
+
+echo "backup cases ..." >&2
+PREP= measure pg_dump "$PG_BIN/pg_dump" -Fc -Z0 -d bench
+PREP= measure pipeline bash -c "'$PG_BIN/pg_dump' -Fc -Z0 -d bench | zstd -3 -q | age -r $RECIPIENT > '$WORK/pipeline.age'"
+PREP=fresh_repo measure backstop_backup "$BIN" backup --policy "$WORK/policy.toml"
+PREP= measure backstop_backup_again "$BIN" backup --policy "$WORK/policy.toml"
+
+echo "restore cases ..." >&2
+"$PG_BIN/pg_dump" -Fc -Z0 -d bench -f "$WORK/bench.dump"
+PREP=fresh_target measure pg_restore_j2 "$PG_BIN/pg_restore" -j2 -d target "$WORK/bench.dump"
+PREP=fresh_target measure pg_restore_j1 "$PG_BIN/pg_restore" -d target "$WORK/bench.dump"
+PREP=fresh_target measure backstop_restore "$BIN" restore --policy "$WORK/policy.toml" \
+  --identity "$WORK/key.txt" --db-url "postgres://postgres:$PASSWORD@127.0.0.1:$PG_PORT/target"
+
+DUMP_BYTES=$(stat -c %s "$WORK/bench.dump")
+STORED=$(du -sb "$WORK/repo/blobs" | cut -f1)
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
+echo
+echo "database: $SIZE (pgbench scale $SCALE); dump $((DUMP_BYTES / 1048576)) MiB; repository blobs $((STORED / 1048576)) MiB; runs: $RUNS; cores: $(nproc)"
+printf '%-44s %9s %8s %14s\n' case "time_s" ratio "peak_rss_MiB"
+row() { printf '%-44s %9s %8s %14s\n' "$1" "${TIME[$2]}" "$(ratio "${TIME[$2]}" "${TIME[$3]}")x" "${RSS[$2]}"; }
+row "pg_dump -Fc -Z0 > /dev/null (baseline)" pg_dump pg_dump
+row "pg_dump | zstd -3 | age > file" pipeline pg_dump
+row "backstop backup (new repository)" backstop_backup pg_dump
+row "backstop backup (unchanged, deduplicated)" backstop_backup_again pg_dump
+row "pg_restore -j2 local dump (baseline)" pg_restore_j2 pg_restore_j2
+row "pg_restore -j1 local dump" pg_restore_j1 pg_restore_j2
+row "backstop restore" backstop_restore pg_restore_j2

@@ -1,0 +1,549 @@
+//! The S3 store: AWS S3 and S3-compatible stores (MinIO, R2, B2, Wasabi, Supabase Storage's
+//! S3 endpoint), with aws-sdk-s3.
+//!
+//! * Keys live under the repository URL's prefix. A custom `endpoint` means path-style
+//!   addressing. Credentials come from the policy or else the standard AWS chain
+//!   (environment, profile, web identity); no secret is ever printed.
+//! * Create-if-absent is a conditional PUT (`If-None-Match: *`): an object is never
+//!   overwritten, and two writers cannot both create one lock. Objects larger than
+//!   [`PART_SIZE`] go up as multipart uploads, aborted on any failure so nothing stray is left,
+//!   and completed with the same condition. An upload whose process is killed cannot abort
+//!   itself: give the bucket a lifecycle rule `AbortIncompleteMultipartUpload` (e.g. 7 days).
+//! * With `object_lock`, every immutable object (blobs, manifests, meta.json, run records) is
+//!   written with that retention (retain-until = write time + days). A compromised backup host
+//!   can then add objects, but neither delete nor overwrite what is there until it expires.
+//!   Locks (`locks/`) are written without retention: they must be deletable.
+//! * Checksums: `auto` sends SHA-256 checksums to AWS and only required ones to a custom
+//!   endpoint (several S3-compatible stores reject the SDK's default CRC headers);
+//!   `when_required` and `always` force either way.
+//! * Retries: the SDK's standard strategy, 5 attempts, exponential backoff with jitter, on
+//!   throttling, 5xx, timeouts and dropped connections; never on authentication or permission
+//!   errors. One semaphore of `connections` permits bounds every request, uploads and
+//!   downloads alike.
+//! * Errors name the backend, operation, bucket and key (`s3: put object bucket/key: ...`).
+
+use super::{Entry, Put, PutMode, Store};
+use crate::error::{Error, Kind, Result};
+use async_trait::async_trait;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::{ByteStream, DateTime};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ObjectLockEnabled, ObjectLockMode,
+};
+use aws_sdk_s3::Client;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// Objects above this size are uploaded in parts of this size (S3's minimum part is 5 MiB).
+pub const PART_SIZE: usize = 8 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    pub bucket: String,
+    pub prefix: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub object_lock: Option<(String, u32)>,
+    pub checksums: String,
+    pub connections: usize,
+    pub part_size: usize,
+}
+
+impl S3Config {
+    pub fn from_policy(repo: &crate::policy::Repository, bucket: &str, prefix: &str) -> S3Config {
+        S3Config {
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+            endpoint: repo.endpoint.clone(),
+            region: repo.region.clone(),
+            access_key_id: repo.access_key_id.clone(),
+            secret_access_key: repo.secret_access_key.clone(),
+            object_lock: repo.object_lock.as_ref().map(|l| (l.mode.clone(), l.days)),
+            checksums: repo.checksums.clone(),
+            connections: repo.connections,
+            part_size: PART_SIZE,
+        }
+    }
+}
+
+pub struct S3Store {
+    client: Client,
+    config: S3Config,
+    permits: Arc<Semaphore>,
+    send_sha256: bool,
+}
+
+impl S3Store {
+    pub async fn connect(config: S3Config) -> Result<S3Store> {
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let region = config.region.clone().unwrap_or_else(|| "us-east-1".into());
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http)
+            .region(Region::new(region))
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5))
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .operation_attempt_timeout(Duration::from_secs(120))
+                    .build(),
+            );
+        match (&config.access_key_id, &config.secret_access_key) {
+            (Some(id), Some(secret)) => {
+                loader = loader.credentials_provider(Credentials::new(id, secret, None, None, "backstop-policy"));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(Error::input(
+                    "repository: set both access_key_id and secret_access_key, or neither (to use the AWS credential chain)",
+                ))
+            }
+        }
+        let shared = loader.load().await;
+        let mut builder = aws_sdk_s3::config::Builder::from(&shared);
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder.endpoint_url(endpoint).force_path_style(true);
+        }
+        let custom = config.endpoint.is_some();
+        let (calculation, validation, send_sha256) = match config.checksums.as_str() {
+            "when_required" => (
+                RequestChecksumCalculation::WhenRequired,
+                ResponseChecksumValidation::WhenRequired,
+                false,
+            ),
+            "always" => (
+                RequestChecksumCalculation::WhenSupported,
+                ResponseChecksumValidation::WhenSupported,
+                true,
+            ),
+            _ if custom => (
+                RequestChecksumCalculation::WhenRequired,
+                ResponseChecksumValidation::WhenRequired,
+                false,
+            ),
+            _ => (
+                RequestChecksumCalculation::WhenSupported,
+                ResponseChecksumValidation::WhenSupported,
+                true,
+            ),
+        };
+        builder = builder
+            .request_checksum_calculation(calculation)
+            .response_checksum_validation(validation);
+        Ok(S3Store {
+            client: Client::from_conf(builder.build()),
+            permits: Arc::new(Semaphore::new(config.connections.max(1))),
+            config,
+            send_sha256,
+        })
+    }
+
+    fn key(&self, key: &str) -> String {
+        if self.config.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{key}", self.config.prefix)
+        }
+    }
+
+    fn where_(&self) -> String {
+        match &self.config.endpoint {
+            Some(e) => format!("bucket {} at {e}", self.config.bucket),
+            None => format!("bucket {}", self.config.bucket),
+        }
+    }
+
+    /// Turns an SDK error into a message naming operation, bucket and key, with its kind.
+    fn error<E, R>(&self, op: &str, key: &str, e: SdkError<E, R>) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        let target = format!("{}/{}", self.config.bucket, self.key(key));
+        match &e {
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => Error::failed(format!(
+                "s3: {op} {target}: cannot reach {}: {}; check the endpoint and the network",
+                self.config.endpoint.as_deref().unwrap_or("AWS S3"),
+                aws_sdk_s3::error::DisplayErrorContext(&e)
+            )),
+            _ => {
+                let code = e.code().unwrap_or("");
+                let message = e.message().unwrap_or("").to_string();
+                let (kind, hint) = match code {
+                    "NoSuchBucket" => (Kind::Input, format!("{} does not exist; create it or fix repository.url", self.where_())),
+                    "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "InvalidToken" | "ExpiredToken" => (
+                        Kind::Input,
+                        format!("the credentials were refused by {}; check access_key_id and secret_access_key", self.where_()),
+                    ),
+                    "AccessDenied" | "Forbidden" => (
+                        Kind::Input,
+                        format!("access denied by {}; the credentials need s3:GetObject, s3:PutObject, s3:ListBucket and s3:DeleteObject on it", self.where_()),
+                    ),
+                    _ => (Kind::Failed, String::new()),
+                };
+                let detail = if code.is_empty() {
+                    aws_sdk_s3::error::DisplayErrorContext(&e).to_string()
+                } else {
+                    format!("{code}: {message}")
+                };
+                let text = if hint.is_empty() {
+                    format!("s3: {op} {target}: {detail}")
+                } else {
+                    format!("s3: {op} {target}: {detail}; {hint}")
+                };
+                Error::new(kind, text)
+            }
+        }
+    }
+
+    fn retention(&self, mode: PutMode) -> Option<(ObjectLockMode, DateTime)> {
+        if mode != PutMode::Create {
+            return None;
+        }
+        let (m, days) = self.config.object_lock.as_ref()?;
+        let lock_mode = if m == "compliance" {
+            ObjectLockMode::Compliance
+        } else {
+            ObjectLockMode::Governance
+        };
+        let until = chrono::Utc::now() + chrono::Duration::days(i64::from(*days));
+        Some((lock_mode, DateTime::from_secs(until.timestamp())))
+    }
+
+    async fn put_multipart(&self, key: &str, data: Vec<u8>, mode: PutMode) -> Result<Put> {
+        let full = self.key(key);
+        let mut create = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.config.bucket)
+            .key(&full);
+        let retention = self.retention(mode);
+        let sha256 = self.send_sha256 || retention.is_some();
+        if sha256 {
+            create = create.checksum_algorithm(ChecksumAlgorithm::Sha256);
+        }
+        if let Some((m, until)) = retention {
+            create = create
+                .object_lock_mode(m)
+                .object_lock_retain_until_date(until);
+        }
+        let upload = create
+            .send()
+            .await
+            .map_err(|e| self.error("create multipart upload", key, e))?;
+        let upload_id = upload
+            .upload_id()
+            .ok_or_else(|| {
+                Error::failed(format!(
+                    "s3: create multipart upload {key}: no upload id returned"
+                ))
+            })?
+            .to_string();
+        // Aborts the upload if this future is dropped before it completes (a cancelled or timed
+        // out run); failures below abort it explicitly.
+        let mut guard = AbortOnDrop {
+            client: self.client.clone(),
+            bucket: self.config.bucket.clone(),
+            key: full.clone(),
+            upload_id: Some(upload_id.clone()),
+        };
+        let result = async {
+            let mut parts = Vec::new();
+            for (i, chunk) in data.chunks(self.config.part_size).enumerate() {
+                let number = i as i32 + 1;
+                let mut req = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.config.bucket)
+                    .key(&full)
+                    .upload_id(&upload_id)
+                    .part_number(number)
+                    .body(ByteStream::from(chunk.to_vec()));
+                if sha256 {
+                    req = req.checksum_algorithm(ChecksumAlgorithm::Sha256);
+                }
+                let out = req
+                    .send()
+                    .await
+                    .map_err(|e| self.error("upload part", key, e))?;
+                parts.push(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(out.e_tag().map(str::to_string))
+                        .set_checksum_sha256(out.checksum_sha256().map(str::to_string))
+                        .build(),
+                );
+            }
+            let mut complete = self
+                .client
+                .complete_multipart_upload()
+                .bucket(&self.config.bucket)
+                .key(&full)
+                .upload_id(&upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                );
+            if mode != PutMode::Replace {
+                complete = complete.if_none_match("*");
+            }
+            match complete.send().await {
+                Ok(_) => {}
+                Err(e) if is_precondition_failed(&e) => return Ok(Put::Exists),
+                Err(e) => return Err(self.error("complete multipart upload", key, e)),
+            }
+            // Retention is also requested at creation, but not every S3-compatible store
+            // carries it over to the completed object: set it explicitly.
+            if let Some((m, until)) = self.retention(mode) {
+                let retention = aws_sdk_s3::types::ObjectLockRetention::builder()
+                    .mode(m.as_str().into())
+                    .retain_until_date(until)
+                    .build();
+                self.client
+                    .put_object_retention()
+                    .bucket(&self.config.bucket)
+                    .key(&full)
+                    .retention(retention)
+                    .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                    .send()
+                    .await
+                    .map_err(|e| self.error("put object retention", key, e))?;
+            }
+            Ok(Put::Created)
+        }
+        .await;
+        if matches!(result, Ok(Put::Created)) {
+            guard.upload_id = None;
+        } else {
+            guard.upload_id = None;
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.config.bucket)
+                .key(&full)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+        }
+        result
+    }
+}
+
+struct AbortOnDrop {
+    client: Client,
+    bucket: String,
+    key: String,
+    upload_id: Option<String>,
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        let Some(upload_id) = self.upload_id.take() else {
+            return;
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let request = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(upload_id);
+        handle.spawn(async move {
+            let _ = request.send().await;
+        });
+    }
+}
+
+fn is_precondition_failed<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+    matches!(
+        e.code(),
+        Some("PreconditionFailed") | Some("ConditionalRequestConflict")
+    )
+}
+
+fn is_not_found<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+    matches!(e.code(), Some("NoSuchKey") | Some("NotFound"))
+}
+
+#[async_trait]
+impl Store for S3Store {
+    fn describe(&self) -> String {
+        let url = if self.config.prefix.is_empty() {
+            format!("s3://{}", self.config.bucket)
+        } else {
+            format!("s3://{}/{}", self.config.bucket, self.config.prefix)
+        };
+        match &self.config.endpoint {
+            Some(e) => format!("{url} (endpoint {e})"),
+            None => url,
+        }
+    }
+
+    async fn check(&self) -> Result<()> {
+        let _p = self.permits.acquire().await;
+        self.client
+            .head_bucket()
+            .bucket(&self.config.bucket)
+            .send()
+            .await
+            .map_err(|e| {
+                // HEAD has no body, so a missing bucket shows only as a 404.
+                if e.raw_response().map(|r| r.status().as_u16()) == Some(404) {
+                    Error::input(format!(
+                        "s3: {} does not exist; create it or fix repository.url",
+                        self.where_()
+                    ))
+                } else {
+                    self.error("head bucket", "", e)
+                }
+            })?;
+        if self.config.object_lock.is_some() {
+            let enabled = match self
+                .client
+                .get_object_lock_configuration()
+                .bucket(&self.config.bucket)
+                .send()
+                .await
+            {
+                Ok(out) => {
+                    out.object_lock_configuration()
+                        .and_then(|c| c.object_lock_enabled())
+                        == Some(&ObjectLockEnabled::Enabled)
+                }
+                Err(e) if e.code() == Some("ObjectLockConfigurationNotFoundError") => false,
+                Err(e) => return Err(self.error("get object lock configuration", "", e)),
+            };
+            if !enabled {
+                return Err(Error::input(format!(
+                    "s3: {} does not have object lock enabled, but the policy sets repository.object_lock: create the bucket with object lock (aws s3api create-bucket --object-lock-enabled-for-bucket ...) or remove object_lock from the policy",
+                    self.where_()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn put(&self, key: &str, data: Vec<u8>, mode: PutMode) -> Result<Put> {
+        let _p = self.permits.acquire().await;
+        if data.len() > self.config.part_size {
+            return self.put_multipart(key, data, mode).await;
+        }
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.config.bucket)
+            .key(self.key(key))
+            .body(ByteStream::from(data));
+        if mode != PutMode::Replace {
+            req = req.if_none_match("*");
+        }
+        let retention = self.retention(mode);
+        // S3 requires a checksum on every write that sets object-lock retention.
+        if self.send_sha256 || retention.is_some() {
+            req = req.checksum_algorithm(ChecksumAlgorithm::Sha256);
+        }
+        if let Some((m, until)) = retention {
+            req = req.object_lock_mode(m).object_lock_retain_until_date(until);
+        }
+        match req.send().await {
+            Ok(_) => Ok(Put::Created),
+            Err(e) if is_precondition_failed(&e) => Ok(Put::Exists),
+            Err(e) => Err(self.error("put object", key, e)),
+        }
+    }
+
+    async fn get_opt(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let _p = self.permits.acquire().await;
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.config.bucket)
+            .key(self.key(key))
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(self.error("get object", key, e)),
+        };
+        let body = out.body.collect().await.map_err(|e| {
+            Error::failed(format!(
+                "s3: get object {}/{}: reading the body: {e}",
+                self.config.bucket,
+                self.key(key)
+            ))
+        })?;
+        Ok(Some(body.into_bytes().to_vec()))
+    }
+
+    async fn stat(&self, key: &str) -> Result<Option<u64>> {
+        let _p = self.permits.acquire().await;
+        match self
+            .client
+            .head_object()
+            .bucket(&self.config.bucket)
+            .key(self.key(key))
+            .send()
+            .await
+        {
+            Ok(o) => Ok(Some(o.content_length().unwrap_or(0).max(0) as u64)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(self.error("head object", key, e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Entry>> {
+        let _p = self.permits.acquire().await;
+        let full_prefix = self.key(prefix);
+        let strip = if self.config.prefix.is_empty() {
+            0
+        } else {
+            self.config.prefix.len() + 1
+        };
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.config.bucket)
+            .prefix(&full_prefix)
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.error("list objects", prefix, e))?;
+            for o in page.contents() {
+                if let Some(k) = o.key() {
+                    out.push(Entry {
+                        key: k[strip.min(k.len())..].to_string(),
+                        size: o.size().unwrap_or(0).max(0) as u64,
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let _p = self.permits.acquire().await;
+        self.client
+            .delete_object()
+            .bucket(&self.config.bucket)
+            .key(self.key(key))
+            .send()
+            .await
+            .map_err(|e| self.error("delete object", key, e))?;
+        Ok(())
+    }
+}
