@@ -12,7 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
-ensure_deps age zstd jq runuser time
+ensure_deps age zstd jq runuser time curl
+ensure_moto
 . scripts/pg.sh
 
 SCALE=${SCALE:-68}
@@ -21,7 +22,11 @@ cargo build --release --quiet
 BIN=$PWD/target/release/backstop
 WORK=$(mktemp -d /var/tmp/backstop-bench.XXXXXX)
 chmod 755 "$WORK"
-cleanup() { pg_stop "$WORK/pg"; rm -rf "$WORK"; }
+MOTO_PID=
+cleanup() {
+  [ -n "$MOTO_PID" ] && kill "$MOTO_PID" 2>/dev/null
+  pg_stop "$WORK/pg"; rm -rf "$WORK"
+}
 trap cleanup EXIT
 
 PASSWORD=bench-$RANDOM
@@ -87,6 +92,25 @@ PREP=fresh_target measure pg_restore_j1 "$PG_BIN/pg_restore" -d target "$WORK/be
 PREP=fresh_target measure backstop_restore "$BIN" restore --policy "$WORK/policy.toml" \
   --identity "$WORK/key.txt" --db-url "postgres://postgres:$PASSWORD@127.0.0.1:$PG_PORT/target"
 
+echo "S3 cases (moto server on loopback) ..." >&2
+MOTO_PORT=$(free_port)
+"$BACKSTOP_MOTO_SERVER" -H 127.0.0.1 -p "$MOTO_PORT" >/dev/null 2>&1 &
+MOTO_PID=$!
+for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$MOTO_PORT) 2>/dev/null && break; sleep 0.2; done
+export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret BENCH_S3_ENDPOINT=http://127.0.0.1:$MOTO_PORT
+sed -e 's|^url = "\${BENCH_REPO}"|url = "s3://bench/repo"\nendpoint = "${BENCH_S3_ENDPOINT}"\nregion = "us-east-1"|' \
+  "$WORK/policy.toml" > "$WORK/policy-s3.toml"
+BUCKET_N=0
+fresh_bucket() {
+  BUCKET_N=$((BUCKET_N + 1))
+  curl -s -X PUT "$BENCH_S3_ENDPOINT/bench$BUCKET_N" >/dev/null
+  sed -i "s|s3://bench[0-9]*/repo|s3://bench$BUCKET_N/repo|" "$WORK/policy-s3.toml"
+  "$BIN" init --policy "$WORK/policy-s3.toml" 2>/dev/null
+}
+PREP=fresh_bucket measure s3_backup "$BIN" backup --policy "$WORK/policy-s3.toml"
+PREP=fresh_target measure s3_restore "$BIN" restore --policy "$WORK/policy-s3.toml" \
+  --identity "$WORK/key.txt" --db-url "postgres://postgres:$PASSWORD@127.0.0.1:$PG_PORT/target"
+
 DUMP_BYTES=$(stat -c %s "$WORK/bench.dump")
 STORED=$(du -sb "$WORK/repo/blobs" | cut -f1)
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
@@ -101,3 +125,5 @@ row "backstop backup (unchanged, deduplicated)" backstop_backup_again pg_dump
 row "pg_restore -j2 local dump (baseline)" pg_restore_j2 pg_restore_j2
 row "pg_restore -j1 local dump" pg_restore_j1 pg_restore_j2
 row "backstop restore" backstop_restore pg_restore_j2
+row "backstop backup to S3 (moto, new bucket)" s3_backup pg_dump
+row "backstop restore from S3 (moto)" s3_restore pg_restore_j2

@@ -4,7 +4,9 @@
 //! link(2) on the local store), records who holds it (owner, host, pid, operation, run id) and
 //! until when. The holder refreshes the expiry every third of the time-to-live while it runs and
 //! deletes the lock at the end. A run that finds a live lock fails with exit 4 naming the
-//! holder; a lock past its expiry (its holder died) is taken over, and the log says so. The
+//! holder. A lock is taken over, and the log says so, when it is past its expiry, or when it
+//! was taken on this host by a process that no longer exists (a run that died, or one that
+//! could not remove its lock because the store was unreachable at the end). The
 //! takeover (read, delete, create) has a window of milliseconds in which two runs that both
 //! found the same expired lock could both proceed; the create-if-absent write closes every
 //! other race.
@@ -58,6 +60,11 @@ fn host() -> String {
         .unwrap_or_else(|_| "unknown-host".into())
 }
 
+/// Whether a process with this pid exists on this host.
+fn process_alive(pid: u32) -> bool {
+    pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 fn encode(info: &LockInfo) -> Result<Vec<u8>> {
     serde_json::to_vec_pretty(info).map_err(|e| Error::failed(format!("encoding lock: {e}")))
 }
@@ -102,6 +109,9 @@ impl RunLock {
                 continue;
             };
             match serde_json::from_slice::<LockInfo>(&body) {
+                Ok(held) if held.host == info.host && !process_alive(held.pid) => {
+                    tracing::warn!("taking over the lock of a process that no longer runs: {}", held.describe())
+                }
                 Ok(held) if held.expires_at > Utc::now() => {
                     return Err(Error::new(
                         Kind::Locked,

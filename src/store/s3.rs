@@ -25,6 +25,7 @@
 use super::{Entry, Put, PutMode, Store};
 use crate::error::{Error, Kind, Result};
 use async_trait::async_trait;
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
@@ -163,10 +164,9 @@ impl S3Store {
     }
 
     /// Turns an SDK error into a message naming operation, bucket and key, with its kind.
-    fn error<E, R>(&self, op: &str, key: &str, e: SdkError<E, R>) -> Error
+    fn error<E>(&self, op: &str, key: &str, e: SdkError<E, HttpResponse>) -> Error
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug,
     {
         let target = format!("{}/{}", self.config.bucket, self.key(key));
         match &e {
@@ -174,6 +174,10 @@ impl S3Store {
                 "s3: {op} {target}: cannot reach {}: {}; check the endpoint and the network",
                 self.config.endpoint.as_deref().unwrap_or("AWS S3"),
                 aws_sdk_s3::error::DisplayErrorContext(&e)
+            )),
+            _ if e.code().is_none() && e.raw_response().map(|r| r.status().as_u16()) == Some(403) => Error::input(format!(
+                "s3: {op} {target}: HTTP 403: the credentials were refused or lack permission on {}; check access_key_id, secret_access_key and the bucket policy",
+                self.where_()
             )),
             _ => {
                 let code = e.code().unwrap_or("");

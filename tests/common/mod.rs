@@ -51,6 +51,17 @@ impl Env {
 
     /// The same with the repository in a bucket of an S3 server.
     pub fn with_repo(repo_spec: RepoSpec) -> Env {
+        let env = Self::uninitialized(repo_spec);
+        env.backstop()
+            .args(["init", "--policy"])
+            .arg(&env.policy)
+            .assert()
+            .success();
+        env
+    }
+
+    /// Everything but `backstop init`.
+    pub fn uninitialized(repo_spec: RepoSpec) -> Env {
         let (source, scratch) = std::thread::scope(|s| {
             let a = s.spawn(Cluster::start);
             let b = s.spawn(Cluster::start);
@@ -81,11 +92,6 @@ impl Env {
             policy,
         };
         env.write_policy(&env.policy, "");
-        env.backstop()
-            .args(["init", "--policy"])
-            .arg(&env.policy)
-            .assert()
-            .success();
         env
     }
 
