@@ -186,8 +186,10 @@ fn a_network_cut_fails_the_backup_and_the_next_one_reuses_what_was_uploaded() {
     let rec = env.backup_json();
     assert_eq!(rec["ok"], true);
     let reused = rec["db"]["blobs_reused"].as_u64().unwrap();
+    // Every uploaded blob but the first, which holds pg_dump's header (dump time and TOC) and
+    // so differs on every run, is reused.
     assert!(
-        reused as usize >= uploaded.min(5),
+        reused as usize >= uploaded - 1,
         "reused {reused} of {uploaded} uploaded blobs: {rec}"
     );
 }
