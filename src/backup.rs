@@ -1,4 +1,4 @@
-//! A backup run: database (and, later, storage) -> sealed blobs -> manifest -> meta.json.
+//! A backup run: database, then storage buckets -> sealed blobs -> manifest -> meta.json.
 //!
 //! The run fills its record as it goes, so a failure still reports what was done and where it
 //! stopped. Nothing is committed unless every part succeeded: the snapshot appears (meta.json
@@ -9,7 +9,8 @@ use crate::policy::Policy;
 use crate::progress::Progress;
 use crate::record::{BackupDb, BackupRecord, Phase};
 use crate::repo::format::{
-    DbManifest, Manifest, Meta, MetaDb, MetaEncryption, StoredObject, FORMAT,
+    DbManifest, Manifest, Meta, MetaDb, MetaEncryption, MetaStorage, StorageManifest, StoredObject,
+    FORMAT,
 };
 use crate::repo::writer::BlobWriter;
 use crate::repo::Repo;
@@ -18,6 +19,7 @@ use crate::source::pgtools::{self, DbUrl};
 use crate::source::postgres::Session;
 use crate::util::secs;
 use chrono::Utc;
+use std::collections::BTreeSet;
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -47,30 +49,34 @@ pub async fn run(
     )?);
     let want_db = policy.database.is_some() && only != Some(Only::Storage);
     let want_storage = policy.storage.is_some() && only != Some(Only::Db);
-    if want_storage {
-        return Err(Error::input(
-            "this build of backstop backs up databases only; storage buckets come in a later version: run with --only db",
-        ));
-    }
-    if !want_db {
+    if !want_db && !want_storage {
         return Err(Error::input(format!(
             "policy {} has nothing to back up with {}",
             policy.name,
             match only {
                 Some(Only::Db) => "--only db (it has no [database])",
-                _ => "these options",
+                Some(Only::Storage) => "--only storage (it has no [storage])",
+                None => "these options",
             }
         )));
     }
+    let buckets: Vec<String> = policy
+        .storage
+        .as_ref()
+        .filter(|_| want_storage)
+        .map(|s| s.buckets.clone())
+        .unwrap_or_default();
     let writer =
         Arc::new(BlobWriter::new(repo, sealer.clone(), policy.repository.connections).await?);
     let mut consistent_at = rec.started_at;
     let mut database = None;
     let mut meta_db = None;
+    let mut db_names = None;
     if let Some(db) = policy.database.as_ref().filter(|_| want_db) {
         let url = DbUrl::parse(&db.url)?;
-        let (manifest, at, figures) =
-            dump_database(&url, &db.exclude_schemas, &writer, rec).await?;
+        let (manifest, at, figures, names) =
+            dump_database(&url, &db.exclude_schemas, &buckets, &writer, rec).await?;
+        db_names = names;
         consistent_at = at;
         meta_db = Some(MetaDb {
             tables: figures.tables,
@@ -83,6 +89,52 @@ pub async fn run(
     }
     rec.consistent_at = Some(consistent_at);
 
+    let mut storage = None;
+    let mut meta_storage = None;
+    let mut new_index = None;
+    if let Some(cfg) = policy.storage.as_ref().filter(|_| want_storage) {
+        let t = Instant::now();
+        let source = crate::source::storage::open(cfg).await?;
+        let cache = crate::cache::load(&repo.store.describe(), &policy.name);
+        let done = crate::documents::backup(
+            source.as_ref(),
+            &buckets,
+            &writer,
+            &cache,
+            db_names.as_ref(),
+        )
+        .await?;
+        let m = &done.figures.mismatches;
+        if !m.missing_in_bucket.is_empty() || !m.missing_in_table.is_empty() {
+            let text = format!(
+                "{} storage.objects rows have no object in the bucket, {} objects have no row (e.g. {})",
+                m.missing_in_bucket.len(),
+                m.missing_in_table.len(),
+                m.missing_in_bucket.iter().chain(&m.missing_in_table).take(3).cloned().collect::<Vec<_>>().join(", ")
+            );
+            if cfg.require_consistent {
+                return Err(Error::failed(format!(
+                    "the buckets and storage.objects disagree and storage.require_consistent is set: {text}"
+                )));
+            }
+            tracing::warn!("{text}");
+            rec.warnings.push(text);
+        }
+        meta_storage = Some(MetaStorage {
+            objects: done.figures.objects,
+            bytes_plain: done.figures.bytes_plain,
+        });
+        rec.storage = Some(done.figures);
+        storage = Some(StorageManifest {
+            objects: done.objects,
+        });
+        new_index = Some(done.index);
+        rec.phases.push(Phase {
+            name: "storage".into(),
+            duration_s: secs(t.elapsed()),
+        });
+    }
+
     let t = Instant::now();
     let manifest = Manifest {
         format: FORMAT,
@@ -90,7 +142,7 @@ pub async fn run(
         policy: policy.name.clone(),
         consistent_at,
         database,
-        storage: None,
+        storage,
     };
     let blobs = writer.used();
     let meta = Meta {
@@ -102,7 +154,7 @@ pub async fn run(
         finished_at: Utc::now(),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         db: meta_db,
-        storage: None,
+        storage: meta_storage,
         bytes_referenced: blobs.iter().map(|b| b.size).sum(),
         encryption: MetaEncryption {
             scheme: "age-x25519".into(),
@@ -121,6 +173,9 @@ pub async fn run(
         duration_s: secs(t.elapsed()),
     });
     rec.snapshot_id = Some(snapshot_id);
+    if let Some(index) = new_index {
+        crate::cache::save(&repo.store.describe(), &policy.name, &index);
+    }
     Ok(())
 }
 
@@ -129,13 +184,24 @@ pub async fn run(
 async fn dump_database(
     url: &DbUrl,
     exclude_schemas: &[String],
+    buckets: &[String],
     writer: &Arc<BlobWriter>,
     rec: &mut BackupRecord,
-) -> Result<(DbManifest, chrono::DateTime<Utc>, BackupDb)> {
+) -> Result<(
+    DbManifest,
+    chrono::DateTime<Utc>,
+    BackupDb,
+    Option<BTreeSet<String>>,
+)> {
     let t = Instant::now();
     let mut session = Session::begin(url).await?;
     let tables = session.tables(exclude_schemas).await?;
     let roles = session.roles().await?;
+    let storage_rows = if buckets.is_empty() {
+        None
+    } else {
+        session.storage_object_names(buckets).await?
+    };
     let pg_dump = pgtools::find("pg_dump", session.server_major())?;
     let password = url.password().unwrap_or_default();
     let roles_sql = match pgtools::find("pg_dumpall", session.server_major()).and_then(|tool| {
@@ -251,5 +317,5 @@ async fn dump_database(
         roles,
         roles_sql,
     };
-    Ok((manifest, consistent_at, figures))
+    Ok((manifest, consistent_at, figures, storage_rows))
 }

@@ -4,8 +4,10 @@
 //! keys, never snapshots; the repository knows snapshots, never where bytes live.
 
 pub mod backup;
+pub mod cache;
 pub mod cli;
 pub mod commands;
+pub mod documents;
 pub mod error;
 pub mod policy;
 pub mod progress;

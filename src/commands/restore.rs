@@ -1,7 +1,9 @@
 use super::{load_policy, open_repo, opener, print_json};
 use crate::cli::{self, RestoreArgs};
+use crate::documents;
 use crate::error::{Error, Result};
-use crate::record::{Phase, RestoreRecord};
+use crate::record::{Phase, RestoreRecord, RestoreStorage};
+use crate::repo::reader::BlobReader;
 use crate::repo::{runs, Selector};
 use crate::restore::{create_missing_roles, load_dump, prepare_target, DbTarget};
 use crate::seal::BlobIds;
@@ -51,9 +53,9 @@ pub async fn run(args: RestoreArgs, dir: Option<&Path>) -> Result<()> {
             }
             _ => None,
         };
-        if want_storage {
+        if args.only == Some(cli::Only::Storage) && !want_storage {
             return Err(Error::input(
-                "this build of backstop restores databases only; storage restore comes in a later version: use --only db",
+                "--only storage needs a destination: --storage-dir DIR or --storage-to-source",
             ));
         }
         let opener = Arc::new(opener(args.identity.as_ref())?);
@@ -63,30 +65,62 @@ pub async fn run(args: RestoreArgs, dir: Option<&Path>) -> Result<()> {
         let t = Instant::now();
         let manifest = repo.read_manifest(&meta, &opener).await?;
         rec.phases.push(Phase { name: "manifest".into(), duration_s: secs(t.elapsed()) });
-        let Some(url) = target else { return Ok(()) };
-        let db = manifest.database.as_ref().ok_or_else(|| {
-            Error::input(format!("snapshot {} holds no database", meta.id))
-        })?;
-        rec.target = Some(url.masked());
-        eprintln!(
-            "restoring snapshot {} (consistent at {}) into {}",
-            meta.id,
-            meta.consistent_at.to_rfc3339(),
-            url.masked()
-        );
-        let target = DbTarget { url, force: args.force };
-        let t = Instant::now();
-        let created = prepare_target(&target).await?;
-        let roles = create_missing_roles(&target.url, db).await?;
-        rec.phases.push(Phase { name: "prepare".into(), duration_s: secs(t.elapsed()) });
-        let t = Instant::now();
         let ids = BlobIds::new(&repo.dedup_key(policy.repository.dedup_key.as_deref())?);
-        let mut figures =
-            load_dump(repo, &meta, db, opener, ids, &target, policy.repository.connections).await?;
-        rec.phases.push(Phase { name: "load".into(), duration_s: secs(t.elapsed()) });
-        figures.database_created = created;
-        figures.roles_created = roles;
-        rec.db = Some(figures);
+        let ahead = policy.repository.connections;
+
+        if let Some(url) = target {
+            let db = manifest.database.as_ref().ok_or_else(|| {
+                Error::input(format!("snapshot {} holds no database (restore it with --only storage)", meta.id))
+            })?;
+            rec.target = Some(url.masked());
+            eprintln!(
+                "restoring the database of snapshot {} (consistent at {}) into {}",
+                meta.id,
+                meta.consistent_at.to_rfc3339(),
+                url.masked()
+            );
+            let target = DbTarget { url, force: args.force };
+            let t = Instant::now();
+            let created = prepare_target(&target).await?;
+            let roles = create_missing_roles(&target.url, db).await?;
+            rec.phases.push(Phase { name: "prepare".into(), duration_s: secs(t.elapsed()) });
+            let t = Instant::now();
+            let mut figures = load_dump(repo, &meta, db, opener.clone(), ids.clone(), &target, ahead).await?;
+            rec.phases.push(Phase { name: "load".into(), duration_s: secs(t.elapsed()) });
+            figures.database_created = created;
+            figures.roles_created = roles;
+            rec.db = Some(figures);
+        } else if manifest.storage.is_some() && !want_storage {
+            eprintln!("note: the snapshot's storage objects were not restored: pass --storage-dir DIR or --storage-to-source");
+        }
+
+        if want_storage {
+            let objects = &manifest
+                .storage
+                .as_ref()
+                .ok_or_else(|| Error::input(format!("snapshot {} holds no storage objects", meta.id)))?
+                .objects;
+            let t = Instant::now();
+            let reader = Arc::new(BlobReader::new(repo.store.clone(), opener.clone(), ids.clone(), &meta));
+            let source;
+            let destination = match &args.storage_dir {
+                Some(dir) => {
+                    eprintln!("restoring {} storage objects of snapshot {} into {}", objects.len(), meta.id, dir.display());
+                    documents::Target::Dir { root: dir.clone(), force: args.force }
+                }
+                None => {
+                    let cfg = policy.storage.as_ref().ok_or_else(|| {
+                        Error::input(format!("--storage-to-source: policy {} has no [storage] source", policy.name))
+                    })?;
+                    source = crate::source::storage::open(cfg).await?;
+                    eprintln!("restoring {} storage objects of snapshot {} to {}", objects.len(), meta.id, source.describe());
+                    documents::Target::Source(source.as_ref())
+                }
+            };
+            let (n, bytes) = documents::restore(&reader, &meta, objects, destination, ahead).await?;
+            rec.storage = Some(RestoreStorage { objects: n, bytes });
+            rec.phases.push(Phase { name: "storage".into(), duration_s: secs(t.elapsed()) });
+        }
         Ok(())
     }
     .await;
@@ -114,13 +148,17 @@ pub async fn run(args: RestoreArgs, dir: Option<&Path>) -> Result<()> {
     if args.json {
         print_json(&rec);
     }
-    if let (Ok(()), Some(db)) = (&result, &rec.db) {
+    if result.is_ok() {
+        let db = rec.db.clone().unwrap_or_default();
+        let st = rec.storage.clone().unwrap_or_default();
         eprintln!(
-            "restored snapshot {} in {:.1}s: {} tables, {} rows",
+            "restored snapshot {} in {:.1}s: {} tables, {} rows; {} storage objects, {} bytes",
             rec.snapshot_id.as_deref().unwrap_or("?"),
             rec.duration_s,
             db.tables,
-            db.rows
+            db.rows,
+            st.objects,
+            st.bytes
         );
     }
     result

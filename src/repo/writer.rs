@@ -86,6 +86,22 @@ impl BlobWriter {
         })
     }
 
+    /// Marks the chunks of unchanged content as used, when every one is a stored blob this
+    /// writer knows of (committed, or written by this run). False when any is unknown: then
+    /// the content must be read and written again.
+    pub fn reuse_committed(&self, chunks: &[ChunkRef]) -> bool {
+        let refs: Option<Vec<BlobRef>> = {
+            let known = lock(&self.known);
+            chunks.iter().map(|c| known.get(&c.id).cloned()).collect()
+        };
+        let Some(refs) = refs else { return false };
+        let mut used = lock(&self.used);
+        for r in refs {
+            used.insert(r.id.clone(), r);
+        }
+        true
+    }
+
     /// Every blob referenced so far, sorted by id.
     pub fn used(&self) -> Vec<BlobRef> {
         lock(&self.used).values().cloned().collect()

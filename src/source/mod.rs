@@ -2,3 +2,4 @@
 
 pub mod pgtools;
 pub mod postgres;
+pub mod storage;

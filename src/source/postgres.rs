@@ -13,6 +13,7 @@ use crate::repo::format::{Role, TableStat};
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, Executor, PgConnection, Row};
+use std::collections::BTreeSet;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -236,6 +237,30 @@ impl Session {
                 superuser: r.get(3),
             })
             .collect())
+    }
+
+    /// `bucket/name` of every `storage.objects` row of these buckets, in the snapshot; `None`
+    /// when the database has no `storage.objects` table (not a Supabase database).
+    pub async fn storage_object_names(
+        &mut self,
+        buckets: &[String],
+    ) -> Result<Option<BTreeSet<String>>> {
+        let exists: bool = sqlx::query("select to_regclass('storage.objects') is not null")
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(|e| db_error("looking for storage.objects", e))?
+            .get(0);
+        if !exists {
+            return Ok(None);
+        }
+        let rows = sqlx::query("select bucket_id::text || '/' || name::text from storage.objects where bucket_id = any($1)")
+            .bind(buckets)
+            .fetch_all(&mut self.conn)
+            .await
+            .map_err(|e| db_error("reading storage.objects", e))?;
+        Ok(Some(
+            rows.into_iter().map(|r| r.get::<String, _>(0)).collect(),
+        ))
     }
 
     pub async fn finish(mut self) -> Result<()> {

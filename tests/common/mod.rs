@@ -2,8 +2,10 @@
 //! a repository in a temporary directory, and the real `backstop` binary driven as a user would.
 #![allow(dead_code)]
 
+pub mod documents;
 pub mod pg;
 pub mod s3;
+pub mod supabase;
 
 use assert_cmd::Command;
 use pg::Cluster;
@@ -148,6 +150,8 @@ recipients = ["{}"]
             .env("BACKSTOP_IDENTITY", &self.identity)
             .env("S3_KEY_ID", s3::KEY_ID)
             .env("S3_SECRET", s3::SECRET)
+            .env("SUPABASE_KEY", supabase::KEY)
+            .env("BACKSTOP_CACHE_DIR", self.dir.path().join("cache"))
             .env_remove("RUST_LOG");
         if let RepoSpec::S3 { endpoint, .. } = &self.repo_spec {
             c.env("S3_ENDPOINT", endpoint);

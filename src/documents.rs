@@ -1,0 +1,268 @@
+//! Storage buckets in a snapshot: back up every object of the policy's buckets through the
+//! seal, and restore them to a directory or back to the source.
+//!
+//! Each object streams through the same chunking, dedup and sealing as the dump (no whole file
+//! in memory), [`CONCURRENT_OBJECTS`] at a time. An object whose listing fingerprint matches the
+//! local index ([`crate::cache`]) and whose chunks are all committed blobs is not downloaded
+//! again. A download that ends short of the listed size, or fails, fails the backup naming the
+//! object. The bucket listing is compared with the `storage.objects` rows read in the database
+//! snapshot: rows whose object is absent (`missing_in_bucket`) and objects without a row
+//! (`missing_in_table`) are recorded, and fail the backup when `require_consistent` is set.
+//!
+//! Restoring writes `DIR/<bucket>/<name>` atomically (a temporary file, fsync, rename) and never
+//! replaces an existing file without `force`; or uploads to the source with the recorded content
+//! type and cache control, creating the bucket if missing.
+
+use crate::cache::{Cached, Index};
+use crate::error::{Error, Result};
+use crate::record::{BackupStorage, Mismatches};
+use crate::repo::format::{Meta, StorageObject};
+use crate::repo::reader::BlobReader;
+use crate::repo::writer::BlobWriter;
+use crate::source::storage::{safe_relative, ObjectInfo, StorageSource, UploadMeta};
+use futures::{StreamExt, TryStreamExt};
+use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::io::AsyncRead;
+
+pub const CONCURRENT_OBJECTS: usize = 4;
+
+pub struct BackedUp {
+    pub objects: Vec<StorageObject>,
+    pub figures: BackupStorage,
+    pub index: Index,
+}
+
+/// Backs up every object of `buckets`. `db_names` holds `bucket/name` of the `storage.objects`
+/// rows read in the database snapshot, when the database has that table.
+pub async fn backup(
+    source: &dyn StorageSource,
+    buckets: &[String],
+    writer: &Arc<BlobWriter>,
+    cache: &Index,
+    db_names: Option<&BTreeSet<String>>,
+) -> Result<BackedUp> {
+    let mut listed = Vec::new();
+    for bucket in buckets {
+        listed.extend(source.list(bucket).await?);
+    }
+    let mut figures = BackupStorage::default();
+    if let Some(rows) = db_names {
+        let in_bucket: BTreeSet<String> = listed
+            .iter()
+            .map(|o| format!("{}/{}", o.bucket, o.name))
+            .collect();
+        figures.mismatches = Mismatches {
+            missing_in_bucket: rows.difference(&in_bucket).cloned().collect(),
+            missing_in_table: in_bucket.difference(rows).cloned().collect(),
+        };
+    }
+    let results: Vec<(StorageObject, bool, u64, Option<String>)> = futures::stream::iter(listed)
+        .map(|info| backup_one(source, writer, cache, info))
+        .buffer_unordered(CONCURRENT_OBJECTS)
+        .try_collect()
+        .await?;
+    let mut index = Index::default();
+    let mut objects = Vec::with_capacity(results.len());
+    for (object, new, stored, fingerprint) in results {
+        figures.objects += 1;
+        figures.bytes_plain += object.size;
+        figures.bytes_stored += stored;
+        if new {
+            figures.objects_new += 1;
+        } else {
+            figures.objects_reused += 1;
+        }
+        if let Some(fp) = fingerprint {
+            index.objects.insert(
+                fp,
+                Cached {
+                    sha256: object.sha256.clone(),
+                    size: object.size,
+                    chunks: object.chunks.clone(),
+                    content_type: object.content_type.clone(),
+                    cache_control: object.cache_control.clone(),
+                },
+            );
+        }
+        objects.push(object);
+    }
+    objects.sort_by(|a, b| (&a.bucket, &a.name).cmp(&(&b.bucket, &b.name)));
+    Ok(BackedUp {
+        objects,
+        figures,
+        index,
+    })
+}
+
+/// One object: from the index when unchanged, else downloaded through the writer. Returns the
+/// manifest entry, whether it needed new blobs, the bytes it stored, and its fingerprint.
+async fn backup_one(
+    source: &dyn StorageSource,
+    writer: &Arc<BlobWriter>,
+    cache: &Index,
+    info: ObjectInfo,
+) -> Result<(StorageObject, bool, u64, Option<String>)> {
+    let fingerprint = info.fingerprint();
+    if let Some(hit) = fingerprint.as_ref().and_then(|f| cache.objects.get(f)) {
+        if writer.reuse_committed(&hit.chunks) {
+            let object = StorageObject {
+                bucket: info.bucket,
+                name: info.name,
+                size: hit.size,
+                sha256: hit.sha256.clone(),
+                content_type: info.content_type.or_else(|| hit.content_type.clone()),
+                cache_control: info.cache_control.or_else(|| hit.cache_control.clone()),
+                etag: info.etag,
+                version: info.version,
+                chunks: hit.chunks.clone(),
+            };
+            return Ok((object, false, 0, fingerprint));
+        }
+    }
+    let what = format!("storage object {}/{}", info.bucket, info.name);
+    let download = source.read(&info).await?;
+    let reader = tokio_util::io::SyncIoBridge::new(download.reader);
+    let (stream, stats) = writer
+        .write_stream(reader, &what, &|_| {})
+        .await
+        .map_err(|e| e.context(format!("backing up {what}")))?;
+    if let Some(size) = info.size {
+        if stream.bytes != size {
+            return Err(Error::failed(format!(
+                "backing up {what}: downloaded {} bytes but the listing says {size}: the download was cut short",
+                stream.bytes
+            )));
+        }
+    }
+    let object = StorageObject {
+        bucket: info.bucket,
+        name: info.name,
+        size: stream.bytes,
+        sha256: stream.sha256,
+        content_type: info.content_type.or(download.content_type),
+        cache_control: info.cache_control.or(download.cache_control),
+        etag: info.etag,
+        version: info.version,
+        chunks: stream.chunks,
+    };
+    Ok((object, stats.blobs_new > 0, stats.bytes_stored, fingerprint))
+}
+
+/// A stream of one object's plaintext, checked chunk by chunk.
+fn object_reader(
+    reader: &Arc<BlobReader>,
+    object: &StorageObject,
+    ahead: usize,
+) -> impl AsyncRead + Send + Unpin + 'static {
+    let stream = reader
+        .stream(object.chunks.clone(), ahead)
+        .map_ok(bytes::Bytes::from)
+        .map_err(|e| std::io::Error::other(e.message));
+    tokio_util::io::StreamReader::new(Box::pin(stream))
+}
+
+/// Writes a stream to `path` atomically; an existing file is kept unless `replace`.
+pub async fn write_file_atomically(
+    path: &Path,
+    mut body: impl AsyncRead + Unpin,
+    replace: bool,
+) -> Result<()> {
+    if !replace && tokio::fs::try_exists(path).await.unwrap_or(false) {
+        return Err(Error::input(format!(
+            "{} exists; pass --force to replace it",
+            path.display()
+        )));
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| Error::failed(format!("creating {}: {e}", dir.display())))?;
+    let tmp = dir.join(format!(".backstop-tmp-{:016x}", rand::random::<u64>()));
+    let result = async {
+        let mut f = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| Error::failed(format!("creating {}: {e}", tmp.display())))?;
+        tokio::io::copy(&mut body, &mut f)
+            .await
+            .map_err(|e| Error::failed(format!("writing {}: {e}", path.display())))?;
+        f.sync_all()
+            .await
+            .map_err(|e| Error::failed(format!("syncing {}: {e}", path.display())))?;
+        tokio::fs::rename(&tmp, path)
+            .await
+            .map_err(|e| Error::failed(format!("renaming into {}: {e}", path.display())))
+    }
+    .await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    result
+}
+
+pub enum Target<'a> {
+    Dir { root: PathBuf, force: bool },
+    Source(&'a dyn StorageSource),
+}
+
+/// Restores every object; returns (objects, bytes).
+pub async fn restore(
+    reader: &Arc<BlobReader>,
+    meta: &Meta,
+    objects: &[StorageObject],
+    target: Target<'_>,
+    ahead: usize,
+) -> Result<(u64, u64)> {
+    if let Target::Dir { root, force: false } = &target {
+        // Refuse before writing anything, naming the first file in the way.
+        for o in objects {
+            let p = root.join(&o.bucket).join(&o.name);
+            if tokio::fs::try_exists(&p).await.unwrap_or(false) {
+                return Err(Error::input(format!(
+                    "{} exists: restore into an empty directory, or pass --force to replace existing files",
+                    p.display()
+                )));
+            }
+        }
+    }
+    if let Target::Source(source) = &target {
+        let buckets: HashSet<&str> = objects.iter().map(|o| o.bucket.as_str()).collect();
+        for b in buckets {
+            source.ensure_bucket(b).await?;
+        }
+    }
+    let mut bytes = 0;
+    let results: Vec<u64> = futures::stream::iter(objects)
+        .map(|o| {
+            let target = &target;
+            async move {
+                if !safe_relative(&o.name) || !safe_relative(&o.bucket) || o.bucket.contains('/') {
+                    return Err(Error::failed(format!(
+                        "snapshot {}: object {}/{} has a name that is not a safe path; restore it with --storage-to-source",
+                        meta.id, o.bucket, o.name
+                    )));
+                }
+                let body = object_reader(reader, o, ahead);
+                let what = format!("restoring {}/{}", o.bucket, o.name);
+                match target {
+                    Target::Dir { root, force } => {
+                        write_file_atomically(&root.join(&o.bucket).join(&o.name), body, *force).await
+                    }
+                    Target::Source(source) => {
+                        let meta = UploadMeta { size: o.size, content_type: o.content_type.clone(), cache_control: o.cache_control.clone() };
+                        source.write(&o.bucket, &o.name, &meta, Box::pin(body)).await
+                    }
+                }
+                .map_err(|e| e.context(&what))?;
+                Ok(o.size)
+            }
+        })
+        .buffer_unordered(CONCURRENT_OBJECTS)
+        .try_collect()
+        .await?;
+    for b in &results {
+        bytes += b;
+    }
+    Ok((results.len() as u64, bytes))
+}

@@ -1,0 +1,338 @@
+//! Storage buckets backed up with the database in one snapshot and restored byte for byte,
+//! from each kind of source: Supabase Storage (its REST API, through the test double), S3 (the
+//! moto server) and a local directory.
+
+mod common;
+
+use common::documents::{read_tree, sync_rows, write_tree, BUCKET, DUP_SIZE};
+use common::supabase::Supabase;
+use common::{table_contents, Env, FIXTURE_DB};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+fn run(cmd: &mut assert_cmd::Command) -> (i32, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn supabase_policy(env: &Env, url: &str) {
+    env.write_policy(
+        &env.policy,
+        &format!("\n[storage]\nkind = \"supabase\"\nurl = \"{url}\"\nkey = \"${{SUPABASE_KEY}}\"\nbuckets = [\"{BUCKET}\"]\n"),
+    );
+}
+
+fn restore_storage(env: &Env, args: &[&str]) -> serde_json::Value {
+    let (code, out, stderr) = run(env
+        .backstop()
+        .args(["restore", "--json", "--policy"])
+        .arg(&env.policy)
+        .args(args));
+    assert_eq!(code, 0, "{stderr}");
+    serde_json::from_str(&out).unwrap()
+}
+
+fn downloads(sb: &Supabase) -> usize {
+    sb.state
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.contains("/object/authenticated/"))
+        .count()
+}
+
+#[test]
+fn supabase_bucket_round_trips_with_the_database_and_backs_up_only_changes() {
+    let env = Env::new();
+    let src = tempfile::tempdir().unwrap();
+    let mut files = write_tree(src.path());
+    sync_rows(&env, &files);
+    // One row without an object, one object without a row.
+    env.source.psql(FIXTURE_DB, "insert into storage.objects (id, bucket_id, name) values (md5('ghost')::uuid, 'documents', 'ghost.pdf')");
+    std::fs::write(src.path().join("documents/orphan.txt"), b"no row for me").unwrap();
+    files.insert("orphan.txt".into(), b"no row for me".to_vec());
+    let sb = Supabase::start(src.path());
+    sb.state.meta.lock().unwrap().insert(
+        "documents/menus/2026/Speisekarte Grüße.pdf".into(),
+        ("application/pdf".into(), "max-age=60".into()),
+    );
+    supabase_policy(&env, &sb.url());
+
+    let first = env.backup_json();
+    let st = &first["storage"];
+    assert_eq!(
+        st["objects"].as_u64().unwrap() as usize,
+        files.len(),
+        "{first}"
+    );
+    assert_eq!(
+        st["mismatches"]["missing_in_bucket"],
+        serde_json::json!(["documents/ghost.pdf"])
+    );
+    assert_eq!(
+        st["mismatches"]["missing_in_table"],
+        serde_json::json!(["documents/orphan.txt"])
+    );
+    // Identical files are stored once.
+    let plain = st["bytes_plain"].as_u64().unwrap();
+    let stored = st["bytes_stored"].as_u64().unwrap();
+    assert_eq!(plain, files.values().map(|v| v.len() as u64).sum::<u64>());
+    assert!(
+        stored < plain - DUP_SIZE as u64 / 2,
+        "stored {stored} of {plain}: the duplicate was stored twice"
+    );
+    assert!(first["db"]["tables"].as_u64().unwrap() > 0);
+    assert_eq!(downloads(&sb), files.len());
+
+    // Restore database and documents of that snapshot together.
+    let out = tempfile::tempdir().unwrap();
+    let rec = restore_storage(
+        &env,
+        &[
+            "--db-url",
+            &env.scratch.url("docs"),
+            "--storage-dir",
+            out.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        rec["storage"]["objects"].as_u64().unwrap() as usize,
+        files.len()
+    );
+    assert_eq!(read_tree(&out.path().join(BUCKET)), files);
+    assert_eq!(
+        table_contents(&env.source, FIXTURE_DB),
+        table_contents(&env.scratch, "docs")
+    );
+    // A second restore into the same directory refuses to replace files.
+    let (code, _, stderr) = run(env
+        .backstop()
+        .args(["restore", "--only", "storage", "--policy"])
+        .arg(&env.policy)
+        .args(["--storage-dir", out.path().to_str().unwrap()]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("exists") && stderr.contains("--force"),
+        "{stderr}"
+    );
+
+    // Change 1% of the files, add one, delete one.
+    let changed = [
+        "small/note-010.txt",
+        "small/note-020.txt",
+        "small/note-030.txt",
+    ];
+    for (i, name) in changed.iter().enumerate() {
+        let data = common::documents::bytes(900, 9000 + i as u64);
+        std::fs::write(src.path().join(BUCKET).join(name), &data).unwrap();
+        files.insert(name.to_string(), data);
+    }
+    std::fs::create_dir_all(src.path().join("documents/new")).unwrap();
+    std::fs::write(src.path().join("documents/new/added.txt"), b"added later").unwrap();
+    files.insert("new/added.txt".into(), b"added later".to_vec());
+    std::fs::remove_file(src.path().join("documents/small/note-299.txt")).unwrap();
+    files.remove("small/note-299.txt");
+    let before = downloads(&sb);
+    let second = env.backup_json();
+    let st = &second["storage"];
+    assert_eq!(st["objects"].as_u64().unwrap() as usize, files.len());
+    assert_eq!(st["objects_new"], 4, "{second}");
+    assert_eq!(
+        st["objects_reused"].as_u64().unwrap() as usize,
+        files.len() - 4
+    );
+    assert!(st["bytes_stored"].as_u64().unwrap() < 20_000, "{second}");
+    assert_eq!(
+        downloads(&sb) - before,
+        4,
+        "unchanged objects were downloaded again"
+    );
+
+    let out2 = tempfile::tempdir().unwrap();
+    restore_storage(
+        &env,
+        &[
+            "--only",
+            "storage",
+            "--storage-dir",
+            out2.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(read_tree(&out2.path().join(BUCKET)), files);
+
+    // Back to a source: an empty Supabase project, bucket created, content types kept.
+    let empty = tempfile::tempdir().unwrap();
+    let sb2 = Supabase::start(empty.path());
+    supabase_policy(&env, &sb2.url());
+    let rec = restore_storage(&env, &["--only", "storage", "--storage-to-source"]);
+    assert_eq!(
+        rec["storage"]["objects"].as_u64().unwrap() as usize,
+        files.len()
+    );
+    assert_eq!(read_tree(&empty.path().join(BUCKET)), files);
+    let meta = sb2
+        .state
+        .meta
+        .lock()
+        .unwrap()
+        .get("documents/menus/2026/Speisekarte Grüße.pdf")
+        .cloned();
+    assert_eq!(meta, Some(("application/pdf".into(), "max-age=60".into())));
+}
+
+#[test]
+fn supabase_v1_listing_wrong_key_and_a_cut_download() {
+    let env = Env::new();
+    let src = tempfile::tempdir().unwrap();
+    let files = write_tree(src.path());
+    sync_rows(&env, &files);
+    let sb = Supabase::start(src.path());
+    sb.state.list_v2.store(false, Ordering::SeqCst);
+    supabase_policy(&env, &sb.url());
+
+    let rec = env.backup_json();
+    assert_eq!(
+        rec["storage"]["objects"].as_u64().unwrap() as usize,
+        files.len()
+    );
+    assert!(sb
+        .state
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|r| r.contains("/object/list/")));
+    assert_eq!(
+        rec["storage"]["mismatches"]["missing_in_bucket"],
+        serde_json::json!([])
+    );
+    let out = tempfile::tempdir().unwrap();
+    restore_storage(
+        &env,
+        &[
+            "--only",
+            "storage",
+            "--storage-dir",
+            out.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(read_tree(&out.path().join(BUCKET)), files);
+
+    // A wrong key: exit 2, the key never echoed.
+    let (code, stdout, stderr) = run(env
+        .backstop()
+        .env("SUPABASE_KEY", "not-the-key")
+        .args(["backup", "--json", "--policy"])
+        .arg(&env.policy));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("key was refused"), "{stderr}");
+    assert!(!stdout.contains("not-the-key") && !stderr.contains("not-the-key"));
+
+    // A download cut mid-object: exit 1 naming it, no snapshot.
+    let snapshots = env.meta_files().len();
+    std::fs::write(
+        src.path().join("documents/scans/big scan.tiff"),
+        common::documents::bytes(17 * 1024 * 1024, 77),
+    )
+    .unwrap();
+    sb.state
+        .cut
+        .lock()
+        .unwrap()
+        .push("scans/big scan.tiff".into());
+    let (code, _, stderr) = run(env.backstop().args(["backup", "--policy"]).arg(&env.policy));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("documents/scans/big scan.tiff"), "{stderr}");
+    assert_eq!(env.meta_files().len(), snapshots);
+}
+
+#[test]
+fn s3_and_directory_sources_round_trip() {
+    // S3 source: the moto server, with its own credentials in [storage].
+    let moto = common::s3::Moto::start();
+    moto.create_bucket(BUCKET, false);
+    let tree = tempfile::tempdir().unwrap();
+    let files = write_tree(tree.path());
+    for (name, data) in &files {
+        moto.put(BUCKET, name, data.clone());
+    }
+    let env = Env::new();
+    sync_rows(&env, &files);
+    env.write_policy(
+        &env.policy,
+        &format!(
+            "\n[storage]\nkind = \"s3\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\naccess_key_id = \"${{S3_KEY_ID}}\"\nsecret_access_key = \"${{S3_SECRET}}\"\nbuckets = [\"{BUCKET}\"]\n",
+            moto.endpoint()
+        ),
+    );
+    let rec = env.backup_json();
+    assert_eq!(
+        rec["storage"]["objects"].as_u64().unwrap() as usize,
+        files.len(),
+        "{rec}"
+    );
+    assert_eq!(
+        rec["storage"]["mismatches"]["missing_in_table"],
+        serde_json::json!([])
+    );
+    let out = tempfile::tempdir().unwrap();
+    restore_storage(
+        &env,
+        &[
+            "--only",
+            "storage",
+            "--storage-dir",
+            out.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(read_tree(&out.path().join(BUCKET)), files);
+    // And back into the (emptied) source bucket.
+    for name in files.keys() {
+        moto.delete(BUCKET, name);
+    }
+    restore_storage(&env, &["--only", "storage", "--storage-to-source"]);
+    let back: BTreeMap<String, Vec<u8>> = files
+        .keys()
+        .map(|k| (k.clone(), moto.get(BUCKET, k)))
+        .collect();
+    assert_eq!(back, files);
+
+    // Directory source, storage only.
+    let env = Env::new();
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_tree(dir.path());
+    env.write_policy(
+        &env.policy,
+        &format!(
+            "\n[storage]\nkind = \"dir\"\npath = \"{}\"\nbuckets = [\"{BUCKET}\"]\n",
+            dir.path().display()
+        ),
+    );
+    let (code, out, stderr) = run(env
+        .backstop()
+        .args(["backup", "--only", "storage", "--json", "--policy"])
+        .arg(&env.policy));
+    assert_eq!(code, 0, "{stderr}");
+    let rec: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(rec["db"].is_null());
+    assert_eq!(
+        rec["storage"]["objects"].as_u64().unwrap() as usize,
+        files.len()
+    );
+    let out = tempfile::tempdir().unwrap();
+    restore_storage(
+        &env,
+        &[
+            "--only",
+            "storage",
+            "--storage-dir",
+            out.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(read_tree(&out.path().join(BUCKET)), files);
+}
