@@ -9,6 +9,9 @@
 # single-job pg_restore. Each case runs RUNS times (default 3); the median time is printed
 # with the peak RSS (GNU time's %M, largest process of the case). Targets that later work is
 # held to: backup <= 1.1x pg_dump, restore <= 1.0x pg_restore -j2, backstop peak RSS <= 128 MiB.
+# The documents case backs up a generated tree of 2,000 files / ~500 MB (a directory source),
+# then again after 1% of the files changed, next to `restic backup` of the same tree when restic
+# is installed (apt-get install restic).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
@@ -111,6 +114,53 @@ PREP=fresh_bucket measure s3_backup "$BIN" backup --policy "$WORK/policy-s3.toml
 PREP=fresh_target measure s3_restore "$BIN" restore --policy "$WORK/policy-s3.toml" \
   --identity "$WORK/key.txt" --db-url "postgres://postgres:$PASSWORD@127.0.0.1:$PG_PORT/target"
 
+echo "documents cases ..." >&2
+python3 - "$WORK/docs/documents" <<'PY'
+import os, sys
+root = sys.argv[1]
+for i in range(2000):
+    d = os.path.join(root, f"dir{i % 40:02d}")
+    os.makedirs(d, exist_ok=True)
+    size = 3_000_000 if i % 20 == 0 else 100_000   # 100 x 3 MB + 1900 x 100 kB = ~490 MB
+    with open(os.path.join(d, f"file-{i:04d}.bin"), "wb") as f:
+        f.write(os.urandom(size))
+PY
+DOCS_BYTES=$(du -sb "$WORK/docs" | cut -f1)
+cat > "$WORK/policy-docs.toml" <<POLICY
+name = "docs"
+[storage]
+kind = "dir"
+path = "$WORK/docs"
+buckets = ["documents"]
+[repository]
+url = "$WORK/docrepo"
+[encryption]
+recipients = ["$RECIPIENT"]
+POLICY
+export BACKSTOP_CACHE_DIR=$WORK/cache
+change_1pct() {
+  python3 - "$WORK/docs/documents" <<'PY'
+import os, sys
+root = sys.argv[1]
+for i in range(1, 2000, 100):       # 20 files of 2,000, never the same twice
+    p = os.path.join(root, f"dir{i % 40:02d}", f"file-{i:04d}.bin")
+    size = os.path.getsize(p)
+    with open(p, "wb") as f:
+        f.write(os.urandom(size))
+PY
+}
+fresh_docrepo() { rm -rf "$WORK/docrepo" "$WORK/cache"; "$BIN" init --policy "$WORK/policy-docs.toml" 2>/dev/null; }
+docs_then_change() { fresh_docrepo; "$BIN" backup --policy "$WORK/policy-docs.toml" 2>/dev/null; change_1pct; }
+PREP=fresh_docrepo measure docs_first "$BIN" backup --policy "$WORK/policy-docs.toml"
+PREP=docs_then_change measure docs_second "$BIN" backup --policy "$WORK/policy-docs.toml"
+if command -v restic >/dev/null 2>&1; then
+  export RESTIC_PASSWORD=bench RESTIC_REPOSITORY=$WORK/restic
+  fresh_restic() { rm -rf "$WORK/restic"; restic init -q >/dev/null; }
+  restic_then_change() { fresh_restic; restic backup -q "$WORK/docs" >/dev/null; change_1pct; }
+  PREP=fresh_restic measure restic_first restic backup -q "$WORK/docs"
+  PREP=restic_then_change measure restic_second restic backup -q "$WORK/docs"
+fi
+
 DUMP_BYTES=$(stat -c %s "$WORK/bench.dump")
 STORED=$(du -sb "$WORK/repo/blobs" | cut -f1)
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
@@ -127,3 +177,15 @@ row "pg_restore -j1 local dump" pg_restore_j1 pg_restore_j2
 row "backstop restore" backstop_restore pg_restore_j2
 row "backstop backup to S3 (moto, new bucket)" s3_backup pg_dump
 row "backstop restore from S3 (moto)" s3_restore pg_restore_j2
+echo
+echo "documents: 2,000 files, $((DOCS_BYTES / 1048576)) MiB (incompressible); ratios against restic when installed"
+if command -v restic >/dev/null 2>&1; then
+  row "restic backup, first (baseline)" restic_first restic_first
+  row "restic backup, 1% changed" restic_second restic_first
+  row "backstop backup --only storage, first" docs_first restic_first
+  row "backstop backup --only storage, 1% changed" docs_second restic_second
+else
+  echo "(restic not installed: apt-get install restic, then run again for the comparison)"
+  row "backstop backup --only storage, first" docs_first docs_first
+  row "backstop backup --only storage, 1% changed" docs_second docs_first
+fi
