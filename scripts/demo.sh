@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job end to end on the embedded default: a throwaway local PostgreSQL holding a
 # Supabase-shaped sample database, a local-directory repository, then keygen, init, two
-# backups (the second deduplicated), the snapshot list, and a restore into a new database
-# whose every table is compared with the original. Everything lives in a temporary directory
+# backups (the second deduplicated), the snapshot list, verify (a restore into a temporary
+# database, compared table by table, timed against the RTO), check, and a restore into a new
+# database whose every table is compared with the original. Everything lives in a temporary directory
 # that is removed at the end (KEEP=1 keeps it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +34,7 @@ echo "PostgreSQL on 127.0.0.1:$PG_PORT, database shop"
 
 export BACKSTOP_DEMO_DB_URL="postgres://postgres:$PASSWORD@127.0.0.1:$PG_PORT/shop"
 export BACKSTOP_DEMO_REPO="$WORK/repo"
+export BACKSTOP_DEMO_SCRATCH_URL="postgres://postgres:$PASSWORD@127.0.0.1:$PG_PORT/postgres"
 
 step "backstop keygen (the identity stays with the operator; the policy holds its public key)"
 BACKSTOP_DEMO_RECIPIENT=$("$BIN" keygen --out "$WORK/identity.txt")
@@ -53,6 +55,13 @@ step "a second backup of the unchanged database stores almost nothing new"
 
 step "backstop snapshots --policy local"
 "$BIN" snapshots --policy local
+
+step "backstop verify --policy local (restore into a temporary database, compare, time it)"
+"$BIN" verify --policy local --identity "$WORK/identity.txt" --json \
+  | jq -c '{ok, snapshot_id, restore_s, rto_s, rto_met, tables: (.tables | length), all_tables_equal: ([.tables[].checksum_ok] | all), queries, problems}'
+
+step "backstop check --policy local --read-data (the stored bytes, without the key)"
+"$BIN" check --policy local --read-data
 
 step "backstop restore --policy local --snapshot latest into a new database"
 RESTORED="postgres://postgres:$PASSWORD@127.0.0.1:$PG_PORT/shop_restored"

@@ -124,9 +124,11 @@ pub async fn run(
             objects: done.figures.objects,
             bytes_plain: done.figures.bytes_plain,
         });
-        rec.storage = Some(done.figures);
+        rec.storage = Some(done.figures.clone());
         storage = Some(StorageManifest {
             objects: done.objects,
+            missing_in_bucket: done.figures.mismatches.missing_in_bucket.clone(),
+            missing_in_table: done.figures.mismatches.missing_in_table.clone(),
         });
         new_index = Some(done.index);
         rec.phases.push(Phase {

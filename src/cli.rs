@@ -41,6 +41,10 @@ pub enum Command {
     },
     /// Restore a snapshot into a database (and storage).
     Restore(RestoreArgs),
+    /// Prove a snapshot: restore it into a scratch database, compare, measure the restore time.
+    Verify(VerifyArgs),
+    /// Prove the repository intact: every blob present (and, with --read-data, its bytes).
+    Check(CheckArgs),
     /// Policy files.
     Policy {
         #[command(subcommand)]
@@ -103,6 +107,43 @@ pub struct RestoreArgs {
     /// Allow restoring over a non-empty target database: it is dropped and recreated.
     #[arg(long)]
     pub force: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[arg(long, value_name = "P")]
+    pub policy: String,
+    /// A snapshot id, or `latest`.
+    #[arg(long, value_name = "ID|latest", default_value = "latest")]
+    pub snapshot: String,
+    #[arg(long, env = "BACKSTOP_IDENTITY", value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// A server where a temporary database may be created (default: [verify] scratch_url).
+    #[arg(long, value_name = "URL")]
+    pub scratch_url: Option<String>,
+    /// Share of storage objects whose content is downloaded and compared: `all` or a percentage
+    /// (default: [verify] read_data, else 10%).
+    #[arg(long, value_name = "all|PERCENT")]
+    pub read_data: Option<String>,
+    /// Keep the temporary database for inspection.
+    #[arg(long)]
+    pub keep: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[arg(long, value_name = "P")]
+    pub policy: String,
+    /// Also read every blob and compare its SHA-256 with meta.json.
+    #[arg(long)]
+    pub read_data: bool,
+    /// With the identity, also decrypt every manifest and blob and check the plaintext.
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }

@@ -5,10 +5,12 @@
 
 pub mod backup;
 pub mod cache;
+pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod documents;
 pub mod error;
+pub mod expect;
 pub mod policy;
 pub mod progress;
 pub mod record;
@@ -19,3 +21,4 @@ pub mod seal;
 pub mod source;
 pub mod store;
 pub mod util;
+pub mod verify;

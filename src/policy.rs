@@ -466,6 +466,18 @@ impl Validator<'_> {
             keep_monthly: r.keep_monthly,
             keep_yearly: r.keep_yearly,
         };
+        if let Some(v) = &raw.verify {
+            for q in &v.queries {
+                if let Err(e) = crate::expect::parse_expect(q.expect.get_ref()) {
+                    self.problem(q.expect.span(), "verify.queries.expect", e);
+                }
+            }
+            if let Some(r) = &v.read_data {
+                if let Err(e) = crate::expect::parse_share(r.get_ref()) {
+                    self.problem(r.span(), "verify.read_data", e);
+                }
+            }
+        }
         let verify = raw
             .verify
             .map(|v| Verify {

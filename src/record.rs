@@ -117,3 +117,57 @@ pub struct SnapshotStorage {
     pub objects: u64,
     pub bytes_plain: u64,
 }
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyRecord {
+    pub kind: &'static str,
+    pub ok: bool,
+    pub snapshot_id: Option<String>,
+    pub policy: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub duration_s: f64,
+    /// The measured restore time (RTO): first download to the end of pg_restore.
+    pub restore_s: Option<f64>,
+    /// The policy's objective, in seconds.
+    pub rto_s: f64,
+    pub rto_met: Option<bool>,
+    pub tables: Vec<crate::verify::TableCheck>,
+    pub objects_checked: u64,
+    pub objects_read: u64,
+    pub objects_failed: u64,
+    pub queries: Vec<crate::verify::QueryCheck>,
+    pub problems: Vec<String>,
+    pub missing_extensions: Vec<String>,
+    pub expected_failures: Vec<String>,
+    pub phases: Vec<Phase>,
+    pub scratch_database: Option<String>,
+    pub kept: bool,
+    pub tool_version: &'static str,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckRecord {
+    pub kind: &'static str,
+    pub ok: bool,
+    pub policy: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub duration_s: f64,
+    pub snapshots_checked: u64,
+    pub blobs_checked: u64,
+    pub bytes_read: u64,
+    pub read_data: bool,
+    pub decrypted: bool,
+    pub damaged: Vec<Damaged>,
+    pub tool_version: &'static str,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Damaged {
+    pub blob: String,
+    pub problem: String,
+    pub snapshots: Vec<String>,
+}

@@ -11,6 +11,7 @@
 
 use crate::error::{Error, Result};
 use crate::progress::Progress;
+use crate::record::Phase;
 use crate::record::RestoreDb;
 use crate::repo::format::{DbManifest, Meta};
 use crate::repo::reader::BlobReader;
@@ -18,12 +19,14 @@ use crate::repo::Repo;
 use crate::seal::{BlobIds, Opener};
 use crate::source::pgtools::{self, DbUrl};
 use crate::source::postgres::{connect, connect_existing, quote_ident};
+use crate::util::secs;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, Executor, Row};
 use std::process::Stdio;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 pub struct DbTarget {
     pub url: DbUrl,
@@ -146,6 +149,91 @@ pub async fn create_missing_roles(url: &DbUrl, manifest: &DbManifest) -> Result<
     Ok(created)
 }
 
+/// How to load a dump.
+pub struct LoadOptions {
+    /// Stop at pg_restore's first error (restore); or go on and report every error (verify).
+    pub stop_on_error: bool,
+    /// Blobs fetched ahead.
+    pub ahead: usize,
+}
+
+/// One error pg_restore reported, with the command that failed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RestoreIssue {
+    pub error: String,
+    pub command: Option<String>,
+}
+
+pub struct LoadOutcome {
+    pub figures: RestoreDb,
+    pub errors: Vec<RestoreIssue>,
+    /// download and decrypt_decompress (work summed over parallel fetches), then schema,
+    /// data_load and index_constraint_build (wall time, from pg_restore's progress).
+    pub phases: Vec<Phase>,
+    /// From the first download to pg_restore's exit.
+    pub elapsed: Duration,
+}
+
+#[derive(Default)]
+struct Watched {
+    data_at: Option<Duration>,
+    post_at: Option<Duration>,
+    errors: Vec<RestoreIssue>,
+}
+
+const POST_DATA: [&str; 7] = [
+    "creating INDEX",
+    "creating CONSTRAINT",
+    "creating FK CONSTRAINT",
+    "creating TRIGGER",
+    "creating INDEX ATTACH",
+    "creating RULE",
+    "creating POLICY",
+];
+
+/// Reads pg_restore's verbose stderr, timing its phases and collecting its errors.
+async fn watch(stderr: tokio::process::ChildStderr, start: Instant) -> Watched {
+    let mut p = Watched::default();
+    let mut lines = BufReader::new(stderr).lines();
+    let mut in_command = false;
+    while let Ok(Some(line)) = lines.next_line().await {
+        let at = start.elapsed();
+        if let Some(e) = line.strip_prefix("pg_restore: error: ") {
+            in_command = false;
+            if p.errors.len() < 1000 {
+                p.errors.push(RestoreIssue {
+                    error: e.to_string(),
+                    command: None,
+                });
+            }
+        } else if let Some(c) = line.strip_prefix("Command was: ") {
+            in_command = true;
+            if let Some(last) = p.errors.last_mut() {
+                last.command = Some(c.to_string());
+            }
+        } else if line.starts_with("pg_restore: ") {
+            in_command = false;
+            if p.data_at.is_none() && line.contains("processing data for table") {
+                p.data_at = Some(at);
+            }
+            if p.post_at.is_none()
+                && p.data_at.is_some()
+                && POST_DATA.iter().any(|k| line.contains(k))
+            {
+                p.post_at = Some(at);
+            }
+        } else if in_command {
+            if let Some(cmd) = p.errors.last_mut().and_then(|e| e.command.as_mut()) {
+                if cmd.len() < 4000 {
+                    cmd.push('\n');
+                    cmd.push_str(&line);
+                }
+            }
+        }
+    }
+    p
+}
+
 /// Streams the snapshot's dump into pg_restore on the (prepared) target.
 pub async fn load_dump(
     repo: &Repo,
@@ -154,20 +242,24 @@ pub async fn load_dump(
     opener: Arc<Opener>,
     ids: BlobIds,
     target: &DbTarget,
-    ahead: usize,
-) -> Result<RestoreDb> {
+    options: &LoadOptions,
+) -> Result<LoadOutcome> {
     let dump_major = pgtools::parse_version(&format!("x y {}", manifest.pg_dump_version))
         .map(|(m, _)| m)
         .unwrap_or(0);
     let tool = pgtools::find("pg_restore", dump_major)?;
     let mut std_cmd = std::process::Command::new(&tool.path);
-    std_cmd.arg("--exit-on-error");
+    std_cmd.arg("--verbose");
+    if options.stop_on_error {
+        std_cmd.arg("--exit-on-error");
+    }
     target.url.configure(&mut std_cmd);
     let mut cmd = tokio::process::Command::from(std_cmd);
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    let start = Instant::now();
     let mut child = cmd
         .spawn()
         .map_err(|e| Error::failed(format!("cannot start {}: {e}", tool.path.display())))?;
@@ -175,22 +267,15 @@ pub async fn load_dump(
         .stdin
         .take()
         .ok_or_else(|| Error::failed("pg_restore has no stdin"))?;
-    let mut stderr = child
+    let stderr = child
         .stderr
         .take()
         .ok_or_else(|| Error::failed("pg_restore has no stderr"))?;
-    let stderr_task = tokio::spawn(async move {
-        let mut text = String::new();
-        let _ = (&mut stderr)
-            .take(256 * 1024)
-            .read_to_string(&mut text)
-            .await;
-        text
-    });
+    let watcher = tokio::spawn(watch(stderr, start));
 
     let reader = Arc::new(BlobReader::new(repo.store.clone(), opener, ids, meta));
     let progress = Progress::bytes(Some(manifest.dump.bytes), "restore");
-    let mut chunks = reader.stream(manifest.dump.chunks.clone(), ahead);
+    let mut chunks = reader.stream(manifest.dump.chunks.clone(), options.ahead);
     let mut hasher = Sha256::new();
     let mut written = 0u64;
     let mut feed_error = None;
@@ -226,13 +311,31 @@ pub async fn load_dump(
         .wait()
         .await
         .map_err(|e| Error::failed(format!("waiting for pg_restore: {e}")))?;
+    let elapsed = start.elapsed();
+    let watched = watcher.await.unwrap_or_default();
     let password = target.url.password().unwrap_or_default();
-    let stderr_text = crate::util::scrub(&stderr_task.await.unwrap_or_default(), &[&password]);
-    if !status.success() || pipe_closed {
+    let scrub = |t: &str| crate::util::scrub(t, &[&password]);
+    let errors: Vec<RestoreIssue> = watched
+        .errors
+        .iter()
+        .map(|e| RestoreIssue {
+            error: scrub(&e.error),
+            command: e.command.as_deref().map(scrub),
+        })
+        .collect();
+    if !status.success() && (options.stop_on_error || errors.is_empty()) || pipe_closed {
+        let text: Vec<String> = errors
+            .iter()
+            .take(5)
+            .map(|e| match &e.command {
+                Some(c) => format!("{} (command: {})", e.error, c.lines().next().unwrap_or("")),
+                None => e.error.clone(),
+            })
+            .collect();
         return Err(Error::failed(format!(
             "pg_restore into {} failed ({status}); the target may hold a partial restore: {}",
             target.url.masked(),
-            stderr_text.trim()
+            text.join("; ")
         )));
     }
     let sha = hex::encode(hasher.finalize());
@@ -242,11 +345,29 @@ pub async fn load_dump(
             meta.id, manifest.dump.bytes, manifest.dump.sha256
         )));
     }
-    Ok(RestoreDb {
-        tables: manifest.tables.len() as u64,
-        rows: manifest.tables.iter().map(|t| t.rows).sum(),
-        bytes: written,
-        database_created: false,
-        roles_created: Vec::new(),
+    let (download, open) = reader.work_times();
+    let data_at = watched.data_at.unwrap_or(elapsed);
+    let post_at = watched.post_at.unwrap_or(elapsed).max(data_at);
+    let phase = |name: &str, d: Duration| Phase {
+        name: name.into(),
+        duration_s: secs(d),
+    };
+    Ok(LoadOutcome {
+        figures: RestoreDb {
+            tables: manifest.tables.len() as u64,
+            rows: manifest.tables.iter().map(|t| t.rows).sum(),
+            bytes: written,
+            database_created: false,
+            roles_created: Vec::new(),
+        },
+        errors,
+        phases: vec![
+            phase("download", download),
+            phase("decrypt_decompress", open),
+            phase("schema", data_at),
+            phase("data_load", post_at - data_at),
+            phase("index_constraint_build", elapsed - post_at),
+        ],
+        elapsed,
     })
 }

@@ -1,11 +1,13 @@
 //! One file per subcommand: load the policy, call the library, print the record.
 
 mod backup;
+mod check;
 mod init;
 mod keygen;
 mod policy;
 mod restore;
 mod snapshots;
+mod verify;
 
 use crate::cli::{Cli, Command, PolicyCommand};
 use crate::error::{Error, Result};
@@ -23,6 +25,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             snapshots::run(&load_policy(&policy, dir)?, json).await
         }
         Command::Restore(args) => restore::run(args, dir).await,
+        Command::Verify(args) => verify::run(args, dir).await,
+        Command::Check(args) => check::run(args, dir).await,
         Command::Policy {
             action: PolicyCommand::Validate { policy },
         } => policy::validate(&policy, dir),
@@ -65,5 +69,21 @@ pub fn human_bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", units[u])
+    }
+}
+
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
+pub async fn interrupted() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
     }
 }

@@ -145,6 +145,12 @@ pub struct Role {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StorageManifest {
     pub objects: Vec<StorageObject>,
+    /// `bucket/name` of storage.objects rows without an object, at backup time.
+    #[serde(default)]
+    pub missing_in_bucket: Vec<String>,
+    /// `bucket/name` of objects without a storage.objects row, at backup time.
+    #[serde(default)]
+    pub missing_in_table: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

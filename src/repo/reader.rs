@@ -11,7 +11,9 @@ use crate::seal::{sha256_hex, BlobIds, Opener};
 use crate::store::Store;
 use futures::{Stream, StreamExt};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 pub struct BlobReader {
     store: Arc<dyn Store>,
@@ -19,6 +21,9 @@ pub struct BlobReader {
     ids: BlobIds,
     refs: HashMap<String, BlobRef>,
     snapshot: String,
+    /// Time spent downloading and opening blobs, summed over all fetches (they overlap).
+    download_nanos: AtomicU64,
+    open_nanos: AtomicU64,
 }
 
 impl BlobReader {
@@ -28,17 +33,34 @@ impl BlobReader {
         ids: BlobIds,
         meta: &Meta,
     ) -> BlobReader {
+        Self::from_refs(store, opener, ids, meta.blobs.clone(), &meta.id)
+    }
+
+    /// A reader of the given blobs; `label` names what they belong to in errors.
+    pub fn from_refs(
+        store: Arc<dyn Store>,
+        opener: Arc<Opener>,
+        ids: BlobIds,
+        refs: Vec<BlobRef>,
+        label: &str,
+    ) -> BlobReader {
         BlobReader {
             store,
             opener,
             ids,
-            refs: meta
-                .blobs
-                .iter()
-                .map(|b| (b.id.clone(), b.clone()))
-                .collect(),
-            snapshot: meta.id.clone(),
+            refs: refs.into_iter().map(|b| (b.id.clone(), b)).collect(),
+            snapshot: label.to_string(),
+            download_nanos: AtomicU64::new(0),
+            open_nanos: AtomicU64::new(0),
         }
+    }
+
+    /// Summed time spent downloading, and decrypting and decompressing, so far.
+    pub fn work_times(&self) -> (Duration, Duration) {
+        (
+            Duration::from_nanos(self.download_nanos.load(Ordering::Relaxed)),
+            Duration::from_nanos(self.open_nanos.load(Ordering::Relaxed)),
+        )
     }
 
     /// The plaintext chunks in order, with up to `ahead` fetched and opened concurrently.
@@ -65,7 +87,11 @@ impl BlobReader {
                 self.snapshot
             ))
         })?;
-        let bytes = self.store.get_opt(&key).await?.ok_or_else(|| {
+        let started = Instant::now();
+        let fetched = self.store.get_opt(&key).await;
+        self.download_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let bytes = fetched?.ok_or_else(|| {
             Error::failed(format!(
                 "blob {id} is missing from {} ({key}, needed by snapshot {})",
                 self.store.describe(),
@@ -82,23 +108,34 @@ impl BlobReader {
         }
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            let sha = sha256_hex(&bytes);
-            if sha != this.refs[&id].sha256 {
+            let started = Instant::now();
+            let result = this.check_and_open(&id, &bytes, chunk.len);
+            this.open_nanos
+                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            result
+        })
+        .await
+        .map_err(|e| Error::failed(format!("reading blob {}: {e}", chunk.id)))?
+    }
+
+    fn check_and_open(&self, id: &str, bytes: &[u8], len: u32) -> Result<Vec<u8>> {
+        let this = self;
+        {
+            let sha = sha256_hex(bytes);
+            if sha != this.refs[id].sha256 {
                 return Err(Error::failed(format!(
                     "blob {id} is damaged: its stored bytes have SHA-256 {sha}, meta.json of snapshot {} records {}",
-                    this.snapshot, this.refs[&id].sha256
+                    this.snapshot, this.refs[id].sha256
                 )));
             }
-            let plain = this.opener.open(&bytes, &format!("blob {id}"))?;
-            if plain.len() != chunk.len as usize || this.ids.id(&plain) != id {
+            let plain = this.opener.open(bytes, &format!("blob {id}"))?;
+            if plain.len() != len as usize || this.ids.id(&plain) != id {
                 return Err(Error::failed(format!(
                     "blob {id} is damaged: its plaintext does not match its id (snapshot {})",
                     this.snapshot
                 )));
             }
             Ok(plain)
-        })
-        .await
-        .map_err(|e| Error::failed(format!("reading blob {}: {e}", chunk.id)))?
+        }
     }
 }

@@ -151,6 +151,7 @@ recipients = ["{}"]
             .env("S3_KEY_ID", s3::KEY_ID)
             .env("S3_SECRET", s3::SECRET)
             .env("SUPABASE_KEY", supabase::KEY)
+            .env("SCRATCH_URL", self.scratch.url("postgres"))
             .env("BACKSTOP_CACHE_DIR", self.dir.path().join("cache"))
             .env_remove("RUST_LOG");
         if let RepoSpec::S3 { endpoint, .. } = &self.repo_spec {
@@ -189,6 +190,48 @@ recipients = ["{}"]
             json,
             String::from_utf8_lossy(&out.stderr).to_string(),
         )
+    }
+
+    /// Runs a jq filter over a snapshot's decrypted manifest (with the stock age, zstd and jq),
+    /// `which` being a snapshot id or `latest`; returns the output trimmed.
+    pub fn snapshot_manifest_query(&self, which: &str, filter: &str) -> String {
+        let mut metas: Vec<(String, PathBuf)> = self
+            .meta_files()
+            .into_iter()
+            .map(|p| {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+                (v["consistent_at"].as_str().unwrap().to_string(), p)
+            })
+            .collect();
+        metas.sort();
+        let meta = if which == "latest" {
+            metas.last().unwrap().1.clone()
+        } else {
+            metas
+                .iter()
+                .find(|(_, p)| p.to_string_lossy().contains(which))
+                .unwrap()
+                .1
+                .clone()
+        };
+        let manifest = meta.with_file_name("manifest.age");
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "age -d -i '{}' '{}' | zstd -dc | jq -r '{}'",
+                self.identity.display(),
+                manifest.display(),
+                filter
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// Every snapshot's meta.json in the repository.

@@ -1,0 +1,174 @@
+//! Check: prove the repository intact, from the store alone.
+//!
+//! Without the identity: every blob every snapshot references exists with the size meta.json
+//! records, and so does each manifest; with `read_data`, every stored byte is re-hashed against
+//! meta.json. With the identity, additionally every manifest and blob is decrypted and each
+//! blob's plaintext checked against its id and length. Every damaged or missing object is
+//! named with the snapshots that depend on it.
+
+use crate::error::Result;
+use crate::progress::Progress;
+use crate::record::{CheckRecord, Damaged};
+use crate::repo::blob_key;
+use crate::repo::format::{BlobRef, ChunkRef};
+use crate::repo::reader::BlobReader;
+use crate::repo::Repo;
+use crate::seal::{sha256_hex, BlobIds, Opener};
+use futures::StreamExt;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+pub async fn run(
+    repo: &Repo,
+    key: Option<(Arc<Opener>, BlobIds)>,
+    read_data: bool,
+    rec: &mut CheckRecord,
+) -> Result<()> {
+    let metas = repo.snapshots().await?;
+    rec.snapshots_checked = metas.len() as u64;
+    let mut users: BTreeMap<String, (BlobRef, Vec<String>)> = BTreeMap::new();
+    for m in &metas {
+        for b in &m.blobs {
+            users
+                .entry(b.id.clone())
+                .or_insert_with(|| (b.clone(), Vec::new()))
+                .1
+                .push(m.id.clone());
+        }
+    }
+    rec.blobs_checked = users.len() as u64;
+    let stored: HashMap<String, u64> = repo
+        .store
+        .list("blobs/")
+        .await?
+        .into_iter()
+        .filter_map(|e| Some((e.key.rsplit('/').next()?.to_string(), e.size)))
+        .collect();
+    let mut damaged = Vec::new();
+    let mut intact = Vec::new();
+    for (id, (r, snaps)) in &users {
+        match stored.get(id) {
+            None => damaged.push(Damaged {
+                blob: id.clone(),
+                problem: format!("missing ({})", blob_key(id)),
+                snapshots: snaps.clone(),
+            }),
+            Some(size) if *size != r.size => damaged.push(Damaged {
+                blob: id.clone(),
+                problem: format!("{size} bytes stored, meta.json records {}", r.size),
+                snapshots: snaps.clone(),
+            }),
+            Some(_) => intact.push(r.clone()),
+        }
+    }
+    // Manifests: present with their size; read (and decrypted) when asked.
+    let mut plain_len: HashMap<String, u32> = HashMap::new();
+    for m in &metas {
+        let k = &m.manifest.key;
+        let problem = match repo.store.stat(k).await? {
+            None => Some("missing".to_string()),
+            Some(s) if s != m.manifest.size => Some(format!(
+                "{s} bytes stored, meta.json records {}",
+                m.manifest.size
+            )),
+            Some(_) => None,
+        };
+        let problem = match (problem, &key) {
+            (Some(p), _) => Some(p),
+            (None, Some((opener, _))) => match repo.read_manifest(m, opener).await {
+                Ok(manifest) => {
+                    let chunks = manifest
+                        .database
+                        .iter()
+                        .flat_map(|d| d.dump.chunks.iter())
+                        .chain(
+                            manifest
+                                .storage
+                                .iter()
+                                .flat_map(|s| s.objects.iter().flat_map(|o| o.chunks.iter())),
+                        );
+                    for ChunkRef { id, len } in chunks {
+                        plain_len.insert(id.clone(), *len);
+                    }
+                    rec.bytes_read += m.manifest.size;
+                    None
+                }
+                Err(e) => Some(e.message),
+            },
+            (None, None) if read_data => match repo.store.get_opt(k).await? {
+                Some(bytes) => {
+                    rec.bytes_read += bytes.len() as u64;
+                    (sha256_hex(&bytes) != m.manifest.sha256)
+                        .then(|| "its SHA-256 differs from meta.json's".to_string())
+                }
+                None => Some("missing".into()),
+            },
+            (None, None) => None,
+        };
+        if let Some(problem) = problem {
+            damaged.push(Damaged {
+                blob: k.clone(),
+                problem,
+                snapshots: vec![m.id.clone()],
+            });
+        }
+    }
+    if read_data || key.is_some() {
+        let total: u64 = intact.iter().map(|b| b.size).sum();
+        let progress = Progress::bytes(Some(total), "check");
+        let reader = key.as_ref().map(|(opener, ids)| {
+            Arc::new(BlobReader::from_refs(
+                repo.store.clone(),
+                opener.clone(),
+                ids.clone(),
+                intact.clone(),
+                "the repository",
+            ))
+        });
+        let store = repo.store.clone();
+        let results: Vec<(String, u64, Option<String>)> = futures::stream::iter(intact)
+            .map(|b| {
+                let (store, reader, len) =
+                    (store.clone(), reader.clone(), plain_len.get(&b.id).copied());
+                async move {
+                    let problem = match (reader, len) {
+                        (Some(reader), Some(len)) => reader
+                            .fetch(ChunkRef {
+                                id: b.id.clone(),
+                                len,
+                            })
+                            .await
+                            .err()
+                            .map(|e| e.message),
+                        _ => match store.get_opt(&blob_key(&b.id)).await {
+                            Ok(Some(bytes)) => (sha256_hex(&bytes) != b.sha256).then(|| {
+                                "its stored bytes' SHA-256 differs from meta.json's".to_string()
+                            }),
+                            Ok(None) => Some("missing".into()),
+                            Err(e) => Some(e.message),
+                        },
+                    };
+                    (b.id, b.size, problem)
+                }
+            })
+            .buffer_unordered(8)
+            .inspect(|(_, size, _)| progress.inc(*size))
+            .collect()
+            .await;
+        progress.finish();
+        for (id, size, problem) in results {
+            rec.bytes_read += size;
+            if let Some(problem) = problem {
+                let snapshots = users.get(&id).map(|u| u.1.clone()).unwrap_or_default();
+                damaged.push(Damaged {
+                    blob: id,
+                    problem,
+                    snapshots,
+                });
+            }
+        }
+    }
+    damaged.sort_by(|a, b| a.blob.cmp(&b.blob));
+    rec.damaged = damaged;
+    Ok(())
+}

@@ -1,0 +1,594 @@
+//! Verify: prove a snapshot by restoring it into a fresh scratch database and comparing what
+//! comes back with what was dumped, and measure the restore time (the RTO reports rest on).
+//!
+//! * A uniquely named temporary database (`backstop_verify_...`) is created on the scratch
+//!   server; no other database is touched. Roles the dump needs that the server lacks are
+//!   created as NOLOGIN roles. The caller drops the database afterwards, also after a failure or
+//!   an interrupt, unless `--keep`.
+//! * The restore uses the same code path as `restore` but carries on past pg_restore errors so
+//!   that every one can be judged. `restore_s` runs from the first download to pg_restore's exit.
+//! * An extension the scratch server lacks (Supabase's pg_graphql, pgsodium, supabase_vault,
+//!   pg_net on a vanilla server) is named, with every failed command that mentions it, its
+//!   schema, or an object whose creation already failed because of it. Those are expected when
+//!   the extension is in `verify.allow_missing_extensions`; any other pg_restore error fails
+//!   verification.
+//! * Every table's row count and checksum are compared with the figures the backup computed in
+//!   its snapshot; the policy's queries are run; storage objects are checked: every referenced
+//!   blob exists with its recorded size, and for the `read_data` share (all with `all`) the
+//!   content is downloaded, decrypted and compared by size and SHA-256; the restored
+//!   storage.objects rows are compared with the snapshot's objects (differences already recorded
+//!   at backup time are reported, not failed).
+
+use crate::error::{Error, Result};
+use crate::expect::{evaluate, Expect};
+use crate::record::Phase;
+use crate::repo::format::{Manifest, Meta};
+use crate::repo::reader::BlobReader;
+use crate::repo::Repo;
+use crate::restore::{create_missing_roles, load_dump, DbTarget, LoadOptions, RestoreIssue};
+use crate::seal::{BlobIds, Opener};
+use crate::source::pgtools::DbUrl;
+use crate::source::postgres::{connect, display_ident, quote_ident, table_checksum};
+use crate::util::secs;
+use futures::StreamExt;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::{Connection, Executor, Row};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TableCheck {
+    pub name: String,
+    pub expected_rows: u64,
+    pub restored_rows: Option<u64>,
+    pub checksum_ok: bool,
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryCheck {
+    pub sql: String,
+    pub result: String,
+    pub ok: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Findings {
+    pub restore_s: Option<f64>,
+    pub tables: Vec<TableCheck>,
+    pub objects_checked: u64,
+    pub objects_read: u64,
+    pub objects_failed: u64,
+    pub queries: Vec<QueryCheck>,
+    pub problems: Vec<String>,
+    pub missing_extensions: Vec<String>,
+    pub expected_failures: Vec<String>,
+    pub phases: Vec<Phase>,
+}
+
+pub struct Options {
+    pub scratch: Option<DbUrl>,
+    /// Name of the temporary database; the caller drops it.
+    pub scratch_database: String,
+    pub read_share: f64,
+    pub allow_missing_extensions: Vec<String>,
+    pub queries: Vec<(String, Expect)>,
+    pub ahead: usize,
+}
+
+/// A fresh name for the temporary database, at most 63 bytes.
+pub fn scratch_name(snapshot: &str) -> String {
+    let clean: String = snapshot
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(30)
+        .collect();
+    format!("backstop_verify_{clean}_{:08x}", rand::random::<u32>())
+}
+
+/// Creates (`create`) or drops the temporary database through the scratch URL's database.
+pub async fn scratch_database(scratch: &DbUrl, name: &str, create: bool) -> Result<()> {
+    let mut admin = connect(scratch).await?;
+    let sql = if create {
+        format!("CREATE DATABASE {}", quote_ident(name))
+    } else {
+        format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name))
+    };
+    let result = admin.execute(sql.as_str()).await;
+    let _ = admin.close().await;
+    result.map_err(|e| Error::failed(format!("{sql} on {}: {e}", scratch.masked())))?;
+    Ok(())
+}
+
+pub async fn run(
+    repo: &Repo,
+    meta: &Meta,
+    manifest: &Manifest,
+    opener: Arc<Opener>,
+    ids: BlobIds,
+    options: &Options,
+    found: &mut Findings,
+) -> Result<()> {
+    if let Some(db) = &manifest.database {
+        let scratch = options.scratch.as_ref().ok_or_else(|| {
+            Error::input("no scratch server: pass --scratch-url URL or set [verify] scratch_url in the policy")
+        })?;
+        scratch_database(scratch, &options.scratch_database, true).await?;
+        let target = DbTarget {
+            url: scratch.with_database(&options.scratch_database),
+            force: false,
+        };
+        create_missing_roles(&target.url, db).await?;
+        let load = LoadOptions {
+            stop_on_error: false,
+            ahead: options.ahead,
+        };
+        match load_dump(repo, meta, db, opener.clone(), ids.clone(), &target, &load).await {
+            Err(e) => found
+                .problems
+                .push(format!("restore failed: {}", e.message)),
+            Ok(outcome) => {
+                found.restore_s = Some(secs(outcome.elapsed));
+                found.phases.extend(outcome.phases);
+                let failed_tables =
+                    judge_errors(&outcome.errors, &options.allow_missing_extensions, found);
+                compare_tables(&target.url, db, &failed_tables, found).await?;
+                run_queries(&target.url, &options.queries, found).await?;
+                if let Some(storage) = &manifest.storage {
+                    cross_check_rows(&target.url, storage, found).await?;
+                }
+            }
+        }
+    }
+    if let Some(storage) = &manifest.storage {
+        check_objects(repo, meta, storage, opener, ids, options, found).await?;
+    }
+    Ok(())
+}
+
+/// The extension a pg_restore error says is missing, if any.
+fn missing_extension(error: &str) -> Option<String> {
+    if let Some(i) = error.find(".control\"") {
+        let before = &error[..i];
+        return before.rsplit('/').next().map(str::to_string);
+    }
+    let rest = error.split("extension \"").nth(1)?;
+    let (name, tail) = rest.split_once('"')?;
+    tail.trim_start()
+        .starts_with("is not available")
+        .then(|| name.to_string())
+}
+
+fn extension_schema(command: &str) -> Option<String> {
+    let upper = command.to_ascii_uppercase();
+    let at = upper.find("WITH SCHEMA ")? + "WITH SCHEMA ".len();
+    let s: String = command[at..]
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != ';')
+        .collect();
+    Some(s.trim_matches('"').to_string())
+}
+
+fn created_table(command: &str) -> Option<String> {
+    let rest = command.strip_prefix("CREATE TABLE ")?;
+    Some(rest.split(" (").next()?.trim().to_string())
+}
+
+/// Sorts pg_restore's errors into those a missing extension explains and the rest. Returns the
+/// tables that could not be created because of a missing extension.
+fn judge_errors(
+    errors: &[RestoreIssue],
+    allowed: &[String],
+    found: &mut Findings,
+) -> HashMap<String, String> {
+    let mut extensions: Vec<(String, Option<String>)> = Vec::new();
+    let mut failed_tables: HashMap<String, String> = HashMap::new();
+    for e in errors {
+        let command = e.command.clone().unwrap_or_default();
+        let text = format!("{} {}", e.error, command);
+        let blame = if let Some(ext) = missing_extension(&e.error) {
+            let schema = extension_schema(&command).filter(|s| s != "public" && s != "pg_catalog");
+            extensions.push((ext.clone(), schema));
+            if !found.missing_extensions.contains(&ext) {
+                found.missing_extensions.push(ext.clone());
+            }
+            Some(ext)
+        } else {
+            extensions
+                .iter()
+                .find(|(ext, schema)| {
+                    text.contains(ext.as_str())
+                        || schema.as_ref().is_some_and(|s| {
+                            text.contains(&format!("{s}.")) || text.contains(&format!("\"{s}\""))
+                        })
+                })
+                .map(|(ext, _)| ext.clone())
+                .or_else(|| {
+                    failed_tables
+                        .iter()
+                        .find(|(table, _)| text.contains(table.as_str()))
+                        .map(|(_, ext)| ext.clone())
+                })
+        };
+        let first_line = command.lines().next().unwrap_or("").to_string();
+        match blame {
+            Some(ext) => {
+                if let Some(t) = created_table(&command) {
+                    failed_tables.insert(t, ext.clone());
+                }
+                let line = format!("missing extension {ext}: {} ({first_line})", e.error);
+                if allowed.iter().any(|a| a == &ext) {
+                    found.expected_failures.push(line);
+                } else {
+                    found.problems.push(format!("{line}; allow it with verify.allow_missing_extensions = [\"{ext}\"] if the scratch server cannot have it"));
+                }
+            }
+            None => found
+                .problems
+                .push(format!("pg_restore error: {} ({first_line})", e.error)),
+        }
+    }
+    failed_tables
+}
+
+async fn compare_tables(
+    url: &DbUrl,
+    db: &crate::repo::format::DbManifest,
+    failed: &HashMap<String, String>,
+    found: &mut Findings,
+) -> Result<()> {
+    let mut conn = connect(url).await?;
+    conn.execute("SET row_security = off")
+        .await
+        .map_err(|e| Error::failed(format!("verify: {e}")))?;
+    for t in &db.tables {
+        let name = format!("{}.{}", display_ident(&t.schema), display_ident(&t.name));
+        if let Some(ext) = failed.get(&name) {
+            found.tables.push(TableCheck {
+                name,
+                expected_rows: t.rows,
+                restored_rows: None,
+                checksum_ok: false,
+                note: Some(format!("not restored: needs missing extension {ext}")),
+            });
+            continue;
+        }
+        match table_checksum(&mut conn, &t.schema, &t.name, &t.kind).await {
+            Ok((rows, checksum)) => {
+                let ok = rows == t.rows && checksum == t.checksum;
+                if !ok {
+                    found.problems.push(if rows != t.rows {
+                        format!(
+                            "table {name}: {rows} rows restored, the backup counted {}",
+                            t.rows
+                        )
+                    } else {
+                        format!(
+                            "table {name}: content differs from the backup's checksum ({} rows)",
+                            rows
+                        )
+                    });
+                }
+                found.tables.push(TableCheck {
+                    name,
+                    expected_rows: t.rows,
+                    restored_rows: Some(rows),
+                    checksum_ok: ok,
+                    note: None,
+                });
+            }
+            Err(e) => {
+                found.problems.push(format!("table {name}: {}", e.message));
+                found.tables.push(TableCheck {
+                    name,
+                    expected_rows: t.rows,
+                    restored_rows: None,
+                    checksum_ok: false,
+                    note: Some(e.message),
+                });
+            }
+        }
+    }
+    let _ = conn.close().await;
+    Ok(())
+}
+
+async fn run_queries(
+    url: &DbUrl,
+    queries: &[(String, Expect)],
+    found: &mut Findings,
+) -> Result<()> {
+    if queries.is_empty() {
+        return Ok(());
+    }
+    let mut conn = connect(url).await?;
+    for (sql, expect) in queries {
+        let check = match sqlx::raw_sql(sql.as_str()).fetch_all(&mut conn).await {
+            Ok(rows) => {
+                let values: Vec<Option<String>> = rows.iter().map(first_column_text).collect();
+                let (result, ok) = evaluate(expect, &values);
+                QueryCheck {
+                    sql: sql.clone(),
+                    result,
+                    ok,
+                }
+            }
+            Err(e) => QueryCheck {
+                sql: sql.clone(),
+                result: format!("error: {e}"),
+                ok: false,
+            },
+        };
+        if !check.ok {
+            found.problems.push(format!(
+                "query `{}` gave {}, which does not meet its expectation",
+                check.sql, check.result
+            ));
+        }
+        found.queries.push(check);
+    }
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// The first column as text, whatever its type (numbers, text, booleans).
+fn first_column_text(row: &sqlx::postgres::PgRow) -> Option<String> {
+    use sqlx::ValueRef;
+    let raw = row.try_get_raw(0).ok()?;
+    if raw.is_null() {
+        return None;
+    }
+    row.try_get::<i64, _>(0)
+        .map(|v| v.to_string())
+        .or_else(|_| row.try_get::<i32, _>(0).map(|v| v.to_string()))
+        .or_else(|_| row.try_get::<f64, _>(0).map(|v| v.to_string()))
+        .or_else(|_| row.try_get::<String, _>(0))
+        .or_else(|_| row.try_get::<bool, _>(0).map(|v| v.to_string()))
+        .ok()
+}
+
+async fn cross_check_rows(
+    url: &DbUrl,
+    storage: &crate::repo::format::StorageManifest,
+    found: &mut Findings,
+) -> Result<()> {
+    let mut conn = connect(url).await?;
+    let exists: bool = sqlx::query("select to_regclass('storage.objects') is not null")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| Error::failed(format!("verify: {e}")))?
+        .get(0);
+    if !exists {
+        return Ok(());
+    }
+    let buckets: Vec<String> = storage
+        .objects
+        .iter()
+        .map(|o| o.bucket.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let rows: BTreeSet<String> = sqlx::query("select bucket_id::text || '/' || name::text from storage.objects where bucket_id = any($1)")
+        .bind(&buckets)
+        .fetch_all(&mut conn)
+        .await
+        .map_err(|e| Error::failed(format!("verify: reading restored storage.objects: {e}")))?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    let _ = conn.close().await;
+    let objects: BTreeSet<String> = storage
+        .objects
+        .iter()
+        .map(|o| format!("{}/{}", o.bucket, o.name))
+        .collect();
+    let known_rows: BTreeSet<&String> = storage.missing_in_bucket.iter().collect();
+    let known_objects: BTreeSet<&String> = storage.missing_in_table.iter().collect();
+    for r in rows.difference(&objects) {
+        if known_rows.contains(r) {
+            found.expected_failures.push(format!(
+                "storage.objects row {r} has no object (so at backup time)"
+            ));
+        } else {
+            found.problems.push(format!(
+                "restored storage.objects row {r} has no object in the snapshot"
+            ));
+        }
+    }
+    for o in objects.difference(&rows) {
+        if known_objects.contains(o) {
+            found.expected_failures.push(format!(
+                "object {o} has no storage.objects row (so at backup time)"
+            ));
+        } else {
+            found.problems.push(format!(
+                "object {o} of the snapshot has no row in the restored storage.objects"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether an object falls in the read share: a stable choice per snapshot and object.
+fn chosen(share: f64, snapshot: &str, name: &str) -> bool {
+    if share >= 1.0 {
+        return true;
+    }
+    let h = Sha256::digest(format!("{snapshot}\u{0}{name}").as_bytes());
+    let v = u64::from_be_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]);
+    (v as f64 / u64::MAX as f64) < share
+}
+
+async fn check_objects(
+    repo: &Repo,
+    meta: &Meta,
+    storage: &crate::repo::format::StorageManifest,
+    opener: Arc<Opener>,
+    ids: BlobIds,
+    options: &Options,
+    found: &mut Findings,
+) -> Result<()> {
+    let stored: HashMap<String, u64> = repo
+        .store
+        .list("blobs/")
+        .await?
+        .into_iter()
+        .filter_map(|e| Some((e.key.rsplit('/').next()?.to_string(), e.size)))
+        .collect();
+    let recorded: HashMap<&str, u64> = meta.blobs.iter().map(|b| (b.id.as_str(), b.size)).collect();
+    let reader = Arc::new(BlobReader::new(repo.store.clone(), opener, ids, meta));
+    let mut to_read = Vec::new();
+    for o in &storage.objects {
+        found.objects_checked += 1;
+        let broken =
+            o.chunks
+                .iter()
+                .find_map(|c| match (stored.get(&c.id), recorded.get(c.id.as_str())) {
+                    (None, _) => Some(format!("blob {} is missing", c.id)),
+                    (Some(s), Some(r)) if s != r => Some(format!(
+                        "blob {} has {s} bytes, meta.json records {r}",
+                        c.id
+                    )),
+                    (Some(_), None) => Some(format!("blob {} is not listed in meta.json", c.id)),
+                    _ => None,
+                });
+        if let Some(why) = broken {
+            found.objects_failed += 1;
+            found
+                .problems
+                .push(format!("object {}/{}: {why}", o.bucket, o.name));
+        } else if chosen(
+            options.read_share,
+            &meta.id,
+            &format!("{}/{}", o.bucket, o.name),
+        ) {
+            to_read.push(o.clone());
+        }
+    }
+    let results: Vec<Option<String>> = futures::stream::iter(to_read)
+        .map(|o| {
+            let reader = reader.clone();
+            async move {
+                let mut hasher = Sha256::new();
+                let mut size = 0u64;
+                let mut chunks = reader.stream(o.chunks.clone(), 4);
+                while let Some(item) = chunks.next().await {
+                    match item {
+                        Ok(plain) => {
+                            size += plain.len() as u64;
+                            hasher.update(&plain);
+                        }
+                        Err(e) => return Some(format!("object {}/{}: {}", o.bucket, o.name, e.message)),
+                    }
+                }
+                let sha = hex::encode(hasher.finalize());
+                (size != o.size || sha != o.sha256).then(|| {
+                    format!("object {}/{}: content has {size} bytes and SHA-256 {sha}, the snapshot records {} bytes and {}", o.bucket, o.name, o.size, o.sha256)
+                })
+            }
+        })
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    found.objects_read = results.len() as u64;
+    for problem in results.into_iter().flatten() {
+        found.objects_failed += 1;
+        found.problems.push(problem);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_missing_extensions() {
+        assert_eq!(
+            missing_extension("could not execute query: ERROR:  could not open extension control file \"/usr/share/postgresql/15/extension/pg_graphql.control\": No such file or directory").as_deref(),
+            Some("pg_graphql")
+        );
+        assert_eq!(
+            missing_extension(
+                "could not execute query: ERROR:  extension \"pgsodium\" is not available"
+            )
+            .as_deref(),
+            Some("pgsodium")
+        );
+        assert_eq!(
+            missing_extension("could not execute query: ERROR:  relation \"x\" does not exist"),
+            None
+        );
+        assert_eq!(
+            extension_schema("CREATE EXTENSION IF NOT EXISTS pg_graphql WITH SCHEMA graphql;")
+                .as_deref(),
+            Some("graphql")
+        );
+        assert_eq!(
+            created_table("CREATE TABLE public.t (\n    a int\n);").as_deref(),
+            Some("public.t")
+        );
+    }
+
+    #[test]
+    fn attributes_dependent_failures() {
+        let issue = |e: &str, c: &str| RestoreIssue {
+            error: e.into(),
+            command: Some(c.into()),
+        };
+        let errors = vec![
+            issue(
+                "could not execute query: ERROR:  extension \"fancy\" is not available",
+                "CREATE EXTENSION IF NOT EXISTS fancy WITH SCHEMA fancy_s;",
+            ),
+            issue(
+                "could not execute query: ERROR:  type \"fancy_s.money\" does not exist",
+                "CREATE TABLE public.prices (\n    amount fancy_s.money\n);",
+            ),
+            issue(
+                "could not execute query: ERROR:  relation \"public.prices\" does not exist",
+                "COPY public.prices (amount) FROM stdin;",
+            ),
+            issue(
+                "could not execute query: ERROR:  syntax error",
+                "CREATE VIEW public.v AS nonsense;",
+            ),
+        ];
+        let mut found = Findings::default();
+        let failed = judge_errors(&errors, &["fancy".into()], &mut found);
+        assert_eq!(found.missing_extensions, vec!["fancy"]);
+        assert_eq!(
+            found.expected_failures.len(),
+            3,
+            "{:?}",
+            found.expected_failures
+        );
+        assert_eq!(found.problems.len(), 1, "{:?}", found.problems);
+        assert_eq!(
+            failed.get("public.prices").map(String::as_str),
+            Some("fancy")
+        );
+        let mut strict = Findings::default();
+        judge_errors(&errors, &[], &mut strict);
+        assert_eq!(strict.problems.len(), 4);
+        assert!(strict.problems[0].contains("allow_missing_extensions"));
+    }
+
+    #[test]
+    fn read_share_is_stable_and_proportional() {
+        let n = (0..10_000)
+            .filter(|i| chosen(0.1, "snap", &format!("o{i}")))
+            .count();
+        assert!((800..1200).contains(&n), "{n}");
+        assert!(chosen(1.0, "s", "x"));
+        assert!(!(0..100).any(|i| chosen(0.0, "s", &format!("{i}"))));
+        assert_eq!(chosen(0.5, "s", "x"), chosen(0.5, "s", "x"));
+    }
+}
