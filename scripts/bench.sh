@@ -95,6 +95,10 @@ PREP=fresh_target measure pg_restore_j1 "$PG_BIN/pg_restore" -d target "$WORK/be
 PREP=fresh_target measure backstop_restore "$BIN" restore --policy "$WORK/policy.toml" \
   --identity "$WORK/key.txt" --db-url "postgres://postgres:$PASSWORD@127.0.0.1:$PG_PORT/target"
 
+echo "verify ..." >&2
+PREP= measure backstop_verify "$BIN" verify --policy "$WORK/policy.toml" --identity "$WORK/key.txt" \
+  --scratch-url "postgres://postgres:$PASSWORD@127.0.0.1:$PG_PORT/postgres"
+
 echo "S3 cases (moto server on loopback) ..." >&2
 MOTO_PORT=$(free_port)
 "$BACKSTOP_MOTO_SERVER" -H 127.0.0.1 -p "$MOTO_PORT" >/dev/null 2>&1 &
@@ -175,6 +179,7 @@ row "backstop backup (unchanged, deduplicated)" backstop_backup_again pg_dump
 row "pg_restore -j2 local dump (baseline)" pg_restore_j2 pg_restore_j2
 row "pg_restore -j1 local dump" pg_restore_j1 pg_restore_j2
 row "backstop restore" backstop_restore pg_restore_j2
+row "backstop verify (restore + compare; vs backstop restore)" backstop_verify backstop_restore
 row "backstop backup to S3 (moto, new bucket)" s3_backup pg_dump
 row "backstop restore from S3 (moto)" s3_restore pg_restore_j2
 echo
