@@ -37,13 +37,7 @@ pub async fn run(
         }
     }
     rec.blobs_checked = users.len() as u64;
-    let stored: HashMap<String, u64> = repo
-        .store
-        .list("blobs/")
-        .await?
-        .into_iter()
-        .filter_map(|e| Some((e.key.rsplit('/').next()?.to_string(), e.size)))
-        .collect();
+    let stored: HashMap<String, u64> = repo.stored_blobs().await?;
     let mut damaged = Vec::new();
     let mut intact = Vec::new();
     for (id, (r, snaps)) in &users {

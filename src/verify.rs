@@ -435,13 +435,7 @@ async fn check_objects(
     options: &Options,
     found: &mut Findings,
 ) -> Result<()> {
-    let stored: HashMap<String, u64> = repo
-        .store
-        .list("blobs/")
-        .await?
-        .into_iter()
-        .filter_map(|e| Some((e.key.rsplit('/').next()?.to_string(), e.size)))
-        .collect();
+    let stored: HashMap<String, u64> = repo.stored_blobs().await?;
     let recorded: HashMap<&str, u64> = meta.blobs.iter().map(|b| (b.id.as_str(), b.size)).collect();
     let reader = Arc::new(BlobReader::new(repo.store.clone(), opener, ids, meta));
     let mut to_read = Vec::new();

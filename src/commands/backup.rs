@@ -1,10 +1,9 @@
-use super::{human_bytes, load_policy, open_repo, print_json};
+use super::{human_bytes, load_policy, open_repo, record_run};
 use crate::backup::Only;
 use crate::cli::{self, BackupArgs};
 use crate::error::Result;
 use crate::record::BackupRecord;
 use crate::repo::lock::{self, RunLock};
-use crate::repo::runs;
 use crate::util::secs;
 use chrono::Utc;
 use std::path::Path;
@@ -55,27 +54,15 @@ pub async fn run(args: BackupArgs, dir: Option<&Path>) -> Result<()> {
         // A failed run leaves no snapshot: the id it would have had is not reported as one.
         rec.snapshot_id = None;
     }
-    if let Some(repo) = &repo {
-        let id = rec
-            .snapshot_id
-            .clone()
-            .unwrap_or_else(|| crate::util::new_id(started_at));
-        if let Err(e) = runs::write(
-            repo.store.as_ref(),
-            &repo.policy,
-            "backup",
-            &id,
-            started_at,
-            &rec,
-        )
-        .await
-        {
-            tracing::warn!("could not write the run record: {}", e.message);
-        }
-    }
-    if args.json {
-        print_json(&rec);
-    }
+    record_run(
+        repo.as_ref(),
+        "backup",
+        &run_id,
+        started_at,
+        &rec,
+        args.json,
+    )
+    .await;
     if result.is_ok() {
         let db = rec.db.clone().unwrap_or_default();
         eprintln!(
@@ -89,6 +76,16 @@ pub async fn run(args: BackupArgs, dir: Option<&Path>) -> Result<()> {
             db.blobs_new,
             db.blobs_reused
         );
+        if let Some(st) = &rec.storage {
+            eprintln!(
+                "storage: {} objects, {} ({} stored new; {} objects new, {} unchanged)",
+                st.objects,
+                human_bytes(st.bytes_plain),
+                human_bytes(st.bytes_stored),
+                st.objects_new,
+                st.objects_reused
+            );
+        }
     }
     result
 }

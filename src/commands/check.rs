@@ -1,8 +1,7 @@
-use super::{load_policy, open_repo, print_json};
+use super::{load_policy, open_repo, record_run};
 use crate::cli::CheckArgs;
 use crate::error::{Error, Kind, Result};
 use crate::record::CheckRecord;
-use crate::repo::runs;
 use crate::seal::{BlobIds, Opener};
 use crate::util::secs;
 use chrono::Utc;
@@ -50,24 +49,16 @@ pub async fn run(args: CheckArgs, dir: Option<&Path>) -> Result<()> {
         rec.error = Some(e.message.clone());
     }
     rec.ok = result.is_ok() && rec.damaged.is_empty();
-    if let Some(repo) = &repo_slot {
-        let id = crate::util::new_id(started_at);
-        if let Err(e) = runs::write(
-            repo.store.as_ref(),
-            &repo.policy,
-            "check",
-            &id,
-            started_at,
-            &rec,
-        )
-        .await
-        {
-            tracing::warn!("could not write the run record: {}", e.message);
-        }
-    }
-    if args.json {
-        print_json(&rec);
-    }
+    let id = crate::util::new_id(started_at);
+    record_run(
+        repo_slot.as_ref(),
+        "check",
+        &id,
+        started_at,
+        &rec,
+        args.json,
+    )
+    .await;
     result?;
     for d in &rec.damaged {
         eprintln!(

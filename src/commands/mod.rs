@@ -49,6 +49,35 @@ pub fn opener(identity: Option<&PathBuf>) -> Result<crate::seal::Opener> {
     crate::seal::Opener::from_file(path)
 }
 
+/// Ends a run: writes its record to the repository (when one was opened; a failure to write
+/// it is logged, the run's outcome stands) and prints it with `--json`.
+pub async fn record_run(
+    repo: Option<&Repo>,
+    kind: &str,
+    id: &str,
+    started_at: chrono::DateTime<chrono::Utc>,
+    record: &impl serde::Serialize,
+    json: bool,
+) {
+    if let Some(repo) = repo {
+        if let Err(e) = crate::repo::runs::write(
+            repo.store.as_ref(),
+            &repo.policy,
+            kind,
+            id,
+            started_at,
+            record,
+        )
+        .await
+        {
+            tracing::warn!("could not write the run record: {}", e.message);
+        }
+    }
+    if json {
+        print_json(record);
+    }
+}
+
 /// Prints the one JSON document of `--json` on stdout.
 pub fn print_json(value: &impl serde::Serialize) {
     match serde_json::to_string_pretty(value) {

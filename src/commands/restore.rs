@@ -1,10 +1,10 @@
-use super::{load_policy, open_repo, opener, print_json};
+use super::{load_policy, open_repo, opener, record_run};
 use crate::cli::{self, RestoreArgs};
 use crate::documents;
 use crate::error::{Error, Result};
 use crate::record::{Phase, RestoreRecord, RestoreStorage};
 use crate::repo::reader::BlobReader;
-use crate::repo::{runs, Selector};
+use crate::repo::Selector;
 use crate::restore::{create_missing_roles, load_dump, prepare_target, DbTarget, LoadOptions};
 use crate::seal::BlobIds;
 use crate::source::pgtools::DbUrl;
@@ -133,24 +133,16 @@ pub async fn run(args: RestoreArgs, dir: Option<&Path>) -> Result<()> {
     if let Err(e) = &result {
         rec.error = Some(e.message.clone());
     }
-    if let Some(repo) = &repo_slot {
-        let id = crate::util::new_id(started_at);
-        if let Err(e) = runs::write(
-            repo.store.as_ref(),
-            &repo.policy,
-            "restore",
-            &id,
-            started_at,
-            &rec,
-        )
-        .await
-        {
-            tracing::warn!("could not write the run record: {}", e.message);
-        }
-    }
-    if args.json {
-        print_json(&rec);
-    }
+    let id = crate::util::new_id(started_at);
+    record_run(
+        repo_slot.as_ref(),
+        "restore",
+        &id,
+        started_at,
+        &rec,
+        args.json,
+    )
+    .await;
     if result.is_ok() {
         let db = rec.db.clone().unwrap_or_default();
         let st = rec.storage.clone().unwrap_or_default();

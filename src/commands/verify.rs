@@ -1,10 +1,10 @@
-use super::{interrupted, load_policy, open_repo, opener, print_json};
+use super::{interrupted, load_policy, open_repo, opener, record_run};
 use crate::cli::VerifyArgs;
 use crate::error::{Error, Kind, Result};
 use crate::expect::{parse_expect, parse_share};
 use crate::record::{Phase, VerifyRecord};
 use crate::repo::lock::{self, RunLock};
-use crate::repo::{runs, Selector};
+use crate::repo::Selector;
 use crate::seal::BlobIds;
 use crate::source::pgtools::DbUrl;
 use crate::util::secs;
@@ -141,23 +141,15 @@ pub async fn run(args: VerifyArgs, dir: Option<&Path>) -> Result<()> {
         rec.error = Some(e.message.clone());
     }
     rec.ok = result.is_ok() && rec.problems.is_empty();
-    if let Some(repo) = &repo_slot {
-        if let Err(e) = runs::write(
-            repo.store.as_ref(),
-            &repo.policy,
-            "verify",
-            &run_id,
-            started_at,
-            &rec,
-        )
-        .await
-        {
-            tracing::warn!("could not write the run record: {}", e.message);
-        }
-    }
-    if args.json {
-        print_json(&rec);
-    }
+    record_run(
+        repo_slot.as_ref(),
+        "verify",
+        &run_id,
+        started_at,
+        &rec,
+        args.json,
+    )
+    .await;
     result?;
     for p in &rec.problems {
         eprintln!("problem: {p}");

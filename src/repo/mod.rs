@@ -142,6 +142,17 @@ impl Repo {
         })
     }
 
+    /// Every blob in the store, id -> stored size (one listing).
+    pub async fn stored_blobs(&self) -> Result<std::collections::HashMap<String, u64>> {
+        Ok(self
+            .store
+            .list("blobs/")
+            .await?
+            .into_iter()
+            .filter_map(|e| Some((e.key.rsplit('/').next()?.to_string(), e.size)))
+            .collect())
+    }
+
     pub async fn read_manifest(&self, meta: &Meta, opener: &Opener) -> Result<Manifest> {
         let key = &meta.manifest.key;
         let sealed = self.store.get_opt(key).await?.ok_or_else(|| {

@@ -66,14 +66,10 @@ impl BlobWriter {
             }
         }
         let orphans = repo
-            .store
-            .list("blobs/")
+            .stored_blobs()
             .await?
             .into_iter()
-            .filter_map(|e| {
-                let id = e.key.rsplit('/').next()?.to_string();
-                (!known.contains_key(&id)).then_some((id, e.size))
-            })
+            .filter(|(id, _)| !known.contains_key(id))
             .collect();
         Ok(BlobWriter {
             store: repo.store.clone(),
