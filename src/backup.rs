@@ -41,7 +41,7 @@ pub async fn run(
         .snapshot_id
         .clone()
         .unwrap_or_else(|| crate::util::new_id(rec.started_at));
-    let dedup_key = repo.dedup_key(policy.repository.dedup_key.as_deref())?;
+    let dedup_key = repo.blob_id_key(policy.repository.dedup_key.as_deref(), &policy.recipients)?;
     let sealer = Arc::new(Sealer::new(
         &policy.recipients,
         &dedup_key,

@@ -18,15 +18,23 @@ use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+/// The identity, and the policy's dedup_key if it sets one (blob ids are keyed with it).
+pub struct Key {
+    pub opener: Arc<Opener>,
+    pub dedup_key: Option<String>,
+}
+
 pub async fn run(
     repo: &Repo,
-    key: Option<(Arc<Opener>, BlobIds)>,
+    key: Option<Key>,
     read_data: bool,
     rec: &mut CheckRecord,
 ) -> Result<()> {
     let metas = repo.snapshots().await?;
     rec.snapshots_checked = metas.len() as u64;
     let mut users: BTreeMap<String, (BlobRef, Vec<String>)> = BTreeMap::new();
+    // The recipients each blob was sealed to (those of the first snapshot naming it).
+    let mut sealed_to: HashMap<String, Vec<String>> = HashMap::new();
     for m in &metas {
         for b in &m.blobs {
             users
@@ -34,6 +42,9 @@ pub async fn run(
                 .or_insert_with(|| (b.clone(), Vec::new()))
                 .1
                 .push(m.id.clone());
+            sealed_to
+                .entry(b.id.clone())
+                .or_insert_with(|| m.encryption.recipients.clone());
         }
     }
     rec.blobs_checked = users.len() as u64;
@@ -69,7 +80,7 @@ pub async fn run(
         };
         let problem = match (problem, &key) {
             (Some(p), _) => Some(p),
-            (None, Some((opener, _))) => match repo.read_manifest(m, opener).await {
+            (None, Some(k)) => match repo.read_manifest(m, &k.opener).await {
                 Ok(manifest) => {
                     let chunks = manifest
                         .database
@@ -110,20 +121,35 @@ pub async fn run(
     if read_data || key.is_some() {
         let total: u64 = intact.iter().map(|b| b.size).sum();
         let progress = Progress::bytes(Some(total), "check");
-        let reader = key.as_ref().map(|(opener, ids)| {
-            Arc::new(BlobReader::from_refs(
-                repo.store.clone(),
-                opener.clone(),
-                ids.clone(),
-                intact.clone(),
-                "the repository",
-            ))
-        });
+        // One reader per set of recipients: blob ids are keyed with them.
+        let mut readers: HashMap<Vec<String>, Arc<BlobReader>> = HashMap::new();
+        if let Some(k) = &key {
+            for b in &intact {
+                let recipients = sealed_to.get(&b.id).cloned().unwrap_or_default();
+                if readers.contains_key(&recipients) {
+                    continue;
+                }
+                let ids = BlobIds::new(&repo.blob_id_key(k.dedup_key.as_deref(), &recipients)?);
+                let refs: Vec<BlobRef> = intact
+                    .iter()
+                    .filter(|x| sealed_to.get(&x.id) == Some(&recipients))
+                    .cloned()
+                    .collect();
+                let reader = BlobReader::from_refs(
+                    repo.store.clone(),
+                    k.opener.clone(),
+                    ids,
+                    refs,
+                    "the repository",
+                );
+                readers.insert(recipients, Arc::new(reader));
+            }
+        }
         let store = repo.store.clone();
         let results: Vec<(String, u64, Option<String>)> = futures::stream::iter(intact)
             .map(|b| {
-                let (store, reader, len) =
-                    (store.clone(), reader.clone(), plain_len.get(&b.id).copied());
+                let reader = sealed_to.get(&b.id).and_then(|r| readers.get(r)).cloned();
+                let (store, len) = (store.clone(), plain_len.get(&b.id).copied());
                 async move {
                     let problem = match (reader, len) {
                         (Some(reader), Some(len)) => reader

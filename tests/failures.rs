@@ -265,3 +265,49 @@ fn an_unreadable_table_is_named_with_the_grant_it_needs() {
     assert!(stderr.contains("table storage.objects: row-level security would hide rows from role limited (ALTER ROLE limited BYPASSRLS"), "{stderr}");
     assert!(env.meta_files().is_empty());
 }
+
+/// Regression: blob ids did not depend on the recipients, so after a key rotation a new
+/// snapshot referenced blobs sealed to the old key, which its own key could not open.
+#[test]
+fn a_key_rotation_seals_content_again_under_the_new_key() {
+    let env = Env::new();
+    let old = env.backup_json();
+    let new_key = env.dir.path().join("new-key.txt");
+    let out = bin()
+        .args(["keygen", "--out"])
+        .arg(&new_key)
+        .output()
+        .unwrap();
+    let new_recipient = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let policy = std::fs::read_to_string(&env.policy)
+        .unwrap()
+        .replace(&env.recipient, &new_recipient);
+    std::fs::write(&env.policy, policy).unwrap();
+
+    let rotated = env.backup_json();
+    assert_eq!(rotated["db"]["blobs_reused"], 0, "{rotated}");
+    let (code, _, stderr) = env.restore_json(
+        &env.scratch.url("rotated"),
+        &["--identity", new_key.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        common::table_contents(&env.source, common::FIXTURE_DB),
+        common::table_contents(&env.scratch, "rotated")
+    );
+    // The old snapshot still needs the old key.
+    let (code, _, stderr) = env.restore_json(
+        &env.scratch.url("old"),
+        &[
+            "--identity",
+            new_key.to_str().unwrap(),
+            "--snapshot",
+            old["snapshot_id"].as_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("matches none of the recipients"),
+        "{stderr}"
+    );
+}

@@ -2,7 +2,7 @@ use super::{load_policy, open_repo, record_run};
 use crate::cli::CheckArgs;
 use crate::error::{Error, Kind, Result};
 use crate::record::CheckRecord;
-use crate::seal::{BlobIds, Opener};
+use crate::seal::Opener;
 use crate::util::secs;
 use chrono::Utc;
 use std::path::Path;
@@ -34,10 +34,10 @@ pub async fn run(args: CheckArgs, dir: Option<&Path>) -> Result<()> {
         rec.policy = policy.name.clone();
         let repo = repo_slot.insert(open_repo(&policy).await?);
         let key = match &args.identity {
-            Some(path) => Some((
-                Arc::new(Opener::from_file(path)?),
-                BlobIds::new(&repo.dedup_key(policy.repository.dedup_key.as_deref())?),
-            )),
+            Some(path) => Some(crate::check::Key {
+                opener: Arc::new(Opener::from_file(path)?),
+                dedup_key: policy.repository.dedup_key.clone(),
+            }),
             None => None,
         };
         crate::check::run(repo, key, args.read_data, &mut rec).await

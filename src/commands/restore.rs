@@ -65,7 +65,10 @@ pub async fn run(args: RestoreArgs, dir: Option<&Path>) -> Result<()> {
         let t = Instant::now();
         let manifest = repo.read_manifest(&meta, &opener).await?;
         rec.phases.push(Phase { name: "manifest".into(), duration_s: secs(t.elapsed()) });
-        let ids = BlobIds::new(&repo.dedup_key(policy.repository.dedup_key.as_deref())?);
+        let ids = BlobIds::new(&repo.blob_id_key(
+                policy.repository.dedup_key.as_deref(),
+                &meta.encryption.recipients,
+            )?);
         let ahead = policy.repository.connections;
 
         if let Some(url) = target {

@@ -89,7 +89,10 @@ pub async fn run(args: VerifyArgs, dir: Option<&Path>) -> Result<()> {
                 queries,
                 ahead: policy.repository.connections,
             };
-            let ids = BlobIds::new(&repo.dedup_key(policy.repository.dedup_key.as_deref())?);
+            let ids = BlobIds::new(&repo.blob_id_key(
+                policy.repository.dedup_key.as_deref(),
+                &meta.encryption.recipients,
+            )?);
             eprintln!("verifying snapshot {} of policy {}", meta.id, policy.name);
             tokio::select! {
                 r = crate::verify::run(repo, &meta, &manifest, opener.clone(), ids, &options, &mut found) => r,

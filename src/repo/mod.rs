@@ -17,6 +17,7 @@ use crate::seal::{sha256_hex, ChunkerParams, Opener, Sealer};
 use crate::store::{Put, Store};
 use chrono::{DateTime, Utc};
 use format::{Manifest, Meta, RepoConfig, FORMAT};
+use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 pub const CONFIG_KEY: &str = "backstop.json";
@@ -50,7 +51,7 @@ impl Repo {
             chunker: ChunkerParams::default(),
             dedup_salt: hex::encode(rand::random::<[u8; 32]>()),
             recipients: recipients.to_vec(),
-            blob_format: "age(zstd(chunk)); id = hex(HMAC-SHA256(key, chunk))".into(),
+            blob_format: "age(zstd(chunk)); id = hex(HMAC-SHA256(SHA-256(salt or dedup_key, 0x00, sorted recipients joined by newlines), chunk))".into(),
         };
         let body = serde_json::to_vec_pretty(&config)
             .map_err(|e| Error::failed(format!("encoding backstop.json: {e}")))?;
@@ -93,13 +94,25 @@ impl Repo {
         })
     }
 
-    /// The key blob ids are keyed with: the policy's dedup_key, else the repository's salt.
-    pub fn dedup_key(&self, policy_key: Option<&str>) -> Result<Vec<u8>> {
-        match policy_key {
-            Some(k) => Ok(k.as_bytes().to_vec()),
+    /// The key blob ids are keyed with: SHA-256 over the policy's dedup_key (else the
+    /// repository's salt), a zero byte, and the recipients sorted and joined by newlines.
+    /// Content sealed to other recipients (another policy's keys, or after a key rotation) so
+    /// gets other ids and is stored again, never referenced under a key its reader lacks.
+    /// Writers pass the policy's recipients; readers the snapshot's (meta.json).
+    pub fn blob_id_key(&self, policy_key: Option<&str>, recipients: &[String]) -> Result<Vec<u8>> {
+        let base = match policy_key {
+            Some(k) => k.as_bytes().to_vec(),
             None => hex::decode(&self.config.dedup_salt)
-                .map_err(|e| Error::failed(format!("backstop.json dedup_salt is not hex: {e}"))),
-        }
+                .map_err(|e| Error::failed(format!("backstop.json dedup_salt is not hex: {e}")))?,
+        };
+        let mut sorted: Vec<&str> = recipients.iter().map(|r| r.trim()).collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut h = Sha256::new();
+        h.update(&base);
+        h.update([0u8]);
+        h.update(sorted.join("\n").as_bytes());
+        Ok(h.finalize().to_vec())
     }
 
     fn snapshot_prefix(&self) -> String {
