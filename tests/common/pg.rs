@@ -91,9 +91,13 @@ fn run(mut cmd: Command, what: &str) {
     );
 }
 
+/// Where clusters live: under the system temporary directory rather than the checkout, since
+/// the server runs as `postgres` and must be able to reach its data directory whatever the
+/// permissions of the folder the repository was cloned into.
 fn tmp_root() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(&root).expect("create target tmp dir");
+    let root = std::env::temp_dir().join("backstop-test-pg");
+    std::fs::create_dir_all(&root).expect("create the clusters' directory");
+    let _ = std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o755));
     root
 }
 
