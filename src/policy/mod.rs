@@ -14,134 +14,13 @@ use crate::error::{Error, Result};
 use crate::schedule::{parse_timezone, Cron};
 use crate::util::parse_duration;
 use chrono_tz::Tz;
-use serde::Deserialize;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
-type S = Spanned<String>;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPolicy {
-    name: S,
-    objectives: Option<RawObjectives>,
-    schedule: Option<RawSchedule>,
-    database: Option<RawDatabase>,
-    storage: Option<RawStorage>,
-    repository: RawRepository,
-    encryption: RawEncryption,
-    retention: Option<RawRetention>,
-    verify: Option<RawVerify>,
-    notify: Option<RawNotify>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawObjectives {
-    rpo: Option<S>,
-    rto: Option<S>,
-    retention: Option<S>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSchedule {
-    backup: Option<S>,
-    verify: Option<S>,
-    prune: Option<S>,
-    timezone: Option<S>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDatabase {
-    url: S,
-    #[serde(default)]
-    exclude_schemas: Vec<S>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStorage {
-    kind: S,
-    url: Option<S>,
-    key: Option<S>,
-    #[serde(default)]
-    buckets: Vec<S>,
-    endpoint: Option<S>,
-    region: Option<S>,
-    access_key_id: Option<S>,
-    secret_access_key: Option<S>,
-    path: Option<S>,
-    require_consistent: Option<bool>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRepository {
-    url: S,
-    endpoint: Option<S>,
-    region: Option<S>,
-    access_key_id: Option<S>,
-    secret_access_key: Option<S>,
-    object_lock: Option<RawObjectLock>,
-    dedup_key: Option<S>,
-    zstd_level: Option<Spanned<i64>>,
-    checksums: Option<S>,
-    connections: Option<Spanned<i64>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawObjectLock {
-    mode: S,
-    days: Spanned<i64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEncryption {
-    recipients: Spanned<Vec<S>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawRetention {
-    keep_last: Option<u32>,
-    keep_hourly: Option<u32>,
-    keep_daily: Option<u32>,
-    keep_weekly: Option<u32>,
-    keep_monthly: Option<u32>,
-    keep_yearly: Option<u32>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawVerify {
-    scratch_url: Option<S>,
-    read_data: Option<S>,
-    #[serde(default)]
-    queries: Vec<RawQuery>,
-    #[serde(default)]
-    allow_missing_extensions: Vec<S>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawQuery {
-    sql: S,
-    expect: S,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawNotify {
-    webhook: Option<S>,
-    #[serde(default)]
-    on: Vec<S>,
-}
+mod raw;
+use raw::*;
 
 /// A validated policy. Secrets (URLs with passwords, keys) are held here in full; print them
 /// only through [`crate::util::mask_url`].
