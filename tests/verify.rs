@@ -307,3 +307,42 @@ fn a_missing_extension_is_named_and_passes_only_when_allowed() {
     assert!(prices["note"].as_str().unwrap().contains(&name), "{prices}");
     assert!(!rec["expected_failures"].as_array().unwrap().is_empty());
 }
+
+#[test]
+fn an_interrupted_verify_drops_its_temporary_database() {
+    let (env, _docs) = env_with_documents("");
+    env.backup_json();
+    let before = databases(&env);
+    let child = Command::new(assert_cmd::cargo::cargo_bin("backstop"))
+        .current_dir(env.dir.path())
+        .env("SOURCE_DB_URL", env.source.url(FIXTURE_DB))
+        .env("SCRATCH_URL", env.scratch.url("postgres"))
+        .env("BACKSTOP_IDENTITY", &env.identity)
+        .args(["verify", "--policy"])
+        .arg(&env.policy)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !databases(&env).contains("backstop_verify_") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "verify never created its database"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(
+        databases(&env),
+        before,
+        "the temporary database was left behind"
+    );
+}
