@@ -36,6 +36,21 @@ fn restore_storage(env: &Env, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&out).unwrap()
 }
 
+/// Restores the latest snapshot's objects into a new directory and compares the tree.
+fn assert_restores_to_a_directory(env: &Env, files: &BTreeMap<String, Vec<u8>>) {
+    let out = tempfile::tempdir().unwrap();
+    restore_storage(
+        env,
+        &[
+            "--only",
+            "storage",
+            "--storage-dir",
+            out.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(&read_tree(&out.path().join(BUCKET)), files);
+}
+
 fn downloads(sb: &Supabase) -> usize {
     sb.state
         .requests
@@ -211,17 +226,7 @@ fn supabase_v1_listing_wrong_key_and_a_cut_download() {
         rec["storage"]["mismatches"]["missing_in_bucket"],
         serde_json::json!([])
     );
-    let out = tempfile::tempdir().unwrap();
-    restore_storage(
-        &env,
-        &[
-            "--only",
-            "storage",
-            "--storage-dir",
-            out.path().to_str().unwrap(),
-        ],
-    );
-    assert_eq!(read_tree(&out.path().join(BUCKET)), files);
+    assert_restores_to_a_directory(&env, &files);
 
     // A wrong key: exit 2, the key never echoed.
     let (code, stdout, stderr) = run(env
@@ -280,17 +285,7 @@ fn s3_and_directory_sources_round_trip() {
         rec["storage"]["mismatches"]["missing_in_table"],
         serde_json::json!([])
     );
-    let out = tempfile::tempdir().unwrap();
-    restore_storage(
-        &env,
-        &[
-            "--only",
-            "storage",
-            "--storage-dir",
-            out.path().to_str().unwrap(),
-        ],
-    );
-    assert_eq!(read_tree(&out.path().join(BUCKET)), files);
+    assert_restores_to_a_directory(&env, &files);
     // And back into the (emptied) source bucket.
     for name in files.keys() {
         moto.delete(BUCKET, name);
@@ -324,15 +319,5 @@ fn s3_and_directory_sources_round_trip() {
         rec["storage"]["objects"].as_u64().unwrap() as usize,
         files.len()
     );
-    let out = tempfile::tempdir().unwrap();
-    restore_storage(
-        &env,
-        &[
-            "--only",
-            "storage",
-            "--storage-dir",
-            out.path().to_str().unwrap(),
-        ],
-    );
-    assert_eq!(read_tree(&out.path().join(BUCKET)), files);
+    assert_restores_to_a_directory(&env, &files);
 }

@@ -192,27 +192,31 @@ impl Cluster {
         )
     }
 
+    /// psql against a database of this cluster, stopping at the first error.
+    fn psql_command(&self, db: &str) -> Command {
+        let mut c = Command::new(bindir().join("psql"));
+        c.args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+        ])
+        .arg("-p")
+        .arg(self.port.to_string())
+        .arg("-d")
+        .arg(db)
+        .env("PGPASSWORD", PASSWORD);
+        c
+    }
+
     pub fn try_psql(&self, db: &str, sql: &str) -> Result<String, String> {
-        let out = Command::new(bindir().join("psql"))
-            .args([
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-            ])
-            .arg("-p")
-            .arg(self.port.to_string())
-            .arg("-d")
-            .arg(db)
-            .arg("-c")
-            .arg(sql)
-            .env("PGPASSWORD", PASSWORD)
+        let out = self
+            .psql_command(db)
+            .args(["-A", "-t", "-c", sql])
             .output()
             .map_err(|e| e.to_string())?;
         if out.status.success() {
@@ -228,26 +232,7 @@ impl Cluster {
     }
 
     pub fn psql_file(&self, db: &str, file: &Path) {
-        let out = Command::new(bindir().join("psql"))
-            .args([
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-            ])
-            .arg("-p")
-            .arg(self.port.to_string())
-            .arg("-d")
-            .arg(db)
-            .arg("-f")
-            .arg(file)
-            .env("PGPASSWORD", PASSWORD)
-            .output()
-            .unwrap();
+        let out = self.psql_command(db).arg("-f").arg(file).output().unwrap();
         assert!(
             out.status.success(),
             "loading {}: {}",
