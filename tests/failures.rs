@@ -106,7 +106,19 @@ fn a_killed_backup_leaves_no_snapshot_and_the_next_one_succeeds() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while files_under(&env.repo.join("blobs")).len() < 3 {
+    // Count only blobs that are in place: `.tmp-*` files are writes still in flight.
+    let stored = || {
+        files_under(&env.repo.join("blobs"))
+            .iter()
+            .filter(|p| {
+                !p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(".tmp-")
+            })
+            .count()
+    };
+    while stored() < 3 {
         assert!(
             Instant::now() < deadline,
             "backup wrote no blobs within 60s"
