@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::policy::Policy;
 use crate::progress::Progress;
 use crate::record::{BackupDb, BackupRecord, Phase};
+use crate::repo::format::TableStat;
 use crate::repo::format::{
     DbManifest, Manifest, Meta, MetaDb, MetaEncryption, MetaStorage, StorageManifest, StoredObject,
     FORMAT,
@@ -15,11 +16,12 @@ use crate::repo::format::{
 use crate::repo::writer::BlobWriter;
 use crate::repo::Repo;
 use crate::seal::Sealer;
+use crate::source::archive::{self, Scan, METHOD_COPY};
 use crate::source::pgtools::{self, DbUrl};
-use crate::source::postgres::Session;
+use crate::source::postgres::{Session, TableRef};
 use crate::util::secs;
 use chrono::Utc;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -244,6 +246,8 @@ async fn dump_database(
         cmd.arg(format!("--exclude-schema={s}"));
     }
     url.configure(&mut cmd);
+    // Timestamps in the COPY data in UTC, the zone backstop's own sessions read them in.
+    cmd.env("PGTZ", "UTC");
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -265,14 +269,11 @@ async fn dump_database(
     });
     let estimate: i64 = tables.iter().map(|t| t.bytes).sum();
     let progress = Progress::bytes(Some(estimate.max(0) as u64), "backup");
-    let dumped = async {
-        let on_chunk = |n: u64| progress.inc(n);
-        tokio::try_join!(
-            writer.write_stream(stdout, "pg_dump output", &on_chunk),
-            session.table_stats(&tables)
-        )
-    }
-    .await;
+    let (stdout, scan) = archive::scan_alongside(stdout);
+    let on_chunk = |n: u64| progress.inc(n);
+    let dumped = writer
+        .write_stream(stdout, "pg_dump output", &on_chunk)
+        .await;
     progress.finish();
     if dumped.is_err() {
         let _ = child.kill();
@@ -288,10 +289,15 @@ async fn dump_database(
             stderr_text.trim()
         )));
     }
-    let ((dump, wstats), stats) = dumped?;
+    let (dump, wstats) = dumped?;
+    let scanned = scan
+        .join()
+        .unwrap_or_else(|_| Err("the scanning thread panicked".into()));
+    let stats = table_stats(&mut session, &tables, scanned, rec).await?;
     let consistent_at = session.consistent_at;
     let server_version = session.server_version.clone();
     let server_version_num = session.server_version_num;
+    let bytea_output = session.bytea_output.clone();
     session.finish().await?;
     rec.phases.push(Phase {
         name: "dump".into(),
@@ -318,6 +324,66 @@ async fn dump_database(
         tables: stats,
         roles,
         roles_sql,
+        bytea_output: Some(bytea_output),
     };
     Ok((manifest, consistent_at, figures, storage_rows))
+}
+
+/// Each table's row count and checksum: from the dump stream where the scan read the table's
+/// data whole, otherwise (materialized views, an archive the scan could not read) by SQL in
+/// the snapshot, which is still open. Tables keep the snapshot's listing order.
+async fn table_stats(
+    session: &mut Session,
+    tables: &[TableRef],
+    scanned: std::result::Result<Scan, String>,
+    rec: &mut BackupRecord,
+) -> Result<Vec<TableStat>> {
+    let mut from_dump = HashMap::new();
+    match scanned {
+        Ok(scan) if scan.encoding.as_deref() == Some("UTF8") => {
+            for t in scan.tables {
+                from_dump.insert((t.schema.clone(), t.name.clone()), t);
+            }
+        }
+        Ok(scan) => tracing::info!(
+            "the dump's encoding is {}, not UTF8: table checksums are computed by SQL",
+            scan.encoding.as_deref().unwrap_or("unknown")
+        ),
+        Err(e) => {
+            let w = format!(
+                "could not read the dump's table data as it streamed ({e}); table checksums are computed by a second scan"
+            );
+            tracing::warn!("{w}");
+            rec.warnings.push(w);
+        }
+    }
+    let key = |t: &TableRef| (t.schema.clone(), t.name.clone());
+    let rest: Vec<TableRef> = tables
+        .iter()
+        .filter(|t| t.kind != "r" || !from_dump.contains_key(&key(t)))
+        .cloned()
+        .collect();
+    let mut by_sql: HashMap<(String, String), TableStat> = session
+        .table_stats(&rest)
+        .await?
+        .into_iter()
+        .map(|s| ((s.schema.clone(), s.name.clone()), s))
+        .collect();
+    let mut out = Vec::with_capacity(tables.len());
+    for t in tables {
+        if let Some(s) = by_sql.remove(&key(t)) {
+            out.push(s);
+        } else if let Some(d) = from_dump.remove(&key(t)) {
+            out.push(TableStat {
+                schema: d.schema,
+                name: d.name,
+                kind: t.kind.clone(),
+                rows: d.rows,
+                checksum: d.checksum,
+                method: METHOD_COPY.to_string(),
+                copy: Some(d.copy_out),
+            });
+        }
+    }
+    Ok(out)
 }

@@ -27,6 +27,7 @@ use crate::repo::reader::BlobReader;
 use crate::repo::Repo;
 use crate::restore::{create_missing_roles, load_dump, DbTarget, LoadOptions, RestoreIssue};
 use crate::seal::{BlobIds, Opener};
+use crate::source::archive::{RowDigest, METHOD_COPY, METHOD_ROW, PINNED_SETTINGS};
 use crate::source::pgtools::DbUrl;
 use crate::source::postgres::{connect, display_ident, quote_ident, table_checksum};
 use crate::util::secs;
@@ -245,9 +246,13 @@ async fn compare_tables(
     found: &mut Findings,
 ) -> Result<()> {
     let mut conn = connect(url).await?;
-    conn.execute("SET row_security = off")
+    let mut settings = format!("SET row_security = off; {PINNED_SETTINGS}");
+    if let Some(b) = &db.bytea_output {
+        settings.push_str(&format!("; SET bytea_output = '{}'", b.replace('\'', "''")));
+    }
+    conn.execute(settings.as_str())
         .await
-        .map_err(|e| Error::failed(format!("verify: {e}")))?;
+        .map_err(|e| Error::failed(format!("verify: setting up the comparison session: {e}")))?;
     for t in &db.tables {
         let name = format!("{}.{}", display_ident(&t.schema), display_ident(&t.name));
         if let Some(ext) = failed.get(&name) {
@@ -260,7 +265,14 @@ async fn compare_tables(
             });
             continue;
         }
-        match table_checksum(&mut conn, &t.schema, &t.name, &t.kind).await {
+        let figures = match (t.method.as_str(), &t.copy) {
+            (METHOD_COPY, Some(copy)) => copy_digest(&mut conn, copy, &name).await,
+            (METHOD_ROW, _) => table_checksum(&mut conn, &t.schema, &t.name, &t.kind).await,
+            (other, _) => Err(Error::failed(format!(
+                "checksum method {other} is not one this backstop knows; use a newer backstop"
+            ))),
+        };
+        match figures {
             Ok((rows, checksum)) => {
                 let ok = rows == t.rows && checksum == t.checksum;
                 if !ok {
@@ -298,6 +310,24 @@ async fn compare_tables(
     }
     let _ = conn.close().await;
     Ok(())
+}
+
+/// Row count and checksum of what `copy` writes, as `source::archive` computes them on the dump.
+async fn copy_digest(
+    conn: &mut sqlx::PgConnection,
+    copy: &str,
+    name: &str,
+) -> Result<(u64, String)> {
+    let mut stream = conn
+        .copy_out_raw(copy)
+        .await
+        .map_err(|e| Error::failed(format!("reading table {name}: {e}")))?;
+    let mut digest = RowDigest::default();
+    while let Some(piece) = stream.next().await {
+        let piece = piece.map_err(|e| Error::failed(format!("reading table {name}: {e}")))?;
+        digest.update(&piece);
+    }
+    Ok(digest.finish())
 }
 
 async fn run_queries(

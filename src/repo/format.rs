@@ -115,6 +115,9 @@ pub struct DbManifest {
     pub roles: Vec<Role>,
     /// `pg_dumpall --roles-only --no-role-passwords`, for manual recovery.
     pub roles_sql: String,
+    /// The database's `bytea_output` when it was dumped: how bytea values read as COPY text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytea_output: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,8 +127,21 @@ pub struct TableStat {
     /// `r` table, `m` materialized view.
     pub kind: String,
     pub rows: u64,
-    /// Order-independent checksum: the sum of hashtextextended(row::text, 0) over all rows.
+    /// Order-independent checksum of the rows, computed as `method` says.
     pub checksum: String,
+    /// `copy-xxh3-128`: the wrapping sum of the XXH3-128 of each row's line in the dump's COPY
+    /// data, which `copy` reproduces; `row-hashtextextended`: the sum of
+    /// `hashtextextended(row::text, 0)` computed by SQL (materialized views, or any table when
+    /// the dump could not be read as it streamed). See `source::archive`.
+    #[serde(default = "row_method")]
+    pub method: String,
+    /// For `copy-xxh3-128`: the `COPY ... TO STDOUT` statement that writes the same lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<String>,
+}
+
+fn row_method() -> String {
+    crate::source::archive::METHOD_ROW.to_string()
 }
 
 impl TableStat {

@@ -1,5 +1,6 @@
 //! Where backups come from.
 
+pub mod archive;
 pub mod pgtools;
 pub mod postgres;
 pub mod storage;

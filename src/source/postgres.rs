@@ -3,7 +3,8 @@
 //! [`Session::begin`] opens a REPEATABLE READ, READ ONLY transaction and exports its snapshot;
 //! pg_dump runs with `--snapshot`, and the per-table row counts and checksums are computed in
 //! the exporting transaction itself, so the figures describe exactly the data in the dump, and
-//! `consistent_at` is that transaction's start. The transaction stays open until the dump has
+//! `consistent_at` is that transaction's start. (Tables' figures now come from the dump stream
+//! itself, see `archive`; the SQL checksum remains for materialized views and as the fallback.) The transaction stays open until the dump has
 //! ended. Reads run with `row_security = off`, like pg_dump's: a table that row-level security
 //! would filter is an error naming the table, never a silently short count.
 
@@ -95,6 +96,7 @@ pub struct Session {
     pub server_version_num: i32,
     pub database: String,
     pub user: String,
+    pub bytea_output: String,
 }
 
 /// A table whose data pg_dump will write.
@@ -114,10 +116,13 @@ impl Session {
         )
         .await
         .map_err(|e| db_error("starting the snapshot transaction", e))?;
+        conn.execute(super::archive::PINNED_SETTINGS)
+            .await
+            .map_err(|e| db_error("starting the snapshot transaction", e))?;
         let row = sqlx::query(
             "select pg_export_snapshot(), (extract(epoch from now()) * 1000000)::int8, \
              current_setting('server_version'), current_setting('server_version_num')::int4, \
-             current_database()::text, current_user::text",
+             current_database()::text, current_user::text, current_setting('bytea_output')",
         )
         .fetch_one(&mut conn)
         .await
@@ -133,6 +138,7 @@ impl Session {
             server_version_num: row.get(3),
             database: row.get(4),
             user: row.get(5),
+            bytea_output: row.get(6),
             conn,
         })
     }
@@ -208,6 +214,8 @@ impl Session {
                 kind: t.kind.clone(),
                 rows,
                 checksum,
+                method: super::archive::METHOD_ROW.to_string(),
+                copy: None,
             });
         }
         Ok(out)
