@@ -8,12 +8,12 @@ use crate::error::{Error, Result};
 use crate::policy::Policy;
 use crate::progress::Progress;
 use crate::record::{BackupDb, BackupRecord, Phase};
-use crate::repo::format::TableStat;
 use crate::repo::format::{
     DbManifest, Manifest, Meta, MetaDb, MetaEncryption, MetaStorage, StorageManifest, StoredObject,
     FORMAT,
 };
-use crate::repo::writer::BlobWriter;
+use crate::repo::format::{StreamRef, TableStat};
+use crate::repo::writer::{BlobWriter, WriteStats};
 use crate::repo::Repo;
 use crate::seal::Sealer;
 use crate::source::archive::{self, Scan, METHOD_COPY};
@@ -208,22 +208,17 @@ async fn dump_database(
     };
     let pg_dump = pgtools::find("pg_dump", session.server_major())?;
     let password = url.password().unwrap_or_default();
-    let roles_sql = match pgtools::find("pg_dumpall", session.server_major()).and_then(|tool| {
-        let mut cmd = Command::new(&tool.path);
-        cmd.args(["--roles-only", "--no-role-passwords"]);
-        url.configure(&mut cmd);
-        pgtools::run_capture(cmd, "pg_dumpall --roles-only", &[&password])
-    }) {
-        Ok(sql) => sql,
-        Err(e) => {
-            let w = format!(
-                "roles not captured as SQL (the manifest still lists them): {}",
-                e.message
-            );
-            tracing::warn!("{w}");
-            rec.warnings.push(w);
-            String::new()
-        }
+    // Roles are cluster-wide, outside any snapshot: capture them while the dump runs.
+    let roles_sql = {
+        let (url, password, major) = (url.clone(), password.clone(), session.server_major());
+        tokio::task::spawn_blocking(move || {
+            pgtools::find("pg_dumpall", major).and_then(|tool| {
+                let mut cmd = Command::new(&tool.path);
+                cmd.args(["--roles-only", "--no-role-passwords"]);
+                url.configure(&mut cmd);
+                pgtools::run_capture(cmd, "pg_dumpall --roles-only", &[&password])
+            })
+        })
     };
     rec.phases.push(Phase {
         name: "snapshot".into(),
@@ -237,62 +232,32 @@ async fn dump_database(
         pg_dump.version,
         session.snapshot
     );
-
     let t = Instant::now();
-    let mut cmd = Command::new(&pg_dump.path);
-    cmd.args(["--format=custom", "--compress=0"])
-        .arg(format!("--snapshot={}", session.snapshot));
-    for s in exclude_schemas {
-        cmd.arg(format!("--exclude-schema={s}"));
-    }
-    url.configure(&mut cmd);
-    // Timestamps in the COPY data in UTC, the zone backstop's own sessions read them in.
-    cmd.env("PGTZ", "UTC");
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Error::failed(format!("cannot start {}: {e}", pg_dump.path.display())))?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| Error::failed("pg_dump has no stdout"))?;
-    let mut stderr = child
-        .stderr
-        .take()
-        .ok_or_else(|| Error::failed("pg_dump has no stderr"))?;
-    let stderr_reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = (&mut stderr).take(256 * 1024).read_to_string(&mut text);
-        text
-    });
-    let estimate: i64 = tables.iter().map(|t| t.bytes).sum();
-    let progress = Progress::bytes(Some(estimate.max(0) as u64), "backup");
-    let (stdout, scan) = archive::scan_alongside(stdout);
-    let on_chunk = |n: u64| progress.inc(n);
-    let dumped = writer
-        .write_stream(stdout, "pg_dump output", &on_chunk)
-        .await;
-    progress.finish();
-    if dumped.is_err() {
-        let _ = child.kill();
-    }
-    let status = child
-        .wait()
-        .map_err(|e| Error::failed(format!("waiting for pg_dump: {e}")))?;
-    let stderr_text = crate::util::scrub(&stderr_reader.join().unwrap_or_default(), &[&password]);
-    if !status.success() && dumped.is_ok() {
-        return Err(Error::failed(format!(
-            "pg_dump of {} failed ({status}): {}",
-            url.masked(),
-            stderr_text.trim()
-        )));
-    }
-    let (dump, wstats) = dumped?;
-    let scanned = scan
-        .join()
-        .unwrap_or_else(|_| Err("the scanning thread panicked".into()));
+    let dumped = run_pg_dump(
+        &pg_dump.path,
+        url,
+        &session.snapshot,
+        exclude_schemas,
+        &tables,
+        writer,
+    )
+    .await;
+    let roles_sql = match roles_sql
+        .await
+        .unwrap_or_else(|e| Err(Error::failed(format!("pg_dumpall task: {e}"))))
+    {
+        Ok(sql) => sql,
+        Err(e) => {
+            let w = format!(
+                "roles not captured as SQL (the manifest still lists them): {}",
+                e.message
+            );
+            tracing::warn!("{w}");
+            rec.warnings.push(w);
+            String::new()
+        }
+    };
+    let (dump, wstats, scanned) = dumped?;
     let stats = table_stats(&mut session, &tables, scanned, rec).await?;
     let consistent_at = session.consistent_at;
     let server_version = session.server_version.clone();
@@ -386,4 +351,71 @@ async fn table_stats(
         }
     }
     Ok(out)
+}
+
+/// Runs pg_dump in `snapshot`, streaming its output through the writer and the archive scan.
+async fn run_pg_dump(
+    pg_dump: &std::path::Path,
+    url: &DbUrl,
+    snapshot: &str,
+    exclude_schemas: &[String],
+    tables: &[TableRef],
+    writer: &Arc<BlobWriter>,
+) -> Result<(StreamRef, WriteStats, std::result::Result<Scan, String>)> {
+    let password = url.password().unwrap_or_default();
+    let mut cmd = Command::new(pg_dump);
+    cmd.args(["--format=custom", "--compress=0"])
+        .arg(format!("--snapshot={}", snapshot));
+    for s in exclude_schemas {
+        cmd.arg(format!("--exclude-schema={s}"));
+    }
+    url.configure(&mut cmd);
+    // Timestamps in the COPY data in UTC, the zone backstop's own sessions read them in.
+    cmd.env("PGTZ", "UTC");
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::failed(format!("cannot start {}: {e}", pg_dump.display())))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::failed("pg_dump has no stdout"))?;
+    let mut stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| Error::failed("pg_dump has no stderr"))?;
+    let stderr_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = (&mut stderr).take(256 * 1024).read_to_string(&mut text);
+        text
+    });
+    let estimate: i64 = tables.iter().map(|t| t.bytes).sum();
+    let progress = Progress::bytes(Some(estimate.max(0) as u64), "backup");
+    let (stdout, scan) = archive::scan_alongside(stdout);
+    let on_chunk = |n: u64| progress.inc(n);
+    let dumped = writer
+        .write_stream(stdout, "pg_dump output", &on_chunk)
+        .await;
+    progress.finish();
+    if dumped.is_err() {
+        let _ = child.kill();
+    }
+    let status = child
+        .wait()
+        .map_err(|e| Error::failed(format!("waiting for pg_dump: {e}")))?;
+    let stderr_text = crate::util::scrub(&stderr_reader.join().unwrap_or_default(), &[&password]);
+    if !status.success() && dumped.is_ok() {
+        return Err(Error::failed(format!(
+            "pg_dump of {} failed ({status}): {}",
+            url.masked(),
+            stderr_text.trim()
+        )));
+    }
+    let (dump, wstats) = dumped?;
+    let scanned = scan
+        .join()
+        .unwrap_or_else(|_| Err("the scanning thread panicked".into()));
+    Ok((dump, wstats, scanned))
 }

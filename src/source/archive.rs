@@ -129,7 +129,7 @@ pub struct Scan {
 /// handle yields the scan once the wrapper has been read to its end (or dropped, which makes
 /// the scan fail as truncated). A scan that fails early stops receiving; reading goes on.
 pub fn scan_alongside<R: Read>(inner: R) -> (Tee<R>, JoinHandle<Result<Scan, String>>) {
-    let (tx, rx) = sync_channel::<Vec<u8>>(64);
+    let (tx, rx) = sync_channel::<Vec<u8>>(4);
     let handle = std::thread::spawn(move || {
         scan(ChannelReader {
             rx,
@@ -137,29 +137,46 @@ pub fn scan_alongside<R: Read>(inner: R) -> (Tee<R>, JoinHandle<Result<Scan, Str
             pos: 0,
         })
     });
-    (
-        Tee {
-            inner,
-            tx: Some(tx),
-        },
-        handle,
-    )
+    let tee = Tee {
+        inner,
+        tx: Some(tx),
+        pending: Vec::with_capacity(TEE_BATCH),
+    };
+    (tee, handle)
 }
+
+/// Bytes handed to the scanner at a time: a pipe yields 64 KiB per read, and waking the
+/// scanner for each would cost more than its work.
+const TEE_BATCH: usize = 512 * 1024;
 
 pub struct Tee<R> {
     inner: R,
     tx: Option<SyncSender<Vec<u8>>>,
+    pending: Vec<u8>,
+}
+
+impl<R> Tee<R> {
+    fn send(&mut self) {
+        let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(TEE_BATCH));
+        if let Some(tx) = &self.tx {
+            if tx.send(batch).is_err() {
+                self.tx = None; // the scanner gave up; its error is in its result
+            }
+        }
+    }
 }
 
 impl<R: Read> Read for Tee<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
+        if self.tx.is_some() {
+            self.pending.extend_from_slice(&buf[..n]);
+            if n == 0 || self.pending.len() >= TEE_BATCH {
+                self.send();
+            }
+        }
         if n == 0 {
             self.tx = None; // end of stream for the scanner
-        } else if let Some(tx) = &self.tx {
-            if tx.send(buf[..n].to_vec()).is_err() {
-                self.tx = None; // the scanner gave up; its error is in its result
-            }
         }
         Ok(n)
     }
