@@ -29,10 +29,13 @@ pub const METHOD_COPY: &str = "copy-xxh3-128";
 pub const METHOD_ROW: &str = "row-hashtextextended";
 
 /// Session settings that decide how values are written as text. pg_dump sets the first three
-/// itself; backstop runs pg_dump with `PGTZ=UTC` and pins the same in its own sessions, so a
-/// restored database's COPY output can be compared byte for byte.
+/// and an empty search_path itself (which makes `regclass` and the like come out
+/// schema-qualified); backstop runs pg_dump with `PGTZ=UTC` and pins the same in its own
+/// sessions, so a restored database's COPY output can be compared byte for byte. Sessions
+/// pinned so must name every relation with its schema.
 pub const PINNED_SETTINGS: &str = "SET DateStyle = ISO; SET IntervalStyle = postgres; \
-    SET extra_float_digits = 3; SET TimeZone = 'UTC'";
+    SET extra_float_digits = 3; SET TimeZone = 'UTC'; \
+    SELECT pg_catalog.set_config('search_path', '', false)";
 
 /// Row count and order-independent checksum of a table's COPY text, fed in pieces of any size.
 ///
