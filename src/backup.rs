@@ -263,6 +263,7 @@ async fn dump_database(
     let server_version = session.server_version.clone();
     let server_version_num = session.server_version_num;
     let bytea_output = session.bytea_output.clone();
+    let lc_monetary = session.lc_monetary.clone();
     session.finish().await?;
     rec.phases.push(Phase {
         name: "dump".into(),
@@ -290,6 +291,7 @@ async fn dump_database(
         roles,
         roles_sql,
         bytea_output: Some(bytea_output),
+        lc_monetary: Some(lc_monetary),
     };
     Ok((manifest, consistent_at, figures, storage_rows))
 }

@@ -253,6 +253,16 @@ async fn compare_tables(
     conn.execute(settings.as_str())
         .await
         .map_err(|e| Error::failed(format!("verify: setting up the comparison session: {e}")))?;
+    if let Some(l) = &db.lc_monetary {
+        // A locale the scratch server lacks only matters for money columns, whose comparison
+        // then fails and is named.
+        let set = format!("SET lc_monetary = '{}'", l.replace('\'', "''"));
+        if let Err(e) = conn.execute(set.as_str()).await {
+            tracing::warn!(
+                "the scratch server cannot set lc_monetary to {l} as the source had it: {e}"
+            );
+        }
+    }
     for t in &db.tables {
         let name = format!("{}.{}", display_ident(&t.schema), display_ident(&t.name));
         if let Some(ext) = failed.get(&name) {

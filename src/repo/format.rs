@@ -118,6 +118,9 @@ pub struct DbManifest {
     /// The database's `bytea_output` when it was dumped: how bytea values read as COPY text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytea_output: Option<String>,
+    /// The database's `lc_monetary` when it was dumped: how money values read as COPY text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lc_monetary: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -97,6 +97,7 @@ pub struct Session {
     pub database: String,
     pub user: String,
     pub bytea_output: String,
+    pub lc_monetary: String,
 }
 
 /// A table whose data pg_dump will write.
@@ -122,7 +123,7 @@ impl Session {
         let row = sqlx::query(
             "select pg_export_snapshot(), (extract(epoch from now()) * 1000000)::int8, \
              current_setting('server_version'), current_setting('server_version_num')::int4, \
-             current_database()::text, current_user::text, current_setting('bytea_output')",
+             current_database()::text, current_user::text, current_setting('bytea_output'), current_setting('lc_monetary')",
         )
         .fetch_one(&mut conn)
         .await
@@ -139,6 +140,7 @@ impl Session {
             database: row.get(4),
             user: row.get(5),
             bytea_output: row.get(6),
+            lc_monetary: row.get(7),
             conn,
         })
     }
