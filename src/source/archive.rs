@@ -12,6 +12,11 @@
 //! database by running the TOC entry's own COPY statement in a session pinned the way pg_dump
 //! pins its own (see [`PINNED_SETTINGS`]).
 //!
+//! The figures count what pg_dump wrote, in the exported snapshot. Which tables there must be
+//! comes from the catalog, not from the archive: a table the archive lacks is counted by SQL
+//! in the snapshot instead, so a restore without it fails verification rather than passing
+//! unnoticed.
+//!
 //! The parser reads archive versions 1.14 to 1.16 (pg_dump 12 to 18). Anything it cannot read
 //! (another version, a compressed archive) is an error the caller answers by falling back to
 //! SQL scans, never a wrong figure: the scan only reports tables whose data block it read whole.
