@@ -27,7 +27,7 @@ use crate::repo::reader::BlobReader;
 use crate::repo::Repo;
 use crate::restore::{create_missing_roles, load_dump, DbTarget, LoadOptions, RestoreIssue};
 use crate::seal::{BlobIds, Opener};
-use crate::source::archive::{RowDigest, METHOD_COPY, METHOD_ROW, PINNED_SETTINGS};
+use crate::source::copytext::{RowDigest, METHOD_COPY, METHOD_ROW, PINNED_SETTINGS};
 use crate::source::pgtools::DbUrl;
 use crate::source::postgres::{connect, display_ident, quote_ident, table_checksum};
 use crate::util::secs;

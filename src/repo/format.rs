@@ -135,7 +135,7 @@ pub struct TableStat {
     /// `copy-xxh3-128`: the wrapping sum of the XXH3-128 of each row's line in the dump's COPY
     /// data, which `copy` reproduces; `row-hashtextextended`: the sum of
     /// `hashtextextended(row::text, 0)` computed by SQL (materialized views, or any table when
-    /// the dump could not be read as it streamed). See `source::archive`.
+    /// the dump could not be read as it streamed). See `source::copytext`.
     #[serde(default = "row_method")]
     pub method: String,
     /// For `copy-xxh3-128`: the `COPY ... TO STDOUT` statement that writes the same lines.
@@ -144,7 +144,7 @@ pub struct TableStat {
 }
 
 fn row_method() -> String {
-    crate::source::archive::METHOD_ROW.to_string()
+    crate::source::copytext::METHOD_ROW.to_string()
 }
 
 impl TableStat {

@@ -117,7 +117,7 @@ impl Session {
         )
         .await
         .map_err(|e| db_error("starting the snapshot transaction", e))?;
-        conn.execute(super::archive::PINNED_SETTINGS)
+        conn.execute(super::copytext::PINNED_SETTINGS)
             .await
             .map_err(|e| db_error("starting the snapshot transaction", e))?;
         let row = sqlx::query(
@@ -216,7 +216,7 @@ impl Session {
                 kind: t.kind.clone(),
                 rows,
                 checksum,
-                method: super::archive::METHOD_ROW.to_string(),
+                method: super::copytext::METHOD_ROW.to_string(),
                 copy: None,
             });
         }
