@@ -15,8 +15,9 @@ fn backup_restores_exactly_dedups_and_stores_no_plaintext() {
     let db = &first["db"];
     assert!(db["tables"].as_u64().unwrap() >= 9, "{first}");
     // users 2000, buckets 1, objects 300, restaurants 300, orders 150000 (in two partitions),
-    // audit_log 20004, Bestellungen 500, 메뉴 400, the materialized view 300.
-    let fixture_rows = 2000 + 1 + 300 + 300 + 150_000 + 20_004 + 500 + 400 + 300;
+    // audit_log 20004, Bestellungen 500, 메뉴 400, the materialized view 300, heartbeat 3,
+    // settings_sensitive 5.
+    let fixture_rows = 2000 + 1 + 300 + 300 + 150_000 + 20_004 + 500 + 400 + 300 + 3 + 5;
     assert_eq!(db["rows"].as_u64().unwrap(), fixture_rows, "{first}");
     assert!(db["bytes_plain"].as_u64().unwrap() > 5_000_000, "{first}");
     assert!(db["blobs_new"].as_u64().unwrap() > 5, "{first}");
@@ -138,6 +139,11 @@ fn backup_restores_exactly_dedups_and_stores_no_plaintext() {
     assert_eq!(
         sequences(&env.source, FIXTURE_DB),
         sequences(&env.scratch, "restored")
+    );
+    assert_eq!(
+        env.scratch
+            .psql("restored", "select convert_from(lo_get(424242), 'UTF8')"),
+        "a large object, dumped in its own block"
     );
     let p = policies(&env.scratch, "restored");
     assert!(

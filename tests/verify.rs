@@ -68,7 +68,24 @@ fn problems(rec: &serde_json::Value) -> String {
 #[test]
 fn a_clean_verify_compares_everything_and_leaves_the_scratch_server_as_it_was() {
     let (env, _docs) = env_with_documents("queries = [{ sql = \"select count(*) from public.orders\", expect = \"> 0\" }, { sql = \"select 1 where false\", expect = \"empty\" }]\n");
+    // Session defaults that change how values read as text, different on each server: the
+    // comparison must not depend on them (bytea_output is the source's to keep).
+    env.source.psql(
+        "postgres",
+        "alter role postgres set bytea_output = 'escape'; alter role postgres set timezone = 'Asia/Seoul'; \
+         alter role postgres set datestyle = 'SQL, DMY'; alter role postgres set intervalstyle = 'sql_standard'; \
+         alter role postgres set extra_float_digits = 0",
+    );
+    env.scratch.psql(
+        "postgres",
+        "alter role postgres set timezone = 'America/Los_Angeles'; alter role postgres set datestyle = 'German'; \
+         alter role postgres set intervalstyle = 'iso_8601'; alter role postgres set extra_float_digits = 1",
+    );
     let backup = env.backup_json();
+    assert_eq!(
+        env.snapshot_manifest_query("latest", ".database.bytea_output"),
+        "escape"
+    );
     let before = databases(&env);
     let (code, rec, stderr) = verify(&env, &[]);
     assert_eq!(code, 0, "{stderr}\n{rec}");
