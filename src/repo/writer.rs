@@ -13,7 +13,6 @@ use super::{blob_key, read_metas, Repo};
 use crate::error::{Error, Result};
 use crate::seal::{sha256_hex, ChunkerParams, Sealer};
 use crate::store::{Put, Store};
-use bytes::Bytes;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -112,29 +111,18 @@ impl BlobWriter {
         what: &str,
         on_chunk: &(dyn Fn(u64) + Sync),
     ) -> Result<(StreamRef, WriteStats)> {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(2);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>>>(2);
         let params = self.chunker;
         let label = what.to_string();
-        // The whole stream's SHA-256 is computed on a thread of its own, off the chunker's
-        // path, which is the one serial step of a backup.
-        let (hash_tx, hash_rx) = std::sync::mpsc::sync_channel::<Bytes>(4);
-        let stream_hash = std::thread::spawn(move || {
+        let chunker = tokio::task::spawn_blocking(move || {
             let mut hasher = Sha256::new();
             let mut total = 0u64;
-            for data in hash_rx {
-                hasher.update(&data);
-                total += data.len() as u64;
-            }
-            (total, hex::encode(hasher.finalize()))
-        });
-        let chunker = tokio::task::spawn_blocking(move || {
             for chunk in params.chunks(reader) {
                 let item = match chunk {
                     Ok(c) => {
-                        let data = Bytes::from(c.data);
-                        // The receiver lives until this sender is dropped.
-                        let _ = hash_tx.send(data.clone());
-                        Ok(data)
+                        hasher.update(&c.data);
+                        total += c.data.len() as u64;
+                        Ok(c.data)
                     }
                     Err(e) => Err(Error::failed(format!("reading {label}: {e}"))),
                 };
@@ -143,8 +131,7 @@ impl BlobWriter {
                     break;
                 }
             }
-            drop(hash_tx);
-            stream_hash.join()
+            (total, hex::encode(hasher.finalize()))
         });
         let chunks = Box::pin(futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
@@ -166,14 +153,13 @@ impl BlobWriter {
         drop(results);
         let (bytes, sha256) = chunker
             .await
-            .map_err(|e| Error::failed(format!("chunking {what}: {e}")))?
-            .map_err(|_| Error::failed(format!("hashing {what}: the thread panicked")))?;
+            .map_err(|e| Error::failed(format!("chunking {what}: {e}")))?;
         stream.bytes = bytes;
         stream.sha256 = sha256;
         Ok((stream, stats))
     }
 
-    async fn put_chunk(self: Arc<Self>, data: Bytes) -> Result<(ChunkRef, WriteStats)> {
+    async fn put_chunk(self: Arc<Self>, data: Vec<u8>) -> Result<(ChunkRef, WriteStats)> {
         let len = data.len();
         let this = self.clone();
         let sealed = tokio::task::spawn_blocking(move || -> Result<Sealed> {
