@@ -246,18 +246,25 @@ async fn compare_tables(
     found: &mut Findings,
 ) -> Result<()> {
     let mut conn = connect(url).await?;
-    let mut settings = format!("SET row_security = off; {PINNED_SETTINGS}");
-    if let Some(b) = &db.bytea_output {
-        settings.push_str(&format!("; SET bytea_output = '{}'", b.replace('\'', "''")));
-    }
-    conn.execute(settings.as_str())
+    let setup =
+        |e: sqlx::Error| Error::failed(format!("verify: setting up the comparison session: {e}"));
+    conn.execute(format!("SET row_security = off; {PINNED_SETTINGS}").as_str())
         .await
-        .map_err(|e| Error::failed(format!("verify: setting up the comparison session: {e}")))?;
+        .map_err(setup)?;
+    let source_setting = "select pg_catalog.set_config($1, $2, false)";
+    if let Some(b) = &db.bytea_output {
+        sqlx::query(source_setting)
+            .bind("bytea_output")
+            .bind(b)
+            .execute(&mut conn)
+            .await
+            .map_err(setup)?;
+    }
     if let Some(l) = &db.lc_monetary {
         // A locale the scratch server lacks only matters for money columns, whose comparison
         // then fails and is named.
-        let set = format!("SET lc_monetary = '{}'", l.replace('\'', "''"));
-        if let Err(e) = conn.execute(set.as_str()).await {
+        let set = sqlx::query(source_setting).bind("lc_monetary").bind(l);
+        if let Err(e) = set.execute(&mut conn).await {
             tracing::warn!(
                 "the scratch server cannot set lc_monetary to {l} as the source had it: {e}"
             );

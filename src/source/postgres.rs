@@ -1,10 +1,10 @@
 //! The database source: one exported snapshot, seen by pg_dump and by backstop's own queries.
 //!
 //! [`Session::begin`] opens a REPEATABLE READ, READ ONLY transaction and exports its snapshot;
-//! pg_dump runs with `--snapshot`, and the per-table row counts and checksums are computed in
-//! the exporting transaction itself, so the figures describe exactly the data in the dump, and
-//! `consistent_at` is that transaction's start. (Tables' figures now come from the dump stream
-//! itself, see `archive`; the SQL checksum remains for materialized views and as the fallback.) The transaction stays open until the dump has
+//! pg_dump runs with `--snapshot`. Tables' row counts and checksums come from the dump stream
+//! itself (`archive`); the SQL checksum here serves materialized views and is the fallback,
+//! run in the exporting transaction, so every figure describes exactly the data in the dump.
+//! `consistent_at` is that transaction's start. The transaction stays open until the dump has
 //! ended. Reads run with `row_security = off`, like pg_dump's: a table that row-level security
 //! would filter is an error naming the table, never a silently short count.
 
@@ -112,12 +112,11 @@ pub struct TableRef {
 impl Session {
     pub async fn begin(url: &DbUrl) -> Result<Session> {
         let mut conn = connect(url).await?;
-        conn.execute(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL row_security = off",
-        )
-        .await
-        .map_err(|e| db_error("starting the snapshot transaction", e))?;
-        conn.execute(super::copytext::PINNED_SETTINGS)
+        let start = format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL row_security = off; {}",
+            super::copytext::PINNED_SETTINGS
+        );
+        conn.execute(start.as_str())
             .await
             .map_err(|e| db_error("starting the snapshot transaction", e))?;
         let row = sqlx::query(
