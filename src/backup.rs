@@ -325,34 +325,29 @@ async fn table_stats(
             rec.warnings.push(w);
         }
     }
-    let key = |t: &TableRef| (t.schema.clone(), t.name.clone());
-    let rest: Vec<TableRef> = tables
-        .iter()
-        .filter(|t| t.kind != "r" || !from_dump.contains_key(&key(t)))
-        .cloned()
-        .collect();
-    let mut by_sql: HashMap<(String, String), TableStat> = session
-        .table_stats(&rest)
-        .await?
-        .into_iter()
-        .map(|s| ((s.schema.clone(), s.name.clone()), s))
-        .collect();
-    let mut out = Vec::with_capacity(tables.len());
+    // The stream's figures where it has them; the rest by SQL, in the same order.
+    let mut rest = Vec::new();
+    let mut from_stream = Vec::with_capacity(tables.len());
     for t in tables {
-        if let Some(s) = by_sql.remove(&key(t)) {
-            out.push(s);
-        } else if let Some(d) = from_dump.remove(&key(t)) {
-            out.push(TableStat {
-                schema: d.schema,
-                name: d.name,
-                kind: t.kind.clone(),
-                rows: d.rows,
-                checksum: d.checksum,
-                method: METHOD_COPY.to_string(),
-                copy: Some(d.copy_out),
-            });
+        let d = from_dump.remove(&(t.schema.clone(), t.name.clone()));
+        if d.is_none() {
+            rest.push(t.clone());
         }
+        from_stream.push(d.map(|d| TableStat {
+            schema: d.schema,
+            name: d.name,
+            kind: t.kind.clone(),
+            rows: d.rows,
+            checksum: d.checksum,
+            method: METHOD_COPY.to_string(),
+            copy: Some(d.copy_out),
+        }));
     }
+    let mut by_sql = session.table_stats(&rest).await?.into_iter();
+    let out = from_stream
+        .into_iter()
+        .filter_map(|s| s.or_else(|| by_sql.next()))
+        .collect();
     Ok(out)
 }
 
