@@ -1,11 +1,18 @@
 //! The one error type of the library boundary.
 //!
-//! Every error a user can see says what failed, on what (file, key, table, URL with its password
-//! masked) and, where there is one, what to do next. The [`Kind`] decides the exit code, so the
-//! place that knows *why* something failed also decides how a script sees it: bad input is 2, a
-//! failed operation 1, a failed verification 3, a held lock 4 (DESIGN.md, "Exit codes").
+//! Rules (after rustic_core's error module):
+//! * Every error a user can see says what failed, on what (file, key, table, URL with its
+//!   password masked) and, where there is one, what to do next.
+//! * The [`Kind`] is decided where the failure is understood, and it alone decides the exit
+//!   code (DESIGN.md, "Exit codes"): bad input is 2, a failed operation 1, a failed
+//!   verification 3, a held lock 4, an interrupt 128 + the signal. Nothing branches on message
+//!   text: a caller that must tell a case apart matches on the kind.
+//! * The foreign error that caused it is kept as [`std::error::Error::source`], so
+//!   `RUST_LOG=backstop=debug` can show the whole chain; the message already carries its text.
 
 use std::fmt::Display;
+
+type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// How a script sees a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,17 +23,28 @@ pub enum Kind {
     Input,
     /// A verification ran and found a problem.
     Verification,
-    /// Another run holds the policy's lock.
+    /// Another run holds a lock this run needs.
     Locked,
+    /// The identity given matches none of the recipients an object was sealed to. Exit 1: the
+    /// repository is fine, the key is not the one it needs.
+    WrongKey,
+    /// The run's repository lock was lost (gone, expired, taken over, or not refreshable): the
+    /// run stopped and committed nothing.
+    LockLost,
+    /// The run was cancelled by its caller.
+    Cancelled,
+    /// The run was stopped by a signal (its number).
+    Interrupted(i32),
 }
 
 impl Kind {
     pub fn exit_code(self) -> i32 {
         match self {
-            Kind::Failed => 1,
+            Kind::Failed | Kind::WrongKey | Kind::LockLost | Kind::Cancelled => 1,
             Kind::Input => 2,
             Kind::Verification => 3,
             Kind::Locked => 4,
+            Kind::Interrupted(signal) => 128 + signal,
         }
     }
 }
@@ -36,6 +54,8 @@ impl Kind {
 pub struct Error {
     pub kind: Kind,
     pub message: String,
+    #[source]
+    pub source: Option<Source>,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -45,6 +65,7 @@ impl Error {
         Error {
             kind,
             message: message.into(),
+            source: None,
         }
     }
     pub fn failed(message: impl Into<String>) -> Self {
@@ -53,27 +74,44 @@ impl Error {
     pub fn input(message: impl Into<String>) -> Self {
         Self::new(Kind::Input, message)
     }
-    /// Prefixes the message with what was being done, keeping the kind.
+    /// Keeps `source` as the cause of this error.
+    pub fn with_source(mut self, source: impl Into<Source>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+    /// Prefixes the message with what was being done, keeping the kind and the cause.
     pub fn context(self, what: impl Display) -> Self {
         Error {
             kind: self.kind,
             message: format!("{what}: {}", self.message),
+            source: self.source,
         }
+    }
+    /// The message followed by every cause in the chain, for debug logs.
+    pub fn chain(&self) -> String {
+        let mut out = self.message.clone();
+        let mut next = std::error::Error::source(self);
+        while let Some(e) = next {
+            out.push_str(&format!("\n  caused by: {e}"));
+            next = e.source();
+        }
+        out
     }
 }
 
-/// Attach what was being done to a foreign error, choosing the kind at the call site.
+/// Attach what was being done to a foreign error, choosing the kind at the call site; the
+/// foreign error is kept as the source.
 pub trait Context<T> {
     fn or_fail(self, what: impl FnOnce() -> String) -> Result<T>;
     fn or_input(self, what: impl FnOnce() -> String) -> Result<T>;
 }
 
-impl<T, E: Display> Context<T> for std::result::Result<T, E> {
+impl<T, E: Display + Into<Source>> Context<T> for std::result::Result<T, E> {
     fn or_fail(self, what: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|e| Error::failed(format!("{}: {e}", what())))
+        self.map_err(|e| Error::failed(format!("{}: {e}", what())).with_source(e))
     }
     fn or_input(self, what: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|e| Error::input(format!("{}: {e}", what())))
+        self.map_err(|e| Error::input(format!("{}: {e}", what())).with_source(e))
     }
 }
 
@@ -85,5 +123,35 @@ pub trait ResultExt<T> {
 impl<T> ResultExt<T> for Result<T> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|e| e.context(what()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_design() {
+        assert_eq!(Kind::Failed.exit_code(), 1);
+        assert_eq!(Kind::WrongKey.exit_code(), 1);
+        assert_eq!(Kind::LockLost.exit_code(), 1);
+        assert_eq!(Kind::Input.exit_code(), 2);
+        assert_eq!(Kind::Verification.exit_code(), 3);
+        assert_eq!(Kind::Locked.exit_code(), 4);
+        assert_eq!(Kind::Interrupted(15).exit_code(), 143);
+        assert_eq!(Kind::Interrupted(2).exit_code(), 130);
+    }
+
+    #[test]
+    fn the_chain_keeps_the_cause() {
+        let io = std::io::Error::other("disk on fire");
+        let e: Result<()> = Err(io).or_fail(|| "writing x".into());
+        let e = e.unwrap_err().context("backup");
+        assert_eq!(e.message, "backup: writing x: disk on fire");
+        assert!(
+            e.chain().contains("caused by: disk on fire"),
+            "{}",
+            e.chain()
+        );
     }
 }

@@ -1,21 +1,22 @@
-//! Progress for long work: bytes, rate and ETA on a terminal (stderr), nothing otherwise, so
-//! cron mail and CI logs stay clean.
+//! The command line's progress sink: bytes, rate and ETA on a terminal (stderr), nothing
+//! otherwise, so cron mail and CI logs stay clean. The library only sees
+//! [`crate::ops::ProgressSink`]; other callers (the daemon, tests) pass their own.
 
+use crate::ops::{Bar, ProgressSink};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 
-pub struct Progress(Option<ProgressBar>);
+/// Draws bars on stderr when it is a terminal.
+pub struct Terminal;
 
-impl Progress {
-    /// A byte counter; `total` is an estimate when the size is not known in advance.
-    pub fn bytes(total: Option<u64>, label: &str) -> Progress {
+struct TerminalBar(Option<ProgressBar>);
+
+impl ProgressSink for Terminal {
+    fn bar(&self, label: &str, total: Option<u64>) -> Box<dyn Bar> {
         if !std::io::stderr().is_terminal() {
-            return Progress(None);
+            return Box::new(TerminalBar(None));
         }
-        let bar = match total {
-            Some(t) => ProgressBar::with_draw_target(Some(t), ProgressDrawTarget::stderr()),
-            None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
-        };
+        let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
         let template = if total.is_some() {
             "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}"
         } else {
@@ -25,10 +26,12 @@ impl Progress {
             bar.set_style(style.progress_chars("=> "));
         }
         bar.set_message(label.to_string());
-        Progress(Some(bar))
+        Box::new(TerminalBar(Some(bar)))
     }
+}
 
-    pub fn inc(&self, n: u64) {
+impl Bar for TerminalBar {
+    fn inc(&self, n: u64) {
         if let Some(b) = &self.0 {
             if b.length().is_some_and(|l| b.position() + n > l) {
                 b.set_length(b.position() + n);
@@ -37,14 +40,14 @@ impl Progress {
         }
     }
 
-    pub fn finish(&self) {
+    fn finish(&self) {
         if let Some(b) = &self.0 {
             b.finish_and_clear();
         }
     }
 }
 
-impl Drop for Progress {
+impl Drop for TerminalBar {
     fn drop(&mut self) {
         self.finish();
     }

@@ -1,13 +1,19 @@
-//! The `--json` documents and run records (DESIGN.md, "Records"). Fields may be added, never
-//! renamed. No secrets: URLs appear with their password masked.
+//! The `--json` documents and run records (DESIGN.md, "Records"), built from the operations'
+//! outcomes. Serialization only. Fields may be added, never renamed. No secrets: URLs appear
+//! with their password masked.
 
+use crate::ops::backup::{self, BackupDb, BackupStorage};
+use crate::ops::check::{self, Damaged};
+use crate::ops::restore::{self, RestoreDb, RestoreStorage};
+use crate::ops::verify::{self, QueryCheck, TableCheck};
+use crate::ops::Phase;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Phase {
-    pub name: String,
-    pub duration_s: f64,
+const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+fn error_text(e: &Option<crate::error::Error>) -> Option<String> {
+    e.as_ref().map(|e| e.message.clone())
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -28,32 +34,25 @@ pub struct BackupRecord {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct BackupDb {
-    pub tables: u64,
-    pub rows: u64,
-    pub bytes_plain: u64,
-    pub bytes_stored: u64,
-    pub blobs_new: u64,
-    pub blobs_reused: u64,
-    pub server_version: String,
-    pub pg_dump_version: String,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct BackupStorage {
-    pub objects: u64,
-    pub bytes_plain: u64,
-    pub bytes_stored: u64,
-    pub objects_new: u64,
-    pub objects_reused: u64,
-    pub mismatches: Mismatches,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Mismatches {
-    pub missing_in_bucket: Vec<String>,
-    pub missing_in_table: Vec<String>,
+impl From<&backup::Outcome> for BackupRecord {
+    fn from(o: &backup::Outcome) -> Self {
+        BackupRecord {
+            kind: "backup",
+            ok: o.ok(),
+            snapshot_id: o.snapshot_id.clone(),
+            policy: o.policy.clone(),
+            consistent_at: o.consistent_at,
+            started_at: o.times.started_at,
+            finished_at: o.times.finished_at,
+            duration_s: o.times.duration_s,
+            db: o.db.clone(),
+            storage: o.storage.clone(),
+            phases: o.phases.clone(),
+            warnings: o.warnings.clone(),
+            tool_version: TOOL_VERSION,
+            error: error_text(&o.error),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -73,19 +72,24 @@ pub struct RestoreRecord {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct RestoreDb {
-    pub tables: u64,
-    pub rows: u64,
-    pub bytes: u64,
-    pub database_created: bool,
-    pub roles_created: Vec<String>,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct RestoreStorage {
-    pub objects: u64,
-    pub bytes: u64,
+impl From<&restore::Outcome> for RestoreRecord {
+    fn from(o: &restore::Outcome) -> Self {
+        RestoreRecord {
+            kind: "restore",
+            ok: o.error.is_none(),
+            snapshot_id: o.snapshot_id.clone(),
+            policy: o.policy.clone(),
+            started_at: o.times.started_at,
+            finished_at: o.times.finished_at,
+            duration_s: o.times.duration_s,
+            target: o.target.clone(),
+            db: o.db.clone(),
+            storage: o.storage.clone(),
+            phases: o.phases.clone(),
+            tool_version: TOOL_VERSION,
+            error: error_text(&o.error),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -132,11 +136,11 @@ pub struct VerifyRecord {
     /// The policy's objective, in seconds.
     pub rto_s: f64,
     pub rto_met: Option<bool>,
-    pub tables: Vec<crate::verify::TableCheck>,
+    pub tables: Vec<TableCheck>,
     pub objects_checked: u64,
     pub objects_read: u64,
     pub objects_failed: u64,
-    pub queries: Vec<crate::verify::QueryCheck>,
+    pub queries: Vec<QueryCheck>,
     pub problems: Vec<String>,
     pub missing_extensions: Vec<String>,
     pub expected_failures: Vec<String>,
@@ -145,6 +149,37 @@ pub struct VerifyRecord {
     pub kept: bool,
     pub tool_version: &'static str,
     pub error: Option<String>,
+}
+
+impl From<&verify::Outcome> for VerifyRecord {
+    fn from(o: &verify::Outcome) -> Self {
+        let f = &o.findings;
+        VerifyRecord {
+            kind: "verify",
+            ok: o.ok(),
+            snapshot_id: o.snapshot_id.clone(),
+            policy: o.policy.clone(),
+            started_at: o.times.started_at,
+            finished_at: o.times.finished_at,
+            duration_s: o.times.duration_s,
+            restore_s: f.restore_s,
+            rto_s: o.rto_s,
+            rto_met: o.rto_met,
+            tables: f.tables.clone(),
+            objects_checked: f.objects_checked,
+            objects_read: f.objects_read,
+            objects_failed: f.objects_failed,
+            queries: f.queries.clone(),
+            problems: f.problems.clone(),
+            missing_extensions: f.missing_extensions.clone(),
+            expected_failures: f.expected_failures.clone(),
+            phases: f.phases.clone(),
+            scratch_database: o.scratch_database.clone(),
+            kept: o.kept,
+            tool_version: TOOL_VERSION,
+            error: error_text(&o.error),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -165,9 +200,23 @@ pub struct CheckRecord {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Damaged {
-    pub blob: String,
-    pub problem: String,
-    pub snapshots: Vec<String>,
+impl From<&check::Outcome> for CheckRecord {
+    fn from(o: &check::Outcome) -> Self {
+        CheckRecord {
+            kind: "check",
+            ok: o.ok(),
+            policy: o.policy.clone(),
+            started_at: o.times.started_at,
+            finished_at: o.times.finished_at,
+            duration_s: o.times.duration_s,
+            snapshots_checked: o.snapshots_checked,
+            blobs_checked: o.blobs_checked,
+            bytes_read: o.bytes_read,
+            read_data: o.read_data,
+            decrypted: o.decrypted,
+            damaged: o.damaged.clone(),
+            tool_version: TOOL_VERSION,
+            error: error_text(&o.error),
+        }
+    }
 }

@@ -10,7 +10,7 @@
 //! * Opening checks everything it can: the age MAC (any flipped byte fails), the zstd frame, and,
 //!   when the caller gives the expected id, that the plaintext's HMAC is that id.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use age::secrecy::ExposeSecret;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
@@ -200,7 +200,7 @@ impl Opener {
         let mut reader = decryptor
             .decrypt(self.identities.iter().map(|i| i as &dyn age::Identity))
             .map_err(|e| match e {
-                age::DecryptError::NoMatchingKeys => Error::failed(format!(
+                age::DecryptError::NoMatchingKeys => Error::new(Kind::WrongKey, format!(
                     "the identity in {} matches none of the recipients {what} was encrypted to: use the key whose public key is in the policy's [encryption] recipients",
                     self.source
                 )),

@@ -4,7 +4,8 @@
 mod common;
 
 use backstop::error::Kind;
-use backstop::repo::lock::{LockInfo, RunLock};
+use backstop::ops::Cancel;
+use backstop::repo::lock::{LockInfo, LockRequest, Mode, RunLock};
 use backstop::store::fs::FsStore;
 use backstop::store::s3::{S3Config, S3Store};
 use backstop::store::{Put, PutMode, Store};
@@ -158,24 +159,54 @@ async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(store.get_opt("locks/x.json").await.unwrap().unwrap(), b"c");
     store.delete("locks/x.json").await.unwrap();
 
-    // run locks: contention, release, takeover of an expired lock
+    // run locks: modes, contention, release, takeover of an expired lock
     let ttl = Duration::from_secs(60);
-    let held = RunLock::acquire(store.clone(), "p", "backup", "run-1", ttl)
-        .await
-        .unwrap();
-    let e = RunLock::acquire(store.clone(), "p", "verify", "run-2", ttl)
+    let lock = |mode, policy: &'static str, operation: &'static str, run_id: &'static str| {
+        RunLock::acquire(
+            store.clone(),
+            LockRequest {
+                mode,
+                policy,
+                operation,
+                run_id,
+                ttl,
+            },
+            Cancel::new(),
+        )
+    };
+    let held = lock(Mode::Shared, "p", "backup", "run-1").await.unwrap();
+    let e = lock(Mode::Shared, "p", "backup", "run-2")
         .await
         .err()
-        .expect("second lock must fail");
+        .expect("a second backup of the policy must fail");
     assert_eq!(e.kind, Kind::Locked);
     assert!(
-        e.message.contains("backup run run-1") && e.message.contains("pid"),
+        e.message.contains("backup of policy p (run run-1)") && e.message.contains("pid"),
         "{}",
         e.message
     );
-    held.release().await;
-    assert_eq!(store.stat("locks/p.json").await.unwrap(), None);
+    // Shared holders coexist: a verify of the same policy, a backup of another.
+    let verify = lock(Mode::Shared, "p", "verify", "run-4").await.unwrap();
+    let other = lock(Mode::Shared, "q", "backup", "run-5").await.unwrap();
+    let e = lock(Mode::Exclusive, "p", "prune", "run-6")
+        .await
+        .err()
+        .expect("an exclusive lock must wait for shared holders");
+    assert_eq!(e.kind, Kind::Locked);
+    for l in [held, verify, other] {
+        l.release().await;
+    }
+    assert!(store.list("locks/").await.unwrap().is_empty());
+    let prune = lock(Mode::Exclusive, "p", "prune", "run-7").await.unwrap();
+    let e = lock(Mode::Shared, "q", "check", "run-8")
+        .await
+        .err()
+        .expect("the exclusive holder excludes everyone");
+    assert!(e.message.contains("exclusive prune"), "{}", e.message);
+    prune.release().await;
+    // An expired lock of the older format (one per policy, no mode) is taken over.
     let dead = LockInfo {
+        mode: Mode::Exclusive,
         policy: "p".into(),
         operation: "backup".into(),
         run_id: "dead-run".into(),
@@ -185,19 +216,20 @@ async fn conformance(store: Arc<dyn Store>) {
         created_at: chrono::Utc::now() - chrono::Duration::hours(2),
         expires_at: chrono::Utc::now() - chrono::Duration::hours(1),
     };
+    let mut old = serde_json::to_value(&dead).unwrap();
+    old.as_object_mut().unwrap().remove("mode");
     store
         .put(
             "locks/p.json",
-            serde_json::to_vec(&dead).unwrap(),
+            serde_json::to_vec(&old).unwrap(),
             PutMode::CreateMutable,
         )
         .await
         .unwrap();
-    let taken = RunLock::acquire(store.clone(), "p", "backup", "run-3", ttl)
-        .await
-        .unwrap();
+    let taken = lock(Mode::Shared, "p", "backup", "run-3").await.unwrap();
+    assert_eq!(store.stat("locks/p.json").await.unwrap(), None);
     let now: LockInfo =
-        serde_json::from_slice(&store.get_opt("locks/p.json").await.unwrap().unwrap()).unwrap();
+        serde_json::from_slice(&store.get_opt("locks/run-3.json").await.unwrap().unwrap()).unwrap();
     assert_eq!(now.run_id, "run-3");
     taken.release().await;
 }

@@ -3,7 +3,7 @@ use crate::policy::Policy;
 use crate::repo::Repo;
 
 pub async fn run(policy: &Policy) -> Result<()> {
-    let store = crate::store::open(&policy.repository).await?;
+    let store = crate::store::open(&policy.repository.store_config()).await?;
     store.check().await?;
     let (config, created) = Repo::init(store.clone(), &policy.recipients).await?;
     if created {

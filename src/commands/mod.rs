@@ -1,4 +1,7 @@
-//! One file per subcommand: load the policy, call the library, print the record.
+//! One file per subcommand: arguments -> request, open the policy and repository, call the
+//! operation in [`crate::ops`], write the run record, print. Long operations run with a
+//! [`Ctx`] that draws progress on a terminal and turns SIGINT and SIGTERM into a cancellation;
+//! a second signal ends the process at once.
 
 mod backup;
 mod check;
@@ -11,22 +14,35 @@ mod verify;
 
 use crate::cli::{Cli, Command, PolicyCommand};
 use crate::error::{Error, Result};
+use crate::ops::{Cancel, Ctx, Reason, RunTimes};
 use crate::policy::Policy;
 use crate::repo::Repo;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub async fn run(cli: Cli) -> Result<()> {
     let dir = cli.policies.as_deref();
+    let long_running = matches!(
+        cli.command,
+        Command::Backup(_) | Command::Restore(_) | Command::Verify(_) | Command::Check(_)
+    );
+    let ctx = Ctx {
+        progress: Arc::new(crate::progress::Terminal),
+        ..Ctx::default()
+    };
+    if long_running {
+        cancel_on_signals(ctx.cancel.clone());
+    }
     match cli.command {
         Command::Keygen { out } => keygen::run(out.as_deref()),
         Command::Init { policy } => init::run(&load_policy(&policy, dir)?).await,
-        Command::Backup(args) => backup::run(args, dir).await,
+        Command::Backup(args) => backup::run(args, dir, &ctx).await,
         Command::Snapshots { policy, json } => {
             snapshots::run(&load_policy(&policy, dir)?, json).await
         }
-        Command::Restore(args) => restore::run(args, dir).await,
-        Command::Verify(args) => verify::run(args, dir).await,
-        Command::Check(args) => check::run(args, dir).await,
+        Command::Restore(args) => restore::run(args, dir, &ctx).await,
+        Command::Verify(args) => verify::run(args, dir, &ctx).await,
+        Command::Check(args) => check::run(args, dir, &ctx).await,
         Command::Policy {
             action: PolicyCommand::Validate { policy },
         } => policy::validate(&policy, dir),
@@ -38,8 +54,18 @@ pub fn load_policy(arg: &str, dir: Option<&Path>) -> Result<Policy> {
 }
 
 pub async fn open_repo(policy: &Policy) -> Result<Repo> {
-    let store = crate::store::open(&policy.repository).await?;
+    let store = crate::store::open(&policy.repository.store_config()).await?;
     Repo::open(store, &policy.name).await
+}
+
+/// The policy and its repository; on failure, the name to record the run under (the policy's
+/// name when it loaded, else the argument) and the error.
+pub async fn open(arg: &str, dir: Option<&Path>) -> Result<(Policy, Repo), (String, Error)> {
+    let policy = load_policy(arg, dir).map_err(|e| (arg.to_string(), e))?;
+    match open_repo(&policy).await {
+        Ok(repo) => Ok((policy, repo)),
+        Err(e) => Err((policy.name, e)),
+    }
 }
 
 pub fn opener(identity: Option<&PathBuf>) -> Result<crate::seal::Opener> {
@@ -54,27 +80,37 @@ pub fn opener(identity: Option<&PathBuf>) -> Result<crate::seal::Opener> {
 pub async fn record_run(
     repo: Option<&Repo>,
     kind: &str,
-    id: &str,
-    started_at: chrono::DateTime<chrono::Utc>,
+    times: &RunTimes,
     record: &impl serde::Serialize,
     json: bool,
 ) {
     if let Some(repo) = repo {
-        if let Err(e) = crate::repo::runs::write(
-            repo.store.as_ref(),
+        let store = repo.store.as_ref();
+        let written = crate::repo::runs::write(
+            store,
             &repo.policy,
             kind,
-            id,
-            started_at,
+            &times.run_id,
+            times.started_at,
             record,
-        )
-        .await
-        {
+        );
+        if let Err(e) = written.await {
             tracing::warn!("could not write the run record: {}", e.message);
         }
     }
     if json {
         print_json(record);
+    }
+}
+
+/// The run's error, for the exit code; logs its cause chain at debug level.
+pub fn result_of(error: Option<Error>) -> Result<()> {
+    match error {
+        None => Ok(()),
+        Some(e) => {
+            tracing::debug!("{}", e.chain());
+            Err(e)
+        }
     }
 }
 
@@ -101,18 +137,31 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
-pub async fn interrupted() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+/// The first SIGINT or SIGTERM cancels the run (it stops at its next safe point, writes its
+/// record, releases its lock and exits 130 or 143); a second one exits at once.
+fn cancel_on_signals(cancel: Cancel) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::warn!("cannot listen for signals; SIGINT and SIGTERM will end runs at once");
+        return;
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
+    tokio::spawn(async move {
+        let mut seen = false;
+        loop {
+            let (n, name) = tokio::select! {
+                _ = int.recv() => (2, "SIGINT"),
+                _ = term.recv() => (15, "SIGTERM"),
+            };
+            if seen {
+                eprintln!("backstop: {name} again: exiting at once");
+                std::process::exit(128 + n);
+            }
+            seen = true;
+            eprintln!("backstop: {name}: stopping at the next safe point (again to exit at once)");
+            cancel.cancel(Reason::Signal(n, name));
+        }
+    });
 }

@@ -102,6 +102,28 @@ pub struct Repository {
     pub connections: usize,
 }
 
+impl Repository {
+    /// The store this repository lives in, as the store module takes it.
+    pub fn store_config(&self) -> crate::store::StoreConfig {
+        use crate::store::{s3, StoreConfig};
+        match &self.location {
+            Location::Dir(path) => StoreConfig::Dir(path.clone()),
+            Location::S3 { bucket, prefix } => StoreConfig::S3(s3::S3Config {
+                bucket: bucket.clone(),
+                prefix: prefix.clone(),
+                endpoint: self.endpoint.clone(),
+                region: self.region.clone(),
+                access_key_id: self.access_key_id.clone(),
+                secret_access_key: self.secret_access_key.clone(),
+                object_lock: self.object_lock.as_ref().map(|l| (l.mode.clone(), l.days)),
+                checksums: self.checksums.clone(),
+                connections: self.connections,
+                part_size: s3::PART_SIZE,
+            }),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ObjectLock {
     pub mode: String,

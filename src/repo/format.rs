@@ -4,6 +4,8 @@ use crate::seal::ChunkerParams;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use crate::model::{Role, TableStat};
+
 pub const FORMAT: u32 = 1;
 
 /// `backstop.json`: public facts about the repository. No secrets.
@@ -121,44 +123,6 @@ pub struct DbManifest {
     /// The database's `lc_monetary` when it was dumped: how money values read as COPY text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lc_monetary: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TableStat {
-    pub schema: String,
-    pub name: String,
-    /// `r` table, `m` materialized view.
-    pub kind: String,
-    pub rows: u64,
-    /// Order-independent checksum of the rows, computed as `method` says.
-    pub checksum: String,
-    /// `copy-xxh3-128`: the wrapping sum of the XXH3-128 of each row's line in the dump's COPY
-    /// data, which `copy` reproduces; `row-hashtextextended`: the sum of
-    /// `hashtextextended(row::text, 0)` computed by SQL (materialized views, or any table when
-    /// the dump could not be read as it streamed). See `source::copytext`.
-    #[serde(default = "row_method")]
-    pub method: String,
-    /// For `copy-xxh3-128`: the `COPY ... TO STDOUT` statement that writes the same lines.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub copy: Option<String>,
-}
-
-fn row_method() -> String {
-    crate::source::copytext::METHOD_ROW.to_string()
-}
-
-impl TableStat {
-    pub fn qualified(&self) -> String {
-        format!("{}.{}", self.schema, self.name)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Role {
-    pub name: String,
-    pub can_login: bool,
-    pub bypass_rls: bool,
-    pub superuser: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -1,17 +1,36 @@
-//! Run locks: one backup, verify or prune of a policy at a time, in every store.
+//! Run locks: repository-wide, with two modes, on the stores' create-if-absent write.
 //!
-//! `locks/<policy>.json` is created with a create-if-absent write (`If-None-Match: *` on S3,
-//! link(2) on the local store), records who holds it (owner, host, pid, operation, run id) and
-//! until when. The holder refreshes the expiry every third of the time-to-live while it runs and
-//! deletes the lock at the end. A run that finds a live lock fails with exit 4 naming the
-//! holder. A lock is taken over, and the log says so, when it is past its expiry, or when it
-//! was taken on this host by a process that no longer exists (a run that died, or one that
-//! could not remove its lock because the store was unreachable at the end). The
-//! takeover (read, delete, create) has a window of milliseconds in which two runs that both
-//! found the same expired lock could both proceed; the create-if-absent write closes every
-//! other race.
+//! Every run writes its own lock object, `locks/<run id>.json`, with a create-if-absent write
+//! (`If-None-Match: *` on S3, link(2) on the local store). It names the mode, the policy, the
+//! operation, the owner, host, pid and run id, and an expiry. Then the run lists `locks/` and
+//! reads every other lock:
+//! * backup, restore, verify and check take a **shared** lock: any number of them coexist,
+//!   across policies and hosts, except that two backups of one policy exclude each other;
+//! * prune takes the **exclusive** lock: it excludes every other holder, shared or exclusive.
+//!
+//! A run that finds a conflicting live lock removes its own and fails with exit 4, naming the
+//! holder. Two runs that write at the same moment may both see each other and both give way;
+//! neither proceeds unsafely. Locks of the format before this one (`locks/<policy>.json`, no
+//! mode) count as exclusive.
+//!
+//! **Refresh.** The holder refreshes its expiry every third of the time-to-live. Before each
+//! refresh it reads its lock back: if the lock is gone, names another run, or has expired, or if
+//! no refresh has succeeded before the expiry comes near, the lock is *lost* and the run's
+//! cancellation token is cancelled with that reason. A backup then commits no snapshot and exits
+//! 1 saying the lock was lost. The read-then-write of a refresh leaves a window of one round
+//! trip in which a lock deleted by someone else is written again; the run that deleted it sees
+//! the lock reappear at its next listing.
+//!
+//! **Takeover of stale locks.** A lock counts as stale, and is deleted by the next run that
+//! lists it (the log says so), when it is past its expiry, or when it was written on this host
+//! by a process that no longer exists (a run that was killed). A lock from another host is
+//! trusted until it expires: at most the time-to-live (15 minutes) after its holder died. The
+//! remaining window: a holder that stalls (suspended, partitioned) for longer than the
+//! time-to-live can be taken over while it still runs; it notices at its next refresh and stops
+//! before committing, but a write it already had in flight can still land.
 
 use crate::error::{Error, Kind, Result};
+use crate::ops::{Cancel, Reason};
 use crate::store::{Put, PutMode, Store};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -19,9 +38,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub const TTL: Duration = Duration::from_secs(15 * 60);
+const PREFIX: &str = "locks/";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Shared,
+    /// Also what a lock without a mode (an older format) counts as.
+    #[default]
+    Exclusive,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LockInfo {
+    #[serde(default)]
+    pub mode: Mode,
     pub policy: String,
     pub operation: String,
     pub run_id: String,
@@ -35,8 +66,13 @@ pub struct LockInfo {
 impl LockInfo {
     fn describe(&self) -> String {
         format!(
-            "{} run {} by {} on {} (pid {}), started {}, lock expires {}",
+            "{} {} of policy {} (run {}) by {} on {} (pid {}), started {}, lock expires {}",
+            match self.mode {
+                Mode::Shared => "shared",
+                Mode::Exclusive => "exclusive",
+            },
             self.operation,
+            self.policy,
             self.run_id,
             self.owner,
             self.host,
@@ -45,13 +81,42 @@ impl LockInfo {
             self.expires_at.to_rfc3339()
         )
     }
+
+    /// Whether a run holding `self` keeps `other` from running.
+    fn conflicts_with(&self, other: &LockInfo) -> bool {
+        self.mode == Mode::Exclusive
+            || other.mode == Mode::Exclusive
+            || (self.operation == "backup"
+                && other.operation == "backup"
+                && self.policy == other.policy)
+    }
+
+    fn is_stale(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at <= now || (self.host == host() && !process_alive(self.pid))
+    }
 }
 
+/// What a run asks to lock.
+pub struct LockRequest<'a> {
+    pub mode: Mode,
+    pub policy: &'a str,
+    pub operation: &'a str,
+    pub run_id: &'a str,
+    pub ttl: Duration,
+}
+
+/// A held lock. Release it with [`RunLock::release`]; dropping it only stops the refresh.
 pub struct RunLock {
     store: Arc<dyn Store>,
     key: String,
     info: LockInfo,
     refresher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        self.refresher.abort();
+    }
 }
 
 fn host() -> String {
@@ -69,101 +134,239 @@ fn encode(info: &LockInfo) -> Result<Vec<u8>> {
     serde_json::to_vec_pretty(info).map_err(|e| Error::failed(format!("encoding lock: {e}")))
 }
 
+fn expiry(ttl: Duration) -> DateTime<Utc> {
+    Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::minutes(15))
+}
+
 impl RunLock {
+    /// Takes the lock, or fails with [`Kind::Locked`] naming a holder that conflicts. While
+    /// held, the lock is refreshed; `cancel` is cancelled when it is lost.
     pub async fn acquire(
         store: Arc<dyn Store>,
-        policy: &str,
-        operation: &str,
-        run_id: &str,
-        ttl: Duration,
+        req: LockRequest<'_>,
+        cancel: Cancel,
     ) -> Result<RunLock> {
-        let key = format!("locks/{policy}.json");
+        let key = format!("{PREFIX}{}.json", req.run_id);
         let now = Utc::now();
         let info = LockInfo {
-            policy: policy.to_string(),
-            operation: operation.to_string(),
-            run_id: run_id.to_string(),
+            mode: req.mode,
+            policy: req.policy.to_string(),
+            operation: req.operation.to_string(),
+            run_id: req.run_id.to_string(),
             owner: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
             host: host(),
             pid: std::process::id(),
             created_at: now,
-            expires_at: now
-                + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::minutes(15)),
+            expires_at: expiry(req.ttl),
         };
-        for _ in 0..3 {
-            if store
-                .put(&key, encode(&info)?, PutMode::CreateMutable)
-                .await?
-                == Put::Created
-            {
-                let refresher =
-                    tokio::spawn(refresh(store.clone(), key.clone(), info.clone(), ttl));
-                return Ok(RunLock {
-                    store,
-                    key,
-                    info,
-                    refresher,
-                });
-            }
-            let Some(body) = store.get_opt(&key).await? else {
-                continue;
+        if store
+            .put(&key, encode(&info)?, PutMode::CreateMutable)
+            .await?
+            == Put::Exists
+        {
+            // A retried write whose first answer was lost finds its own lock.
+            let mine = match store.get_opt(&key).await? {
+                Some(body) => serde_json::from_slice::<LockInfo>(&body)
+                    .is_ok_and(|h| h.run_id == info.run_id && h.pid == info.pid),
+                None => false,
             };
-            match serde_json::from_slice::<LockInfo>(&body) {
-                Ok(held) if held.host == info.host && !process_alive(held.pid) => {
-                    tracing::warn!("taking over the lock of a process that no longer runs: {}", held.describe())
-                }
-                Ok(held) if held.expires_at > Utc::now() => {
-                    return Err(Error::new(
-                        Kind::Locked,
-                        format!(
-                            "policy {policy} is locked by another run: {} ({} in {}). Wait for it to finish; if it died, its lock expires by itself",
-                            held.describe(),
-                            key,
-                            store.describe()
-                        ),
-                    ))
-                }
-                Ok(held) => tracing::warn!("taking over the expired lock of {}", held.describe()),
-                Err(e) => tracing::warn!("taking over unreadable lock {key} ({e})"),
+            if !mine {
+                return Err(Error::new(
+                    Kind::Locked,
+                    format!("{key} in {} is held by another run", store.describe()),
+                ));
             }
-            store.delete(&key).await?;
         }
-        Err(Error::new(
-            Kind::Locked,
-            format!("policy {policy}: could not take {key}: other runs keep taking it"),
-        ))
+        if let Err(e) = check_others(store.as_ref(), &info, &key).await {
+            let _ = store.delete(&key).await;
+            return Err(e);
+        }
+        let refresher = tokio::spawn(refresh(
+            store.clone(),
+            key.clone(),
+            info.clone(),
+            req.ttl,
+            cancel,
+        ));
+        Ok(RunLock {
+            store,
+            key,
+            info,
+            refresher,
+        })
     }
 
     /// Stops refreshing and removes the lock if it is still ours.
     pub async fn release(self) {
         self.refresher.abort();
-        match self.store.get_opt(&self.key).await {
-            Ok(Some(body)) => match serde_json::from_slice::<LockInfo>(&body) {
-                Ok(held) if held.run_id == self.info.run_id => {
-                    if let Err(e) = self.store.delete(&self.key).await {
-                        tracing::warn!("could not remove lock {}: {}", self.key, e.message);
-                    }
+        match read(self.store.as_ref(), &self.key).await {
+            Ok(Some(Ok(held))) if held.run_id == self.info.run_id => {
+                if let Err(e) = self.store.delete(&self.key).await {
+                    tracing::warn!("could not remove lock {}: {}", self.key, e.message);
                 }
-                _ => tracing::warn!("lock {} is no longer ours; leaving it", self.key),
-            },
+            }
             Ok(None) => {}
+            Ok(Some(_)) => tracing::warn!("lock {} is no longer ours; leaving it", self.key),
             Err(e) => tracing::warn!("could not read lock {}: {}", self.key, e.message),
         }
     }
 }
 
-async fn refresh(store: Arc<dyn Store>, key: String, mut info: LockInfo, ttl: Duration) {
+async fn read(
+    store: &dyn Store,
+    key: &str,
+) -> Result<Option<std::result::Result<LockInfo, serde_json::Error>>> {
+    Ok(store
+        .get_opt(key)
+        .await?
+        .map(|body| serde_json::from_slice::<LockInfo>(&body)))
+}
+
+/// Fails when a live lock other than ours conflicts with it; deletes stale ones.
+async fn check_others(store: &dyn Store, mine: &LockInfo, my_key: &str) -> Result<()> {
+    for entry in store.list(PREFIX).await? {
+        if entry.key == my_key || !entry.key.ends_with(".json") {
+            continue;
+        }
+        let held = match read(store, &entry.key).await? {
+            None => continue,
+            Some(Ok(h)) => h,
+            Some(Err(e)) => {
+                tracing::warn!("removing unreadable lock {} ({e})", entry.key);
+                store.delete(&entry.key).await?;
+                continue;
+            }
+        };
+        if held.is_stale(Utc::now()) {
+            tracing::warn!("taking over the stale lock of {}", held.describe());
+            store.delete(&entry.key).await?;
+            continue;
+        }
+        if mine.conflicts_with(&held) {
+            return Err(Error::new(
+                Kind::Locked,
+                format!(
+                    "the repository is locked by another run: {} ({} in {}). Wait for it to finish; if it died, its lock expires by itself",
+                    held.describe(),
+                    entry.key,
+                    store.describe()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn refresh(
+    store: Arc<dyn Store>,
+    key: String,
+    mut info: LockInfo,
+    ttl: Duration,
+    cancel: Cancel,
+) {
+    let mut wait = ttl / 3;
     loop {
-        tokio::time::sleep(ttl / 3).await;
-        info.expires_at =
-            Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::minutes(15));
-        match encode(&info) {
-            Ok(body) => {
-                if let Err(e) = store.put(&key, body, PutMode::Replace).await {
-                    tracing::warn!("could not refresh lock {key}: {}", e.message);
+        tokio::time::sleep(wait).await;
+        let step = match read(store.as_ref(), &key).await {
+            Ok(None) => Step::Lost("it was removed".to_string()),
+            Ok(Some(Ok(held))) if held.run_id != info.run_id => {
+                Step::Lost(format!("it was replaced by {}", held.describe()))
+            }
+            Ok(Some(Err(e))) => {
+                Step::Lost(format!("it was replaced by something unreadable ({e})"))
+            }
+            Ok(Some(Ok(held))) if held.expires_at <= Utc::now() => {
+                Step::Lost("it expired before it could be refreshed".to_string())
+            }
+            Ok(Some(Ok(_))) => {
+                let mut next = info.clone();
+                next.expires_at = expiry(ttl);
+                match encode(&next) {
+                    Ok(body) => match store.put(&key, body, PutMode::Replace).await {
+                        Ok(_) => {
+                            info = next;
+                            Step::Kept
+                        }
+                        Err(e) => Step::Unreachable(e.message),
+                    },
+                    Err(e) => Step::Unreachable(e.message),
                 }
             }
-            Err(e) => tracing::warn!("{}", e.message),
+            Err(e) => Step::Unreachable(e.message),
+        };
+        match step {
+            Step::Kept => wait = ttl / 3,
+            Step::Lost(how) => {
+                cancel.cancel(Reason::LockLost(format!(
+                    "{key} in {}: {how}",
+                    store.describe()
+                )));
+                return;
+            }
+            // Could not read or write: retry while the lock is still ours to keep.
+            Step::Unreachable(how) => {
+                let left = (info.expires_at - Utc::now()).to_std().unwrap_or_default();
+                if left <= ttl / 6 {
+                    cancel.cancel(Reason::LockLost(format!(
+                        "{key} in {} could not be refreshed before it expires: {how}",
+                        store.describe()
+                    )));
+                    return;
+                }
+                tracing::warn!("could not refresh lock {key}, retrying: {how}");
+                wait = ttl / 12;
+            }
         }
+    }
+}
+
+/// What one refresh found.
+enum Step {
+    Kept,
+    /// Gone, taken or expired: lost at once.
+    Lost(String),
+    /// The store could not be read or written.
+    Unreachable(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(mode: Mode, policy: &str, operation: &str) -> LockInfo {
+        LockInfo {
+            mode,
+            policy: policy.into(),
+            operation: operation.into(),
+            run_id: "r".into(),
+            owner: "o".into(),
+            host: "elsewhere".into(),
+            pid: 1,
+            created_at: Utc::now(),
+            expires_at: Utc::now() + chrono::Duration::minutes(5),
+        }
+    }
+
+    #[test]
+    fn modes_conflict_as_documented() {
+        use Mode::*;
+        let backup_a = info(Shared, "a", "backup");
+        assert!(!backup_a.conflicts_with(&info(Shared, "b", "backup")));
+        assert!(!backup_a.conflicts_with(&info(Shared, "a", "verify")));
+        assert!(backup_a.conflicts_with(&info(Shared, "a", "backup")));
+        assert!(backup_a.conflicts_with(&info(Exclusive, "b", "prune")));
+        assert!(info(Exclusive, "a", "prune").conflicts_with(&info(Shared, "b", "check")));
+        assert!(!info(Shared, "a", "check").conflicts_with(&info(Shared, "a", "restore")));
+    }
+
+    #[test]
+    fn an_old_lock_without_mode_counts_as_exclusive_and_expiry_makes_stale() {
+        let text = r#"{"policy":"p","operation":"backup","run_id":"x","owner":"o",
+            "host":"elsewhere","pid":1,"created_at":"2026-01-01T00:00:00Z",
+            "expires_at":"2026-01-01T00:15:00Z"}"#;
+        let old: LockInfo = serde_json::from_str(text).unwrap();
+        assert_eq!(old.mode, Mode::Exclusive);
+        assert!(old.is_stale(Utc::now()));
+        assert!(!info(Mode::Shared, "p", "check").is_stale(Utc::now()));
     }
 }

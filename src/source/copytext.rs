@@ -9,11 +9,8 @@
 
 use xxhash_rust::xxh3::{xxh3_128, Xxh3};
 
-/// Checksum over the COPY text lines of a table (this module).
-pub const METHOD_COPY: &str = "copy-xxh3-128";
-/// Checksum computed by SQL: `sum(hashtextextended(row::text, 0))` (materialized views, and
-/// tables when the archive could not be read).
-pub const METHOD_ROW: &str = "row-hashtextextended";
+pub use crate::model::METHOD_COPY;
+pub use crate::model::METHOD_ROW;
 
 /// Session settings that decide how values are written as text. pg_dump sets the first three
 /// and an empty search_path itself (which makes `regclass` and the like come out

@@ -10,7 +10,7 @@
 
 use super::pgtools::DbUrl;
 use crate::error::{Error, Result};
-use crate::repo::format::{Role, TableStat};
+use crate::model::{Role, TableStat};
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, Executor, PgConnection, Row};
@@ -127,19 +127,20 @@ impl Session {
         .fetch_one(&mut conn)
         .await
         .map_err(|e| db_error("exporting a snapshot", e))?;
-        let micros: i64 = row.get(1);
+        let at = |i: usize, name: &str| format!("the snapshot query's {name} (column {i})");
+        let micros: i64 = column(&row, 1, &at(1, "now()"))?;
         Ok(Session {
-            snapshot: row.get(0),
+            snapshot: column(&row, 0, &at(0, "pg_export_snapshot()"))?,
             consistent_at: Utc
                 .timestamp_micros(micros)
                 .single()
                 .unwrap_or_else(Utc::now),
-            server_version: row.get(2),
-            server_version_num: row.get(3),
-            database: row.get(4),
-            user: row.get(5),
-            bytea_output: row.get(6),
-            lc_monetary: row.get(7),
+            server_version: column(&row, 2, &at(2, "server_version"))?,
+            server_version_num: column(&row, 3, &at(3, "server_version_num"))?,
+            database: column(&row, 4, &at(4, "current_database()"))?,
+            user: column(&row, 5, &at(5, "current_user"))?,
+            bytea_output: column(&row, 6, &at(6, "bytea_output"))?,
+            lc_monetary: column(&row, 7, &at(7, "lc_monetary"))?,
             conn,
         })
     }
@@ -174,13 +175,15 @@ impl Session {
         let mut tables = Vec::new();
         let mut problems = Vec::new();
         for row in rows {
+            let col = |i: usize, name: &str| format!("pg_class listing, column {name} ({i})");
             let t = TableRef {
-                schema: row.get(0),
-                name: row.get(1),
-                kind: row.get(2),
-                bytes: row.get(3),
+                schema: column(&row, 0, &col(0, "nspname"))?,
+                name: column(&row, 1, &col(1, "relname"))?,
+                kind: column(&row, 2, &col(2, "relkind"))?,
+                bytes: column(&row, 3, &col(3, "pg_table_size"))?,
             };
-            let (can_select, rls_blocked): (bool, bool) = (row.get(4), row.get(5));
+            let can_select: bool = column(&row, 4, &col(4, "has_table_privilege"))?;
+            let rls_blocked: bool = column(&row, 5, &col(5, "relrowsecurity"))?;
             let q = format!("{}.{}", display_ident(&t.schema), display_ident(&t.name));
             let role = display_ident(&self.user);
             if !can_select {
@@ -237,15 +240,16 @@ impl Session {
         .fetch_all(&mut self.conn)
         .await
         .map_err(|e| db_error("listing roles", e))?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Role {
-                name: r.get(0),
-                can_login: r.get(1),
-                bypass_rls: r.get(2),
-                superuser: r.get(3),
+        rows.into_iter()
+            .map(|r| {
+                Ok(Role {
+                    name: column(&r, 0, "pg_roles.rolname")?,
+                    can_login: column(&r, 1, "pg_roles.rolcanlogin")?,
+                    bypass_rls: column(&r, 2, "pg_roles.rolbypassrls")?,
+                    superuser: column(&r, 3, "pg_roles.rolsuper")?,
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// `bucket/name` of every `storage.objects` row of these buckets, in the snapshot; `None`
@@ -254,11 +258,11 @@ impl Session {
         &mut self,
         buckets: &[String],
     ) -> Result<Option<BTreeSet<String>>> {
-        let exists: bool = sqlx::query("select to_regclass('storage.objects') is not null")
+        let exists = sqlx::query("select to_regclass('storage.objects') is not null")
             .fetch_one(&mut self.conn)
             .await
-            .map_err(|e| db_error("looking for storage.objects", e))?
-            .get(0);
+            .map_err(|e| db_error("looking for storage.objects", e))?;
+        let exists: bool = column(&exists, 0, "to_regclass('storage.objects')")?;
         if !exists {
             return Ok(None);
         }
@@ -267,9 +271,10 @@ impl Session {
             .fetch_all(&mut self.conn)
             .await
             .map_err(|e| db_error("reading storage.objects", e))?;
-        Ok(Some(
-            rows.into_iter().map(|r| r.get::<String, _>(0)).collect(),
-        ))
+        let names = rows
+            .iter()
+            .map(|r| column::<String>(r, 0, "storage.objects.name"));
+        Ok(Some(names.collect::<Result<_>>()?))
     }
 
     pub async fn finish(mut self) -> Result<()> {
@@ -305,5 +310,19 @@ pub async fn table_checksum(
         .fetch_one(conn)
         .await
         .map_err(|e| db_error(&format!("reading table {shown}"), e))?;
-    Ok((row.get::<i64, _>(0) as u64, row.get(1)))
+    let count: i64 = column(&row, 0, &format!("count(*) of table {shown}"))?;
+    Ok((
+        count as u64,
+        column(&row, 1, &format!("checksum of table {shown}"))?,
+    ))
+}
+
+/// Column `index` of a row, or an error naming `what` it is (a query's table and column) when
+/// it is NULL or of another type; never a panic.
+pub fn column<'r, T>(row: &'r sqlx::postgres::PgRow, index: usize, what: &str) -> Result<T>
+where
+    T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+{
+    row.try_get(index)
+        .map_err(|e| Error::failed(format!("reading {what}: {e}")).with_source(e))
 }

@@ -60,14 +60,18 @@ pub trait Store: Send + Sync {
     async fn delete(&self, key: &str) -> Result<()>;
 }
 
-/// Opens the store a policy's repository names.
-pub async fn open(repo: &crate::policy::Repository) -> Result<std::sync::Arc<dyn Store>> {
-    match &repo.location {
-        crate::policy::Location::Dir(path) => {
-            Ok(std::sync::Arc::new(fs::FsStore::new(path.clone())))
-        }
-        crate::policy::Location::S3 { bucket, prefix } => Ok(std::sync::Arc::new(
-            s3::S3Store::connect(s3::S3Config::from_policy(repo, bucket, prefix)).await?,
-        )),
-    }
+/// Where a store is and how to reach it. The policy converts its `[repository]` into this
+/// (`policy::Repository::store_config`); a store never reads a policy.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    Dir(std::path::PathBuf),
+    S3(s3::S3Config),
+}
+
+/// Opens the store a configuration names.
+pub async fn open(config: &StoreConfig) -> Result<std::sync::Arc<dyn Store>> {
+    Ok(match config {
+        StoreConfig::Dir(path) => std::sync::Arc::new(fs::FsStore::new(path.clone())),
+        StoreConfig::S3(c) => std::sync::Arc::new(s3::S3Store::connect(c.clone()).await?),
+    })
 }

@@ -56,23 +56,6 @@ pub struct S3Config {
     pub part_size: usize,
 }
 
-impl S3Config {
-    pub fn from_policy(repo: &crate::policy::Repository, bucket: &str, prefix: &str) -> S3Config {
-        S3Config {
-            bucket: bucket.to_string(),
-            prefix: prefix.to_string(),
-            endpoint: repo.endpoint.clone(),
-            region: repo.region.clone(),
-            access_key_id: repo.access_key_id.clone(),
-            secret_access_key: repo.secret_access_key.clone(),
-            object_lock: repo.object_lock.as_ref().map(|l| (l.mode.clone(), l.days)),
-            checksums: repo.checksums.clone(),
-            connections: repo.connections,
-            part_size: PART_SIZE,
-        }
-    }
-}
-
 /// What an S3 client needs: shared by the repository store and the S3 storage source.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {

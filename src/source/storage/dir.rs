@@ -114,6 +114,6 @@ impl StorageSource for DirSource {
         body: Reader,
     ) -> Result<()> {
         let path = self.object_path(bucket, name)?;
-        crate::documents::write_file_atomically(&path, body, true).await
+        crate::localfs::write_file_atomically(&path, body, true).await
     }
 }

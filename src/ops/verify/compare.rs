@@ -1,35 +1,29 @@
-//! Verify: prove a snapshot by restoring it into a fresh scratch database and comparing what
-//! comes back with what was dumped, and measure the restore time (the RTO reports rest on).
+//! What verify compares once the scratch database exists: pg_restore's errors judged against
+//! missing extensions, every table's row count and checksum against the backup's, the policy's
+//! queries, the restored storage.objects rows, and the storage objects' blobs. Each finding
+//! goes into [`Findings`]; an error here means the comparison itself could not run.
 //!
-//! * A uniquely named temporary database (`backstop_verify_...`) is created on the scratch
-//!   server; no other database is touched. Roles the dump needs that the server lacks are
-//!   created as NOLOGIN roles. The caller drops the database afterwards, also after a failure or
-//!   an interrupt, unless `--keep`.
-//! * The restore uses the same code path as `restore` but carries on past pg_restore errors so
-//!   that every one can be judged. `restore_s` runs from the first download to pg_restore's exit.
 //! * An extension the scratch server lacks (Supabase's pg_graphql, pgsodium, supabase_vault,
 //!   pg_net on a vanilla server) is named, with every failed command that mentions it, its
 //!   schema, or an object whose creation already failed because of it. Those are expected when
 //!   the extension is in `verify.allow_missing_extensions`; any other pg_restore error fails
 //!   verification.
-//! * Every table's row count and checksum are compared with the figures the backup computed in
-//!   its snapshot; the policy's queries are run; storage objects are checked: every referenced
-//!   blob exists with its recorded size, and for the `read_data` share (all with `all`) the
-//!   content is downloaded, decrypted and compared by size and SHA-256; the restored
-//!   storage.objects rows are compared with the snapshot's objects (differences already recorded
-//!   at backup time are reported, not failed).
+//! * Storage objects: every referenced blob exists with its recorded size, and for the
+//!   `read_data` share (all with `all`) the content is downloaded, decrypted and compared by
+//!   size and SHA-256; the restored storage.objects rows are compared with the snapshot's
+//!   objects (differences already recorded at backup time are reported, not failed).
 
 use crate::error::{Error, Result};
 use crate::expect::{evaluate, Expect};
-use crate::record::Phase;
+use crate::ops::load::{create_missing_roles, load_dump, DbTarget, LoadOptions, RestoreIssue};
+use crate::ops::{Phase, ProgressSink};
 use crate::repo::format::{Manifest, Meta};
 use crate::repo::reader::BlobReader;
 use crate::repo::Repo;
-use crate::restore::{create_missing_roles, load_dump, DbTarget, LoadOptions, RestoreIssue};
 use crate::seal::{BlobIds, Opener};
 use crate::source::copytext::{RowDigest, METHOD_COPY, METHOD_ROW, PINNED_SETTINGS};
 use crate::source::pgtools::DbUrl;
-use crate::source::postgres::{connect, display_ident, quote_ident, table_checksum};
+use crate::source::postgres::{column, connect, display_ident, table_checksum};
 use crate::util::secs;
 use futures::StreamExt;
 use serde::Serialize;
@@ -68,70 +62,42 @@ pub struct Findings {
     pub phases: Vec<Phase>,
 }
 
+/// What to compare, and where.
 pub struct Options {
-    pub scratch: Option<DbUrl>,
-    /// Name of the temporary database; the caller drops it.
-    pub scratch_database: String,
+    /// The temporary database, created and dropped by the caller.
+    pub target: Option<DbUrl>,
     pub read_share: f64,
     pub allow_missing_extensions: Vec<String>,
     pub queries: Vec<(String, Expect)>,
     pub ahead: usize,
 }
 
-/// A fresh name for the temporary database, at most 63 bytes.
-pub fn scratch_name(snapshot: &str) -> String {
-    let clean: String = snapshot
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .take(30)
-        .collect();
-    format!("backstop_verify_{clean}_{:08x}", rand::random::<u32>())
-}
-
-/// Creates (`create`) or drops the temporary database through the scratch URL's database.
-pub async fn scratch_database(scratch: &DbUrl, name: &str, create: bool) -> Result<()> {
-    let mut admin = connect(scratch).await?;
-    let sql = if create {
-        format!("CREATE DATABASE {}", quote_ident(name))
-    } else {
-        format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name))
-    };
-    let result = admin.execute(sql.as_str()).await;
-    let _ = admin.close().await;
-    result.map_err(|e| Error::failed(format!("{sql} on {}: {e}", scratch.masked())))?;
-    Ok(())
-}
-
-pub async fn run(
+/// Restores the snapshot's database into `options.target` and compares; checks its storage
+/// objects. Findings go into `found`.
+#[allow(clippy::too_many_arguments)]
+pub async fn examine(
     repo: &Repo,
     meta: &Meta,
     manifest: &Manifest,
     opener: Arc<Opener>,
     ids: BlobIds,
     options: &Options,
+    progress: &dyn ProgressSink,
     found: &mut Findings,
 ) -> Result<()> {
-    if let Some(db) = &manifest.database {
-        let scratch = options.scratch.as_ref().ok_or_else(|| {
-            Error::input("no scratch server: pass --scratch-url URL or set [verify] scratch_url in the policy")
-        })?;
-        scratch_database(scratch, &options.scratch_database, true).await?;
+    if let (Some(db), Some(url)) = (&manifest.database, &options.target) {
         let target = DbTarget {
-            url: scratch.with_database(&options.scratch_database),
+            url: url.clone(),
             force: false,
         };
         create_missing_roles(&target.url, db).await?;
         let load = LoadOptions {
             stop_on_error: false,
             ahead: options.ahead,
+            progress,
         };
-        match load_dump(repo, meta, db, opener.clone(), ids.clone(), &target, &load).await {
+        let loaded = load_dump(repo, meta, db, opener.clone(), ids.clone(), &target, &load);
+        match loaded.await {
             Err(e) => found
                 .problems
                 .push(format!("restore failed: {}", e.message)),
@@ -411,7 +377,12 @@ async fn cross_check_rows(
         .fetch_one(&mut conn)
         .await
         .map_err(|e| Error::failed(format!("verify: {e}")))?
-        .get(0);
+        .try_get(0)
+        .map_err(|e| {
+            Error::failed(format!(
+                "verify: reading to_regclass('storage.objects'): {e}"
+            ))
+        })?;
     if !exists {
         return Ok(());
     }
@@ -428,8 +399,8 @@ async fn cross_check_rows(
         .await
         .map_err(|e| Error::failed(format!("verify: reading restored storage.objects: {e}")))?
         .into_iter()
-        .map(|r| r.get(0))
-        .collect();
+        .map(|r| column::<String>(&r, 0, "storage.objects.name"))
+        .collect::<Result<_>>()?;
     let _ = conn.close().await;
     let objects: BTreeSet<String> = storage
         .objects

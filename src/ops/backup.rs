@@ -1,18 +1,21 @@
-//! A backup run: database, then storage buckets -> sealed blobs -> manifest -> meta.json.
+//! The backup operation: database, then storage buckets -> sealed blobs -> manifest ->
+//! meta.json.
 //!
-//! The run fills its record as it goes, so a failure still reports what was done and where it
-//! stopped. Nothing is committed unless every part succeeded: the snapshot appears (meta.json
-//! is written) only as the very last step.
+//! The run fills its outcome as it goes, so a failure still reports what was done and where it
+//! stopped. Nothing is committed unless every part succeeded and the run still holds its lock:
+//! the snapshot appears (meta.json is written) only as the very last step, and that step is
+//! never cut short by a cancellation (a cancellation before it means no snapshot; after it
+//! started, the commit finishes and the outcome says so).
 
+use super::{with_shared_lock, Ctx, Phase, ProgressSink, RunTimes};
 use crate::error::{Error, Result};
+use crate::model::TableStat;
 use crate::policy::Policy;
-use crate::progress::Progress;
-use crate::record::{BackupDb, BackupRecord, Phase};
+use crate::repo::format::StreamRef;
 use crate::repo::format::{
     DbManifest, Manifest, Meta, MetaDb, MetaEncryption, MetaStorage, StorageManifest, StoredObject,
     FORMAT,
 };
-use crate::repo::format::{StreamRef, TableStat};
 use crate::repo::writer::{BlobWriter, WriteStats};
 use crate::repo::Repo;
 use crate::seal::Sealer;
@@ -20,8 +23,8 @@ use crate::source::archive::{self, Scan};
 use crate::source::copytext::METHOD_COPY;
 use crate::source::pgtools::{self, DbUrl};
 use crate::source::postgres::{Session, TableRef};
-use crate::util::secs;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -34,16 +37,114 @@ pub enum Only {
     Storage,
 }
 
-pub async fn run(
+/// What to back up.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// Only the database, or only the storage buckets; both when `None`.
+    pub only: Option<Only>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BackupDb {
+    pub tables: u64,
+    pub rows: u64,
+    pub bytes_plain: u64,
+    pub bytes_stored: u64,
+    pub blobs_new: u64,
+    pub blobs_reused: u64,
+    pub server_version: String,
+    pub pg_dump_version: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BackupStorage {
+    pub objects: u64,
+    pub bytes_plain: u64,
+    pub bytes_stored: u64,
+    pub objects_new: u64,
+    pub objects_reused: u64,
+    pub mismatches: Mismatches,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Mismatches {
+    pub missing_in_bucket: Vec<String>,
+    pub missing_in_table: Vec<String>,
+}
+
+/// What a backup run did. `snapshot_id` is set iff a snapshot was committed.
+#[derive(Debug)]
+pub struct Outcome {
+    pub times: RunTimes,
+    pub policy: String,
+    pub snapshot_id: Option<String>,
+    pub consistent_at: Option<DateTime<Utc>>,
+    pub db: Option<BackupDb>,
+    pub storage: Option<BackupStorage>,
+    pub phases: Vec<Phase>,
+    pub warnings: Vec<String>,
+    pub error: Option<Error>,
+}
+
+impl Outcome {
+    fn new(policy: &str) -> Outcome {
+        Outcome {
+            times: RunTimes::start(),
+            policy: policy.to_string(),
+            snapshot_id: None,
+            consistent_at: None,
+            db: None,
+            storage: None,
+            phases: Vec::new(),
+            warnings: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// A run that could not start (the policy or the repository could not be opened).
+    pub fn not_started(policy: &str, error: Error) -> Outcome {
+        let mut out = Outcome::new(policy);
+        out.error = Some(error);
+        out.times.finish();
+        out
+    }
+
+    pub fn ok(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+/// Backs up what the policy names into the repository, under a shared lock.
+pub async fn run(policy: &Policy, repo: &Repo, req: &Request, ctx: &Ctx) -> Outcome {
+    let ctx = ctx.for_run();
+    let mut out = Outcome::new(&policy.name);
+    let run_id = out.times.run_id.clone();
+    let result = with_shared_lock(
+        repo,
+        "backup",
+        &run_id,
+        &ctx,
+        backup(policy, repo, req, &ctx, &run_id, &mut out),
+    )
+    .await;
+    out.times.finish();
+    if let Err(e) = result {
+        out.error = Some(e);
+    }
+    out
+}
+
+/// The parts, each filled into `out` as it is done; the snapshot is committed last.
+async fn backup(
     policy: &Policy,
     repo: &Repo,
-    only: Option<Only>,
-    rec: &mut BackupRecord,
+    req: &Request,
+    ctx: &Ctx,
+    snapshot_id: &str,
+    out: &mut Outcome,
 ) -> Result<()> {
-    let snapshot_id = rec
-        .snapshot_id
-        .clone()
-        .unwrap_or_else(|| crate::util::new_id(rec.started_at));
+    let only = req.only;
+    let started_at = out.times.started_at;
     let dedup_key = repo.blob_id_key(policy.repository.dedup_key.as_deref(), &policy.recipients)?;
     let sealer = Arc::new(Sealer::new(
         &policy.recipients,
@@ -71,14 +172,21 @@ pub async fn run(
         .unwrap_or_default();
     let writer =
         Arc::new(BlobWriter::new(repo, sealer.clone(), policy.repository.connections).await?);
-    let mut consistent_at = rec.started_at;
+    let mut consistent_at = started_at;
     let mut database = None;
     let mut meta_db = None;
     let mut db_names = None;
     if let Some(db) = policy.database.as_ref().filter(|_| want_db) {
         let url = DbUrl::parse(&db.url)?;
-        let (manifest, at, figures, names) =
-            dump_database(&url, &db.exclude_schemas, &buckets, &writer, rec).await?;
+        let dumped = ctx.cancel.run(dump_database(
+            &url,
+            &db.exclude_schemas,
+            &buckets,
+            &writer,
+            ctx.progress.as_ref(),
+            out,
+        ));
+        let (manifest, at, figures, names) = dumped.await?;
         db_names = names;
         consistent_at = at;
         meta_db = Some(MetaDb {
@@ -87,10 +195,10 @@ pub async fn run(
             bytes_plain: figures.bytes_plain,
             server_version: manifest.server_version.clone(),
         });
-        rec.db = Some(figures);
+        out.db = Some(figures);
         database = Some(manifest);
     }
-    rec.consistent_at = Some(consistent_at);
+    out.consistent_at = Some(consistent_at);
 
     let mut storage = None;
     let mut meta_storage = None;
@@ -99,14 +207,16 @@ pub async fn run(
         let t = Instant::now();
         let source = crate::source::storage::open(cfg).await?;
         let cache = crate::cache::load(&repo.store.describe(), &policy.name);
-        let done = crate::documents::backup(
-            source.as_ref(),
-            &buckets,
-            &writer,
-            &cache,
-            db_names.as_ref(),
-        )
-        .await?;
+        let done = ctx
+            .cancel
+            .run(super::documents::backup(
+                source.as_ref(),
+                &buckets,
+                &writer,
+                &cache,
+                db_names.as_ref(),
+            ))
+            .await?;
         let m = &done.figures.mismatches;
         if !m.missing_in_bucket.is_empty() || !m.missing_in_table.is_empty() {
             let text = format!(
@@ -121,29 +231,26 @@ pub async fn run(
                 )));
             }
             tracing::warn!("{text}");
-            rec.warnings.push(text);
+            out.warnings.push(text);
         }
         meta_storage = Some(MetaStorage {
             objects: done.figures.objects,
             bytes_plain: done.figures.bytes_plain,
         });
-        rec.storage = Some(done.figures.clone());
+        out.storage = Some(done.figures.clone());
         storage = Some(StorageManifest {
             objects: done.objects,
             missing_in_bucket: done.figures.mismatches.missing_in_bucket.clone(),
             missing_in_table: done.figures.mismatches.missing_in_table.clone(),
         });
         new_index = Some(done.index);
-        rec.phases.push(Phase {
-            name: "storage".into(),
-            duration_s: secs(t.elapsed()),
-        });
+        out.phases.push(Phase::since("storage", t));
     }
 
     let t = Instant::now();
     let manifest = Manifest {
         format: FORMAT,
-        snapshot_id: snapshot_id.clone(),
+        snapshot_id: snapshot_id.to_string(),
         policy: policy.name.clone(),
         consistent_at,
         database,
@@ -152,10 +259,10 @@ pub async fn run(
     let blobs = writer.used();
     let meta = Meta {
         format: FORMAT,
-        id: snapshot_id.clone(),
+        id: snapshot_id.to_string(),
         policy: policy.name.clone(),
         consistent_at,
-        started_at: rec.started_at,
+        started_at,
         finished_at: Utc::now(),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         db: meta_db,
@@ -172,12 +279,11 @@ pub async fn run(
         },
         blobs,
     };
+    // The last point at which a cancellation or a lost lock stops the run.
+    ctx.cancel.check()?;
     repo.commit(&manifest, &sealer, meta).await?;
-    rec.phases.push(Phase {
-        name: "commit".into(),
-        duration_s: secs(t.elapsed()),
-    });
-    rec.snapshot_id = Some(snapshot_id);
+    out.phases.push(Phase::since("commit", t));
+    out.snapshot_id = Some(snapshot_id.to_string());
     if let Some(index) = new_index {
         crate::cache::save(&repo.store.describe(), &policy.name, &index);
     }
@@ -191,7 +297,8 @@ async fn dump_database(
     exclude_schemas: &[String],
     buckets: &[String],
     writer: &Arc<BlobWriter>,
-    rec: &mut BackupRecord,
+    progress: &dyn ProgressSink,
+    out: &mut Outcome,
 ) -> Result<(
     DbManifest,
     chrono::DateTime<Utc>,
@@ -221,10 +328,7 @@ async fn dump_database(
             })
         })
     };
-    rec.phases.push(Phase {
-        name: "snapshot".into(),
-        duration_s: secs(t.elapsed()),
-    });
+    out.phases.push(Phase::since("snapshot", t));
     tracing::info!(
         "dumping {} ({} tables, PostgreSQL {}) with {} in snapshot {}",
         url.masked(),
@@ -241,6 +345,7 @@ async fn dump_database(
         exclude_schemas,
         &tables,
         writer,
+        progress,
     )
     .await;
     let roles_sql = match roles_sql
@@ -254,22 +359,19 @@ async fn dump_database(
                 e.message
             );
             tracing::warn!("{w}");
-            rec.warnings.push(w);
+            out.warnings.push(w);
             String::new()
         }
     };
     let (dump, wstats, scanned) = dumped?;
-    let stats = table_stats(&mut session, &tables, scanned, rec).await?;
+    let stats = table_stats(&mut session, &tables, scanned, &mut out.warnings).await?;
     let consistent_at = session.consistent_at;
     let server_version = session.server_version.clone();
     let server_version_num = session.server_version_num;
     let bytea_output = session.bytea_output.clone();
     let lc_monetary = session.lc_monetary.clone();
     session.finish().await?;
-    rec.phases.push(Phase {
-        name: "dump".into(),
-        duration_s: secs(t.elapsed()),
-    });
+    out.phases.push(Phase::since("dump", t));
     let figures = BackupDb {
         tables: stats.len() as u64,
         rows: stats.iter().map(|s| s.rows).sum(),
@@ -304,7 +406,7 @@ async fn table_stats(
     session: &mut Session,
     tables: &[TableRef],
     scanned: std::result::Result<Scan, String>,
-    rec: &mut BackupRecord,
+    warnings: &mut Vec<String>,
 ) -> Result<Vec<TableStat>> {
     let mut from_dump = HashMap::new();
     match scanned {
@@ -322,7 +424,7 @@ async fn table_stats(
                 "could not read the dump's table data as it streamed ({e}); table checksums are computed by a second scan"
             );
             tracing::warn!("{w}");
-            rec.warnings.push(w);
+            warnings.push(w);
         }
     }
     // The stream's figures where it has them; the rest by SQL, in the same order.
@@ -359,6 +461,7 @@ async fn run_pg_dump(
     exclude_schemas: &[String],
     tables: &[TableRef],
     writer: &Arc<BlobWriter>,
+    progress: &dyn ProgressSink,
 ) -> Result<(StreamRef, WriteStats, std::result::Result<Scan, String>)> {
     let password = url.password().unwrap_or_default();
     let mut cmd = Command::new(pg_dump);
@@ -373,14 +476,17 @@ async fn run_pg_dump(
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Error::failed(format!("cannot start {}: {e}", pg_dump.display())))?;
+    let mut child = Reap(
+        cmd.spawn()
+            .map_err(|e| Error::failed(format!("cannot start {}: {e}", pg_dump.display())))?,
+    );
     let stdout = child
+        .0
         .stdout
         .take()
         .ok_or_else(|| Error::failed("pg_dump has no stdout"))?;
     let mut stderr = child
+        .0
         .stderr
         .take()
         .ok_or_else(|| Error::failed("pg_dump has no stderr"))?;
@@ -390,7 +496,7 @@ async fn run_pg_dump(
         text
     });
     let estimate: i64 = tables.iter().map(|t| t.bytes).sum();
-    let progress = Progress::bytes(Some(estimate.max(0) as u64), "backup");
+    let progress = progress.bar("backup", Some(estimate.max(0) as u64));
     let (stdout, scan) = archive::scan_alongside(stdout);
     let on_chunk = |n: u64| progress.inc(n);
     let dumped = writer
@@ -398,9 +504,10 @@ async fn run_pg_dump(
         .await;
     progress.finish();
     if dumped.is_err() {
-        let _ = child.kill();
+        let _ = child.0.kill();
     }
     let status = child
+        .0
         .wait()
         .map_err(|e| Error::failed(format!("waiting for pg_dump: {e}")))?;
     let stderr_text = crate::util::scrub(&stderr_reader.join().unwrap_or_default(), &[&password]);
@@ -416,4 +523,16 @@ async fn run_pg_dump(
         .join()
         .unwrap_or_else(|_| Err("the scanning thread panicked".into()));
     Ok((dump, wstats, scanned))
+}
+
+/// Kills and reaps pg_dump when its run is dropped before it ended (a cancelled backup).
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }

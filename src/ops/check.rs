@@ -6,9 +6,8 @@
 //! blob's plaintext checked against its id and length. Every damaged or missing object is
 //! named with the snapshots that depend on it.
 
-use crate::error::Result;
-use crate::progress::Progress;
-use crate::record::{CheckRecord, Damaged};
+use super::{with_shared_lock, Ctx, RunTimes};
+use crate::error::{Error, Result};
 use crate::repo::blob_key;
 use crate::repo::format::{BlobRef, ChunkRef};
 use crate::repo::reader::BlobReader;
@@ -24,12 +23,77 @@ pub struct Key {
     pub dedup_key: Option<String>,
 }
 
-pub async fn run(
-    repo: &Repo,
-    key: Option<Key>,
-    read_data: bool,
-    rec: &mut CheckRecord,
-) -> Result<()> {
+pub struct Request {
+    /// With the identity, manifests and blobs are also decrypted and their plaintext proved.
+    pub key: Option<Key>,
+    /// Re-hash every stored byte.
+    pub read_data: bool,
+}
+
+/// One damaged or missing object, and the snapshots that need it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Damaged {
+    pub blob: String,
+    pub problem: String,
+    pub snapshots: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct Outcome {
+    pub times: RunTimes,
+    pub policy: String,
+    pub snapshots_checked: u64,
+    pub blobs_checked: u64,
+    pub bytes_read: u64,
+    pub read_data: bool,
+    pub decrypted: bool,
+    pub damaged: Vec<Damaged>,
+    pub error: Option<Error>,
+}
+
+impl Outcome {
+    fn new(policy: &str, read_data: bool, decrypted: bool) -> Outcome {
+        Outcome {
+            times: RunTimes::start(),
+            policy: policy.to_string(),
+            snapshots_checked: 0,
+            blobs_checked: 0,
+            bytes_read: 0,
+            read_data,
+            decrypted,
+            damaged: Vec::new(),
+            error: None,
+        }
+    }
+
+    pub fn not_started(policy: &str, read_data: bool, error: Error) -> Outcome {
+        let mut out = Outcome::new(policy, read_data, false);
+        out.error = Some(error);
+        out.times.finish();
+        out
+    }
+
+    /// Ran to its end and found nothing damaged.
+    pub fn ok(&self) -> bool {
+        self.error.is_none() && self.damaged.is_empty()
+    }
+}
+
+/// Checks the repository (every snapshot of every policy that shares it is seen through the
+/// blobs; this policy's snapshots are listed), under a shared lock.
+pub async fn run(repo: &Repo, req: &Request, ctx: &Ctx) -> Outcome {
+    let ctx = ctx.for_run();
+    let mut out = Outcome::new(&repo.policy, req.read_data, req.key.is_some());
+    let run_id = out.times.run_id.clone();
+    let work = ctx.cancel.run(check(repo, req, &ctx, &mut out));
+    let result = with_shared_lock(repo, "check", &run_id, &ctx, work).await;
+    out.times.finish();
+    out.error = result.err();
+    out
+}
+
+async fn check(repo: &Repo, req: &Request, ctx: &Ctx, rec: &mut Outcome) -> Result<()> {
+    let (key, read_data) = (&req.key, req.read_data);
     let metas = repo.snapshots().await?;
     rec.snapshots_checked = metas.len() as u64;
     let mut users: BTreeMap<String, (BlobRef, Vec<String>)> = BTreeMap::new();
@@ -78,7 +142,7 @@ pub async fn run(
             )),
             Some(_) => None,
         };
-        let problem = match (problem, &key) {
+        let problem = match (problem, key) {
             (Some(p), _) => Some(p),
             (None, Some(k)) => match repo.read_manifest(m, &k.opener).await {
                 Ok(manifest) => {
@@ -120,10 +184,10 @@ pub async fn run(
     }
     if read_data || key.is_some() {
         let total: u64 = intact.iter().map(|b| b.size).sum();
-        let progress = Progress::bytes(Some(total), "check");
+        let progress = ctx.progress.bar("check", Some(total));
         // One reader per set of recipients: blob ids are keyed with them.
         let mut readers: HashMap<Vec<String>, Arc<BlobReader>> = HashMap::new();
-        if let Some(k) = &key {
+        if let Some(k) = key {
             for b in &intact {
                 let recipients = sealed_to.get(&b.id).cloned().unwrap_or_default();
                 if readers.contains_key(&recipients) {

@@ -1,4 +1,4 @@
-//! Restoring a snapshot's database into a target server.
+//! Loading a snapshot's database into a target server: the part that restore and verify share.
 //!
 //! Order of work: make sure the target database exists (created when missing) and is empty
 //! (refused otherwise, unless `force`, which drops and recreates the target database, so the
@@ -9,17 +9,15 @@
 //! damaged blob stops the restore with the blob named; pg_restore reporting any error fails
 //! the restore with its messages. A failed restore may leave a partly loaded target: say so.
 
+use super::restore::RestoreDb;
+use super::{Phase, ProgressSink};
 use crate::error::{Error, Result};
-use crate::progress::Progress;
-use crate::record::Phase;
-use crate::record::RestoreDb;
 use crate::repo::format::{DbManifest, Meta};
 use crate::repo::reader::BlobReader;
 use crate::repo::Repo;
 use crate::seal::{BlobIds, Opener};
 use crate::source::pgtools::{self, DbUrl};
 use crate::source::postgres::{connect, connect_existing, quote_ident};
-use crate::util::secs;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, Executor, Row};
@@ -62,7 +60,11 @@ pub async fn prepare_target(target: &DbTarget) -> Result<bool> {
         return Ok(false);
     }
     if !target.force {
-        let names: Vec<String> = rows.iter().take(5).map(|r| r.get(0)).collect();
+        let names: Vec<String> = rows
+            .iter()
+            .take(5)
+            .filter_map(|r| r.try_get::<String, _>(0).ok())
+            .collect();
         return Err(Error::input(format!(
             "target database {} is not empty ({} relations, e.g. {}): restore into an empty database, or pass --force to drop and recreate it",
             url.masked(),
@@ -125,7 +127,10 @@ pub async fn create_missing_roles(url: &DbUrl, manifest: &DbManifest) -> Result<
                     url.masked()
                 ))
             })?
-            .get(0);
+            .try_get(0)
+            .map_err(|e| {
+                Error::failed(format!("reading pg_roles.rolname on {}: {e}", url.masked()))
+            })?;
         if !exists {
             conn.execute(format!("CREATE ROLE {} NOLOGIN", quote_ident(&role.name)).as_str())
                 .await
@@ -150,11 +155,12 @@ pub async fn create_missing_roles(url: &DbUrl, manifest: &DbManifest) -> Result<
 }
 
 /// How to load a dump.
-pub struct LoadOptions {
+pub struct LoadOptions<'a> {
     /// Stop at pg_restore's first error (restore); or go on and report every error (verify).
     pub stop_on_error: bool,
     /// Blobs fetched ahead.
     pub ahead: usize,
+    pub progress: &'a dyn ProgressSink,
 }
 
 /// One error pg_restore reported, with the command that failed.
@@ -242,7 +248,7 @@ pub async fn load_dump(
     opener: Arc<Opener>,
     ids: BlobIds,
     target: &DbTarget,
-    options: &LoadOptions,
+    options: &LoadOptions<'_>,
 ) -> Result<LoadOutcome> {
     let dump_major = pgtools::parse_version(&format!("x y {}", manifest.pg_dump_version))
         .map(|(m, _)| m)
@@ -274,7 +280,7 @@ pub async fn load_dump(
     let watcher = tokio::spawn(watch(stderr, start));
 
     let reader = Arc::new(BlobReader::new(repo.store.clone(), opener, ids, meta));
-    let progress = Progress::bytes(Some(manifest.dump.bytes), "restore");
+    let progress = options.progress.bar("restore", Some(manifest.dump.bytes));
     let mut chunks = reader.stream(manifest.dump.chunks.clone(), options.ahead);
     let mut hasher = Sha256::new();
     let mut written = 0u64;
@@ -350,7 +356,7 @@ pub async fn load_dump(
     let post_at = watched.post_at.unwrap_or(elapsed).max(data_at);
     let phase = |name: &str, d: Duration| Phase {
         name: name.into(),
-        duration_s: secs(d),
+        duration_s: crate::util::secs(d),
     };
     Ok(LoadOutcome {
         figures: RestoreDb {

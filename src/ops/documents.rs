@@ -13,16 +13,17 @@
 //! replaces an existing file without `force`; or uploads to the source with the recorded content
 //! type and cache control, creating the bucket if missing.
 
+use super::backup::{BackupStorage, Mismatches};
 use crate::cache::{Cached, Index};
 use crate::error::{Error, Result};
-use crate::record::{BackupStorage, Mismatches};
+use crate::localfs::write_file_atomically;
 use crate::repo::format::{Meta, StorageObject};
 use crate::repo::reader::BlobReader;
 use crate::repo::writer::BlobWriter;
 use crate::source::storage::{safe_relative, ObjectInfo, StorageSource, UploadMeta};
 use futures::{StreamExt, TryStreamExt};
 use std::collections::{BTreeSet, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::io::AsyncRead;
 
@@ -161,44 +162,6 @@ fn object_reader(
         .map_ok(bytes::Bytes::from)
         .map_err(|e| std::io::Error::other(e.message));
     tokio_util::io::StreamReader::new(Box::pin(stream))
-}
-
-/// Writes a stream to `path` atomically; an existing file is kept unless `replace`.
-pub async fn write_file_atomically(
-    path: &Path,
-    mut body: impl AsyncRead + Unpin,
-    replace: bool,
-) -> Result<()> {
-    if !replace && tokio::fs::try_exists(path).await.unwrap_or(false) {
-        return Err(Error::input(format!(
-            "{} exists; pass --force to replace it",
-            path.display()
-        )));
-    }
-    let dir = path.parent().unwrap_or(Path::new("."));
-    tokio::fs::create_dir_all(dir)
-        .await
-        .map_err(|e| Error::failed(format!("creating {}: {e}", dir.display())))?;
-    let tmp = dir.join(format!(".backstop-tmp-{:016x}", rand::random::<u64>()));
-    let result = async {
-        let mut f = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(|e| Error::failed(format!("creating {}: {e}", tmp.display())))?;
-        tokio::io::copy(&mut body, &mut f)
-            .await
-            .map_err(|e| Error::failed(format!("writing {}: {e}", path.display())))?;
-        f.sync_all()
-            .await
-            .map_err(|e| Error::failed(format!("syncing {}: {e}", path.display())))?;
-        tokio::fs::rename(&tmp, path)
-            .await
-            .map_err(|e| Error::failed(format!("renaming into {}: {e}", path.display())))
-    }
-    .await;
-    if result.is_err() {
-        let _ = tokio::fs::remove_file(&tmp).await;
-    }
-    result
 }
 
 pub enum Target<'a> {

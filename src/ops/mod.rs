@@ -1,0 +1,97 @@
+//! Operations: what backstop can do, as library calls. Each one takes the policy, the opened
+//! repository, a typed request and a [`Ctx`] (progress sink, cancellation), and returns a
+//! typed outcome that holds everything a run record, a notification or a metric needs,
+//! including the error when it failed. Nothing here prints, draws a bar or builds a record:
+//! the command line and the daemon are both callers.
+//!
+//! Every operation takes its repository lock itself (shared for backup, restore, verify and
+//! check; see [`crate::repo::lock`]) and releases it on every path, so a caller cannot forget
+//! it. A lost lock or a cancelled token stops the run at its next await point, before anything
+//! is committed.
+
+pub mod backup;
+pub mod check;
+mod context;
+pub mod documents;
+pub mod load;
+pub mod restore;
+pub mod verify;
+
+pub use context::{Bar, Cancel, Ctx, NoProgress, ProgressSink, Reason};
+
+use crate::error::Result;
+use crate::repo::lock::{LockRequest, Mode, RunLock};
+use crate::repo::Repo;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::time::Instant;
+
+/// A named part of a run and how long it took.
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    pub name: String,
+    pub duration_s: f64,
+}
+
+impl Phase {
+    pub fn since(name: &str, start: Instant) -> Phase {
+        Phase {
+            name: name.into(),
+            duration_s: crate::util::secs(start.elapsed()),
+        }
+    }
+}
+
+/// When a run started and ended; every outcome has one.
+#[derive(Debug, Clone)]
+pub struct RunTimes {
+    pub run_id: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub duration_s: f64,
+    clock: Instant,
+}
+
+impl RunTimes {
+    pub fn start() -> RunTimes {
+        let started_at = Utc::now();
+        RunTimes {
+            run_id: crate::util::new_id(started_at),
+            started_at,
+            finished_at: started_at,
+            duration_s: 0.0,
+            clock: Instant::now(),
+        }
+    }
+
+    pub fn finish(&mut self) {
+        self.finished_at = Utc::now();
+        self.duration_s = crate::util::secs(self.clock.elapsed());
+    }
+}
+
+/// Runs `work` under a shared lock of the repository, with `ctx`'s token cancelled (for this
+/// run only) when the lock is lost. The lock is released on every path.
+pub(crate) async fn with_shared_lock<T>(
+    repo: &Repo,
+    operation: &str,
+    run_id: &str,
+    ctx: &Ctx,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let lock = RunLock::acquire(
+        repo.store.clone(),
+        LockRequest {
+            mode: Mode::Shared,
+            policy: &repo.policy,
+            operation,
+            run_id,
+            ttl: ctx.lock_ttl,
+        },
+        ctx.cancel.clone(),
+    )
+    .await?;
+    let result = work.await;
+    lock.release().await;
+    result
+}

@@ -1,0 +1,233 @@
+//! The restore operation: a snapshot's database into a target server, its storage objects into
+//! a directory or back to the source, under a shared repository lock.
+//!
+//! The target database is created when missing and must be empty unless `force` (see
+//! [`super::load::prepare_target`]). A restore that fails or is cancelled after loading began
+//! says that the target may hold a partial restore and how to finish: run it again with
+//! `--force`.
+
+use super::documents;
+use super::load::{create_missing_roles, load_dump, prepare_target, DbTarget, LoadOptions};
+use super::{with_shared_lock, Ctx, Phase, RunTimes};
+use crate::error::{Error, Kind, Result};
+use crate::policy::Policy;
+use crate::repo::reader::BlobReader;
+use crate::repo::{Repo, Selector};
+use crate::seal::{BlobIds, Opener};
+use crate::source::pgtools::DbUrl;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Where storage objects go.
+#[derive(Debug, Clone)]
+pub enum StorageTo {
+    /// `DIR/<bucket>/<name>`.
+    Dir(PathBuf),
+    /// Back to the policy's storage source.
+    Source,
+}
+
+pub struct Request {
+    pub selector: Selector,
+    pub opener: Arc<Opener>,
+    /// The database to restore into; `None` restores no database.
+    pub db_url: Option<DbUrl>,
+    /// Where storage objects go; `None` restores none.
+    pub storage: Option<StorageTo>,
+    /// Replace a non-empty target database, and existing files.
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RestoreDb {
+    pub tables: u64,
+    pub rows: u64,
+    pub bytes: u64,
+    pub database_created: bool,
+    pub roles_created: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RestoreStorage {
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug)]
+pub struct Outcome {
+    pub times: RunTimes,
+    pub policy: String,
+    pub snapshot_id: Option<String>,
+    /// The target database's URL, password masked.
+    pub target: Option<String>,
+    pub db: Option<RestoreDb>,
+    pub storage: Option<RestoreStorage>,
+    pub phases: Vec<Phase>,
+    /// What the operator should know (parts of the snapshot that were not restored).
+    pub notes: Vec<String>,
+    pub error: Option<Error>,
+    /// Loading into the target database began and has not finished.
+    loading: bool,
+}
+
+impl Outcome {
+    fn new(policy: &str) -> Outcome {
+        Outcome {
+            times: RunTimes::start(),
+            policy: policy.to_string(),
+            snapshot_id: None,
+            target: None,
+            db: None,
+            storage: None,
+            phases: Vec::new(),
+            notes: Vec::new(),
+            error: None,
+            loading: false,
+        }
+    }
+
+    pub fn not_started(policy: &str, error: Error) -> Outcome {
+        let mut out = Outcome::new(policy);
+        out.error = Some(error);
+        out.times.finish();
+        out
+    }
+}
+
+pub async fn run(policy: &Policy, repo: &Repo, req: &Request, ctx: &Ctx) -> Outcome {
+    let ctx = ctx.for_run();
+    let mut out = Outcome::new(&policy.name);
+    let run_id = out.times.run_id.clone();
+    let work = ctx.cancel.run(restore(policy, repo, req, &ctx, &mut out));
+    let result = with_shared_lock(repo, "restore", &run_id, &ctx, work).await;
+    out.times.finish();
+    if let Err(mut e) = result {
+        let stopped = matches!(
+            e.kind,
+            Kind::Interrupted(_) | Kind::Cancelled | Kind::LockLost
+        );
+        if let (Some(target), true) = (&out.target, out.loading && stopped) {
+            e = e.context(format!(
+                "restore into {target} did not finish; the target may hold a partial restore: run the restore again with --force to replace it"
+            ));
+        }
+        out.error = Some(e);
+    }
+    out
+}
+
+async fn restore(
+    policy: &Policy,
+    repo: &Repo,
+    req: &Request,
+    ctx: &Ctx,
+    out: &mut Outcome,
+) -> Result<()> {
+    let meta = repo.find(&req.selector).await?;
+    out.snapshot_id = Some(meta.id.clone());
+    let t = Instant::now();
+    let manifest = repo.read_manifest(&meta, &req.opener).await?;
+    out.phases.push(Phase::since("manifest", t));
+    let ids = BlobIds::new(&repo.blob_id_key(
+        policy.repository.dedup_key.as_deref(),
+        &meta.encryption.recipients,
+    )?);
+    let ahead = policy.repository.connections;
+
+    if let Some(url) = &req.db_url {
+        let db = manifest.database.as_ref().ok_or_else(|| {
+            Error::input(format!(
+                "snapshot {} holds no database (restore it with --only storage)",
+                meta.id
+            ))
+        })?;
+        tracing::info!(
+            "restoring the database of snapshot {} (consistent at {}) into {}",
+            meta.id,
+            meta.consistent_at.to_rfc3339(),
+            url.masked()
+        );
+        let target = DbTarget {
+            url: url.clone(),
+            force: req.force,
+        };
+        let t = Instant::now();
+        out.target = Some(url.masked());
+        let created = prepare_target(&target).await?;
+        out.loading = true;
+        let roles = create_missing_roles(&target.url, db).await?;
+        out.phases.push(Phase::since("prepare", t));
+        let t = Instant::now();
+        let options = LoadOptions {
+            stop_on_error: true,
+            ahead,
+            progress: ctx.progress.as_ref(),
+        };
+        let opener = req.opener.clone();
+        let loaded = load_dump(repo, &meta, db, opener, ids.clone(), &target, &options).await?;
+        out.phases.push(Phase::since("load", t));
+        out.phases.extend(loaded.phases);
+        let mut figures = loaded.figures;
+        figures.database_created = created;
+        figures.roles_created = roles;
+        out.db = Some(figures);
+        out.loading = false;
+    } else if manifest.storage.is_some() && req.storage.is_none() {
+        out.notes.push(
+            "the snapshot's storage objects were not restored: pass --storage-dir DIR or --storage-to-source"
+                .into(),
+        );
+    }
+
+    if let Some(to) = &req.storage {
+        let objects = &manifest
+            .storage
+            .as_ref()
+            .ok_or_else(|| Error::input(format!("snapshot {} holds no storage objects", meta.id)))?
+            .objects;
+        let t = Instant::now();
+        let reader = Arc::new(BlobReader::new(
+            repo.store.clone(),
+            req.opener.clone(),
+            ids.clone(),
+            &meta,
+        ));
+        let source;
+        let destination = match to {
+            StorageTo::Dir(dir) => {
+                tracing::info!(
+                    "restoring {} storage objects of snapshot {} into {}",
+                    objects.len(),
+                    meta.id,
+                    dir.display()
+                );
+                documents::Target::Dir {
+                    root: dir.clone(),
+                    force: req.force,
+                }
+            }
+            StorageTo::Source => {
+                let cfg = policy.storage.as_ref().ok_or_else(|| {
+                    Error::input(format!(
+                        "--storage-to-source: policy {} has no [storage] source",
+                        policy.name
+                    ))
+                })?;
+                source = crate::source::storage::open(cfg).await?;
+                tracing::info!(
+                    "restoring {} storage objects of snapshot {} to {}",
+                    objects.len(),
+                    meta.id,
+                    source.describe()
+                );
+                documents::Target::Source(source.as_ref())
+            }
+        };
+        let (n, bytes) = documents::restore(&reader, &meta, objects, destination, ahead).await?;
+        out.storage = Some(RestoreStorage { objects: n, bytes });
+        out.phases.push(Phase::since("storage", t));
+    }
+    Ok(())
+}

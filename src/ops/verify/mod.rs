@@ -1,0 +1,254 @@
+//! The verify operation: prove a snapshot by restoring it into a fresh scratch database and
+//! comparing what comes back with what was dumped, and measure the restore time that RTO
+//! verdicts rest on.
+//!
+//! * The operation owns the whole lifecycle: it takes a shared repository lock, creates a
+//!   uniquely named temporary database (`backstop_verify_...`) on the scratch server (no other
+//!   database is touched), and drops it on every path, success, failure, cancellation or a
+//!   lost lock, unless `keep` is asked for. Should the operation's future itself be dropped
+//!   mid-way, the guard's `Drop` still schedules the drop on the runtime.
+//! * The restore uses the same code path as `restore` but carries on past pg_restore errors so
+//!   that every one can be judged ([`compare`]). `restore_s` runs from the first download to
+//!   pg_restore's exit; [`crate::objectives::rto_met`] judges it against the policy's RTO.
+
+pub mod compare;
+
+pub use compare::{Findings, QueryCheck, TableCheck};
+
+use super::{with_shared_lock, Ctx, RunTimes};
+use crate::error::{Error, Kind, Result};
+use crate::expect::Expect;
+use crate::policy::Policy;
+use crate::repo::{Repo, Selector};
+use crate::seal::{BlobIds, Opener};
+use crate::source::pgtools::DbUrl;
+use crate::source::postgres::{connect, quote_ident};
+use sqlx::{Connection, Executor};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct Request {
+    pub selector: Selector,
+    pub opener: Arc<Opener>,
+    /// A server where the temporary database may be created.
+    pub scratch: Option<DbUrl>,
+    /// Share of storage objects whose content is read back, 0.0 to 1.0.
+    pub read_share: f64,
+    pub queries: Vec<(String, Expect)>,
+    /// Keep the temporary database afterwards (for a look at it).
+    pub keep: bool,
+}
+
+#[derive(Debug)]
+pub struct Outcome {
+    pub times: RunTimes,
+    pub policy: String,
+    pub snapshot_id: Option<String>,
+    /// The policy's RTO, in seconds.
+    pub rto_s: f64,
+    /// `None` when no restore was measured.
+    pub rto_met: Option<bool>,
+    pub findings: Findings,
+    /// The temporary database's name, when one was created.
+    pub scratch_database: Option<String>,
+    pub kept: bool,
+    /// An error that kept the verification from running to its end.
+    pub error: Option<Error>,
+}
+
+impl Outcome {
+    fn new(policy: &str, rto_s: f64, kept: bool) -> Outcome {
+        Outcome {
+            times: RunTimes::start(),
+            policy: policy.to_string(),
+            snapshot_id: None,
+            rto_s,
+            rto_met: None,
+            findings: Findings::default(),
+            scratch_database: None,
+            kept,
+            error: None,
+        }
+    }
+
+    pub fn not_started(policy: &str, error: Error) -> Outcome {
+        let mut out = Outcome::new(policy, 0.0, false);
+        out.error = Some(error);
+        out.times.finish();
+        out
+    }
+
+    /// Verified: ran to its end and found no problem.
+    pub fn ok(&self) -> bool {
+        self.error.is_none() && self.findings.problems.is_empty()
+    }
+}
+
+pub async fn run(policy: &Policy, repo: &Repo, req: &Request, ctx: &Ctx) -> Outcome {
+    let ctx = ctx.for_run();
+    let rto = policy.objectives.rto;
+    let mut out = Outcome::new(&policy.name, rto.as_secs_f64(), req.keep);
+    let run_id = out.times.run_id.clone();
+    let work = verify(policy, repo, req, &ctx, &mut out);
+    let result = with_shared_lock(repo, "verify", &run_id, &ctx, work).await;
+    out.rto_met = crate::objectives::rto_met(out.findings.restore_s, rto);
+    if out.rto_met == Some(false) {
+        out.findings.problems.push(format!(
+            "the restore took {:.1}s, over the RTO of {:.0}s",
+            out.findings.restore_s.unwrap_or(0.0),
+            out.rto_s
+        ));
+    }
+    out.times.finish();
+    out.error = result.err();
+    out
+}
+
+async fn verify(
+    policy: &Policy,
+    repo: &Repo,
+    req: &Request,
+    ctx: &Ctx,
+    out: &mut Outcome,
+) -> Result<()> {
+    let meta = repo.find(&req.selector).await?;
+    out.snapshot_id = Some(meta.id.clone());
+    let t = Instant::now();
+    let manifest = match repo.read_manifest(&meta, &req.opener).await {
+        Ok(m) => m,
+        Err(e) if e.kind == Kind::WrongKey => return Err(e),
+        Err(e) => {
+            out.findings.problems.push(e.message);
+            return Ok(());
+        }
+    };
+    out.findings.phases.push(super::Phase::since("manifest", t));
+    let ids = BlobIds::new(&repo.blob_id_key(
+        policy.repository.dedup_key.as_deref(),
+        &meta.encryption.recipients,
+    )?);
+    let scratch = match (&manifest.database, &req.scratch) {
+        (None, _) => None,
+        (Some(_), None) => return Err(Error::input(
+            "no scratch server: pass --scratch-url URL or set [verify] scratch_url in the policy",
+        )),
+        (Some(_), Some(url)) => Some(Scratch::create(url, &meta.id).await?),
+    };
+    out.scratch_database = scratch.as_ref().map(|s| s.name.clone());
+    let options = compare::Options {
+        target: scratch.as_ref().map(|s| s.url()),
+        read_share: req.read_share,
+        allow_missing_extensions: policy.verify.allow_missing_extensions.clone(),
+        queries: req.queries.clone(),
+        ahead: policy.repository.connections,
+    };
+    tracing::info!("verifying snapshot {} of policy {}", meta.id, policy.name);
+    let examined = ctx.cancel.run(compare::examine(
+        repo,
+        &meta,
+        &manifest,
+        req.opener.clone(),
+        ids,
+        &options,
+        ctx.progress.as_ref(),
+        &mut out.findings,
+    ));
+    let result = examined.await;
+    if let Some(scratch) = scratch {
+        if req.keep {
+            scratch.keep();
+        } else if let Err(e) = scratch.drop_now().await {
+            out.findings.problems.push(e.message);
+        }
+    }
+    result
+}
+
+/// A fresh name for the temporary database, at most 63 bytes.
+pub fn scratch_name(snapshot: &str) -> String {
+    let clean: String = snapshot
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(30)
+        .collect();
+    format!("backstop_verify_{clean}_{:08x}", rand::random::<u32>())
+}
+
+/// The temporary database: dropped by [`Scratch::drop_now`], kept by [`Scratch::keep`], and
+/// dropped in the background if the guard goes away without either (a dropped future).
+struct Scratch {
+    server: DbUrl,
+    name: String,
+    armed: bool,
+}
+
+impl Scratch {
+    async fn create(server: &DbUrl, snapshot: &str) -> Result<Scratch> {
+        let name = scratch_name(snapshot);
+        admin(server, &format!("CREATE DATABASE {}", quote_ident(&name))).await?;
+        Ok(Scratch {
+            server: server.clone(),
+            name,
+            armed: true,
+        })
+    }
+
+    fn url(&self) -> DbUrl {
+        self.server.with_database(&self.name)
+    }
+
+    fn keep(mut self) {
+        self.armed = false;
+        tracing::info!(
+            "kept the temporary database {} on {}",
+            self.name,
+            self.server.masked()
+        );
+    }
+
+    async fn drop_now(mut self) -> Result<()> {
+        self.armed = false;
+        drop_database(&self.server, &self.name).await
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (server, name) = (self.server.clone(), self.name.clone());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = drop_database(&server, &name).await {
+                    tracing::warn!("{}", e.message);
+                }
+            });
+        }
+    }
+}
+
+async fn drop_database(server: &DbUrl, name: &str) -> Result<()> {
+    let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name));
+    admin(server, &sql).await.map_err(|e| {
+        e.context(format!(
+            "the temporary database {name} could not be dropped"
+        ))
+    })
+}
+
+/// Runs one statement through the scratch URL's own database.
+async fn admin(server: &DbUrl, sql: &str) -> Result<()> {
+    let mut conn = connect(server).await?;
+    let result = conn.execute(sql).await;
+    let _ = conn.close().await;
+    result
+        .map(|_| ())
+        .map_err(|e| Error::failed(format!("{sql} on {}: {e}", server.masked())).with_source(e))
+}
