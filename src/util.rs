@@ -101,6 +101,25 @@ pub fn mask_url(text: &str) -> String {
     }
 }
 
+/// Everything but RFC 3986's unreserved characters gets percent-encoded.
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Percent-encodes one URL path segment (a database name, one segment of an object path).
+pub fn percent_encode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, UNRESERVED).to_string()
+}
+
+/// Decodes `%XX` escapes; invalid UTF-8 comes out replaced.
+pub fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
 /// Removes every occurrence of each secret from a text (e.g. a child's stderr).
 pub fn scrub(text: &str, secrets: &[&str]) -> String {
     let mut out = text.to_string();

@@ -181,7 +181,7 @@ async fn conformance(store: Arc<dyn Store>) {
         .expect("a second backup of the policy must fail");
     assert_eq!(e.kind, Kind::Locked);
     assert!(
-        e.message.contains("backup of policy p (run run-1)") && e.message.contains("pid"),
+        e.message.contains("backup run run-1 of policy p") && e.message.contains("pid"),
         "{}",
         e.message
     );
@@ -202,8 +202,22 @@ async fn conformance(store: Arc<dyn Store>) {
         .await
         .err()
         .expect("the exclusive holder excludes everyone");
-    assert!(e.message.contains("exclusive prune"), "{}", e.message);
+    assert!(e.message.contains("prune run run-7"), "{}", e.message);
     prune.release().await;
+    // Two backups of one policy that start at the same moment: exactly one gets the lock.
+    let (a, b) = tokio::join!(
+        lock(Mode::Shared, "p", "backup", "run-a"),
+        lock(Mode::Shared, "p", "backup", "run-b")
+    );
+    assert!(
+        a.is_ok() != b.is_ok(),
+        "exactly one of two racing backups proceeds"
+    );
+    let loser = a.as_ref().err().or(b.as_ref().err()).unwrap();
+    assert_eq!(loser.kind, Kind::Locked);
+    for l in [a, b].into_iter().flatten() {
+        l.release().await;
+    }
     // An expired lock of the older format (one per policy, no mode) is taken over.
     let dead = LockInfo {
         mode: Mode::Exclusive,

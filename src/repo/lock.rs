@@ -9,9 +9,11 @@
 //! * prune takes the **exclusive** lock: it excludes every other holder, shared or exclusive.
 //!
 //! A run that finds a conflicting live lock removes its own and fails with exit 4, naming the
-//! holder. Two runs that write at the same moment may both see each other and both give way;
-//! neither proceeds unsafely. Locks of the format before this one (`locks/<policy>.json`, no
-//! mode) count as exclusive.
+//! holder. Two runs that write at the same moment and see each other agree on which lock is
+//! older: the newer gives way at once, the older waits a moment for it to do so and looks
+//! again (see `check_others`), so exactly one of two concurrent backups of a policy proceeds
+//! and never both. Locks of the format before this one (`locks/<policy>.json`, no mode)
+//! count as exclusive.
 //!
 //! **Refresh.** The holder refreshes its expiry every third of the time-to-live. Before each
 //! refresh it reads its lock back: if the lock is gone, names another run, or has expired, or if
@@ -66,20 +68,25 @@ pub struct LockInfo {
 impl LockInfo {
     fn describe(&self) -> String {
         format!(
-            "{} {} of policy {} (run {}) by {} on {} (pid {}), started {}, lock expires {}",
+            "{} run {} of policy {} ({} lock) by {} on {} (pid {}), started {}, lock expires {}",
+            self.operation,
+            self.run_id,
+            self.policy,
             match self.mode {
                 Mode::Shared => "shared",
                 Mode::Exclusive => "exclusive",
             },
-            self.operation,
-            self.policy,
-            self.run_id,
             self.owner,
             self.host,
             self.pid,
             self.created_at.to_rfc3339(),
             self.expires_at.to_rfc3339()
         )
+    }
+
+    /// The order in which two runs that see each other decide who gives way: the older.
+    fn older_than(&self, other: &LockInfo) -> bool {
+        (self.created_at, &self.run_id) < (other.created_at, &other.run_id)
     }
 
     /// Whether a run holding `self` keeps `other` from running.
@@ -222,8 +229,45 @@ async fn read(
         .map(|body| serde_json::from_slice::<LockInfo>(&body)))
 }
 
-/// Fails when a live lock other than ours conflicts with it; deletes stale ones.
+/// How long a run that found only *newer* conflicting locks waits for their runs to see its
+/// own lock and give way, before it looks again.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// Fails when a live lock other than ours conflicts with it. Runs that see each other agree
+/// on the order of their locks (created_at, then run id, as written): a run gives way at once
+/// to an older conflicting lock; one that sees only newer ones waits [`SETTLE`] for them to
+/// give way and looks again, and gives way itself if any is still there (that run may have
+/// looked before our lock existed). Either way at most one of two conflicting runs proceeds.
 async fn check_others(store: &dyn Store, mine: &LockInfo, my_key: &str) -> Result<()> {
+    let newer = match conflicting(store, mine, my_key).await? {
+        Some(held) if held.older_than(mine) => return Err(locked(store, mine, &held)),
+        Some(held) => held,
+        None => return Ok(()),
+    };
+    tracing::info!("waiting for a newer run to give way: {}", newer.describe());
+    tokio::time::sleep(SETTLE).await;
+    match conflicting(store, mine, my_key).await? {
+        Some(held) => Err(locked(store, mine, &held)),
+        None => Ok(()),
+    }
+}
+
+fn locked(store: &dyn Store, mine: &LockInfo, held: &LockInfo) -> Error {
+    Error::new(
+        Kind::Locked,
+        format!(
+            "policy {} is locked by another run: {} (locks/{}.json in {}). Wait for it to finish; if it died, its lock expires by itself",
+            mine.policy,
+            held.describe(),
+            held.run_id,
+            store.describe()
+        ),
+    )
+}
+
+/// The oldest live lock that conflicts with ours; stale and unreadable locks are deleted.
+async fn conflicting(store: &dyn Store, mine: &LockInfo, my_key: &str) -> Result<Option<LockInfo>> {
+    let mut oldest: Option<LockInfo> = None;
     for entry in store.list(PREFIX).await? {
         if entry.key == my_key || !entry.key.ends_with(".json") {
             continue;
@@ -242,19 +286,11 @@ async fn check_others(store: &dyn Store, mine: &LockInfo, my_key: &str) -> Resul
             store.delete(&entry.key).await?;
             continue;
         }
-        if mine.conflicts_with(&held) {
-            return Err(Error::new(
-                Kind::Locked,
-                format!(
-                    "the repository is locked by another run: {} ({} in {}). Wait for it to finish; if it died, its lock expires by itself",
-                    held.describe(),
-                    entry.key,
-                    store.describe()
-                ),
-            ));
+        if mine.conflicts_with(&held) && oldest.as_ref().is_none_or(|o| held.older_than(o)) {
+            oldest = Some(held);
         }
     }
-    Ok(())
+    Ok(oldest)
 }
 
 async fn refresh(

@@ -112,14 +112,14 @@ impl DbUrl {
     }
 
     pub fn password(&self) -> Option<String> {
-        self.url.password().map(percent_decode)
+        self.url.password().map(crate::util::percent_decode)
     }
 
     /// The database name (the URL's path), or the user name as libpq defaults it.
     pub fn database(&self) -> String {
-        let path = percent_decode(self.url.path().trim_start_matches('/'));
+        let path = crate::util::percent_decode(self.url.path().trim_start_matches('/'));
         if path.is_empty() {
-            percent_decode(self.url.username())
+            crate::util::percent_decode(self.url.username())
         } else {
             path
         }
@@ -127,7 +127,7 @@ impl DbUrl {
 
     pub fn with_database(&self, db: &str) -> DbUrl {
         let mut url = self.url.clone();
-        url.set_path(&format!("/{}", utf8_percent_encode(db)));
+        url.set_path(&format!("/{}", crate::util::percent_encode(db)));
         DbUrl { url }
     }
 
@@ -151,36 +151,6 @@ impl DbUrl {
             cmd.env("PGCONNECT_TIMEOUT", "30");
         }
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-            if let Ok(b) = u8::from_str_radix(hex, 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn utf8_percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Runs a child to completion, capturing stdout; fails with its stderr (secrets scrubbed).

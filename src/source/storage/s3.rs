@@ -5,7 +5,7 @@
 use super::{Download, ObjectInfo, Reader, StorageSource, UploadMeta};
 use crate::error::{Error, Kind, Result};
 use crate::policy::StorageSource as Config;
-use crate::store::s3::{client, ClientConfig, PART_SIZE};
+use crate::s3client::{client, ClientConfig, PART_SIZE};
 use async_trait::async_trait;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;

@@ -63,16 +63,7 @@ struct Metadata {
 /// Percent-encodes each `/`-separated segment of an object path.
 pub fn encode_path(name: &str) -> String {
     name.split('/')
-        .map(|seg| {
-            seg.bytes()
-                .map(|b| match b {
-                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                        (b as char).to_string()
-                    }
-                    _ => format!("%{b:02X}"),
-                })
-                .collect::<String>()
-        })
+        .map(crate::util::percent_encode)
         .collect::<Vec<_>>()
         .join("/")
 }
