@@ -1,4 +1,9 @@
-//! Small pure helpers: durations, time parsing, URL masking, identifiers.
+//! Small pure helpers: durations, time parsing, URL masking, percent-encoding, identifiers.
+//!
+//! Durations are parsed here rather than with `humantime`: a policy's dialect is `s m h d w`
+//! and sums of them (`1h30m`); humantime also takes months and years of an assumed length and
+//! free spacing, which a policy should refuse rather than guess at. Percent-encoding uses the
+//! `percent-encoding` crate.
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use std::time::Duration;
