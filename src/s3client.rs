@@ -4,11 +4,17 @@
 //! S3-compatible endpoints that reject the SDK's default CRC headers.
 
 use crate::error::{Error, Result};
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
+use aws_sdk_s3::error::SdkError;
+use aws_sdk_s3::operation::upload_part::UploadPartError;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Objects above this size are uploaded in parts of this size (S3's minimum part is 5 MiB).
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
@@ -85,4 +91,134 @@ pub async fn client(config: &ClientConfig) -> Result<(Client, bool)> {
         .request_checksum_calculation(calculation)
         .response_checksum_validation(validation);
     Ok((Client::from_conf(builder.build()), send_sha256))
+}
+
+/// An open multipart upload, the one part loop that the repository's S3 store and the S3
+/// storage source share. Parts go up one at a time from a stream, so at most one part is in
+/// memory. Dropped before [`Multipart::done`] or [`Multipart::abort`] (a failed or cancelled
+/// run), it aborts itself in the background, so no stray parts are left behind.
+pub struct Multipart {
+    client: Client,
+    bucket: String,
+    key: String,
+    upload_id: Option<String>,
+    sha256: bool,
+    parts: Vec<CompletedPart>,
+}
+
+type PartError = SdkError<UploadPartError, HttpResponse>;
+
+impl Multipart {
+    /// Takes charge of the upload `upload_id` of `bucket/key`; `sha256` sends part checksums.
+    pub fn new(client: &Client, bucket: &str, key: &str, upload_id: &str, sha256: bool) -> Self {
+        Multipart {
+            client: client.clone(),
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            upload_id: Some(upload_id.to_string()),
+            sha256,
+            parts: Vec::new(),
+        }
+    }
+
+    pub fn upload_id(&self) -> &str {
+        self.upload_id.as_deref().unwrap_or_default()
+    }
+
+    /// Uploads `first` (bytes already read) and then the rest of `body`, in parts of
+    /// `part_size`. `on_error` turns a failed part into the caller's error.
+    pub async fn send_parts<R: AsyncRead + Unpin>(
+        &mut self,
+        first: Vec<u8>,
+        body: &mut R,
+        part_size: usize,
+        on_error: impl Fn(PartError) -> Error,
+    ) -> Result<()> {
+        let mut buf = first;
+        loop {
+            if buf.len() < part_size {
+                (&mut *body)
+                    .take((part_size - buf.len()) as u64)
+                    .read_to_end(&mut buf)
+                    .await
+                    .map_err(|e| {
+                        Error::failed(format!(
+                            "reading the data for {}/{}: {e}",
+                            self.bucket, self.key
+                        ))
+                    })?;
+            }
+            if buf.is_empty() {
+                return Ok(());
+            }
+            let rest = buf.split_off(buf.len().min(part_size));
+            let number = self.parts.len() as i32 + 1;
+            let mut req = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(&self.key)
+                .upload_id(self.upload_id())
+                .part_number(number)
+                .body(ByteStream::from(buf));
+            if self.sha256 {
+                req = req.checksum_algorithm(ChecksumAlgorithm::Sha256);
+            }
+            let out = req.send().await.map_err(&on_error)?;
+            self.parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(out.e_tag().map(str::to_string))
+                    .set_checksum_sha256(out.checksum_sha256().map(str::to_string))
+                    .build(),
+            );
+            buf = rest;
+        }
+    }
+
+    /// The parts sent so far, for CompleteMultipartUpload.
+    pub fn completed(&self) -> CompletedMultipartUpload {
+        CompletedMultipartUpload::builder()
+            .set_parts(Some(self.parts.clone()))
+            .build()
+    }
+
+    /// The upload was completed: nothing left to abort.
+    pub fn done(mut self) {
+        self.upload_id = None;
+    }
+
+    /// Aborts the upload now (its parts are deleted).
+    pub async fn abort(mut self) {
+        if let Some(id) = self.upload_id.take() {
+            let _ = self.abort_request(id).send().await;
+        }
+    }
+
+    fn abort_request(
+        &self,
+        id: String,
+    ) -> aws_sdk_s3::operation::abort_multipart_upload::builders::AbortMultipartUploadFluentBuilder
+    {
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(id)
+    }
+}
+
+impl Drop for Multipart {
+    fn drop(&mut self) {
+        let Some(id) = self.upload_id.take() else {
+            return;
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let request = self.abort_request(id);
+        handle.spawn(async move {
+            let _ = request.send().await;
+        });
+    }
 }

@@ -24,14 +24,12 @@
 
 use super::{Entry, Put, PutMode, Store};
 use crate::error::{Error, Kind, Result};
-use crate::s3client::{client, ClientConfig};
+use crate::s3client::{client, ClientConfig, Multipart};
 use async_trait::async_trait;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
-use aws_sdk_s3::types::{
-    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ObjectLockEnabled, ObjectLockMode,
-};
+use aws_sdk_s3::types::{ChecksumAlgorithm, ObjectLockEnabled, ObjectLockMode};
 use aws_sdk_s3::Client;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -183,50 +181,21 @@ impl S3Store {
             .to_string();
         // Aborts the upload if this future is dropped before it completes (a cancelled or timed
         // out run); failures below abort it explicitly.
-        let mut guard = AbortOnDrop {
-            client: self.client.clone(),
-            bucket: self.config.bucket.clone(),
-            key: full.clone(),
-            upload_id: Some(upload_id.clone()),
-        };
+        let mut upload =
+            Multipart::new(&self.client, &self.config.bucket, &full, &upload_id, sha256);
         let result = async {
-            let mut parts = Vec::new();
-            for (i, chunk) in data.chunks(self.config.part_size).enumerate() {
-                let number = i as i32 + 1;
-                let mut req = self
-                    .client
-                    .upload_part()
-                    .bucket(&self.config.bucket)
-                    .key(&full)
-                    .upload_id(&upload_id)
-                    .part_number(number)
-                    .body(ByteStream::from(chunk.to_vec()));
-                if sha256 {
-                    req = req.checksum_algorithm(ChecksumAlgorithm::Sha256);
-                }
-                let out = req
-                    .send()
-                    .await
-                    .map_err(|e| self.error("upload part", key, e))?;
-                parts.push(
-                    CompletedPart::builder()
-                        .part_number(number)
-                        .set_e_tag(out.e_tag().map(str::to_string))
-                        .set_checksum_sha256(out.checksum_sha256().map(str::to_string))
-                        .build(),
-                );
-            }
+            let part_size = self.config.part_size;
+            let on_error = |e| self.error("upload part", key, e);
+            upload
+                .send_parts(Vec::new(), &mut data.as_slice(), part_size, on_error)
+                .await?;
             let mut complete = self
                 .client
                 .complete_multipart_upload()
                 .bucket(&self.config.bucket)
                 .key(&full)
                 .upload_id(&upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                );
+                .multipart_upload(upload.completed());
             if mode != PutMode::Replace {
                 complete = complete.if_none_match("*");
             }
@@ -255,47 +224,12 @@ impl S3Store {
             Ok(Put::Created)
         }
         .await;
-        if matches!(result, Ok(Put::Created)) {
-            guard.upload_id = None;
-        } else {
-            guard.upload_id = None;
-            let _ = self
-                .client
-                .abort_multipart_upload()
-                .bucket(&self.config.bucket)
-                .key(&full)
-                .upload_id(&upload_id)
-                .send()
-                .await;
+        // A completion refused because the object exists leaves the upload open: abort it too.
+        match result {
+            Ok(Put::Created) => upload.done(),
+            _ => upload.abort().await,
         }
         result
-    }
-}
-
-struct AbortOnDrop {
-    client: Client,
-    bucket: String,
-    key: String,
-    upload_id: Option<String>,
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        let Some(upload_id) = self.upload_id.take() else {
-            return;
-        };
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let request = self
-            .client
-            .abort_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .upload_id(upload_id);
-        handle.spawn(async move {
-            let _ = request.send().await;
-        });
     }
 }
 

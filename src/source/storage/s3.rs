@@ -5,11 +5,10 @@
 use super::{Download, ObjectInfo, Reader, StorageSource, UploadMeta};
 use crate::error::{Error, Kind, Result};
 use crate::policy::StorageSource as Config;
-use crate::s3client::{client, ClientConfig, PART_SIZE};
+use crate::s3client::{client, ClientConfig, Multipart, PART_SIZE};
 use async_trait::async_trait;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use tokio::io::AsyncReadExt;
 
@@ -160,65 +159,27 @@ impl StorageSource for S3Source {
             .await
             .map_err(|e| self.error(&what, e))?;
         let id = upload.upload_id().unwrap_or_default().to_string();
+        let mut upload = Multipart::new(&self.client, bucket, name, &id, false);
         let result = async {
-            let mut parts = Vec::new();
-            let mut buf = first;
-            let mut number = 1;
-            loop {
-                let rest = buf.split_off(buf.len().min(PART_SIZE));
-                let out = self
-                    .client
-                    .upload_part()
-                    .bucket(bucket)
-                    .key(name)
-                    .upload_id(&id)
-                    .part_number(number)
-                    .body(ByteStream::from(buf))
-                    .send()
-                    .await
-                    .map_err(|e| self.error(&what, e))?;
-                parts.push(
-                    CompletedPart::builder()
-                        .part_number(number)
-                        .set_e_tag(out.e_tag().map(str::to_string))
-                        .build(),
-                );
-                number += 1;
-                buf = rest;
-                (&mut body)
-                    .take((PART_SIZE - buf.len()) as u64)
-                    .read_to_end(&mut buf)
-                    .await
-                    .map_err(|e| Error::failed(format!("storage: {what}: {e}")))?;
-                if buf.is_empty() {
-                    break;
-                }
-            }
+            let on_error = |e| self.error(&what, e);
+            upload
+                .send_parts(first, &mut body, PART_SIZE, on_error)
+                .await?;
             self.client
                 .complete_multipart_upload()
                 .bucket(bucket)
                 .key(name)
                 .upload_id(&id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
+                .multipart_upload(upload.completed())
                 .send()
                 .await
                 .map_err(|e| self.error(&what, e))?;
             Ok(())
         }
         .await;
-        if result.is_err() {
-            let _ = self
-                .client
-                .abort_multipart_upload()
-                .bucket(bucket)
-                .key(name)
-                .upload_id(&id)
-                .send()
-                .await;
+        match result {
+            Ok(()) => upload.done(),
+            Err(_) => upload.abort().await,
         }
         result
     }
