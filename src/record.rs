@@ -30,6 +30,8 @@ pub struct BackupRecord {
     pub storage: Option<BackupStorage>,
     pub phases: Vec<Phase>,
     pub warnings: Vec<String>,
+    /// Blobs that older snapshots reference but the store had lost, uploaded again.
+    pub blobs_reuploaded: u64,
     pub tool_version: &'static str,
     pub error: Option<String>,
 }
@@ -49,6 +51,7 @@ impl From<&backup::Outcome> for BackupRecord {
             storage: o.storage.clone(),
             phases: o.phases.clone(),
             warnings: o.warnings.clone(),
+            blobs_reuploaded: o.blobs_reuploaded,
             tool_version: TOOL_VERSION,
             error: error_text(&o.error),
         }
@@ -97,6 +100,8 @@ pub struct SnapshotsRecord {
     pub kind: &'static str,
     pub policy: String,
     pub snapshots: Vec<SnapshotEntry>,
+    /// Snapshots whose meta.json is damaged: listed, never used.
+    pub damaged: Vec<crate::repo::DamagedMeta>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -5,9 +5,9 @@ use crate::record::{SnapshotDb, SnapshotEntry, SnapshotStorage, SnapshotsRecord}
 
 pub async fn run(policy: &Policy, json: bool) -> Result<()> {
     let repo = open_repo(policy).await?;
-    let snapshots: Vec<SnapshotEntry> = repo
-        .snapshots()
-        .await?
+    let listing = repo.listing().await?;
+    let snapshots: Vec<SnapshotEntry> = listing
+        .snapshots
         .into_iter()
         .map(|m| SnapshotEntry {
             id: m.id,
@@ -30,8 +30,12 @@ pub async fn run(policy: &Policy, json: bool) -> Result<()> {
             kind: "snapshots",
             policy: policy.name.clone(),
             snapshots,
+            damaged: listing.damaged,
         });
         return Ok(());
+    }
+    for d in &listing.damaged {
+        eprintln!("damaged: snapshot {}: {} ({})", d.id, d.problem, d.key);
     }
     if snapshots.is_empty() {
         println!("no snapshots of policy {}", policy.name);

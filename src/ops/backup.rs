@@ -83,6 +83,8 @@ pub struct Outcome {
     pub storage: Option<BackupStorage>,
     pub phases: Vec<Phase>,
     pub warnings: Vec<String>,
+    /// Blobs that committed snapshots name but the store had lost, uploaded again by this run.
+    pub blobs_reuploaded: u64,
     pub error: Option<Error>,
 }
 
@@ -97,6 +99,7 @@ impl Outcome {
             storage: None,
             phases: Vec::new(),
             warnings: Vec::new(),
+            blobs_reuploaded: 0,
             error: None,
         }
     }
@@ -279,6 +282,13 @@ async fn backup(
         },
         blobs,
     };
+    out.blobs_reuploaded = writer.reuploaded();
+    if out.blobs_reuploaded > 0 {
+        out.warnings.push(format!(
+            "{} blobs that older snapshots reference were missing from the repository and were uploaded again; run `backstop check` to see which older snapshots are damaged",
+            out.blobs_reuploaded
+        ));
+    }
     // The last point at which a cancellation or a lost lock stops the run.
     ctx.cancel.check()?;
     repo.commit(&manifest, &sealer, meta).await?;

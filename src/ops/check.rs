@@ -7,7 +7,7 @@
 //! named with the snapshots that depend on it.
 
 use super::{with_shared_lock, Ctx, RunTimes};
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::repo::blob_key;
 use crate::repo::format::{BlobRef, ChunkRef};
 use crate::repo::reader::BlobReader;
@@ -94,15 +94,30 @@ pub async fn run(repo: &Repo, req: &Request, ctx: &Ctx) -> Outcome {
 
 async fn check(repo: &Repo, req: &Request, ctx: &Ctx, rec: &mut Outcome) -> Result<()> {
     let (key, read_data) = (&req.key, req.read_data);
-    let metas = repo.snapshots().await?;
-    rec.snapshots_checked = metas.len() as u64;
-    let mut users: BTreeMap<String, (BlobRef, Vec<String>)> = BTreeMap::new();
+    let listing = repo.listing().await?;
+    let metas = listing.snapshots;
+    rec.snapshots_checked = (metas.len() + listing.damaged.len()) as u64;
+    let mut damaged: Vec<Damaged> = listing
+        .damaged
+        .into_iter()
+        .map(|d| Damaged {
+            blob: d.key,
+            problem: d.problem,
+            snapshots: vec![d.id],
+        })
+        .collect();
+    // Each blob's records, grouped by what meta.json says of it (size and SHA-256): snapshots
+    // whose meta.json disagree are judged apart, each against the stored bytes.
+    let mut users: BTreeMap<String, BTreeMap<(u64, String), (BlobRef, Vec<String>)>> =
+        BTreeMap::new();
     // The recipients each blob was sealed to (those of the first snapshot naming it).
     let mut sealed_to: HashMap<String, Vec<String>> = HashMap::new();
     for m in &metas {
         for b in &m.blobs {
             users
                 .entry(b.id.clone())
+                .or_default()
+                .entry((b.size, b.sha256.clone()))
                 .or_insert_with(|| (b.clone(), Vec::new()))
                 .1
                 .push(m.id.clone());
@@ -113,21 +128,51 @@ async fn check(repo: &Repo, req: &Request, ctx: &Ctx, rec: &mut Outcome) -> Resu
     }
     rec.blobs_checked = users.len() as u64;
     let stored: HashMap<String, u64> = repo.stored_blobs().await?;
-    let mut damaged = Vec::new();
     let mut intact = Vec::new();
-    for (id, (r, snaps)) in &users {
-        match stored.get(id) {
-            None => damaged.push(Damaged {
+    for (id, records) in &users {
+        let Some(size) = stored.get(id) else {
+            let snapshots = records.values().flat_map(|r| r.1.iter().cloned()).collect();
+            damaged.push(Damaged {
                 blob: id.clone(),
                 problem: format!("missing ({})", blob_key(id)),
-                snapshots: snaps.clone(),
-            }),
-            Some(size) if *size != r.size => damaged.push(Damaged {
-                blob: id.clone(),
-                problem: format!("{size} bytes stored, meta.json records {}", r.size),
-                snapshots: snaps.clone(),
-            }),
-            Some(_) => intact.push(r.clone()),
+                snapshots,
+            });
+            continue;
+        };
+        // With one record, the stored bytes are judged against it below; with several (the
+        // meta.json files disagree), the stored bytes are hashed here when data is read, and
+        // each record that does not match names its snapshots.
+        let stored_sha = if records.len() > 1 && (read_data || key.is_some()) {
+            let key = blob_key(id);
+            let bytes = repo.store.get_opt(&key).await?;
+            rec.bytes_read += bytes.as_ref().map_or(0, |b| b.len() as u64);
+            bytes.map(|b| sha256_hex(&b))
+        } else {
+            None
+        };
+        for (r, snaps) in records.values() {
+            let problem = if *size != r.size {
+                Some(format!("{size} bytes stored, meta.json records {}", r.size))
+            } else {
+                match &stored_sha {
+                    Some(sha) if *sha != r.sha256 => Some(format!(
+                        "the stored bytes' SHA-256 is {sha}, these snapshots' meta.json records {}",
+                        r.sha256
+                    )),
+                    _ => None,
+                }
+            };
+            match problem {
+                Some(problem) => damaged.push(Damaged {
+                    blob: id.clone(),
+                    problem,
+                    snapshots: snaps.clone(),
+                }),
+                // A record the stored bytes were already hashed against needs no second read
+                // unless the plaintext is to be proved too.
+                None if stored_sha.is_some() && key.is_none() => {}
+                None => intact.push(r.clone()),
+            }
         }
     }
     // Manifests: present with their size; read (and decrypted) when asked.
@@ -162,6 +207,8 @@ async fn check(repo: &Repo, req: &Request, ctx: &Ctx, rec: &mut Outcome) -> Resu
                     rec.bytes_read += m.manifest.size;
                     None
                 }
+                // A key that opens none of it is the wrong key, not damage.
+                Err(e) if e.kind == Kind::WrongKey => return Err(e),
                 Err(e) => Some(e.message),
             },
             (None, None) if read_data => match repo.store.get_opt(k).await? {
@@ -243,7 +290,10 @@ async fn check(repo: &Repo, req: &Request, ctx: &Ctx, rec: &mut Outcome) -> Resu
         for (id, size, problem) in results {
             rec.bytes_read += size;
             if let Some(problem) = problem {
-                let snapshots = users.get(&id).map(|u| u.1.clone()).unwrap_or_default();
+                let snapshots = users
+                    .get(&id)
+                    .map(|r| r.values().flat_map(|r| r.1.iter().cloned()).collect())
+                    .unwrap_or_default();
                 damaged.push(Damaged {
                     blob: id,
                     problem,

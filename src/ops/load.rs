@@ -31,6 +31,35 @@ pub struct DbTarget {
     pub force: bool,
 }
 
+/// What makes a target database non-empty: any relation (table, view, sequence, foreign
+/// table), function or procedure, standalone type (enum, domain, range, composite), or schema
+/// other than `public`, that no extension owns.
+const NON_EMPTY: &str = "\
+    with ext as (select classid, objid from pg_depend where deptype = 'e'), \
+    user_ns as (select oid, nspname from pg_namespace \
+                where nspname not in ('pg_catalog', 'information_schema') \
+                  and nspname not like 'pg\\_toast%' and nspname not like 'pg\\_temp%') \
+    select what from ( \
+      select 'relation ' || n.nspname || '.' || c.relname as what from pg_class c \
+        join user_ns n on n.oid = c.relnamespace \
+        where c.relkind in ('r', 'p', 'v', 'm', 'S', 'f') \
+          and (c.oid) not in (select objid from ext where classid = 'pg_class'::regclass) \
+      union all \
+      select 'function ' || n.nspname || '.' || p.proname from pg_proc p \
+        join user_ns n on n.oid = p.pronamespace \
+        where p.oid not in (select objid from ext where classid = 'pg_proc'::regclass) \
+      union all \
+      select 'type ' || n.nspname || '.' || t.typname from pg_type t \
+        join user_ns n on n.oid = t.typnamespace \
+        where (t.typtype in ('e', 'd', 'r', 'm') \
+               or (t.typtype = 'c' and (select relkind from pg_class where oid = t.typrelid) = 'c')) \
+          and t.oid not in (select objid from ext where classid = 'pg_type'::regclass) \
+      union all \
+      select 'schema ' || n.nspname from user_ns n \
+        where n.nspname <> 'public' \
+          and n.oid not in (select objid from ext where classid = 'pg_namespace'::regclass) \
+    ) x order by 1";
+
 /// Creates the database when missing; refuses a non-empty one unless forced. Returns whether
 /// the database was created.
 pub async fn prepare_target(target: &DbTarget) -> Result<bool> {
@@ -42,19 +71,10 @@ pub async fn prepare_target(target: &DbTarget) -> Result<bool> {
             return Ok(true);
         }
     };
-    let rows = sqlx::query(
-        "select n.nspname::text || '.' || c.relname::text from pg_class c \
-         join pg_namespace n on n.oid = c.relnamespace \
-         where c.relkind in ('r', 'p', 'v', 'm', 'S', 'f') \
-           and n.nspname not in ('pg_catalog', 'information_schema') \
-           and n.nspname not like 'pg\\_toast%' and n.nspname not like 'pg\\_temp%' \
-           and not exists (select 1 from pg_depend d where d.classid = 'pg_class'::regclass \
-                           and d.objid = c.oid and d.deptype = 'e') \
-         order by 1",
-    )
-    .fetch_all(&mut conn)
-    .await
-    .map_err(|e| Error::failed(format!("inspecting {}: {e}", url.masked())))?;
+    let rows = sqlx::query(NON_EMPTY)
+        .fetch_all(&mut conn)
+        .await
+        .map_err(|e| Error::failed(format!("inspecting {}: {e}", url.masked())))?;
     let _ = conn.close().await;
     if rows.is_empty() {
         return Ok(false);
@@ -66,7 +86,7 @@ pub async fn prepare_target(target: &DbTarget) -> Result<bool> {
             .filter_map(|r| r.try_get::<String, _>(0).ok())
             .collect();
         return Err(Error::input(format!(
-            "target database {} is not empty ({} relations, e.g. {}): restore into an empty database, or pass --force to drop and recreate it",
+            "target database {} is not empty ({} objects, e.g. {}): restore into an empty database, or pass --force to drop and recreate it",
             url.masked(),
             rows.len(),
             names.join(", ")

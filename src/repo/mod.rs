@@ -127,14 +127,30 @@ impl Repo {
         format!("{}{id}/manifest.age", self.snapshot_prefix())
     }
 
-    /// Every committed snapshot of this policy, oldest first. A meta.json that cannot be read
-    /// is reported in the log and skipped.
+    /// Every committed snapshot of this policy whose meta.json is sound, oldest first.
     pub async fn snapshots(&self) -> Result<Vec<Meta>> {
-        read_metas(self.store.as_ref(), &self.snapshot_prefix()).await
+        Ok(self.listing().await?.snapshots)
+    }
+
+    /// This policy's snapshots, and those whose meta.json is damaged.
+    pub async fn listing(&self) -> Result<Listing> {
+        list_metas(self.store.as_ref(), &self.snapshot_prefix()).await
     }
 
     pub async fn find(&self, selector: &Selector) -> Result<Meta> {
-        let all = self.snapshots().await?;
+        let listing = self.listing().await?;
+        if let Selector::Id(id) = selector {
+            if let Some(d) = listing.damaged.iter().find(|d| &d.id == id) {
+                return Err(Error::failed(format!(
+                    "snapshot {id} is damaged and cannot be used: {} ({})",
+                    d.problem, d.key
+                )));
+            }
+        }
+        for d in &listing.damaged {
+            tracing::warn!("snapshot {} is damaged: {} ({})", d.id, d.problem, d.key);
+        }
+        let all = listing.snapshots;
         let found = match selector {
             Selector::Latest => all.last().cloned(),
             Selector::Id(id) => all.iter().find(|m| &m.id == id).cloned(),
@@ -199,38 +215,91 @@ impl Repo {
             size: sealed.len() as u64,
             sha256: sha256_hex(&sealed),
         };
-        if self.store.put_new(&key, sealed).await? == Put::Exists {
-            return Err(Error::failed(format!(
-                "{key} already exists; refusing to overwrite it"
-            )));
-        }
+        self.put_once(&key, sealed).await?;
         let body = serde_json::to_vec_pretty(&meta)
             .map_err(|e| Error::failed(format!("encoding meta.json: {e}")))?;
         let key = self.meta_key(&meta.id);
-        if self.store.put_new(&key, body).await? == Put::Exists {
-            return Err(Error::failed(format!(
-                "{key} already exists; refusing to overwrite it"
-            )));
-        }
+        self.put_once(&key, body).await?;
         Ok(meta)
     }
 }
 
-/// Reads every `meta.json` under a prefix (a policy's, or `snapshots/` for all policies).
-pub async fn read_metas(store: &dyn Store, prefix: &str) -> Result<Vec<Meta>> {
-    let mut metas = Vec::new();
-    for entry in store.list(prefix).await? {
-        if !entry.key.ends_with("/meta.json") {
-            continue;
+impl Repo {
+    /// Writes a new object that must not exist yet. Finding it present with exactly these
+    /// bytes means an earlier attempt of this very write succeeded and only its answer was
+    /// lost (the store's client retried): that is success, so the run and the repository
+    /// never disagree about a commit.
+    async fn put_once(&self, key: &str, body: Vec<u8>) -> Result<()> {
+        match self.store.put_new(key, body.clone()).await? {
+            Put::Created => Ok(()),
+            Put::Exists => match self.store.get_opt(key).await? {
+                Some(present) if present == body => {
+                    tracing::info!("{key} is already stored with these bytes: a retried write");
+                    Ok(())
+                }
+                _ => Err(Error::failed(format!(
+                    "{key} already exists with other content in {}; refusing to overwrite it",
+                    self.store.describe()
+                ))),
+            },
         }
+    }
+}
+
+/// A snapshot whose meta.json exists but cannot be trusted.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DamagedMeta {
+    /// The snapshot id its key names.
+    pub id: String,
+    pub key: String,
+    pub problem: String,
+}
+
+/// What a listing of meta.json files found.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Sound snapshots, oldest first.
+    pub snapshots: Vec<Meta>,
+    /// Snapshots whose meta.json is unreadable, truncated, empty, or names another snapshot.
+    pub damaged: Vec<DamagedMeta>,
+}
+
+/// Reads every sound `meta.json` under a prefix (a policy's, or `snapshots/` for all).
+pub async fn read_metas(store: &dyn Store, prefix: &str) -> Result<Vec<Meta>> {
+    Ok(list_metas(store, prefix).await?.snapshots)
+}
+
+/// Reads every `meta.json` under a prefix. One is damaged when it does not parse, or when
+/// its id and policy differ from those its key names (`snapshots/<policy>/<id>/meta.json`).
+pub async fn list_metas(store: &dyn Store, prefix: &str) -> Result<Listing> {
+    let mut listing = Listing::default();
+    for entry in store.list(prefix).await? {
+        let Some(path) = entry.key.strip_suffix("/meta.json") else {
+            continue;
+        };
         let Some(body) = store.get_opt(&entry.key).await? else {
             continue;
         };
+        let mut parts = path.rsplit('/');
+        let (id, policy) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let damaged = |problem: String| DamagedMeta {
+            id: id.to_string(),
+            key: entry.key.clone(),
+            problem,
+        };
         match serde_json::from_slice::<Meta>(&body) {
-            Ok(m) => metas.push(m),
-            Err(e) => tracing::warn!("skipping {}: not a readable meta.json ({e})", entry.key),
+            Ok(m) if m.id == id && m.policy == policy => listing.snapshots.push(m),
+            Ok(m) => listing.damaged.push(damaged(format!(
+                "meta.json names snapshot {} of policy {}, but is stored as {id} of {policy}",
+                m.id, m.policy
+            ))),
+            Err(e) => listing
+                .damaged
+                .push(damaged(format!("meta.json is not readable ({e})"))),
         }
     }
-    metas.sort_by(|a, b| (a.consistent_at, &a.id).cmp(&(b.consistent_at, &b.id)));
-    Ok(metas)
+    listing
+        .snapshots
+        .sort_by(|a, b| (a.consistent_at, &a.id).cmp(&(b.consistent_at, &b.id)));
+    Ok(listing)
 }

@@ -7,6 +7,11 @@
 //! stream's length. Blobs left by an interrupted run (present in `blobs/`, referenced by no
 //! meta.json) are reused after their stored bytes are hashed, so a retried backup uploads only
 //! what is missing.
+//!
+//! Only what the store holds counts as stored: a blob that a committed snapshot names but the
+//! store's listing lacks (lost, deleted by hand) is forgotten at the start, so its content is
+//! sealed and uploaded again when it comes by, and [`BlobWriter::reuploaded`] counts those.
+//! A later snapshot never references a blob the store does not have.
 
 use super::format::{BlobRef, ChunkRef, StreamRef};
 use super::{blob_key, read_metas, Repo};
@@ -49,6 +54,9 @@ pub struct BlobWriter {
     orphans: HashMap<String, u64>,
     /// Every blob this run's snapshot references.
     used: Mutex<BTreeMap<String, BlobRef>>,
+    /// Blobs committed snapshots name that the store lacks.
+    lost: std::collections::HashSet<String>,
+    reuploaded: std::sync::atomic::AtomicU64,
 }
 
 enum Sealed {
@@ -65,9 +73,21 @@ impl BlobWriter {
                 known.insert(b.id.clone(), b);
             }
         }
-        let orphans = repo
-            .stored_blobs()
-            .await?
+        let stored = repo.stored_blobs().await?;
+        let lost: std::collections::HashSet<String> = known
+            .keys()
+            .filter(|id| !stored.contains_key(*id))
+            .cloned()
+            .collect();
+        if !lost.is_empty() {
+            tracing::warn!(
+                "{} blobs that committed snapshots reference are missing from {}; they are uploaded again when their content comes by (`backstop check` names the snapshots that need them)",
+                lost.len(),
+                repo.store.describe()
+            );
+        }
+        known.retain(|id, _| !lost.contains(id));
+        let orphans = stored
             .into_iter()
             .filter(|(id, _)| !known.contains_key(id))
             .collect();
@@ -79,6 +99,8 @@ impl BlobWriter {
             known: Mutex::new(known),
             orphans,
             used: Mutex::new(BTreeMap::new()),
+            lost,
+            reuploaded: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -96,6 +118,12 @@ impl BlobWriter {
             used.insert(r.id.clone(), r);
         }
         true
+    }
+
+    /// How many blobs that committed snapshots named but the store had lost this run uploaded
+    /// again.
+    pub fn reuploaded(&self) -> u64 {
+        self.reuploaded.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Every blob referenced so far, sorted by id.
@@ -196,6 +224,10 @@ impl BlobWriter {
                 };
                 match self.store.put_new(&blob_key(&id), bytes).await? {
                     Put::Created => {
+                        if self.lost.contains(&id) {
+                            self.reuploaded
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                         stats.blobs_new = 1;
                         stats.bytes_stored = b.size;
                         b
