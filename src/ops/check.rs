@@ -23,6 +23,9 @@ pub struct Key {
     pub dedup_key: Option<String>,
 }
 
+/// One blob's records by (size, SHA-256): the record and the snapshots that hold it.
+type Records = BTreeMap<(u64, String), (BlobRef, Vec<String>)>;
+
 pub struct Request {
     /// With the identity, manifests and blobs are also decrypted and their plaintext proved.
     pub key: Option<Key>,
@@ -108,8 +111,7 @@ async fn check(repo: &Repo, req: &Request, ctx: &Ctx, rec: &mut Outcome) -> Resu
         .collect();
     // Each blob's records, grouped by what meta.json says of it (size and SHA-256): snapshots
     // whose meta.json disagree are judged apart, each against the stored bytes.
-    let mut users: BTreeMap<String, BTreeMap<(u64, String), (BlobRef, Vec<String>)>> =
-        BTreeMap::new();
+    let mut users: BTreeMap<String, Records> = BTreeMap::new();
     // The recipients each blob was sealed to (those of the first snapshot naming it).
     let mut sealed_to: HashMap<String, Vec<String>> = HashMap::new();
     for m in &metas {
