@@ -1,0 +1,226 @@
+//! What the repository says is always true: a lost blob is uploaded again and never
+//! referenced missing; damaged metadata is listed and named, never silently skipped; each
+//! snapshot's record of a shared blob is judged on its own; an "empty" restore target really
+//! is empty. One regression test per case, against real PostgreSQL clusters.
+
+mod common;
+
+use common::{files_under, table_contents, Env, FIXTURE_DB};
+use serde_json::Value;
+use std::path::PathBuf;
+
+fn run(cmd: &mut assert_cmd::Command) -> (i32, Value, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn check(env: &Env, read_data: bool) -> (i32, Value, String) {
+    let mut cmd = env.backstop();
+    cmd.args(["check", "--json", "--policy"]).arg(&env.policy);
+    if read_data {
+        cmd.arg("--read-data");
+    }
+    run(&mut cmd)
+}
+
+fn meta_of(env: &Env, id: &str) -> PathBuf {
+    env.meta_files()
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains(id))
+        .unwrap()
+}
+
+fn with_bulk(env: &Env) {
+    env.source.psql(
+        FIXTURE_DB,
+        "create table public.bulk as select i, md5(i::text) || repeat(md5((i * 7)::text), 8) as t from generate_series(1, 30000) i",
+    );
+}
+
+#[test]
+fn a_lost_blob_is_uploaded_again_and_check_names_only_the_older_snapshot() {
+    let env = Env::new();
+    with_bulk(&env);
+    let old = env.backup_json()["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A chunk of table data (not pg_dump's header, which differs on every run).
+    let lost = env.snapshot_manifest_query("latest", ".database.dump.chunks[5].id");
+    let path = env.repo.join("blobs").join(&lost[..2]).join(&lost);
+    std::fs::remove_file(&path).unwrap();
+
+    let rec = env.backup_json();
+    assert_eq!(rec["ok"], true, "{rec}");
+    assert!(rec["blobs_reuploaded"].as_u64().unwrap() >= 1, "{rec}");
+    assert!(path.exists(), "the lost blob was not uploaded again");
+    let new = rec["snapshot_id"].as_str().unwrap().to_string();
+
+    let (code, restored, stderr) =
+        env.restore_json(&env.scratch.url("restored"), &["--snapshot", &new]);
+    assert_eq!(code, 0, "{stderr}\n{restored}");
+    assert_eq!(
+        table_contents(&env.source, FIXTURE_DB),
+        table_contents(&env.scratch, "restored")
+    );
+
+    // The older snapshot's meta.json records the lost copy's hash: it, and only it, is named.
+    let (code, rec, stderr) = check(&env, true);
+    assert_eq!(code, 3, "{stderr}\n{rec}");
+    let damaged = rec["damaged"].as_array().unwrap();
+    assert!(damaged.iter().any(|d| d["blob"] == lost.as_str()), "{rec}");
+    for d in damaged {
+        assert_eq!(d["snapshots"], serde_json::json!([old]), "{rec}");
+    }
+}
+
+#[test]
+fn damaged_meta_json_is_listed_and_named_never_skipped() {
+    let env = Env::new();
+    let ids: Vec<String> = (0..4)
+        .map(|_| {
+            env.backup_json()["snapshot_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    // One byte of the id changed, cut in half, emptied to `{}`; the fourth stays sound.
+    let flip = meta_of(&env, &ids[0]);
+    let text = std::fs::read_to_string(&flip).unwrap();
+    std::fs::write(
+        &flip,
+        text.replacen(&ids[0], &format!("X{}", &ids[0][1..]), 1),
+    )
+    .unwrap();
+    let cut = meta_of(&env, &ids[1]);
+    let bytes = std::fs::read(&cut).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::write(meta_of(&env, &ids[2]), "{}").unwrap();
+
+    let (code, rec, stderr) = run(env
+        .backstop()
+        .args(["snapshots", "--json", "--policy"])
+        .arg(&env.policy));
+    assert_eq!(code, 0, "{stderr}");
+    let listed: Vec<&str> = rec["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, vec![ids[3].as_str()], "{rec}");
+    let mut damaged: Vec<&str> = rec["damaged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    damaged.sort();
+    assert_eq!(
+        damaged,
+        ids[..3].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+
+    let (code, rec, stderr) = check(&env, false);
+    assert_eq!(code, 3, "{stderr}\n{rec}");
+    for id in &ids[..3] {
+        assert!(
+            rec["damaged"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["snapshots"] == serde_json::json!([id])
+                    && d["blob"].as_str().unwrap().ends_with("meta.json")),
+            "{id} not named: {rec}"
+        );
+    }
+
+    let (code, _, stderr) =
+        env.restore_json(&env.scratch.url("fromdamaged"), &["--snapshot", &ids[1]]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("snapshot {} is damaged", ids[1])),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_wrong_hash_in_the_newer_meta_json_of_a_shared_blob_is_named_by_check_read_data() {
+    let env = Env::new();
+    let older = env.backup_json()["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let newer = env.backup_json()["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = meta_of(&env, &newer);
+    let mut meta: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let older_meta: Value =
+        serde_json::from_slice(&std::fs::read(meta_of(&env, &older)).unwrap()).unwrap();
+    let shared: Vec<String> = older_meta["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect();
+    let blob = meta["blobs"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|b| shared.iter().any(|s| b["id"] == s.as_str()))
+        .expect("the two snapshots share a blob");
+    let id = blob["id"].as_str().unwrap().to_string();
+    blob["sha256"] = "0".repeat(64).into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&meta).unwrap()).unwrap();
+
+    let (code, rec, stderr) = check(&env, true);
+    assert_eq!(code, 3, "{stderr}\n{rec}");
+    let damaged = rec["damaged"].as_array().unwrap();
+    assert_eq!(damaged.len(), 1, "{rec}");
+    assert_eq!(damaged[0]["blob"], id.as_str());
+    assert_eq!(damaged[0]["snapshots"], serde_json::json!([newer]), "{rec}");
+}
+
+#[test]
+fn a_target_holding_only_a_function_is_refused_without_force() {
+    let env = Env::new();
+    env.backup_json();
+    env.scratch.psql("postgres", "create database fnonly");
+    env.scratch.psql(
+        "fnonly",
+        "create function public.answer() returns int language sql as 'select 42'",
+    );
+    let target = env.scratch.url("fnonly");
+    let (code, _, stderr) = env.restore_json(&target, &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("is not empty") && stderr.contains("function public.answer"),
+        "{stderr}"
+    );
+    // Nothing was written: the function is all there is.
+    assert_eq!(
+        env.scratch.psql(
+            "fnonly",
+            "select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = 'public'"
+        ),
+        "0"
+    );
+    let (code, _, stderr) = env.restore_json(&target, &["--force"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        env.scratch.psql(
+            "fnonly",
+            "select count(*) from pg_proc where proname = 'answer'"
+        ),
+        "0",
+        "--force replaces the database: the function is gone"
+    );
+    assert!(files_under(&env.repo.join("locks")).is_empty());
+}
