@@ -9,6 +9,7 @@ use backstop::error::Kind;
 use backstop::ops::{self, Bar, Cancel, Ctx, ProgressSink, Reason};
 use backstop::policy::Policy;
 use backstop::repo::{Repo, Selector};
+use backstop::store::{Entry, Put, PutMode, Store};
 use common::{Env, FIXTURE_DB};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -325,4 +326,83 @@ async fn a_backup_whose_lock_is_removed_or_replaced_fails_with_lock_lost_and_com
             std::fs::remove_file(f).unwrap();
         }
     }
+}
+
+/// A store whose answers to create-if-absent writes of chosen keys are lost: the write lands,
+/// and the client's retry (as the S3 SDK makes after a dropped response) finds the object
+/// there and is told so.
+struct LostAnswers {
+    inner: Arc<dyn Store>,
+    lost: std::sync::Mutex<Vec<String>>,
+}
+
+fn answer_is_lost(key: &str) -> bool {
+    key.ends_with("/meta.json") || key.ends_with("/manifest.age") || key.starts_with("locks/")
+}
+
+#[async_trait::async_trait]
+impl Store for LostAnswers {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn check(&self) -> backstop::error::Result<()> {
+        self.inner.check().await
+    }
+    async fn put(&self, key: &str, data: Vec<u8>, mode: PutMode) -> backstop::error::Result<Put> {
+        let first = self.inner.put(key, data.clone(), mode).await?;
+        if mode == PutMode::Replace || !answer_is_lost(key) {
+            return Ok(first);
+        }
+        self.lost.lock().unwrap().push(key.to_string());
+        self.inner.put(key, data, mode).await
+    }
+    async fn get_opt(&self, key: &str) -> backstop::error::Result<Option<Vec<u8>>> {
+        self.inner.get_opt(key).await
+    }
+    async fn stat(&self, key: &str) -> backstop::error::Result<Option<u64>> {
+        self.inner.stat(key).await
+    }
+    async fn list(&self, prefix: &str) -> backstop::error::Result<Vec<Entry>> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> backstop::error::Result<()> {
+        self.inner.delete(key).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lost_answers_to_the_commit_and_lock_writes_are_success() {
+    let env = Env::new();
+    let policy = load(&env, &env.policy);
+    let inner = backstop::store::open(&policy.repository.store_config())
+        .await
+        .unwrap();
+    let store = Arc::new(LostAnswers {
+        inner,
+        lost: Default::default(),
+    });
+    let repo = Repo::open(store.clone(), &policy.name).await.unwrap();
+    let out = ops::backup::run(&policy, &repo, &backup_request(), &Ctx::default()).await;
+    assert!(out.error.is_none(), "{:?}", out.error);
+    let id = out
+        .snapshot_id
+        .expect("the record names the committed snapshot");
+    let lost = store.lost.lock().unwrap().clone();
+    assert_eq!(
+        lost.len(),
+        3,
+        "lock, manifest and meta.json answers were lost: {lost:?}"
+    );
+    assert_eq!(env.meta_files().len(), 1);
+    assert!(env.meta_files()[0].to_string_lossy().contains(&id));
+    assert!(common::files_under(&env.repo.join("locks")).is_empty());
+    // The repository agrees: the snapshot is there, whole.
+    let plain = open(&policy).await;
+    let req = ops::check::Request {
+        key: None,
+        read_data: true,
+    };
+    let checked = ops::check::run(&plain, &req, &Ctx::default()).await;
+    assert!(checked.ok(), "{:?} {:?}", checked.error, checked.damaged);
+    assert_eq!(checked.snapshots_checked, 1);
 }
