@@ -29,6 +29,12 @@ pub enum Command {
     Init {
         #[arg(long, value_name = "P")]
         policy: String,
+        /// Rebuild a lost backstop.json from the snapshots' manifests (needs --identity).
+        #[arg(long)]
+        recover: bool,
+        /// With --recover: the age identity file that decrypts the manifests.
+        #[arg(long, env = "BACKSTOP_IDENTITY", value_name = "FILE")]
+        identity: Option<PathBuf>,
     },
     /// Back up the policy's database (and storage) into a new snapshot.
     Backup(BackupArgs),

@@ -224,3 +224,42 @@ fn a_target_holding_only_a_function_is_refused_without_force() {
     );
     assert!(files_under(&env.repo.join("locks")).is_empty());
 }
+
+#[test]
+fn a_lost_backstop_json_is_refused_by_init_and_rebuilt_by_init_recover() {
+    let env = Env::new();
+    let id = env.backup_json()["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let config_path = env.repo.join("backstop.json");
+    let original: Value = serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+    std::fs::remove_file(&config_path).unwrap();
+
+    let (code, _, stderr) = run(env.backstop().args(["init", "--policy"]).arg(&env.policy));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("init --recover"), "{stderr}");
+    assert!(
+        !config_path.exists(),
+        "init wrote a new salt over a repository with snapshots"
+    );
+
+    let (code, _, stderr) = run(env
+        .backstop()
+        .args(["init", "--recover", "--policy"])
+        .arg(&env.policy));
+    assert_eq!(code, 0, "{stderr}");
+    let recovered: Value = serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+    assert_eq!(recovered["dedup_salt"], original["dedup_salt"]);
+    assert_eq!(recovered["chunker"], original["chunker"]);
+
+    let (code, rec, stderr) = env.restore_json(&env.scratch.url("afterloss"), &["--snapshot", &id]);
+    assert_eq!(code, 0, "{stderr}\n{rec}");
+    assert_eq!(
+        table_contents(&env.source, FIXTURE_DB),
+        table_contents(&env.scratch, "afterloss")
+    );
+    // Deduplication goes on: the next backup finds the old blobs under the same ids.
+    let rec = env.backup_json();
+    assert!(rec["db"]["blobs_reused"].as_u64().unwrap() >= 1, "{rec}");
+}

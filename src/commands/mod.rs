@@ -35,7 +35,14 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
     match cli.command {
         Command::Keygen { out } => keygen::run(out.as_deref()),
-        Command::Init { policy } => init::run(&load_policy(&policy, dir)?).await,
+        Command::Init {
+            policy,
+            recover,
+            identity,
+        } => {
+            let identity = recover.then_some(identity.as_ref());
+            init::run(&load_policy(&policy, dir)?, identity).await
+        }
         Command::Backup(args) => backup::run(args, dir, &ctx).await,
         Command::Snapshots { policy, json } => {
             snapshots::run(&load_policy(&policy, dir)?, json).await

@@ -13,8 +13,8 @@ use crate::model::TableStat;
 use crate::policy::Policy;
 use crate::repo::format::StreamRef;
 use crate::repo::format::{
-    DbManifest, Manifest, Meta, MetaDb, MetaEncryption, MetaStorage, StorageManifest, StoredObject,
-    FORMAT,
+    DbManifest, Manifest, ManifestRepo, Meta, MetaDb, MetaEncryption, MetaStorage, StorageManifest,
+    StoredObject, FORMAT,
 };
 use crate::repo::writer::{BlobWriter, WriteStats};
 use crate::repo::Repo;
@@ -258,6 +258,12 @@ async fn backup(
         consistent_at,
         database,
         storage,
+        repository: Some(ManifestRepo {
+            blob_id_key: hex::encode(&dedup_key),
+            dedup_salt: repo.config.dedup_salt.clone(),
+            chunker: repo.config.chunker,
+            created_at: repo.config.created_at,
+        }),
     };
     let blobs = writer.used();
     let meta = Meta {

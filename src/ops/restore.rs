@@ -13,7 +13,7 @@ use crate::error::{Error, Kind, Result};
 use crate::policy::Policy;
 use crate::repo::reader::BlobReader;
 use crate::repo::{Repo, Selector};
-use crate::seal::{BlobIds, Opener};
+use crate::seal::Opener;
 use crate::source::pgtools::DbUrl;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -130,10 +130,7 @@ async fn restore(
     let t = Instant::now();
     let manifest = repo.read_manifest(&meta, &req.opener).await?;
     out.phases.push(Phase::since("manifest", t));
-    let ids = BlobIds::new(&repo.blob_id_key(
-        policy.repository.dedup_key.as_deref(),
-        &meta.encryption.recipients,
-    )?);
+    let ids = repo.snapshot_blob_ids(&manifest, &meta, policy.repository.dedup_key.as_deref())?;
     let ahead = policy.repository.connections;
 
     if let Some(url) = &req.db_url {

@@ -100,6 +100,22 @@ pub struct Manifest {
     pub consistent_at: DateTime<Utc>,
     pub database: Option<DbManifest>,
     pub storage: Option<StorageManifest>,
+    /// What a reader needs of the repository to check this snapshot's blobs, kept inside the
+    /// encrypted manifest so that an identity alone restores it, and `init --recover` can
+    /// rebuild a lost backstop.json. Absent in manifests of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<ManifestRepo>,
+}
+
+/// The repository facts a manifest carries (encrypted, like the rest of it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ManifestRepo {
+    /// Hex key the snapshot's blob ids are HMAC-keyed with.
+    pub blob_id_key: String,
+    /// backstop.json's salt and chunker when the snapshot was made.
+    pub dedup_salt: String,
+    pub chunker: ChunkerParams,
+    pub created_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 pub const CONFIG_KEY: &str = "backstop.json";
+const BLOB_FORMAT: &str = "age(zstd(chunk)); id = hex(HMAC-SHA256(SHA-256(salt or dedup_key, 0x00, sorted recipients joined by newlines), chunk))";
 
 pub fn blob_key(id: &str) -> String {
     format!("blobs/{}/{id}", &id[..2.min(id.len())])
@@ -42,8 +43,20 @@ pub enum Selector {
 
 impl Repo {
     /// Creates backstop.json. Returns the existing configuration (and `false`) when the
-    /// repository is already initialized.
+    /// repository is already initialized. Refuses a location that holds snapshots or blobs
+    /// but no backstop.json: a new salt would make every snapshot there unrestorable; its
+    /// backstop.json is rebuilt with [`Repo::recover`] instead.
     pub async fn init(store: Arc<dyn Store>, recipients: &[String]) -> Result<(RepoConfig, bool)> {
+        if store.stat(CONFIG_KEY).await?.is_none() {
+            let data = [store.list("snapshots/").await?, store.list("blobs/").await?];
+            let found = data.iter().map(Vec::len).sum::<usize>();
+            if found > 0 {
+                return Err(Error::input(format!(
+                    "{} holds {found} snapshot and blob objects but no {CONFIG_KEY}: it was lost. A new one would make every snapshot there unrestorable; rebuild it with `backstop init --recover --identity FILE --policy P`",
+                    store.describe()
+                )));
+            }
+        }
         let config = RepoConfig {
             format: FORMAT,
             created_at: Utc::now(),
@@ -51,14 +64,67 @@ impl Repo {
             chunker: ChunkerParams::default(),
             dedup_salt: hex::encode(rand::random::<[u8; 32]>()),
             recipients: recipients.to_vec(),
-            blob_format: "age(zstd(chunk)); id = hex(HMAC-SHA256(SHA-256(salt or dedup_key, 0x00, sorted recipients joined by newlines), chunk))".into(),
+            blob_format: BLOB_FORMAT.into(),
         };
+        Self::write_config(store, config).await
+    }
+
+    async fn write_config(store: Arc<dyn Store>, config: RepoConfig) -> Result<(RepoConfig, bool)> {
         let body = serde_json::to_vec_pretty(&config)
             .map_err(|e| Error::failed(format!("encoding backstop.json: {e}")))?;
         match store.put_new(CONFIG_KEY, body).await? {
             Put::Created => Ok((config, true)),
             Put::Exists => Ok((Self::read_config(store.as_ref()).await?, false)),
         }
+    }
+
+    /// Rebuilds a lost backstop.json from the newest manifest (of any policy) that records
+    /// the repository's salt and chunker; needs the identity that decrypts it.
+    pub async fn recover(
+        store: Arc<dyn Store>,
+        opener: &Opener,
+        recipients: &[String],
+    ) -> Result<RepoConfig> {
+        if store.stat(CONFIG_KEY).await?.is_some() {
+            return Err(Error::input(format!(
+                "{} already has its {CONFIG_KEY}; there is nothing to recover",
+                store.describe()
+            )));
+        }
+        let metas = read_metas(store.as_ref(), "snapshots/").await?;
+        let mut last_error = None;
+        for meta in metas.iter().rev() {
+            let facts = match read_manifest(store.as_ref(), meta, opener).await {
+                Ok(m) => m.repository,
+                Err(e) if e.kind == crate::error::Kind::WrongKey => return Err(e),
+                Err(e) => {
+                    last_error = Some(e.message);
+                    continue;
+                }
+            };
+            let Some(facts) = facts else { continue };
+            let config = RepoConfig {
+                format: FORMAT,
+                created_at: facts.created_at,
+                tool_version: env!("CARGO_PKG_VERSION").to_string(),
+                chunker: facts.chunker,
+                dedup_salt: facts.dedup_salt,
+                recipients: recipients.to_vec(),
+                blob_format: BLOB_FORMAT.into(),
+            };
+            config.chunker.validate()?;
+            tracing::info!(
+                "recovered {CONFIG_KEY} from the manifest of snapshot {}",
+                meta.id
+            );
+            return Ok(Self::write_config(store, config).await?.0);
+        }
+        Err(Error::failed(format!(
+            "cannot recover {CONFIG_KEY} of {}: none of its {} snapshots has a manifest that records the repository's salt{}",
+            store.describe(),
+            metas.len(),
+            last_error.map(|e| format!(" (last problem: {e})")).unwrap_or_default()
+        )))
     }
 
     async fn read_config(store: &dyn Store) -> Result<RepoConfig> {
@@ -113,6 +179,26 @@ impl Repo {
         h.update([0u8]);
         h.update(sorted.join("\n").as_bytes());
         Ok(h.finalize().to_vec())
+    }
+
+    /// The key to check a snapshot's blob ids with: the one its manifest records, else (older
+    /// manifests) the one derived from backstop.json and the snapshot's recipients.
+    pub fn snapshot_blob_ids(
+        &self,
+        manifest: &Manifest,
+        meta: &Meta,
+        policy_key: Option<&str>,
+    ) -> Result<crate::seal::BlobIds> {
+        let key = match manifest.repository.as_ref() {
+            Some(r) => hex::decode(&r.blob_id_key).map_err(|e| {
+                Error::failed(format!(
+                    "the manifest of {} holds a bad blob id key: {e}",
+                    meta.id
+                ))
+            })?,
+            None => self.blob_id_key(policy_key, &meta.encryption.recipients)?,
+        };
+        Ok(crate::seal::BlobIds::new(&key))
     }
 
     fn snapshot_prefix(&self) -> String {
@@ -183,20 +269,7 @@ impl Repo {
     }
 
     pub async fn read_manifest(&self, meta: &Meta, opener: &Opener) -> Result<Manifest> {
-        let key = &meta.manifest.key;
-        let sealed = self.store.get_opt(key).await?.ok_or_else(|| {
-            Error::failed(format!("{key} is missing from {}", self.store.describe()))
-        })?;
-        let sha = sha256_hex(&sealed);
-        if sha != meta.manifest.sha256 {
-            return Err(Error::failed(format!(
-                "{key} is damaged: its SHA-256 is {sha}, meta.json records {}",
-                meta.manifest.sha256
-            )));
-        }
-        let plain = opener.open(&sealed, key)?;
-        serde_json::from_slice(&plain)
-            .map_err(|e| Error::failed(format!("{key} does not hold a readable manifest: {e}")))
+        read_manifest(self.store.as_ref(), meta, opener).await
     }
 
     /// Commits a snapshot: manifest.age, then meta.json. Call only when every blob is durable.
@@ -244,6 +317,25 @@ impl Repo {
             },
         }
     }
+}
+
+/// Reads, checks (SHA-256 against meta.json) and decrypts a snapshot's manifest.
+pub async fn read_manifest(store: &dyn Store, meta: &Meta, opener: &Opener) -> Result<Manifest> {
+    let key = &meta.manifest.key;
+    let sealed = store
+        .get_opt(key)
+        .await?
+        .ok_or_else(|| Error::failed(format!("{key} is missing from {}", store.describe())))?;
+    let sha = sha256_hex(&sealed);
+    if sha != meta.manifest.sha256 {
+        return Err(Error::failed(format!(
+            "{key} is damaged: its SHA-256 is {sha}, meta.json records {}",
+            meta.manifest.sha256
+        )));
+    }
+    let plain = opener.open(&sealed, key)?;
+    serde_json::from_slice(&plain)
+        .map_err(|e| Error::failed(format!("{key} does not hold a readable manifest: {e}")))
 }
 
 /// A snapshot whose meta.json exists but cannot be trusted.

@@ -20,7 +20,7 @@ use crate::error::{Error, Kind, Result};
 use crate::expect::Expect;
 use crate::policy::Policy;
 use crate::repo::{Repo, Selector};
-use crate::seal::{BlobIds, Opener};
+use crate::seal::Opener;
 use crate::source::pgtools::DbUrl;
 use crate::source::postgres::{connect, quote_ident};
 use sqlx::{Connection, Executor};
@@ -123,10 +123,7 @@ async fn verify(
         }
     };
     out.findings.phases.push(super::Phase::since("manifest", t));
-    let ids = BlobIds::new(&repo.blob_id_key(
-        policy.repository.dedup_key.as_deref(),
-        &meta.encryption.recipients,
-    )?);
+    let ids = repo.snapshot_blob_ids(&manifest, &meta, policy.repository.dedup_key.as_deref())?;
     let scratch = match (&manifest.database, &req.scratch) {
         (None, _) => None,
         (Some(_), None) => return Err(Error::input(
