@@ -25,6 +25,9 @@ pub enum Kind {
     Verification,
     /// Another run holds a lock this run needs.
     Locked,
+    /// Stored data is missing or fails its checks (size, SHA-256, age MAC, plaintext id): the
+    /// repository itself is damaged, as opposed to a read that could not be made.
+    Damaged,
     /// The identity given matches none of the recipients an object was sealed to. Exit 1: the
     /// repository is fine, the key is not the one it needs.
     WrongKey,
@@ -40,7 +43,7 @@ pub enum Kind {
 impl Kind {
     pub fn exit_code(self) -> i32 {
         match self {
-            Kind::Failed | Kind::WrongKey | Kind::LockLost | Kind::Cancelled => 1,
+            Kind::Failed | Kind::Damaged | Kind::WrongKey | Kind::LockLost | Kind::Cancelled => 1,
             Kind::Input => 2,
             Kind::Verification => 3,
             Kind::Locked => 4,

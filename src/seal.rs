@@ -195,7 +195,10 @@ impl Opener {
     /// age-decrypts and zstd-decompresses. `what` names the object in errors.
     pub fn open(&self, sealed: &[u8], what: &str) -> Result<Vec<u8>> {
         let decryptor = age::Decryptor::new_buffered(sealed).map_err(|e| {
-            Error::failed(format!("{what} is damaged: not a readable age file ({e})"))
+            Error::new(
+                Kind::Damaged,
+                format!("{what} is damaged: not a readable age file ({e})"),
+            )
         })?;
         let mut reader = decryptor
             .decrypt(self.identities.iter().map(|i| i as &dyn age::Identity))
@@ -204,14 +207,21 @@ impl Opener {
                     "the identity in {} matches none of the recipients {what} was encrypted to: use the key whose public key is in the policy's [encryption] recipients",
                     self.source
                 )),
-                other => Error::failed(format!("{what} is damaged: {other}")),
+                other => Error::new(Kind::Damaged, format!("{what} is damaged: {other}")),
             })?;
         let mut compressed = Vec::new();
-        reader
-            .read_to_end(&mut compressed)
-            .map_err(|e| Error::failed(format!("{what} is damaged: decryption failed ({e})")))?;
-        zstd::stream::decode_all(compressed.as_slice())
-            .map_err(|e| Error::failed(format!("{what} is damaged: zstd frame unreadable ({e})")))
+        reader.read_to_end(&mut compressed).map_err(|e| {
+            Error::new(
+                Kind::Damaged,
+                format!("{what} is damaged: decryption failed ({e})"),
+            )
+        })?;
+        zstd::stream::decode_all(compressed.as_slice()).map_err(|e| {
+            Error::new(
+                Kind::Damaged,
+                format!("{what} is damaged: zstd frame unreadable ({e})"),
+            )
+        })
     }
 }
 

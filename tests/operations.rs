@@ -406,3 +406,95 @@ async fn lost_answers_to_the_commit_and_lock_writes_are_success() {
     assert!(checked.ok(), "{:?} {:?}", checked.error, checked.damaged);
     assert_eq!(checked.snapshots_checked, 1);
 }
+
+/// A store whose every `every`-th read fails the way a cut connection does.
+struct FlakyReads {
+    inner: Arc<dyn Store>,
+    every: u64,
+    reads: AtomicU64,
+    failed: AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl Store for FlakyReads {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn check(&self) -> backstop::error::Result<()> {
+        self.inner.check().await
+    }
+    async fn put(&self, key: &str, data: Vec<u8>, mode: PutMode) -> backstop::error::Result<Put> {
+        self.inner.put(key, data, mode).await
+    }
+    async fn get_opt(&self, key: &str) -> backstop::error::Result<Option<Vec<u8>>> {
+        let n = self.reads.fetch_add(1, Ordering::SeqCst) + 1;
+        if n.is_multiple_of(self.every) && !key.starts_with("locks/") {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            return Err(backstop::error::Error::failed(format!(
+                "test: reading {key}: connection reset"
+            )));
+        }
+        self.inner.get_opt(key).await
+    }
+    async fn stat(&self, key: &str) -> backstop::error::Result<Option<u64>> {
+        self.inner.stat(key).await
+    }
+    async fn list(&self, prefix: &str) -> backstop::error::Result<Vec<Entry>> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> backstop::error::Result<()> {
+        self.inner.delete(key).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_that_fail_during_check_are_never_reported_as_damage() {
+    let env = Env::new();
+    let policy = load(&env, &env.policy);
+    let repo = open(&policy).await;
+    for _ in 0..2 {
+        let out = ops::backup::run(&policy, &repo, &backup_request(), &Ctx::default()).await;
+        assert!(out.error.is_none(), "{:?}", out.error);
+    }
+    let opener = Arc::new(backstop::seal::Opener::from_file(&env.identity).unwrap());
+    for every in [3, 7, 20] {
+        let store = Arc::new(FlakyReads {
+            inner: repo.store.clone(),
+            every,
+            reads: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        });
+        let flaky = Repo::open(store.clone(), &policy.name).await.unwrap();
+        let req = ops::check::Request {
+            key: Some(ops::check::Key {
+                opener: opener.clone(),
+                dedup_key: None,
+            }),
+            read_data: true,
+        };
+        let out = ops::check::run(&flaky, &req, &Ctx::default()).await;
+        assert!(
+            out.damaged.is_empty(),
+            "1 in {every}: false damage {:?}",
+            out.damaged
+        );
+        assert!(
+            store.failed.load(Ordering::SeqCst) > 0,
+            "1 in {every}: no read failed"
+        );
+        let e = out.error.expect("a check that could not read says so");
+        assert_eq!(e.kind, Kind::Failed, "{}", e.message);
+        assert!(
+            e.message.contains("check could not finish"),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("connection reset"), "{}", e.message);
+    }
+    let req = ops::check::Request {
+        key: None,
+        read_data: true,
+    };
+    let out = ops::check::run(&repo, &req, &Ctx::default()).await;
+    assert!(out.ok(), "{:?} {:?}", out.error, out.damaged);
+}

@@ -23,6 +23,16 @@ pub struct Key {
     pub dedup_key: Option<String>,
 }
 
+/// A damaged object is a finding; any other failure (a read that could not be made, after
+/// the store's retries) ends the check with exit 1 naming what could not be read: the check
+/// never reports damage it did not see.
+fn damage_or_fail(e: Error) -> Result<String> {
+    match e.kind {
+        Kind::Damaged => Ok(e.message),
+        _ => Err(e),
+    }
+}
+
 /// One blob's records by (size, SHA-256): the record and the snapshots that hold it.
 type Records = BTreeMap<(u64, String), (BlobRef, Vec<String>)>;
 
@@ -91,7 +101,10 @@ pub async fn run(repo: &Repo, req: &Request, ctx: &Ctx) -> Outcome {
     let work = ctx.cancel.run(check(repo, req, &ctx, &mut out));
     let result = with_shared_lock(repo, "check", &run_id, &ctx, work).await;
     out.times.finish();
-    out.error = result.err();
+    out.error = result.err().map(|e| match e.kind {
+        Kind::Failed => e.context("check could not finish (nothing found damaged is reported)"),
+        _ => e,
+    });
     out
 }
 
@@ -211,7 +224,7 @@ async fn check(repo: &Repo, req: &Request, ctx: &Ctx, rec: &mut Outcome) -> Resu
                 }
                 // A key that opens none of it is the wrong key, not damage.
                 Err(e) if e.kind == Kind::WrongKey => return Err(e),
-                Err(e) => Some(e.message),
+                Err(e) => Some(damage_or_fail(e)?),
             },
             (None, None) if read_data => match repo.store.get_opt(k).await? {
                 Some(bytes) => {
@@ -259,7 +272,7 @@ async fn check(repo: &Repo, req: &Request, ctx: &Ctx, rec: &mut Outcome) -> Resu
             }
         }
         let store = repo.store.clone();
-        let results: Vec<(String, u64, Option<String>)> = futures::stream::iter(intact)
+        let results: Vec<Result<(String, u64, Option<String>)>> = futures::stream::iter(intact)
             .map(|b| {
                 let reader = sealed_to.get(&b.id).and_then(|r| readers.get(r)).cloned();
                 let (store, len) = (store.clone(), plain_len.get(&b.id).copied());
@@ -272,24 +285,26 @@ async fn check(repo: &Repo, req: &Request, ctx: &Ctx, rec: &mut Outcome) -> Resu
                             })
                             .await
                             .err()
-                            .map(|e| e.message),
+                            .map(damage_or_fail)
+                            .transpose(),
                         _ => match store.get_opt(&blob_key(&b.id)).await {
-                            Ok(Some(bytes)) => (sha256_hex(&bytes) != b.sha256).then(|| {
+                            Ok(Some(bytes)) => Ok((sha256_hex(&bytes) != b.sha256).then(|| {
                                 "its stored bytes' SHA-256 differs from meta.json's".to_string()
-                            }),
-                            Ok(None) => Some("missing".into()),
-                            Err(e) => Some(e.message),
+                            })),
+                            Ok(None) => Ok(Some("missing".into())),
+                            Err(e) => Err(e),
                         },
                     };
-                    (b.id, b.size, problem)
+                    problem.map(|p| (b.id, b.size, p))
                 }
             })
             .buffer_unordered(8)
-            .inspect(|(_, size, _)| progress.inc(*size))
+            .inspect(|r| progress.inc(r.as_ref().map_or(0, |(_, size, _)| *size)))
             .collect()
             .await;
         progress.finish();
-        for (id, size, problem) in results {
+        for result in results {
+            let (id, size, problem) = result?;
             rec.bytes_read += size;
             if let Some(problem) = problem {
                 let snapshots = users

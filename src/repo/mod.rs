@@ -12,7 +12,7 @@ pub mod reader;
 pub mod runs;
 pub mod writer;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::seal::{sha256_hex, ChunkerParams, Opener, Sealer};
 use crate::store::{Put, Store};
 use chrono::{DateTime, Utc};
@@ -328,14 +328,21 @@ pub async fn read_manifest(store: &dyn Store, meta: &Meta, opener: &Opener) -> R
         .ok_or_else(|| Error::failed(format!("{key} is missing from {}", store.describe())))?;
     let sha = sha256_hex(&sealed);
     if sha != meta.manifest.sha256 {
-        return Err(Error::failed(format!(
-            "{key} is damaged: its SHA-256 is {sha}, meta.json records {}",
-            meta.manifest.sha256
-        )));
+        return Err(Error::new(
+            Kind::Damaged,
+            format!(
+                "{key} is damaged: its SHA-256 is {sha}, meta.json records {}",
+                meta.manifest.sha256
+            ),
+        ));
     }
     let plain = opener.open(&sealed, key)?;
-    serde_json::from_slice(&plain)
-        .map_err(|e| Error::failed(format!("{key} does not hold a readable manifest: {e}")))
+    serde_json::from_slice(&plain).map_err(|e| {
+        Error::new(
+            Kind::Damaged,
+            format!("{key} does not hold a readable manifest: {e}"),
+        )
+    })
 }
 
 /// A snapshot whose meta.json exists but cannot be trusted.

@@ -6,7 +6,7 @@
 
 use super::blob_key;
 use super::format::{BlobRef, ChunkRef, Meta};
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::seal::{sha256_hex, BlobIds, Opener};
 use crate::store::Store;
 use futures::{Stream, StreamExt};
@@ -82,7 +82,7 @@ impl BlobReader {
         let id = chunk.id.clone();
         let key = blob_key(&id);
         let expected = self.refs.get(&id).ok_or_else(|| {
-            Error::failed(format!(
+            Error::new(Kind::Damaged, format!(
                 "blob {id} is used by snapshot {} but not listed in its meta.json: the snapshot is damaged",
                 self.snapshot
             ))
@@ -92,19 +92,25 @@ impl BlobReader {
         self.download_nanos
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         let bytes = fetched?.ok_or_else(|| {
-            Error::failed(format!(
-                "blob {id} is missing from {} ({key}, needed by snapshot {})",
-                self.store.describe(),
-                self.snapshot
-            ))
+            Error::new(
+                Kind::Damaged,
+                format!(
+                    "blob {id} is missing from {} ({key}, needed by snapshot {})",
+                    self.store.describe(),
+                    self.snapshot
+                ),
+            )
         })?;
         if bytes.len() as u64 != expected.size {
-            return Err(Error::failed(format!(
-                "blob {id} is damaged: {} bytes stored, meta.json of snapshot {} records {}",
-                bytes.len(),
-                self.snapshot,
-                expected.size
-            )));
+            return Err(Error::new(
+                Kind::Damaged,
+                format!(
+                    "blob {id} is damaged: {} bytes stored, meta.json of snapshot {} records {}",
+                    bytes.len(),
+                    self.snapshot,
+                    expected.size
+                ),
+            ));
         }
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
@@ -123,17 +129,20 @@ impl BlobReader {
         {
             let sha = sha256_hex(bytes);
             if sha != this.refs[id].sha256 {
-                return Err(Error::failed(format!(
+                return Err(Error::new(Kind::Damaged, format!(
                     "blob {id} is damaged: its stored bytes have SHA-256 {sha}, meta.json of snapshot {} records {}",
                     this.snapshot, this.refs[id].sha256
                 )));
             }
             let plain = this.opener.open(bytes, &format!("blob {id}"))?;
             if plain.len() != len as usize || this.ids.id(&plain) != id {
-                return Err(Error::failed(format!(
-                    "blob {id} is damaged: its plaintext does not match its id (snapshot {})",
-                    this.snapshot
-                )));
+                return Err(Error::new(
+                    Kind::Damaged,
+                    format!(
+                        "blob {id} is damaged: its plaintext does not match its id (snapshot {})",
+                        this.snapshot
+                    ),
+                ));
             }
             Ok(plain)
         }

@@ -36,6 +36,9 @@ use tokio::sync::Semaphore;
 
 pub use crate::s3client::PART_SIZE;
 
+/// How many times a GET whose body is cut off midway is made in all.
+const BODY_ATTEMPTS: u32 = 5;
+
 #[derive(Debug, Clone)]
 pub struct S3Config {
     pub bucket: String,
@@ -332,27 +335,41 @@ impl Store for S3Store {
     }
 
     async fn get_opt(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let _p = self.permits.acquire().await;
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.config.bucket)
-            .key(self.key(key))
-            .send()
-            .await
-        {
-            Ok(o) => o,
-            Err(e) if is_not_found(&e) => return Ok(None),
-            Err(e) => return Err(self.error("get object", key, e)),
-        };
-        let body = out.body.collect().await.map_err(|e| {
-            Error::failed(format!(
-                "s3: get object {}/{}: reading the body: {e}",
-                self.config.bucket,
-                self.key(key)
-            ))
-        })?;
-        Ok(Some(body.into_bytes().to_vec()))
+        // The SDK retries a request that fails; a body cut off midway is retried here, the
+        // whole GET again, with backoff, before the read is given up naming the attempts.
+        let mut attempt = 1;
+        loop {
+            let cut = {
+                let _p = self.permits.acquire().await;
+                let out = match self
+                    .client
+                    .get_object()
+                    .bucket(&self.config.bucket)
+                    .key(self.key(key))
+                    .send()
+                    .await
+                {
+                    Ok(o) => o,
+                    Err(e) if is_not_found(&e) => return Ok(None),
+                    Err(e) => return Err(self.error("get object", key, e)),
+                };
+                match out.body.collect().await {
+                    Ok(body) => return Ok(Some(body.into_bytes().to_vec())),
+                    Err(e) => e,
+                }
+            };
+            if attempt >= BODY_ATTEMPTS {
+                return Err(Error::failed(format!(
+                    "s3: get object {}/{}: reading the body failed {attempt} times, last: {cut}",
+                    self.config.bucket,
+                    self.key(key)
+                ))
+                .with_source(cut));
+            }
+            tracing::debug!("s3: get object {key}: body cut off ({cut}); retrying");
+            tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+            attempt += 1;
+        }
     }
 
     async fn stat(&self, key: &str) -> Result<Option<u64>> {
