@@ -27,7 +27,10 @@ fn main() -> ExitCode {
     match runtime.block_on(backstop::commands::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("backstop: error: {}", e.message);
+            eprintln!(
+                "backstop: error: {}",
+                backstop::util::mask_age_secrets(&e.message)
+            );
             ExitCode::from(e.kind.exit_code() as u8)
         }
     }

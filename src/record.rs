@@ -12,8 +12,11 @@ use serde::Serialize;
 
 const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// The error's message, with any age private key masked (defence in depth: validation
+/// already refuses one where a public key belongs).
 fn error_text(e: &Option<crate::error::Error>) -> Option<String> {
-    e.as_ref().map(|e| e.message.clone())
+    e.as_ref()
+        .map(|e| crate::util::mask_age_secrets(&e.message))
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -151,6 +154,8 @@ pub struct VerifyRecord {
     pub expected_failures: Vec<String>,
     pub phases: Vec<Phase>,
     pub scratch_database: Option<String>,
+    /// Temporary databases of killed verifies that this one dropped.
+    pub leftovers_dropped: Vec<String>,
     pub kept: bool,
     pub tool_version: &'static str,
     pub error: Option<String>,
@@ -180,6 +185,7 @@ impl From<&verify::Outcome> for VerifyRecord {
             expected_failures: f.expected_failures.clone(),
             phases: f.phases.clone(),
             scratch_database: o.scratch_database.clone(),
+            leftovers_dropped: o.leftovers_dropped.clone(),
             kept: o.kept,
             tool_version: TOOL_VERSION,
             error: error_text(&o.error),

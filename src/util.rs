@@ -94,16 +94,65 @@ pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
     ))
 }
 
-/// Replaces the password of a URL with `***`; leaves text that is no URL unchanged.
+/// Whether a query parameter's name says it carries a secret (libpq's `password` and
+/// `sslpassword`, and any `*secret*`, `*token*` or `*key*`).
+fn secret_param(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    ["password", "secret", "token", "key"]
+        .iter()
+        .any(|s| n.contains(s))
+}
+
+/// Replaces the password of a URL, and the values of query parameters that carry secrets,
+/// with `***`; leaves text that is no URL unchanged.
 pub fn mask_url(text: &str) -> String {
-    match url::Url::parse(text) {
-        Ok(mut u) if u.password().is_some() => {
-            // set_password only fails for URLs that cannot have one, which have none to mask.
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => text.to_string(),
+    let Ok(mut u) = url::Url::parse(text) else {
+        return text.to_string();
+    };
+    let has_password = u.password().is_some();
+    let has_secret_param = u.query_pairs().any(|(k, _)| secret_param(&k));
+    if !has_password && !has_secret_param {
+        // Nothing to hide: the text keeps its exact spelling.
+        return text.to_string();
     }
+    if has_password {
+        // set_password only fails for URLs that cannot have one, which have none to mask.
+        let _ = u.set_password(Some("***"));
+    }
+    if has_secret_param {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if secret_param(&k) {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
+}
+
+/// Replaces every age private key (`AGE-SECRET-KEY-1...`) in a text with a mask.
+pub fn mask_age_secrets(text: &str) -> String {
+    const MARK: &str = "AGE-SECRET-KEY-";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(MARK) {
+        out.push_str(&rest[..i]);
+        out.push_str(MARK);
+        out.push_str("***");
+        let tail = &rest[i + MARK.len()..];
+        let end = tail
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(tail.len());
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Everything but RFC 3986's unreserved characters gets percent-encoded.
@@ -128,10 +177,24 @@ pub fn percent_decode(s: &str) -> String {
 /// Removes every occurrence of each secret from a text (e.g. a child's stderr).
 pub fn scrub(text: &str, secrets: &[&str]) -> String {
     let mut out = text.to_string();
-    for s in secrets.iter().filter(|s| s.len() >= 3) {
+    // Any length: a one-character password is still a password. Empty ones would match
+    // everywhere and are skipped.
+    for s in secrets.iter().filter(|s| !s.is_empty()) {
         out = out.replace(s, "***");
     }
     out
+}
+
+/// This host's name, as locks and leftovers record it.
+pub fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into())
+}
+
+/// Whether a process with this pid exists on this host.
+pub fn process_alive(pid: u32) -> bool {
+    pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// A new identifier that sorts by creation time: `20261129T031500Z-1a2b3c`.
@@ -199,6 +262,30 @@ mod tests {
         assert_eq!(mask_url("postgres://app@db/prod"), "postgres://app@db/prod");
         assert_eq!(mask_url("not a url"), "not a url");
         assert_eq!(scrub("pw=s3cret here", &["s3cret"]), "pw=*** here");
+        assert_eq!(scrub("pw=x here", &["x", ""]), "pw=*** here");
+        let m = mask_url("postgres://db/prod?sslmode=require&password=hunter2&sslpassword=p2");
+        assert!(
+            !m.contains("hunter2") && !m.contains("p2") && m.contains("sslmode=require"),
+            "{m}"
+        );
+        let m = mask_url("https://h/x?access_token=t0k&apikey=k3y&page=2");
+        assert!(
+            !m.contains("t0k") && !m.contains("k3y") && m.contains("page=2"),
+            "{m}"
+        );
+        assert_eq!(mask_url("https://h/x?page=2"), "https://h/x?page=2");
+    }
+
+    #[test]
+    fn age_private_keys_are_masked_anywhere() {
+        let key = "AGE-SECRET-KEY-1QYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQY";
+        let t = format!("bad recipient `{key}`: no; and {key}.");
+        let m = mask_age_secrets(&t);
+        assert!(!m.contains("1QYQSZ"), "{m}");
+        assert_eq!(
+            m,
+            "bad recipient `AGE-SECRET-KEY-***`: no; and AGE-SECRET-KEY-***."
+        );
     }
 
     #[test]

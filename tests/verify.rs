@@ -419,3 +419,60 @@ fn an_archive_the_scan_cannot_read_is_counted_by_sql_and_still_verifies() {
         "{rec}"
     );
 }
+
+#[test]
+fn a_killed_verifys_leftover_database_is_dropped_by_the_next_verify() {
+    let (env, _docs) = env_with_documents("");
+    env.backup_json();
+    let before = databases(&env);
+    let mut child = Command::new(assert_cmd::cargo::cargo_bin("backstop"))
+        .current_dir(env.dir.path())
+        .env("SOURCE_DB_URL", env.source.url(FIXTURE_DB))
+        .env("SCRATCH_URL", env.scratch.url("postgres"))
+        .env("BACKSTOP_IDENTITY", &env.identity)
+        .args(["verify", "--policy"])
+        .arg(&env.policy)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let leftover = loop {
+        let now = databases(&env);
+        if let Some(name) = now.lines().find(|l| l.starts_with("backstop_verify_")) {
+            // Wait for its comment: the verify writes it right after creating the database.
+            let comment = env.scratch.psql(
+                "postgres",
+                &format!("select coalesce(shobj_description(oid, 'pg_database'), '') from pg_database where datname = '{name}'"),
+            );
+            if comment.starts_with("backstop verify") {
+                break name.to_string();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "verify never created its database"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    child.kill().unwrap(); // SIGKILL: nothing can clean up
+    child.wait().unwrap();
+    assert!(
+        databases(&env).contains(&leftover),
+        "the kill left nothing to clean"
+    );
+
+    let (code, rec, stderr) = verify(&env, &[]);
+    assert_eq!(code, 0, "{stderr}\n{rec}");
+    assert_eq!(
+        rec["leftovers_dropped"],
+        serde_json::json!([leftover]),
+        "{rec}"
+    );
+    assert!(stderr.contains(&format!("dropped {leftover}")), "{stderr}");
+    assert_eq!(
+        databases(&env),
+        before,
+        "a temporary database was left behind"
+    );
+}

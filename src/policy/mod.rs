@@ -228,6 +228,14 @@ impl Validator<'_> {
     /// Expands `${VAR}`s; on a missing variable records a problem and returns an empty string.
     fn expand(&mut self, s: &S, key: &str) -> String {
         let raw = s.get_ref();
+        if raw.trim().is_empty() {
+            self.problem(
+                s.span(),
+                key,
+                "is empty: give it a value or leave the key out",
+            );
+            return String::new();
+        }
         let mut out = String::new();
         let mut rest = raw.as_str();
         while let Some(start) = rest.find("${") {
@@ -432,6 +440,19 @@ impl Validator<'_> {
         if s.buckets.is_empty() {
             self.problem(s.kind.span(), "storage.buckets", "list at least one bucket");
         }
+        for b in &s.buckets {
+            let name = b.get_ref();
+            if name.is_empty() || name.contains(['/', '\\', '\0']) || name == "." || name == ".." {
+                self.problem(
+                    b.span(),
+                    "storage.buckets",
+                    format!(
+                        "`{}` is not a bucket name: a bucket is one name, without `/`, and not `.` or `..`",
+                        name.escape_debug()
+                    ),
+                );
+            }
+        }
         let path = self.opt(&s.path, "storage.path").map(PathBuf::from);
         let url = self.opt(&s.url, "storage.url");
         let key = self.opt(&s.key, "storage.key");
@@ -562,8 +583,25 @@ impl Validator<'_> {
         }
         let mut out = Vec::new();
         for r in list.get_ref() {
+            if r.get_ref().trim().starts_with("AGE-SECRET-KEY-") {
+                // Never echo it: it is the secret that decrypts every backup.
+                self.problem(
+                    r.span(),
+                    "encryption.recipients",
+                    "this is an age PRIVATE key (AGE-SECRET-KEY-...), which must never be on the backup host: put its public key here (age1..., printed by `backstop keygen` or `age-keygen -y KEYFILE`) and keep the private key with the operators",
+                );
+                continue;
+            }
             let value = self.expand(r, "encryption.recipients");
             if value.is_empty() {
+                continue;
+            }
+            if value.trim().starts_with("AGE-SECRET-KEY-") {
+                self.problem(
+                    r.span(),
+                    "encryption.recipients",
+                    "the variable holds an age PRIVATE key (AGE-SECRET-KEY-...), which must never be on the backup host: give it the public key (age1...) instead",
+                );
                 continue;
             }
             match crate::seal::parse_recipient(&value) {

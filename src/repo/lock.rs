@@ -99,7 +99,8 @@ impl LockInfo {
     }
 
     fn is_stale(&self, now: DateTime<Utc>) -> bool {
-        self.expires_at <= now || (self.host == host() && !process_alive(self.pid))
+        self.expires_at <= now
+            || (self.host == crate::util::host() && !crate::util::process_alive(self.pid))
     }
 }
 
@@ -126,17 +127,6 @@ impl Drop for RunLock {
     }
 }
 
-fn host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown-host".into())
-}
-
-/// Whether a process with this pid exists on this host.
-fn process_alive(pid: u32) -> bool {
-    pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
 fn encode(info: &LockInfo) -> Result<Vec<u8>> {
     serde_json::to_vec_pretty(info).map_err(|e| Error::failed(format!("encoding lock: {e}")))
 }
@@ -161,7 +151,7 @@ impl RunLock {
             operation: req.operation.to_string(),
             run_id: req.run_id.to_string(),
             owner: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
-            host: host(),
+            host: crate::util::host(),
             pid: std::process::id(),
             created_at: now,
             expires_at: expiry(req.ttl),

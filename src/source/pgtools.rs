@@ -112,7 +112,15 @@ impl DbUrl {
     }
 
     pub fn password(&self) -> Option<String> {
-        self.url.password().map(crate::util::percent_decode)
+        self.url
+            .password()
+            .map(crate::util::percent_decode)
+            .or_else(|| {
+                self.url
+                    .query_pairs()
+                    .find(|(k, _)| k == "password")
+                    .map(|(_, v)| v.into_owned())
+            })
     }
 
     /// The database name (the URL's path), or the user name as libpq defaults it.
@@ -131,10 +139,24 @@ impl DbUrl {
         DbUrl { url }
     }
 
-    /// The URL without its password, for libpq programs (the password goes in PGPASSWORD).
+    /// The URL without its password, in the user part or as a `password=` query parameter,
+    /// for libpq programs: their command line is visible to every user of the host, so the
+    /// password goes in PGPASSWORD.
     pub fn for_libpq(&self) -> String {
         let mut url = self.url.clone();
         let _ = url.set_password(None);
+        if url.query_pairs().any(|(k, _)| k == "password") {
+            let kept: Vec<(String, String)> = url
+                .query_pairs()
+                .filter(|(k, _)| k != "password")
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            if kept.is_empty() {
+                url.set_query(None);
+            } else {
+                url.query_pairs_mut().clear().extend_pairs(kept);
+            }
+        }
         url.to_string()
     }
 

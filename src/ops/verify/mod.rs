@@ -22,7 +22,7 @@ use crate::policy::Policy;
 use crate::repo::{Repo, Selector};
 use crate::seal::Opener;
 use crate::source::pgtools::DbUrl;
-use crate::source::postgres::{connect, quote_ident};
+use crate::source::postgres::{column, connect, quote_ident};
 use sqlx::{Connection, Executor};
 use std::sync::Arc;
 use std::time::Instant;
@@ -51,6 +51,9 @@ pub struct Outcome {
     pub findings: Findings,
     /// The temporary database's name, when one was created.
     pub scratch_database: Option<String>,
+    /// Temporary databases that earlier verifies left behind (their process is gone), dropped
+    /// by this one.
+    pub leftovers_dropped: Vec<String>,
     pub kept: bool,
     /// An error that kept the verification from running to its end.
     pub error: Option<Error>,
@@ -66,6 +69,7 @@ impl Outcome {
             rto_met: None,
             findings: Findings::default(),
             scratch_database: None,
+            leftovers_dropped: Vec::new(),
             kept,
             error: None,
         }
@@ -129,7 +133,10 @@ async fn verify(
         (Some(_), None) => return Err(Error::input(
             "no scratch server: pass --scratch-url URL or set [verify] scratch_url in the policy",
         )),
-        (Some(_), Some(url)) => Some(Scratch::create(url, &meta.id).await?),
+        (Some(_), Some(url)) => {
+            out.leftovers_dropped = drop_leftovers(url).await?;
+            Some(Scratch::create(url, &meta.id).await?)
+        }
     };
     out.scratch_database = scratch.as_ref().map(|s| s.name.clone());
     let options = compare::Options {
@@ -189,11 +196,25 @@ impl Scratch {
     async fn create(server: &DbUrl, snapshot: &str) -> Result<Scratch> {
         let name = scratch_name(snapshot);
         admin(server, &format!("CREATE DATABASE {}", quote_ident(&name))).await?;
-        Ok(Scratch {
+        let scratch = Scratch {
             server: server.clone(),
             name,
             armed: true,
-        })
+        };
+        // Who made it, so that a later verify can tell a leftover from a database in use.
+        let comment = format!(
+            "{LEFTOVER_MARK} host={} pid={} started={}",
+            crate::util::host(),
+            std::process::id(),
+            chrono::Utc::now().to_rfc3339()
+        );
+        let sql = format!(
+            "COMMENT ON DATABASE {} IS '{}'",
+            quote_ident(&scratch.name),
+            comment.replace('\'', "''")
+        );
+        admin(server, &sql).await?;
+        Ok(scratch)
     }
 
     fn url(&self) -> DbUrl {
@@ -229,6 +250,50 @@ impl Drop for Scratch {
             });
         }
     }
+}
+
+const LEFTOVER_MARK: &str = "backstop verify";
+
+/// Drops the temporary databases that verifies on this host left behind when they were killed
+/// (their comment names this host and a process that no longer exists). Those of other hosts,
+/// of live processes, and those without the comment (older versions) are left alone.
+async fn drop_leftovers(server: &DbUrl) -> Result<Vec<String>> {
+    let mut conn = connect(server).await?;
+    let rows = sqlx::query(
+        "select datname::text, coalesce(shobj_description(oid, 'pg_database'), '') \
+         from pg_database where datname like 'backstop\\_verify\\_%'",
+    )
+    .fetch_all(&mut conn)
+    .await;
+    let _ = conn.close().await;
+    let rows = rows.map_err(|e| {
+        Error::failed(format!("listing databases on {}: {e}", server.masked())).with_source(e)
+    })?;
+    let (host, mut dropped) = (crate::util::host(), Vec::new());
+    for row in rows {
+        let name: String = column(&row, 0, "pg_database.datname")?;
+        let comment: String = column(&row, 1, "the database's comment")?;
+        let Some(rest) = comment.strip_prefix(LEFTOVER_MARK) else {
+            continue;
+        };
+        let field = |k: &str| {
+            rest.split_whitespace()
+                .find_map(|f| f.strip_prefix(k).map(str::to_string))
+        };
+        let pid = field("pid=").and_then(|p| p.parse::<u32>().ok());
+        if field("host=").as_deref() != Some(host.as_str()) {
+            continue;
+        }
+        if let Some(pid) = pid.filter(|p| !crate::util::process_alive(*p)) {
+            drop_database(server, &name).await?;
+            tracing::warn!(
+                "dropped {name} on {}: a verify (pid {pid}) left it behind when it was killed",
+                server.masked()
+            );
+            dropped.push(name);
+        }
+    }
+    Ok(dropped)
 }
 
 async fn drop_database(server: &DbUrl, name: &str) -> Result<()> {
