@@ -323,3 +323,115 @@ fn a_key_rotation_seals_content_again_under_the_new_key() {
         "{stderr}"
     );
 }
+
+/// Sends `signal` to a child and returns its exit code, stdout and stderr.
+fn signal_and_wait(child: std::process::Child, signal: &str) -> (i32, String, String) {
+    std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn spawn(env: &Env, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(assert_cmd::cargo::cargo_bin("backstop"))
+        .current_dir(env.dir.path())
+        .env("SOURCE_DB_URL", env.source.url(common::FIXTURE_DB))
+        .env("BACKSTOP_IDENTITY", &env.identity)
+        .args(args)
+        .arg("--policy")
+        .arg(&env.policy)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for(what: &str, child: &mut std::process::Child, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(child.try_wait().unwrap().is_none(), "ended before {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn sigterm_and_sigint_during_backup_and_restore_leave_a_record_and_release_the_lock() {
+    let env = Env::new();
+    env.source.psql(
+        common::FIXTURE_DB,
+        "create table public.bulk as select i, md5(i::text) || repeat(md5((i * 7)::text), 8) as t from generate_series(1, 300000) i",
+    );
+    let blobs = || files_under(&env.repo.join("blobs")).len();
+    let runs = || files_under(&env.repo.join("runs")).len();
+    for signal in ["TERM", "INT"] {
+        let code = if signal == "TERM" { 143 } else { 130 };
+        let mut child = spawn(&env, &["backup", "--json"]);
+        let before = blobs();
+        wait_for("the backup to store blobs", &mut child, || {
+            blobs() >= before + 2
+        });
+        let runs_before = runs();
+        let (got, stdout, stderr) = signal_and_wait(child, signal);
+        assert_eq!(got, code, "SIG{signal}: {stderr}");
+        let rec: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON document");
+        assert_eq!(rec["ok"], false);
+        assert!(rec["snapshot_id"].is_null());
+        let error = rec["error"].as_str().unwrap();
+        assert!(
+            error.contains(&format!("interrupted by SIG{signal}")),
+            "{error}"
+        );
+        assert_eq!(runs(), runs_before + 1, "no run record was written");
+        assert!(
+            env.meta_files().is_empty(),
+            "an interrupted backup committed"
+        );
+        assert!(
+            files_under(&env.repo.join("locks")).is_empty(),
+            "the lock stayed"
+        );
+    }
+    // The next run starts at once: no lock to wait for or take over.
+    let started = Instant::now();
+    let rec = env.backup_json();
+    assert_eq!(rec["ok"], true);
+    assert!(started.elapsed() < Duration::from_secs(60));
+
+    let target = env.scratch.url("stopped");
+    let mut child = spawn(&env, &["restore", "--json", "--db-url", &target]);
+    let scratch = &env.scratch;
+    wait_for("the restore to load data", &mut child, || {
+        scratch.psql(
+            "postgres",
+            "select count(*) from pg_database where datname = 'stopped'",
+        ) == "1"
+            && scratch.psql(
+                "stopped",
+                "select count(*) from pg_class where relname = 'bulk' and relkind = 'r'",
+            ) == "1"
+    });
+    let (got, stdout, stderr) = signal_and_wait(child, "INT");
+    assert_eq!(got, 130, "{stderr}");
+    let rec: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON document");
+    assert_eq!(rec["ok"], false);
+    let error = rec["error"].as_str().unwrap();
+    assert!(
+        error.contains("interrupted by SIGINT")
+            && error.contains("partial restore")
+            && error.contains("--force"),
+        "{error}"
+    );
+    assert!(
+        files_under(&env.repo.join("locks")).is_empty(),
+        "the lock stayed"
+    );
+    let (code, rec, stderr) = env.restore_json(&target, &["--force"]);
+    assert_eq!(code, 0, "{stderr}\n{rec}");
+}
