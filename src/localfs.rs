@@ -1,4 +1,5 @@
-//! Local file helpers shared by the operations: atomic writes of restored files.
+//! Local file helpers shared by the operations: atomic writes of restored files (a temporary
+//! file, fsync, rename, fsync of the directory).
 
 use crate::error::{Error, Result};
 use std::path::Path;
@@ -33,7 +34,13 @@ pub async fn write_file_atomically(
             .map_err(|e| Error::failed(format!("syncing {}: {e}", path.display())))?;
         tokio::fs::rename(&tmp, path)
             .await
-            .map_err(|e| Error::failed(format!("renaming into {}: {e}", path.display())))
+            .map_err(|e| Error::failed(format!("renaming into {}: {e}", path.display())))?;
+        // The rename is durable only once the directory is.
+        let d = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || std::fs::File::open(&d)?.sync_all())
+            .await
+            .map_err(|e| Error::failed(format!("syncing {}: {e}", dir.display())))?
+            .map_err(|e| Error::failed(format!("syncing directory {}: {e}", dir.display())))
     }
     .await;
     if result.is_err() {

@@ -152,6 +152,9 @@ impl Sealer {
     }
 }
 
+/// The largest manifest a reader decompresses (1 GiB).
+pub const MANIFEST_MAX: u64 = 1 << 30;
+
 /// Private keys, loaded only by restore, verify and `check --identity`.
 pub struct Opener {
     identities: Vec<age::x25519::Identity>,
@@ -192,8 +195,14 @@ impl Opener {
         })
     }
 
-    /// age-decrypts and zstd-decompresses. `what` names the object in errors.
+    /// age-decrypts and zstd-decompresses a manifest (at most [`MANIFEST_MAX`] bytes).
+    /// `what` names the object in errors.
     pub fn open(&self, sealed: &[u8], what: &str) -> Result<Vec<u8>> {
+        self.open_bounded(sealed, what, MANIFEST_MAX)
+    }
+
+    /// age-decrypts and zstd-decompresses at most `max` bytes of plaintext; more is damage.
+    pub fn open_bounded(&self, sealed: &[u8], what: &str, max: u64) -> Result<Vec<u8>> {
         let decryptor = age::Decryptor::new_buffered(sealed).map_err(|e| {
             Error::new(
                 Kind::Damaged,
@@ -216,12 +225,24 @@ impl Opener {
                 format!("{what} is damaged: decryption failed ({e})"),
             )
         })?;
-        zstd::stream::decode_all(compressed.as_slice()).map_err(|e| {
-            Error::new(
+        // Decompression stops one byte past what the manifest records: a frame that claims
+        // more (damage, or a crafted one) never fills memory.
+        let mut plain = Vec::new();
+        zstd::stream::read::Decoder::new(compressed.as_slice())
+            .and_then(|d| d.take(max.saturating_add(1)).read_to_end(&mut plain))
+            .map_err(|e| {
+                Error::new(
+                    Kind::Damaged,
+                    format!("{what} is damaged: zstd frame unreadable ({e})"),
+                )
+            })?;
+        if plain.len() as u64 > max {
+            return Err(Error::new(
                 Kind::Damaged,
-                format!("{what} is damaged: zstd frame unreadable ({e})"),
-            )
-        })
+                format!("{what} is damaged: it decompresses to more than the {max} bytes recorded"),
+            ));
+        }
+        Ok(plain)
     }
 }
 
@@ -266,6 +287,28 @@ mod tests {
     }
 
     #[test]
+    fn decompression_stops_at_the_recorded_length() {
+        let (sealer, opener, _f) = pair();
+        // 16 MiB of zeros compress to almost nothing: a small blob that claims 1000 bytes.
+        let sealed = sealer.seal(&vec![0u8; 16 << 20]).unwrap();
+        assert!(sealed.len() < 4096);
+        let e = opener.open_bounded(&sealed, "blob z", 1000).unwrap_err();
+        assert_eq!(e.kind, Kind::Damaged);
+        assert!(
+            e.message.contains("more than the 1000 bytes"),
+            "{}",
+            e.message
+        );
+        assert_eq!(
+            opener
+                .open_bounded(&sealed, "blob z", 16 << 20)
+                .unwrap()
+                .len(),
+            16 << 20
+        );
+    }
+
+    #[test]
     fn wrong_identity_is_named() {
         let (sealer, _, _f) = pair();
         let (_, other, _g) = pair();
@@ -277,6 +320,7 @@ mod tests {
             "{}",
             e.message
         );
+        assert_eq!(e.kind, Kind::WrongKey);
     }
 
     #[test]

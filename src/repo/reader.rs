@@ -134,7 +134,9 @@ impl BlobReader {
                     this.snapshot, this.refs[id].sha256
                 )));
             }
-            let plain = this.opener.open(bytes, &format!("blob {id}"))?;
+            let plain = this
+                .opener
+                .open_bounded(bytes, &format!("blob {id}"), u64::from(len))?;
             if plain.len() != len as usize || this.ids.id(&plain) != id {
                 return Err(Error::new(
                     Kind::Damaged,

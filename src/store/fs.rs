@@ -49,6 +49,32 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Creates `dir` and every missing ancestor, fsyncing the parent of each level it created, so
+/// that after a crash no directory that a durable object lives in can vanish.
+fn create_dirs_durably(dir: &Path) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while !at.is_dir() {
+        missing.push(at.to_path_buf());
+        match at.parent() {
+            Some(p) if !p.as_os_str().is_empty() => at = p,
+            _ => break,
+        }
+    }
+    for d in missing.iter().rev() {
+        match std::fs::create_dir(d) {
+            Ok(()) => {}
+            // Another writer made it first: it is there, which is all that matters.
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_error("create directory", d, e)),
+        }
+        if let Some(up) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(up).map_err(|e| io_error("sync directory", up, e))?;
+        }
+    }
+    Ok(())
+}
+
 fn put_blocking(path: &Path, data: &[u8], mode: PutMode) -> Result<Put> {
     if mode != PutMode::Replace && path.exists() {
         return Ok(Put::Exists);
@@ -56,10 +82,7 @@ fn put_blocking(path: &Path, data: &[u8], mode: PutMode) -> Result<Put> {
     // Parent of a key always exists in a valid key (it has at least one component).
     let dir = path.parent().unwrap_or(Path::new("."));
     if !dir.is_dir() {
-        std::fs::create_dir_all(dir).map_err(|e| io_error("create directory", dir, e))?;
-        if let Some(up) = dir.parent() {
-            sync_dir(up).map_err(|e| io_error("sync directory", up, e))?;
-        }
+        create_dirs_durably(dir)?;
     }
     let tmp = dir.join(format!(".tmp-{:016x}", rand::random::<u64>()));
     let result = (|| {
