@@ -321,3 +321,66 @@ fn s3_and_directory_sources_round_trip() {
     );
     assert_restores_to_a_directory(&env, &files);
 }
+
+/// Runs a backup expected to fail on its storage source; returns stderr after checking that
+/// it failed with exit 2 before the dump started (no database figures, no dump phase).
+fn refused_before_the_dump(env: &Env, key: Option<&str>) -> String {
+    let mut cmd = env.backstop();
+    if let Some(k) = key {
+        cmd.env("SUPABASE_KEY", k);
+    }
+    let (code, out, stderr) = run(cmd.args(["backup", "--json", "--policy"]).arg(&env.policy));
+    assert_eq!(code, 2, "{stderr}");
+    let rec: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(rec["db"].is_null(), "the dump ran first: {rec}");
+    let phases = rec["phases"].to_string();
+    assert!(!phases.contains("dump"), "the dump ran first: {rec}");
+    assert!(env.meta_files().is_empty());
+    if let Some(k) = key {
+        assert!(
+            !stderr.contains(k) && !out.contains(k),
+            "the key was echoed"
+        );
+    }
+    stderr
+}
+
+#[test]
+fn storage_errors_are_named_before_the_dump_starts() {
+    let env = Env::new();
+    let src = tempfile::tempdir().unwrap();
+    write_tree(src.path());
+    let sb = Supabase::start(src.path());
+    supabase_policy(&env, &sb.url());
+    let forged = refused_before_the_dump(&env, Some("forged-key-1234"));
+    assert!(
+        forged.contains("key was refused") && forged.contains("not one this project signed"),
+        "{forged}"
+    );
+    let expired = refused_before_the_dump(&env, Some(common::supabase::EXPIRED_KEY));
+    assert!(expired.contains("the key has expired"), "{expired}");
+    env.write_policy(
+        &env.policy,
+        &format!("\n[storage]\nkind = \"supabase\"\nurl = \"{}\"\nkey = \"${{SUPABASE_KEY}}\"\nbuckets = [\"nope\"]\n", sb.url()),
+    );
+    let missing = refused_before_the_dump(&env, None);
+    assert!(missing.contains("bucket nope does not exist"), "{missing}");
+
+    // The S3 source: a missing bucket, and a key the server does not know.
+    let moto = common::s3::Moto::start();
+    let strict = common::s3::Moto::start_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")]);
+    for (endpoint, bucket, needle) in [
+        (moto.endpoint(), "nope", "the bucket does not exist"),
+        (strict.endpoint(), BUCKET, "storage.access_key_id"),
+    ] {
+        env.write_policy(
+            &env.policy,
+            &format!(
+                "\n[storage]\nkind = \"s3\"\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\naccess_key_id = \"${{S3_KEY_ID}}\"\nsecret_access_key = \"${{S3_SECRET}}\"\nbuckets = [\"{bucket}\"]\n"
+            ),
+        );
+        let stderr = refused_before_the_dump(&env, None);
+        assert!(stderr.contains(needle), "{stderr}");
+        assert!(!stderr.contains(common::s3::SECRET));
+    }
+}

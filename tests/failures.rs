@@ -207,6 +207,20 @@ fn bad_input_gets_exit_codes_and_names_the_problem() {
     assert_eq!(rec["ok"], false);
     assert!(rec["snapshot_id"].is_null());
 
+    // A refused login: exit 2, like every refused credential; the password never shown.
+    let wrong = env
+        .source
+        .url(common::FIXTURE_DB)
+        .replace(common::pg::PASSWORD, "wrong-pass-987");
+    let (code, out, stderr) = run(env
+        .backstop()
+        .env("SOURCE_DB_URL", &wrong)
+        .args(["backup", "--json", "--policy"])
+        .arg(&env.policy));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("refused the login"), "{stderr}");
+    assert!(!stderr.contains("wrong-pass-987") && !out.contains("wrong-pass-987"));
+
     // Restore without an identity, and before any snapshot.
     let (code, _, stderr) = run(env
         .backstop()

@@ -173,6 +173,16 @@ async fn backup(
         .filter(|_| want_storage)
         .map(|s| s.buckets.clone())
         .unwrap_or_default();
+    // The storage source is opened and its key and buckets checked before the dump starts: a
+    // refused key or a missing bucket fails the run at once, not after the whole dump.
+    let source = match policy.storage.as_ref().filter(|_| want_storage) {
+        Some(cfg) => {
+            let source = crate::source::storage::open(cfg).await?;
+            source.check_buckets(&buckets).await?;
+            Some(source)
+        }
+        None => None,
+    };
     let writer =
         Arc::new(BlobWriter::new(repo, sealer.clone(), policy.repository.connections).await?);
     let mut consistent_at = started_at;
@@ -206,9 +216,8 @@ async fn backup(
     let mut storage = None;
     let mut meta_storage = None;
     let mut new_index = None;
-    if let Some(cfg) = policy.storage.as_ref().filter(|_| want_storage) {
+    if let (Some(cfg), Some(source)) = (policy.storage.as_ref(), source) {
         let t = Instant::now();
-        let source = crate::source::storage::open(cfg).await?;
         let cache = crate::cache::load(&repo.store.describe(), &policy.name);
         let done = ctx
             .cancel

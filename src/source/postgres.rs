@@ -9,7 +9,7 @@
 //! would filter is an error naming the table, never a silently short count.
 
 use super::pgtools::DbUrl;
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::model::{Role, TableStat};
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::postgres::PgConnectOptions;
@@ -49,17 +49,31 @@ pub async fn connect_existing(url: &DbUrl) -> Result<Option<PgConnection>> {
     }
 }
 
+/// A refused login (SQLSTATE class 28: wrong password, unknown user, no pg_hba entry) is bad
+/// input, exit 2, like every refused credential; anything else is a failed run.
 fn connect_error(url: &DbUrl, e: sqlx::Error) -> Error {
     let text = e.to_string();
-    let hint = if text.contains("password authentication failed") {
-        "check the user and password"
+    let refused =
+        matches!(&e, sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("28")));
+    let (kind, hint) = if refused {
+        (
+            Kind::Input,
+            "the server refused the login: check the user and password",
+        )
     } else {
-        "check that the server is running and the host and port are right"
+        (
+            Kind::Failed,
+            "check that the server is running and the host and port are right",
+        )
     };
-    Error::failed(format!(
-        "cannot connect to database {}: {text}; {hint}",
-        url.masked()
-    ))
+    Error::new(
+        kind,
+        format!(
+            "cannot connect to database {}: {text}; {hint}",
+            url.masked()
+        ),
+    )
+    .with_source(e)
 }
 
 /// True when a connection failed because the database does not exist (SQLSTATE 3D000).

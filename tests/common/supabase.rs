@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub const KEY: &str = "service-role-key-for-tests";
+/// A key the double answers as the real server answers an expired one.
+pub const EXPIRED_KEY: &str = "expired-service-role-key";
 
 #[derive(Default)]
 pub struct State {
@@ -151,10 +153,17 @@ fn json_reply(conn: &mut TcpStream, status: u16, v: Value) -> std::io::Result<()
     respond(conn, status, "application/json", v.to_string().as_bytes())
 }
 
+/// An error as supabase/storage answers it: a client error is HTTP 400 whatever it is, with
+/// the real status as a string in the body's `statusCode`.
 fn error(conn: &mut TcpStream, status: u16, code: &str, message: &str) -> std::io::Result<()> {
+    let http = if (400..500).contains(&status) {
+        400
+    } else {
+        status
+    };
     json_reply(
         conn,
-        status,
+        http,
         json!({ "statusCode": status.to_string(), "error": code, "message": message }),
     )
 }
@@ -239,7 +248,7 @@ fn serve(conn: TcpStream, root: &Path, st: &State) -> std::io::Result<()> {
         .get("authorization")
         .cloned()
         .unwrap_or_default();
-    let apikey = req.headers.get("apikey").cloned().unwrap_or_default();
+    // Only `Authorization: Bearer` counts; the `apikey` header is ignored.
     if bearer.is_empty() {
         return error(
             &mut conn,
@@ -248,8 +257,16 @@ fn serve(conn: TcpStream, root: &Path, st: &State) -> std::io::Result<()> {
             "headers must have required property 'authorization'",
         );
     }
-    if bearer != format!("Bearer {KEY}") || apikey != KEY {
-        return error(&mut conn, 400, "Unauthorized", "Invalid Compact JWS");
+    if bearer == format!("Bearer {EXPIRED_KEY}") {
+        return error(&mut conn, 403, "Unauthorized", "jwt expired");
+    }
+    if bearer != format!("Bearer {KEY}") {
+        return error(
+            &mut conn,
+            403,
+            "Unauthorized",
+            "signature verification failed",
+        );
     }
     let path = req.path.split('?').next().unwrap_or("").to_string();
     let Some(rest) = path.strip_prefix("/storage/v1/") else {
@@ -266,7 +283,7 @@ fn serve(conn: TcpStream, root: &Path, st: &State) -> std::io::Result<()> {
                     json!({ "id": b, "name": b, "public": false }),
                 )
             } else {
-                error(&mut conn, 400, "Bucket not found", "Bucket not found")
+                error(&mut conn, 404, "Bucket not found", "Bucket not found")
             }
         }
         ("POST", "bucket") => {
@@ -356,7 +373,7 @@ fn serve(conn: TcpStream, root: &Path, st: &State) -> std::io::Result<()> {
             let (b, name) = (percent_decode(b), percent_decode(name));
             let p = root.join(&b).join(&name);
             let Ok(data) = std::fs::read(&p) else {
-                return error(&mut conn, 400, "not_found", "Object not found");
+                return error(&mut conn, 404, "not_found", "Object not found");
             };
             if st.cut.lock().unwrap().contains(&name) {
                 write!(conn, "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", data.len())?;
@@ -379,10 +396,10 @@ fn serve(conn: TcpStream, root: &Path, st: &State) -> std::io::Result<()> {
             let p = root.join(&b).join(&name);
             let upsert = req.headers.get("x-upsert").is_some_and(|v| v == "true");
             if !root.join(&b).is_dir() {
-                return error(&mut conn, 400, "Bucket not found", "Bucket not found");
+                return error(&mut conn, 404, "Bucket not found", "Bucket not found");
             }
             if p.exists() && !upsert {
-                return error(&mut conn, 400, "Duplicate", "The resource already exists");
+                return error(&mut conn, 409, "Duplicate", "The resource already exists");
             }
             std::fs::create_dir_all(p.parent().unwrap())?;
             std::fs::write(&p, &req.body)?;

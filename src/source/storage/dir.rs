@@ -65,6 +65,19 @@ impl StorageSource for DirSource {
         format!("directory {}", self.root.display())
     }
 
+    async fn check_buckets(&self, buckets: &[String]) -> Result<()> {
+        for bucket in buckets {
+            let dir = self.root.join(bucket);
+            if !dir.is_dir() {
+                return Err(Error::input(format!(
+                    "storage: bucket {bucket} does not exist (no directory {})",
+                    dir.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     async fn list(&self, bucket: &str) -> Result<Vec<ObjectInfo>> {
         let dir = self.root.join(bucket);
         if !dir.is_dir() {

@@ -80,6 +80,9 @@ pub struct UploadMeta {
 #[async_trait]
 pub trait StorageSource: Send + Sync {
     fn describe(&self) -> String;
+    /// Checks, before any work starts, that the credentials are accepted and every bucket
+    /// exists: a refused key and a missing bucket are each named (exit 2).
+    async fn check_buckets(&self, buckets: &[String]) -> Result<()>;
     /// Every object of a bucket; a missing bucket is an error naming it.
     async fn list(&self, bucket: &str) -> Result<Vec<ObjectInfo>>;
     /// The object's content as a stream.

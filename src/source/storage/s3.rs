@@ -35,21 +35,34 @@ impl S3Source {
     }
 
     fn error(&self, what: &str, e: impl ProvideErrorMetadata + std::fmt::Display) -> Error {
-        let kind = match e.code() {
-            Some("NoSuchBucket")
-            | Some("InvalidAccessKeyId")
-            | Some("SignatureDoesNotMatch")
-            | Some("AccessDenied") => Kind::Input,
-            _ => Kind::Failed,
+        let hint = match e.code() {
+            Some("NoSuchBucket") => Some("the bucket does not exist: check storage.buckets"),
+            Some("InvalidAccessKeyId") => {
+                Some("the access key id is not known there: check storage.access_key_id")
+            }
+            Some("SignatureDoesNotMatch") => {
+                Some("the secret access key is wrong: check storage.secret_access_key")
+            }
+            Some("AccessDenied") => Some("the credentials lack permission on the bucket"),
+            Some("AuthorizationHeaderMalformed") | Some("PermanentRedirect") => {
+                Some("the bucket is in another region: set storage.region to the bucket's")
+            }
+            _ => None,
+        };
+        let kind = if hint.is_some() {
+            Kind::Input
+        } else {
+            Kind::Failed
         };
         let detail = match (e.code(), e.message()) {
             (Some(c), Some(m)) => format!("{c}: {m}"),
             (Some(c), None) => c.to_string(),
             _ => e.to_string(),
         };
+        let hint = hint.map(|h| format!("; {h}")).unwrap_or_default();
         Error::new(
             kind,
-            format!("storage: s3 {what} at {}: {detail}", self.endpoint),
+            format!("storage: s3 {what} at {}: {detail}{hint}", self.endpoint),
         )
     }
 }
@@ -58,6 +71,20 @@ impl S3Source {
 impl StorageSource for S3Source {
     fn describe(&self) -> String {
         format!("S3 storage at {}", self.endpoint)
+    }
+
+    async fn check_buckets(&self, buckets: &[String]) -> Result<()> {
+        for bucket in buckets {
+            // A one-key listing: unlike HEAD, its error answers carry S3's codes.
+            self.client
+                .list_objects_v2()
+                .bucket(bucket)
+                .max_keys(1)
+                .send()
+                .await
+                .map_err(|e| self.error(&format!("list bucket {bucket}"), e))?;
+        }
+        Ok(())
     }
 
     async fn list(&self, bucket: &str) -> Result<Vec<ObjectInfo>> {

@@ -14,7 +14,7 @@
 //!   characters), so names with spaces, `#`, `%`, `+`, `?`, `=` or any Unicode round-trip.
 
 use super::{Download, ObjectInfo, Reader, StorageSource, UploadMeta};
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use serde::Deserialize;
@@ -25,6 +25,27 @@ pub struct SupabaseSource {
     base: String,
     key: String,
     http: reqwest::Client,
+}
+
+/// Supabase Storage's error body; `statusCode` is a string ("404") or a number.
+#[derive(Deserialize, Default)]
+struct ApiError {
+    #[serde(default, rename = "statusCode")]
+    status_code: Option<serde_json::Value>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+impl ApiError {
+    fn code(&self) -> Option<u16> {
+        match self.status_code.as_ref()? {
+            serde_json::Value::String(s) => s.parse().ok(),
+            serde_json::Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -102,27 +123,58 @@ impl SupabaseSource {
         Ok(resp)
     }
 
+    /// The error an unsuccessful answer means. Supabase Storage answers client errors with
+    /// HTTP 400 and the real status in the body (`{"statusCode":"403","error":"Unauthorized",
+    /// "message":"signature verification failed"}`), so the body's code decides, not the
+    /// HTTP status. A refused key is bad input (exit 2, as every refused credential).
     async fn fail(&self, what: &str, resp: reqwest::Response) -> Error {
-        let status = resp.status();
-        let body = resp.text().await.unwrap_or_default();
-        let body: String = body.chars().take(300).collect();
-        // Supabase answers a bad key with 400 "Invalid Compact JWS", a missing one with 400
-        // naming the authorization header, and a key without rights with 401/403.
-        let refused = status == reqwest::StatusCode::UNAUTHORIZED
-            || status == reqwest::StatusCode::FORBIDDEN
-            || body.contains("JWS")
-            || body.contains("jwt")
-            || body.contains("'authorization'");
-        if refused {
-            return Error::input(format!(
-                "storage: {what} at {}: the key was refused (HTTP {status}): {body}; storage.key must be a service-role or secret key",
+        self.answer_error(what, resp).await.1
+    }
+
+    /// [`SupabaseSource::fail`], with the status the answer really means.
+    async fn answer_error(&self, what: &str, resp: reqwest::Response) -> (u16, Error) {
+        let http = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let body: ApiError = serde_json::from_str(&text).unwrap_or_default();
+        let code = body.code().unwrap_or(http);
+        let message = body.message.clone().unwrap_or_default();
+        let error = body.error.clone().unwrap_or_default();
+        let shown: String = format!("{error}: {message}").chars().take(300).collect();
+        let lower = format!("{error} {message}").to_lowercase();
+        let key_problem = (code == 401 || code == 403)
+            .then(|| {
+                if lower.contains("expired") || lower.contains("\"exp\"") {
+                    "the key has expired: issue a new service-role or secret key"
+                } else if lower.contains("signature") || lower.contains("jws") || lower.contains("jwt") {
+                    "the key is not one this project signed (a wrong or forged key): use the project's service-role or secret key"
+                } else {
+                    "the key was refused or lacks the rights: storage.key must be a service-role or secret key"
+                }
+            })
+            .or_else(|| {
+                (lower.contains("invalidkey") || lower.contains("'authorization'"))
+                    .then_some("the key was refused as malformed: storage.key must be a service-role or secret key")
+            });
+        if let Some(hint) = key_problem {
+            let e = Error::input(format!(
+                "storage: {what} at {}: the key was refused ({code} {shown}); {hint}",
                 self.base
             ));
+            return (code, e);
         }
-        Error::failed(format!(
-            "storage: {what} at {}: HTTP {status}: {body}",
-            self.base
-        ))
+        let kind = if code == 404 {
+            Kind::Input
+        } else {
+            Kind::Failed
+        };
+        let e = Error::new(
+            kind,
+            format!(
+                "storage: {what} at {}: HTTP {http} ({code}) {shown}",
+                self.base
+            ),
+        );
+        (code, e)
     }
 
     async fn bucket_exists(&self, bucket: &str) -> Result<bool> {
@@ -138,11 +190,11 @@ impl SupabaseSource {
             return Ok(true);
         }
         let what = format!("reading bucket {bucket}");
-        let e = self.fail(&what, resp).await;
-        if e.kind == crate::error::Kind::Input || !status.is_client_error() {
-            return Err(e);
+        match self.answer_error(&what, resp).await {
+            // Not found, as the body (or the HTTP status) says: the bucket is missing.
+            (404, _) => Ok(false),
+            (_, e) => Err(e),
         }
-        Ok(false)
     }
 
     /// The flat list-v2 listing, or `None` when the project does not offer it.
@@ -162,7 +214,7 @@ impl SupabaseSource {
             let status = resp.status();
             if !status.is_success() {
                 let e = self.fail(&format!("listing bucket {bucket}"), resp).await;
-                if e.kind == crate::error::Kind::Input {
+                if e.kind == Kind::Input {
                     return Err(e);
                 }
                 tracing::info!(
@@ -261,6 +313,18 @@ fn info(bucket: &str, name: String, e: Entry) -> ObjectInfo {
 impl StorageSource for SupabaseSource {
     fn describe(&self) -> String {
         format!("Supabase Storage at {}", self.base)
+    }
+
+    async fn check_buckets(&self, buckets: &[String]) -> Result<()> {
+        for bucket in buckets {
+            if !self.bucket_exists(bucket).await? {
+                return Err(Error::input(format!(
+                    "storage: bucket {bucket} does not exist at {}",
+                    self.base
+                )));
+            }
+        }
+        Ok(())
     }
 
     async fn list(&self, bucket: &str) -> Result<Vec<ObjectInfo>> {
