@@ -238,7 +238,26 @@ fn supabase_v1_listing_wrong_key_and_a_cut_download() {
     assert!(stderr.contains("key was refused"), "{stderr}");
     assert!(!stdout.contains("not-the-key") && !stderr.contains("not-the-key"));
 
-    // A download cut mid-object: exit 1 naming it, no snapshot.
+    // A download cut once mid-object is made again: the backup succeeds and restores exact.
+    let mut changed = files.clone();
+    let big = common::documents::bytes(9 * 1024 * 1024, 42);
+    std::fs::write(src.path().join("documents/cut-once.bin"), &big).unwrap();
+    changed.insert("cut-once.bin".into(), big);
+    sync_rows(&env, &changed);
+    sb.state
+        .cut_once
+        .lock()
+        .unwrap()
+        .push("cut-once.bin".into());
+    let rec = env.backup_json();
+    assert_eq!(rec["ok"], true, "{rec}");
+    assert!(
+        sb.state.cut_once.lock().unwrap().is_empty(),
+        "the cut never happened"
+    );
+    assert_restores_to_a_directory(&env, &changed);
+
+    // A download cut every time: exit 1 naming it and the attempts, no snapshot.
     let snapshots = env.meta_files().len();
     std::fs::write(
         src.path().join("documents/scans/big scan.tiff"),
@@ -253,6 +272,7 @@ fn supabase_v1_listing_wrong_key_and_a_cut_download() {
     let (code, _, stderr) = run(env.backstop().args(["backup", "--policy"]).arg(&env.policy));
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("documents/scans/big scan.tiff"), "{stderr}");
+    assert!(stderr.contains("3 attempts"), "{stderr}");
     assert_eq!(env.meta_files().len(), snapshots);
 }
 

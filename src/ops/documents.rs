@@ -15,11 +15,12 @@
 
 use super::backup::{BackupStorage, Mismatches};
 use crate::cache::{Cached, Index};
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::localfs::write_file_atomically;
+use crate::repo::format::StreamRef;
 use crate::repo::format::{Meta, StorageObject};
 use crate::repo::reader::BlobReader;
-use crate::repo::writer::BlobWriter;
+use crate::repo::writer::{BlobWriter, WriteStats};
 use crate::source::storage::{safe_relative, ObjectInfo, StorageSource, UploadMeta};
 use futures::{StreamExt, TryStreamExt};
 use std::collections::{BTreeSet, HashSet};
@@ -123,10 +124,56 @@ async fn backup_one(
         }
     }
     let what = format!("storage object {}/{}", info.bucket, info.name);
-    let download = source.read(&info).await?;
+    // A download cut off midway (or one that ends short of the listed size) is made again,
+    // with backoff; chunks the failed attempt stored are found again, not re-uploaded.
+    let mut attempt = 1;
+    let (stream, stats, download_meta) = loop {
+        match download_once(source, writer, &info, &what).await {
+            Ok(done) => break done,
+            Err(e) if e.kind == Kind::Failed && attempt < DOWNLOAD_ATTEMPTS => {
+                tracing::warn!(
+                    "{}; trying again (attempt {} of {DOWNLOAD_ATTEMPTS})",
+                    e.message,
+                    attempt + 1
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(500 << attempt)).await;
+                attempt += 1;
+            }
+            Err(e) if attempt > 1 => {
+                return Err(e.context(format!("{attempt} attempts")));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let object = StorageObject {
+        bucket: info.bucket,
+        name: info.name,
+        size: stream.bytes,
+        sha256: stream.sha256,
+        content_type: info.content_type.or(download_meta.0),
+        cache_control: info.cache_control.or(download_meta.1),
+        etag: info.etag,
+        version: info.version,
+        chunks: stream.chunks,
+    };
+    Ok((object, stats.blobs_new > 0, stats.bytes_stored, fingerprint))
+}
+
+/// How many times one object's download is made in all.
+const DOWNLOAD_ATTEMPTS: u32 = 3;
+
+/// One download of an object through the writer; the stream, its figures, and the content
+/// type and cache control the download carried.
+async fn download_once(
+    source: &dyn StorageSource,
+    writer: &Arc<BlobWriter>,
+    info: &ObjectInfo,
+    what: &str,
+) -> Result<(StreamRef, WriteStats, (Option<String>, Option<String>))> {
+    let download = source.read(info).await?;
     let reader = tokio_util::io::SyncIoBridge::new(download.reader);
     let (stream, stats) = writer
-        .write_stream(reader, &what, &|_| {})
+        .write_stream(reader, what, &|_| {})
         .await
         .map_err(|e| e.context(format!("backing up {what}")))?;
     if let Some(size) = info.size {
@@ -137,18 +184,11 @@ async fn backup_one(
             )));
         }
     }
-    let object = StorageObject {
-        bucket: info.bucket,
-        name: info.name,
-        size: stream.bytes,
-        sha256: stream.sha256,
-        content_type: info.content_type.or(download.content_type),
-        cache_control: info.cache_control.or(download.cache_control),
-        etag: info.etag,
-        version: info.version,
-        chunks: stream.chunks,
-    };
-    Ok((object, stats.blobs_new > 0, stats.bytes_stored, fingerprint))
+    Ok((
+        stream,
+        stats,
+        (download.content_type, download.cache_control),
+    ))
 }
 
 /// A stream of one object's plaintext, checked chunk by chunk.

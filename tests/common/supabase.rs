@@ -23,6 +23,8 @@ pub struct State {
     pub list_v2: AtomicBool,
     /// Object names whose download is cut after half their bytes.
     pub cut: Mutex<Vec<String>>,
+    /// Object names whose next download only is cut (then served whole).
+    pub cut_once: Mutex<Vec<String>>,
     /// bucket/name -> (content type, cache control) of uploads.
     pub meta: Mutex<HashMap<String, (String, String)>>,
     pub requests: Mutex<Vec<String>>,
@@ -375,7 +377,12 @@ fn serve(conn: TcpStream, root: &Path, st: &State) -> std::io::Result<()> {
             let Ok(data) = std::fs::read(&p) else {
                 return error(&mut conn, 404, "not_found", "Object not found");
             };
-            if st.cut.lock().unwrap().contains(&name) {
+            let once = {
+                let mut once = st.cut_once.lock().unwrap();
+                let hit = once.iter().position(|n| n == &name);
+                hit.map(|i| once.remove(i)).is_some()
+            };
+            if once || st.cut.lock().unwrap().contains(&name) {
                 write!(conn, "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", data.len())?;
                 conn.write_all(&data[..data.len() / 2])?;
                 conn.flush()?;
