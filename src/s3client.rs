@@ -13,6 +13,7 @@ use aws_sdk_s3::operation::upload_part::UploadPartError;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
+use secrecy::{ExposeSecret, SecretString};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -25,7 +26,7 @@ pub struct ClientConfig {
     pub endpoint: Option<String>,
     pub region: Option<String>,
     pub access_key_id: Option<String>,
-    pub secret_access_key: Option<String>,
+    pub secret_access_key: Option<SecretString>,
     pub checksums: String,
 }
 
@@ -50,7 +51,7 @@ pub async fn client(config: &ClientConfig) -> Result<(Client, bool)> {
         );
     match (&config.access_key_id, &config.secret_access_key) {
         (Some(id), Some(secret)) => {
-            loader = loader.credentials_provider(Credentials::new(id, secret, None, None, "backstop-policy"));
+            loader = loader.credentials_provider(Credentials::new(id, secret.expose_secret(), None, None, "backstop-policy"));
         }
         (None, None) => {}
         _ => {

@@ -8,16 +8,15 @@ use crate::policy::Policy;
 use crate::record::VerifyRecord;
 use crate::repo::Selector;
 use crate::source::pgtools::DbUrl;
+use secrecy::ExposeSecret;
 use std::path::Path;
 use std::sync::Arc;
 
 fn request(args: &VerifyArgs, policy: &Policy) -> Result<Request> {
     let share = args.read_data.clone().or(policy.verify.read_data.clone());
     let read_share = parse_share(share.as_deref().unwrap_or("10%")).map_err(Error::input)?;
-    let scratch = args
-        .scratch_url
-        .clone()
-        .or(policy.verify.scratch_url.clone());
+    let from_policy = policy.verify.scratch_url.as_ref();
+    let scratch = (args.scratch_url.clone()).or(from_policy.map(|s| s.expose_secret().to_string()));
     let queries = policy.verify.queries.iter().map(|(sql, e)| {
         parse_expect(e)
             .map(|e| (sql.clone(), e))

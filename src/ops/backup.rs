@@ -24,6 +24,7 @@ use crate::source::copytext::METHOD_COPY;
 use crate::source::pgtools::{self, DbUrl};
 use crate::source::postgres::{Session, TableRef};
 use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
 use std::io::Read;
@@ -148,7 +149,14 @@ async fn backup(
 ) -> Result<()> {
     let only = req.only;
     let started_at = out.times.started_at;
-    let dedup_key = repo.blob_id_key(policy.repository.dedup_key.as_deref(), &policy.recipients)?;
+    let dedup_key = repo.blob_id_key(
+        policy
+            .repository
+            .dedup_key
+            .as_ref()
+            .map(|k| k.expose_secret()),
+        &policy.recipients,
+    )?;
     let sealer = Arc::new(Sealer::new(
         &policy.recipients,
         &dedup_key,
@@ -190,7 +198,7 @@ async fn backup(
     let mut meta_db = None;
     let mut db_names = None;
     if let Some(db) = policy.database.as_ref().filter(|_| want_db) {
-        let url = DbUrl::parse(&db.url)?;
+        let url = DbUrl::parse(db.url.expose_secret())?;
         let dumped = ctx.cancel.run(dump_database(
             &url,
             &db.exclude_schemas,

@@ -20,7 +20,7 @@ use std::sync::Arc;
 /// The identity, and the policy's dedup_key if it sets one (blob ids are keyed with it).
 pub struct Key {
     pub opener: Arc<Opener>,
-    pub dedup_key: Option<String>,
+    pub dedup_key: Option<secrecy::SecretString>,
 }
 
 /// A damaged object is a finding; any other failure (a read that could not be made, after
@@ -255,7 +255,14 @@ async fn check(repo: &Repo, req: &Request, ctx: &Ctx, rec: &mut Outcome) -> Resu
                 if readers.contains_key(&recipients) {
                     continue;
                 }
-                let ids = BlobIds::new(&repo.blob_id_key(k.dedup_key.as_deref(), &recipients)?);
+                let ids = BlobIds::new(
+                    &repo.blob_id_key(
+                        k.dedup_key
+                            .as_ref()
+                            .map(secrecy::ExposeSecret::expose_secret),
+                        &recipients,
+                    )?,
+                );
                 let refs: Vec<BlobRef> = intact
                     .iter()
                     .filter(|x| sealed_to.get(&x.id) == Some(&recipients))

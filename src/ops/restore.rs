@@ -15,6 +15,7 @@ use crate::repo::reader::BlobReader;
 use crate::repo::{Repo, Selector};
 use crate::seal::Opener;
 use crate::source::pgtools::DbUrl;
+use secrecy::ExposeSecret;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -130,7 +131,15 @@ async fn restore(
     let t = Instant::now();
     let manifest = repo.read_manifest(&meta, &req.opener).await?;
     out.phases.push(Phase::since("manifest", t));
-    let ids = repo.snapshot_blob_ids(&manifest, &meta, policy.repository.dedup_key.as_deref())?;
+    let ids = repo.snapshot_blob_ids(
+        &manifest,
+        &meta,
+        policy
+            .repository
+            .dedup_key
+            .as_ref()
+            .map(|k| k.expose_secret()),
+    )?;
     let ahead = policy.repository.connections;
 
     if let Some(url) = &req.db_url {

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::schedule::{parse_timezone, Cron};
 use crate::util::parse_duration;
 use chrono_tz::Tz;
+use secrecy::{ExposeSecret, SecretString};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -56,7 +57,8 @@ pub struct Schedule {
 
 #[derive(Debug, Clone)]
 pub struct Database {
-    pub url: String,
+    /// Holds the password: shown only through `DbUrl::masked`.
+    pub url: SecretString,
     pub exclude_schemas: Vec<String>,
 }
 
@@ -64,12 +66,12 @@ pub struct Database {
 pub struct StorageSource {
     pub kind: StorageKind,
     pub url: Option<String>,
-    pub key: Option<String>,
+    pub key: Option<SecretString>,
     pub buckets: Vec<String>,
     pub endpoint: Option<String>,
     pub region: Option<String>,
     pub access_key_id: Option<String>,
-    pub secret_access_key: Option<String>,
+    pub secret_access_key: Option<SecretString>,
     pub path: Option<PathBuf>,
     pub require_consistent: bool,
 }
@@ -94,9 +96,9 @@ pub struct Repository {
     pub endpoint: Option<String>,
     pub region: Option<String>,
     pub access_key_id: Option<String>,
-    pub secret_access_key: Option<String>,
+    pub secret_access_key: Option<SecretString>,
     pub object_lock: Option<ObjectLock>,
-    pub dedup_key: Option<String>,
+    pub dedup_key: Option<SecretString>,
     pub zstd_level: i32,
     pub checksums: String,
     pub connections: usize,
@@ -142,7 +144,7 @@ pub struct Retention {
 
 #[derive(Debug, Clone, Default)]
 pub struct Verify {
-    pub scratch_url: Option<String>,
+    pub scratch_url: Option<SecretString>,
     pub read_data: Option<String>,
     pub queries: Vec<(String, String)>,
     pub allow_missing_extensions: Vec<String>,
@@ -150,7 +152,7 @@ pub struct Verify {
 
 #[derive(Debug, Clone)]
 pub struct Notify {
-    pub webhook: Option<String>,
+    pub webhook: Option<SecretString>,
     pub on: Vec<String>,
 }
 
@@ -278,6 +280,11 @@ impl Validator<'_> {
         s.as_ref().map(|s| self.expand(s, key))
     }
 
+    /// [`Validator::opt`] for a secret: it prints as `[REDACTED]` in `Debug`.
+    fn secret(&mut self, s: &Option<S>, key: &str) -> Option<SecretString> {
+        self.opt(s, key).map(SecretString::from)
+    }
+
     fn duration(&mut self, s: &Option<S>, key: &str, default: u64) -> Duration {
         match s {
             None => Duration::from_secs(default),
@@ -341,7 +348,7 @@ impl Validator<'_> {
             }
         });
         let database = raw.database.map(|d| Database {
-            url: self.expand(&d.url, "database.url"),
+            url: self.expand(&d.url, "database.url").into(),
             exclude_schemas: d
                 .exclude_schemas
                 .iter()
@@ -349,8 +356,9 @@ impl Validator<'_> {
                 .collect(),
         });
         if let Some(d) = &database {
-            let postgres = d.url.starts_with("postgres://") || d.url.starts_with("postgresql://");
-            if !d.url.is_empty() && !postgres {
+            let url = d.url.expose_secret();
+            let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+            if !url.is_empty() && !postgres {
                 self.problems.push(format!(
                     "{}: database.url: must be a postgres:// or postgresql:// URL",
                     self.file
@@ -390,7 +398,7 @@ impl Validator<'_> {
         let verify = raw
             .verify
             .map(|v| Verify {
-                scratch_url: self.opt(&v.scratch_url, "verify.scratch_url"),
+                scratch_url: self.secret(&v.scratch_url, "verify.scratch_url"),
                 read_data: v.read_data.as_ref().map(|s| s.get_ref().clone()),
                 queries: v
                     .queries
@@ -405,7 +413,7 @@ impl Validator<'_> {
             })
             .unwrap_or_default();
         let notify = raw.notify.map(|n| Notify {
-            webhook: self.opt(&n.webhook, "notify.webhook"),
+            webhook: self.secret(&n.webhook, "notify.webhook"),
             on: n.on.iter().map(|s| s.get_ref().clone()).collect(),
         });
         Policy {
@@ -455,7 +463,7 @@ impl Validator<'_> {
         }
         let path = self.opt(&s.path, "storage.path").map(PathBuf::from);
         let url = self.opt(&s.url, "storage.url");
-        let key = self.opt(&s.key, "storage.key");
+        let key = self.secret(&s.key, "storage.key");
         match kind {
             StorageKind::Supabase if url.is_none() || key.is_none() => self.problem(
                 s.kind.span(),
@@ -475,7 +483,7 @@ impl Validator<'_> {
             endpoint: self.opt(&s.endpoint, "storage.endpoint"),
             region: self.opt(&s.region, "storage.region"),
             access_key_id: self.opt(&s.access_key_id, "storage.access_key_id"),
-            secret_access_key: self.opt(&s.secret_access_key, "storage.secret_access_key"),
+            secret_access_key: self.secret(&s.secret_access_key, "storage.secret_access_key"),
             path,
             require_consistent: s.require_consistent.unwrap_or(false),
         }
@@ -564,9 +572,9 @@ impl Validator<'_> {
             endpoint: self.opt(&r.endpoint, "repository.endpoint"),
             region: self.opt(&r.region, "repository.region"),
             access_key_id: self.opt(&r.access_key_id, "repository.access_key_id"),
-            secret_access_key: self.opt(&r.secret_access_key, "repository.secret_access_key"),
+            secret_access_key: self.secret(&r.secret_access_key, "repository.secret_access_key"),
             object_lock,
-            dedup_key: self.opt(&r.dedup_key, "repository.dedup_key"),
+            dedup_key: self.secret(&r.dedup_key, "repository.dedup_key"),
             zstd_level,
             checksums,
             connections,
@@ -673,7 +681,11 @@ mod tests {
     #[test]
     fn minimal_policy_parses_with_defaults() {
         let p = parse(&minimal(""), Path::new("p.toml"), &env).unwrap();
-        assert_eq!(p.database.unwrap().url, "postgres://u:pw@localhost/db");
+        let db = p.database.clone().unwrap();
+        assert_eq!(db.url.expose_secret(), "postgres://u:pw@localhost/db");
+        // Secrets stay out of Debug output.
+        let shown = format!("{p:?}");
+        assert!(!shown.contains("u:pw@"), "{shown}");
         assert_eq!(p.repository.location, Location::Dir("/tmp/repo".into()));
         assert_eq!(p.objectives.rpo, Duration::from_secs(86_400));
         assert_eq!(p.repository.zstd_level, 3);

@@ -46,7 +46,7 @@ pub struct S3Config {
     pub endpoint: Option<String>,
     pub region: Option<String>,
     pub access_key_id: Option<String>,
-    pub secret_access_key: Option<String>,
+    pub secret_access_key: Option<secrecy::SecretString>,
     pub object_lock: Option<(String, u32)>,
     pub checksums: String,
     pub connections: usize,

@@ -23,6 +23,7 @@ use crate::repo::{Repo, Selector};
 use crate::seal::Opener;
 use crate::source::pgtools::DbUrl;
 use crate::source::postgres::{column, connect, quote_ident};
+use secrecy::ExposeSecret;
 use sqlx::{Connection, Executor};
 use std::sync::Arc;
 use std::time::Instant;
@@ -127,7 +128,15 @@ async fn verify(
         }
     };
     out.findings.phases.push(super::Phase::since("manifest", t));
-    let ids = repo.snapshot_blob_ids(&manifest, &meta, policy.repository.dedup_key.as_deref())?;
+    let ids = repo.snapshot_blob_ids(
+        &manifest,
+        &meta,
+        policy
+            .repository
+            .dedup_key
+            .as_ref()
+            .map(|k| k.expose_secret()),
+    )?;
     let scratch = match (&manifest.database, &req.scratch) {
         (None, _) => None,
         (Some(_), None) => return Err(Error::input(

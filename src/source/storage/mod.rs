@@ -13,6 +13,7 @@ pub mod supabase;
 use crate::error::{Error, Result};
 use crate::policy::{StorageKind, StorageSource as Config};
 use async_trait::async_trait;
+use secrecy::ExposeSecret;
 use std::pin::Pin;
 use tokio::io::AsyncRead;
 
@@ -104,7 +105,11 @@ pub async fn open(config: &Config) -> Result<Box<dyn StorageSource>> {
         }
         StorageKind::Supabase => Box::new(supabase::SupabaseSource::new(
             config.url.as_deref().unwrap_or_default(),
-            config.key.as_deref().unwrap_or_default(),
+            config
+                .key
+                .as_ref()
+                .map(|k| k.expose_secret())
+                .unwrap_or_default(),
         )?),
         StorageKind::S3 => Box::new(s3::S3Source::connect(config).await?),
     })
