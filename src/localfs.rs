@@ -1,5 +1,7 @@
 //! Local file helpers shared by the operations: atomic writes of restored files (a temporary
-//! file, fsync, rename, fsync of the directory).
+//! file, fsync, rename, fsync of the directory), and the sweep of temporary files that
+//! interrupted writes left: a run that writes into a directory removes the `.tmp-*` or
+//! `.backstop-tmp-*` files there older than a day.
 
 use crate::error::{Error, Result};
 use std::path::Path;
@@ -21,6 +23,8 @@ pub async fn write_file_atomically(
     tokio::fs::create_dir_all(dir)
         .await
         .map_err(|e| Error::failed(format!("creating {}: {e}", dir.display())))?;
+    let d = dir.to_path_buf();
+    let _ = tokio::task::spawn_blocking(move || sweep_stale_tmp(&d, ".backstop-tmp-")).await;
     let tmp = dir.join(format!(".backstop-tmp-{:016x}", rand::random::<u64>()));
     let result = async {
         let mut f = tokio::fs::File::create(&tmp)
@@ -47,4 +51,81 @@ pub async fn write_file_atomically(
         let _ = tokio::fs::remove_file(&tmp).await;
     }
     result
+}
+
+/// How old a temporary file must be before a later run removes it: older than any write in
+/// flight can be.
+pub const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Removes, once per directory and process, the temporary files named `prefix*` in `dir`
+/// that are older than [`STALE_TMP`]: what interrupted writes left behind. Errors are only
+/// logged: a leftover is untidy, never a reason to fail a run. Returns how many were removed.
+pub fn sweep_stale_tmp(dir: &Path, prefix: &str) -> usize {
+    static SWEPT: std::sync::Mutex<Option<std::collections::HashSet<std::path::PathBuf>>> =
+        std::sync::Mutex::new(None);
+    {
+        let mut swept = crate::repo::writer::lock(&SWEPT);
+        if !swept
+            .get_or_insert_with(Default::default)
+            .insert(dir.to_path_buf())
+        {
+            return 0;
+        }
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if !name.to_string_lossy().starts_with(prefix) {
+            continue;
+        }
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE_TMP);
+        if old {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => removed += 1,
+                Err(err) => tracing::warn!("could not remove {}: {err}", e.path().display()),
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(
+            "removed {removed} stale temporary files from {}",
+            dir.display()
+        );
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_day_old_temporaries_of_the_prefix_go_once_per_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let make = |name: &str, age_h: u64| {
+            let f = std::fs::File::create(dir.path().join(name)).unwrap();
+            let t = std::time::SystemTime::now() - std::time::Duration::from_secs(age_h * 3600);
+            f.set_modified(t).unwrap();
+        };
+        make(".tmp-old", 30);
+        make(".tmp-fresh", 1);
+        make("kept-old", 30);
+        assert_eq!(sweep_stale_tmp(dir.path(), ".tmp-"), 1);
+        assert!(!dir.path().join(".tmp-old").exists());
+        assert!(dir.path().join(".tmp-fresh").exists() && dir.path().join("kept-old").exists());
+        make(".tmp-old2", 30);
+        assert_eq!(
+            sweep_stale_tmp(dir.path(), ".tmp-"),
+            0,
+            "once per directory and process"
+        );
+    }
 }

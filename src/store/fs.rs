@@ -4,7 +4,8 @@
 //! `.tmp-*`, ignored by listings), fsynced, then hard-linked to its key, which fails if the key
 //! exists, so an existing object is never overwritten; then the temporary name is removed and
 //! the directory fsynced. A crash at any point leaves either no object or the whole object
-//! (plus perhaps a stray `.tmp-*` file). A full disk or a permission problem is reported with
+//! (plus perhaps a stray `.tmp-*` file, which the next run that writes into that directory
+//! removes once it is a day old). A full disk or a permission problem is reported with
 //! the path and is never retried.
 
 use super::{Entry, Put, PutMode, Store};
@@ -84,6 +85,7 @@ fn put_blocking(path: &Path, data: &[u8], mode: PutMode) -> Result<Put> {
     if !dir.is_dir() {
         create_dirs_durably(dir)?;
     }
+    crate::localfs::sweep_stale_tmp(dir, ".tmp-");
     let tmp = dir.join(format!(".tmp-{:016x}", rand::random::<u64>()));
     let result = (|| {
         let mut f = std::fs::OpenOptions::new()
