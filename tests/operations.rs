@@ -328,12 +328,31 @@ async fn a_backup_whose_lock_is_removed_or_replaced_fails_with_lock_lost_and_com
     }
 }
 
-/// A store whose answers to create-if-absent writes of chosen keys are lost: the write lands,
-/// and the client's retry (as the S3 SDK makes after a dropped response) finds the object
-/// there and is told so.
-struct LostAnswers {
+/// A store that injects faults into another:
+/// * `lose_answers`: the answer to a create-if-absent write of a lock, `manifest.age` or
+///   `meta.json` is lost. The write lands, and the client's retry (as the S3 SDK makes after a
+///   dropped response) finds the object there and is told so;
+/// * `fail_every`: every n-th read (locks aside) fails the way a cut connection does.
+struct Faulty {
     inner: Arc<dyn Store>,
+    lose_answers: bool,
+    fail_every: u64,
     lost: std::sync::Mutex<Vec<String>>,
+    reads: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Faulty {
+    fn new(inner: Arc<dyn Store>, lose_answers: bool, fail_every: u64) -> Arc<Faulty> {
+        Arc::new(Faulty {
+            inner,
+            lose_answers,
+            fail_every,
+            lost: Default::default(),
+            reads: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        })
+    }
 }
 
 fn answer_is_lost(key: &str) -> bool {
@@ -341,7 +360,7 @@ fn answer_is_lost(key: &str) -> bool {
 }
 
 #[async_trait::async_trait]
-impl Store for LostAnswers {
+impl Store for Faulty {
     fn describe(&self) -> String {
         self.inner.describe()
     }
@@ -350,13 +369,20 @@ impl Store for LostAnswers {
     }
     async fn put(&self, key: &str, data: Vec<u8>, mode: PutMode) -> backstop::error::Result<Put> {
         let first = self.inner.put(key, data.clone(), mode).await?;
-        if mode == PutMode::Replace || !answer_is_lost(key) {
+        if !self.lose_answers || mode == PutMode::Replace || !answer_is_lost(key) {
             return Ok(first);
         }
         self.lost.lock().unwrap().push(key.to_string());
         self.inner.put(key, data, mode).await
     }
     async fn get_opt(&self, key: &str) -> backstop::error::Result<Option<Vec<u8>>> {
+        let n = self.reads.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.fail_every > 0 && n.is_multiple_of(self.fail_every) && !key.starts_with("locks/") {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            return Err(backstop::error::Error::failed(format!(
+                "test: reading {key}: connection reset"
+            )));
+        }
         self.inner.get_opt(key).await
     }
     async fn stat(&self, key: &str) -> backstop::error::Result<Option<u64>> {
@@ -377,10 +403,7 @@ async fn lost_answers_to_the_commit_and_lock_writes_are_success() {
     let inner = backstop::store::open(&policy.repository.store_config())
         .await
         .unwrap();
-    let store = Arc::new(LostAnswers {
-        inner,
-        lost: Default::default(),
-    });
+    let store = Faulty::new(inner, true, 0);
     let repo = Repo::open(store.clone(), &policy.name).await.unwrap();
     let out = ops::backup::run(&policy, &repo, &backup_request(), &Ctx::default()).await;
     assert!(out.error.is_none(), "{:?}", out.error);
@@ -407,46 +430,6 @@ async fn lost_answers_to_the_commit_and_lock_writes_are_success() {
     assert_eq!(checked.snapshots_checked, 1);
 }
 
-/// A store whose every `every`-th read fails the way a cut connection does.
-struct FlakyReads {
-    inner: Arc<dyn Store>,
-    every: u64,
-    reads: AtomicU64,
-    failed: AtomicU64,
-}
-
-#[async_trait::async_trait]
-impl Store for FlakyReads {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    async fn check(&self) -> backstop::error::Result<()> {
-        self.inner.check().await
-    }
-    async fn put(&self, key: &str, data: Vec<u8>, mode: PutMode) -> backstop::error::Result<Put> {
-        self.inner.put(key, data, mode).await
-    }
-    async fn get_opt(&self, key: &str) -> backstop::error::Result<Option<Vec<u8>>> {
-        let n = self.reads.fetch_add(1, Ordering::SeqCst) + 1;
-        if n.is_multiple_of(self.every) && !key.starts_with("locks/") {
-            self.failed.fetch_add(1, Ordering::SeqCst);
-            return Err(backstop::error::Error::failed(format!(
-                "test: reading {key}: connection reset"
-            )));
-        }
-        self.inner.get_opt(key).await
-    }
-    async fn stat(&self, key: &str) -> backstop::error::Result<Option<u64>> {
-        self.inner.stat(key).await
-    }
-    async fn list(&self, prefix: &str) -> backstop::error::Result<Vec<Entry>> {
-        self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &str) -> backstop::error::Result<()> {
-        self.inner.delete(key).await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reads_that_fail_during_check_are_never_reported_as_damage() {
     let env = Env::new();
@@ -458,12 +441,7 @@ async fn reads_that_fail_during_check_are_never_reported_as_damage() {
     }
     let opener = Arc::new(backstop::seal::Opener::from_file(&env.identity).unwrap());
     for every in [3, 7, 20] {
-        let store = Arc::new(FlakyReads {
-            inner: repo.store.clone(),
-            every,
-            reads: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-        });
+        let store = Faulty::new(repo.store.clone(), false, every);
         let flaky = Repo::open(store.clone(), &policy.name).await.unwrap();
         let req = ops::check::Request {
             key: Some(ops::check::Key {

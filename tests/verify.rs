@@ -48,6 +48,21 @@ fn verify(env: &Env, extra: &[&str]) -> (i32, serde_json::Value, String) {
         .args(extra))
 }
 
+/// A verify in the background, its stderr as asked.
+fn spawn_verify(env: &Env, stderr: std::process::Stdio) -> std::process::Child {
+    Command::new(assert_cmd::cargo::cargo_bin("backstop"))
+        .current_dir(env.dir.path())
+        .env("SOURCE_DB_URL", env.source.url(FIXTURE_DB))
+        .env("SCRATCH_URL", env.scratch.url("postgres"))
+        .env("BACKSTOP_IDENTITY", &env.identity)
+        .args(["verify", "--policy"])
+        .arg(&env.policy)
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
 fn databases(env: &Env) -> String {
     env.scratch
         .psql("postgres", "select datname from pg_database order by 1")
@@ -330,17 +345,7 @@ fn an_interrupted_verify_drops_its_temporary_database() {
     let (env, _docs) = env_with_documents("");
     env.backup_json();
     let before = databases(&env);
-    let child = Command::new(assert_cmd::cargo::cargo_bin("backstop"))
-        .current_dir(env.dir.path())
-        .env("SOURCE_DB_URL", env.source.url(FIXTURE_DB))
-        .env("SCRATCH_URL", env.scratch.url("postgres"))
-        .env("BACKSTOP_IDENTITY", &env.identity)
-        .args(["verify", "--policy"])
-        .arg(&env.policy)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_verify(&env, std::process::Stdio::piped());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !databases(&env).contains("backstop_verify_") {
         assert!(
@@ -425,17 +430,7 @@ fn a_killed_verifys_leftover_database_is_dropped_by_the_next_verify() {
     let (env, _docs) = env_with_documents("");
     env.backup_json();
     let before = databases(&env);
-    let mut child = Command::new(assert_cmd::cargo::cargo_bin("backstop"))
-        .current_dir(env.dir.path())
-        .env("SOURCE_DB_URL", env.source.url(FIXTURE_DB))
-        .env("SCRATCH_URL", env.scratch.url("postgres"))
-        .env("BACKSTOP_IDENTITY", &env.identity)
-        .args(["verify", "--policy"])
-        .arg(&env.policy)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_verify(&env, std::process::Stdio::null());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let leftover = loop {
         let now = databases(&env);
