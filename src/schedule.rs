@@ -32,7 +32,7 @@ impl Cron {
             }
         };
         let schedule = cron::Schedule::from_str(&normalized)
-            .map_err(|e| format!("`{text}` is not a valid cron expression: {e}"))?;
+            .map_err(|e| format!("`{text}` is not a valid cron expression: {}", explain(&e)))?;
         Ok(Cron {
             text: text.to_string(),
             schedule,
@@ -46,6 +46,18 @@ impl Cron {
             .next()
             .map(|t| t.with_timezone(&Utc))
     }
+}
+
+/// The cron crate's complaint, said about the expression the policy wrote. Its message
+/// quotes the expression it parsed, which for a 5-field one has the seconds field added, with
+/// a caret one field off; and it says "must be less than 23" of a field whose largest value is
+/// 23. Only its last line is kept, with the bound said as it is: "at most 23".
+fn explain(e: &cron::error::Error) -> String {
+    let text = e.to_string();
+    let last = text.lines().last().unwrap_or(&text).trim();
+    last.replace(" must be less than ", " must be at most ")
+        .replace(". ('", " ('")
+        .replace("' specified.)", "' given)")
 }
 
 pub fn parse_timezone(text: &str) -> Result<Tz, String> {
@@ -93,6 +105,26 @@ mod tests {
         c.next_after(from, parse_timezone(tz).unwrap())
             .unwrap()
             .to_rfc3339()
+    }
+
+    #[test]
+    fn a_bad_field_is_named_with_its_real_bound_and_the_written_expression() {
+        let e = Cron::parse("0 25 * * *").unwrap_err();
+        assert_eq!(
+            e,
+            "`0 25 * * *` is not a valid cron expression: Hours must be at most 23 ('25' given)"
+        );
+        let e = Cron::parse("61 3 * * *").unwrap_err();
+        assert!(
+            e.ends_with("Minutes must be at most 59 ('61' given)"),
+            "{e}"
+        );
+        let e = Cron::parse("0 3 0 * *").unwrap_err();
+        assert!(
+            e.ends_with("must be greater than or equal to 1 ('0' given)"),
+            "{e}"
+        );
+        assert!(Cron::parse("59 23 31 12 *").is_ok());
     }
 
     #[test]
