@@ -63,6 +63,14 @@ step "backstop verify --policy local (restore into a temporary database, compare
 step "backstop check --policy local --read-data (the stored bytes, without the key)"
 "$BIN" check --policy local --read-data
 
+step "a lost backstop.json: init refuses to start over, init --recover rebuilds it from the manifests"
+salt=$(jq -r .dedup_salt "$BACKSTOP_DEMO_REPO/backstop.json")
+rm "$BACKSTOP_DEMO_REPO/backstop.json"
+if "$BIN" init --policy local 2>&1; then echo "init wrote a new salt over old snapshots"; exit 1; fi
+"$BIN" init --recover --policy local --identity "$WORK/identity.txt"
+[ "$(jq -r .dedup_salt "$BACKSTOP_DEMO_REPO/backstop.json")" = "$salt" ] \
+  && echo "backstop.json recovered with its original salt" || { echo "salt differs"; exit 1; }
+
 step "backstop restore --policy local --snapshot latest into a new database"
 RESTORED="postgres://postgres:$PASSWORD@127.0.0.1:$PG_PORT/shop_restored"
 "$BIN" restore --policy local --identity "$WORK/identity.txt" --db-url "$RESTORED" --json \

@@ -60,16 +60,11 @@ pub fn load_policy(arg: &str, dir: Option<&Path>) -> Result<Policy> {
     crate::policy::load(&crate::policy::resolve(arg, dir))
 }
 
-pub async fn open_repo(policy: &Policy) -> Result<Repo> {
-    let store = crate::store::open(&policy.repository.store_config()).await?;
-    Repo::open(store, &policy.name).await
-}
-
 /// The policy and its repository; on failure, the name to record the run under (the policy's
 /// name when it loaded, else the argument) and the error.
 pub async fn open(arg: &str, dir: Option<&Path>) -> Result<(Policy, Repo), (String, Error)> {
     let policy = load_policy(arg, dir).map_err(|e| (arg.to_string(), e))?;
-    match open_repo(&policy).await {
+    match crate::ops::open_repo(&policy).await {
         Ok(repo) => Ok((policy, repo)),
         Err(e) => Err((policy.name, e)),
     }
@@ -82,8 +77,8 @@ pub fn opener(identity: Option<&PathBuf>) -> Result<crate::seal::Opener> {
     crate::seal::Opener::from_file(path)
 }
 
-/// Ends a run: writes its record to the repository (when one was opened; a failure to write
-/// it is logged, the run's outcome stands) and prints it with `--json`.
+/// Ends a run: writes its record to the repository (when one was opened) and prints it with
+/// `--json`.
 pub async fn record_run(
     repo: Option<&Repo>,
     kind: &str,
@@ -92,18 +87,7 @@ pub async fn record_run(
     json: bool,
 ) {
     if let Some(repo) = repo {
-        let store = repo.store.as_ref();
-        let written = crate::repo::runs::write(
-            store,
-            &repo.policy,
-            kind,
-            &times.run_id,
-            times.started_at,
-            record,
-        );
-        if let Err(e) = written.await {
-            tracing::warn!("could not write the run record: {}", e.message);
-        }
+        crate::ops::save_record(repo, kind, times, record).await;
     }
     if json {
         print_json(record);

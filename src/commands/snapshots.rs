@@ -1,5 +1,6 @@
-use super::{human_bytes, open_repo, print_json};
+use super::{human_bytes, print_json};
 use crate::error::Result;
+use crate::ops::open_repo;
 use crate::policy::Policy;
 use crate::record::{SnapshotDb, SnapshotEntry, SnapshotStorage, SnapshotsRecord};
 

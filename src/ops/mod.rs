@@ -70,6 +70,29 @@ impl RunTimes {
     }
 }
 
+/// Opens the repository a policy names (its backstop.json must exist).
+pub async fn open_repo(policy: &crate::policy::Policy) -> Result<Repo> {
+    let store = crate::store::open(&policy.repository.store_config()).await?;
+    Repo::open(store, &policy.name).await
+}
+
+/// Writes a run's record under `runs/`. A record that cannot be written is logged: the run's
+/// outcome stands either way. Every caller (the command line, the daemon) ends a run with it.
+pub async fn save_record(repo: &Repo, kind: &str, times: &RunTimes, record: &impl Serialize) {
+    let store = repo.store.as_ref();
+    let written = crate::repo::runs::write(
+        store,
+        &repo.policy,
+        kind,
+        &times.run_id,
+        times.started_at,
+        record,
+    );
+    if let Err(e) = written.await {
+        tracing::warn!("could not write the run record: {}", e.message);
+    }
+}
+
 /// Runs `work` under a shared lock of the repository, with `ctx`'s token cancelled (for this
 /// run only) when the lock is lost. The lock is released on every path.
 pub(crate) async fn with_shared_lock<T>(
