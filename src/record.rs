@@ -150,6 +150,8 @@ pub struct VerifyRecord {
     pub objects_failed: u64,
     pub queries: Vec<QueryCheck>,
     pub problems: Vec<String>,
+    /// Storage objects whose names a restore to a directory would map.
+    pub names_mapped: Vec<String>,
     pub missing_extensions: Vec<String>,
     pub expected_failures: Vec<String>,
     pub phases: Vec<Phase>,
@@ -181,6 +183,7 @@ impl From<&verify::Outcome> for VerifyRecord {
             objects_failed: f.objects_failed,
             queries: f.queries.clone(),
             problems: f.problems.clone(),
+            names_mapped: f.names_mapped.clone(),
             missing_extensions: f.missing_extensions.clone(),
             expected_failures: f.expected_failures.clone(),
             phases: f.phases.clone(),

@@ -404,3 +404,183 @@ fn storage_errors_are_named_before_the_dump_starts() {
         assert!(!stderr.contains(common::s3::SECRET));
     }
 }
+
+/// Names that are legal object keys but not safe file paths, and one that looks like one.
+const UNSAFE: [&str; 5] = ["a//x", "/lead", "dir/", "x/../y", "..x"];
+/// Where a directory restore writes each of them (see src/source/storage/names.rs).
+const MAPPED: [(&str, &str); 4] = [
+    ("a//x", "a/%/x"),
+    ("/lead", "%/lead"),
+    ("dir/", "dir/%"),
+    ("x/../y", "x/%2E%2E/y"),
+];
+
+/// Backs up the unsafe names from the policy's source, verifies, restores to a directory
+/// through the mapping, then (after `wipe`) exactly back to the source; returns what the
+/// source then holds, by `read`.
+fn unsafe_names_round_trip(
+    env: &Env,
+    wipe: &dyn Fn(&str),
+    read: &dyn Fn(&str) -> Vec<u8>,
+) -> BTreeMap<String, Vec<u8>> {
+    let (code, out, stderr) = run(env
+        .backstop()
+        .args(["backup", "--only", "storage", "--json", "--policy"])
+        .arg(&env.policy));
+    assert_eq!(code, 0, "{stderr}");
+    let rec: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rec["storage"]["objects"], UNSAFE.len() as u64 + 1, "{rec}");
+
+    let (code, out, stderr) = run(env
+        .backstop()
+        .args(["verify", "--read-data", "all", "--json", "--policy"])
+        .arg(&env.policy));
+    assert_eq!(code, 0, "{stderr}");
+    let rec: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let reported: Vec<String> = MAPPED
+        .iter()
+        .map(|(n, _)| format!("{BUCKET}/{n}"))
+        .collect();
+    let mut names: Vec<String> = serde_json::from_value(rec["names_mapped"].clone()).unwrap();
+    names.sort();
+    let mut expected = reported.clone();
+    expected.sort();
+    assert_eq!(names, expected, "{rec}");
+    assert!(stderr.contains("not safe file paths"), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("out");
+    let rec = restore_storage(
+        env,
+        &[
+            "--only",
+            "storage",
+            "--storage-dir",
+            target.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(rec["storage"]["names_mapped"], 4, "{rec}");
+    for (i, name) in UNSAFE.iter().enumerate() {
+        let path = MAPPED
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(name.to_string(), |(_, p)| p.to_string());
+        let written = std::fs::read(target.join(BUCKET).join(&path)).unwrap();
+        assert_eq!(
+            written,
+            format!("object {i}").into_bytes(),
+            "{name} -> {path}"
+        );
+    }
+    let tsv = std::fs::read_to_string(target.join("restore-names.tsv")).unwrap();
+    for (name, path) in MAPPED {
+        let line = format!("{BUCKET}/{name}\t{BUCKET}/{path}");
+        assert!(tsv.lines().any(|l| l == line), "{line} not in {tsv}");
+    }
+    // Nothing outside the target directory.
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "something was written beside the target"
+    );
+
+    for name in UNSAFE.iter().chain(["ok.txt"].iter()) {
+        wipe(name);
+    }
+    restore_storage(env, &["--only", "storage", "--storage-to-source"]);
+    UNSAFE
+        .iter()
+        .chain(["ok.txt"].iter())
+        .map(|n| (n.to_string(), read(n)))
+        .collect()
+}
+
+fn unsafe_contents() -> BTreeMap<String, Vec<u8>> {
+    let mut all: BTreeMap<String, Vec<u8>> = UNSAFE
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.to_string(), format!("object {i}").into_bytes()))
+        .collect();
+    all.insert("ok.txt".into(), b"plain".to_vec());
+    all
+}
+
+#[test]
+fn unsafe_names_round_trip_on_s3_and_the_supabase_double() {
+    let contents = unsafe_contents();
+
+    let moto = common::s3::Moto::start();
+    moto.create_bucket(BUCKET, false);
+    for (name, data) in &contents {
+        moto.put(BUCKET, name, data.clone());
+    }
+    assert_eq!(
+        moto.keys(BUCKET).len(),
+        contents.len(),
+        "moto kept every key"
+    );
+    let env = Env::new();
+    env.write_policy(
+        &env.policy,
+        &format!(
+            "\n[storage]\nkind = \"s3\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\naccess_key_id = \"${{S3_KEY_ID}}\"\nsecret_access_key = \"${{S3_SECRET}}\"\nbuckets = [\"{BUCKET}\"]\n",
+            moto.endpoint()
+        ),
+    );
+    let back = unsafe_names_round_trip(&env, &|n| moto.delete(BUCKET, n), &|n| moto.get(BUCKET, n));
+    assert_eq!(back, contents);
+    assert_eq!(moto.keys(BUCKET).len(), contents.len());
+
+    let root = tempfile::tempdir().unwrap();
+    let sb = Supabase::start(root.path());
+    for (name, data) in &contents {
+        let p = sb.object_path(BUCKET, name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    }
+    let env = Env::new();
+    supabase_policy(&env, &sb.url());
+    let back = unsafe_names_round_trip(
+        &env,
+        &|n| std::fs::remove_file(sb.object_path(BUCKET, n)).unwrap(),
+        &|n| std::fs::read(sb.object_path(BUCKET, n)).unwrap_or_default(),
+    );
+    assert_eq!(back, contents);
+    // The `..` segment reached the double as part of the name, never collapsed.
+    let requests = sb.state.requests.lock().unwrap().clone();
+    assert!(
+        requests.iter().any(|r| r.contains("x%2F..%2Fy")),
+        "{requests:?}"
+    );
+
+    // One object that cannot be written (a directory stands at its path) never stops the
+    // others: they are restored, it is named, exit 1.
+    let target = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(target.path().join(BUCKET).join("ok.txt/in-the-way")).unwrap();
+    let (code, out, stderr) = run(env
+        .backstop()
+        .args([
+            "restore", "--json", "--only", "storage", "--force", "--policy",
+        ])
+        .arg(&env.policy)
+        .arg("--storage-dir")
+        .arg(target.path()));
+    assert_eq!(code, 1, "{stderr}");
+    let rec: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rec["storage"]["objects"], UNSAFE.len() as u64, "{rec}");
+    assert!(
+        rec["error"]
+            .as_str()
+            .unwrap()
+            .contains("1 of 6 storage objects could not be restored")
+            && rec["error"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("{BUCKET}/ok.txt")),
+        "{rec}"
+    );
+    assert_eq!(
+        std::fs::read(target.path().join(BUCKET).join("..x")).unwrap(),
+        contents["..x"]
+    );
+}

@@ -62,6 +62,13 @@ pub async fn run(args: VerifyArgs, dir: Option<&Path>, ctx: &Ctx) -> Result<()> 
     f.expected_failures
         .iter()
         .for_each(|p| eprintln!("expected: {p}"));
+    if !f.names_mapped.is_empty() {
+        eprintln!(
+            "note: {} object names are not safe file paths; --storage-dir writes them under mapped names (listed in restore-names.tsv), --storage-to-source exactly: {}",
+            f.names_mapped.len(),
+            f.names_mapped.join(", ")
+        );
+    }
     let summary = format!(
         "snapshot {}: {} tables compared, {} objects checked ({} read), {} queries; restore {}",
         out.snapshot_id.as_deref().unwrap_or("?"),

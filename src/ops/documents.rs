@@ -10,18 +10,21 @@
 //! (`missing_in_table`) are recorded, and fail the backup when `require_consistent` is set.
 //!
 //! Restoring writes `DIR/<bucket>/<name>` atomically (a temporary file, fsync, rename) and never
-//! replaces an existing file without `force`; or uploads to the source with the recorded content
-//! type and cache control, creating the bucket if missing.
+//! replaces an existing file without `force`; a name that is not a safe path is written through
+//! the reversible mapping of [`crate::source::storage::names`] and listed in [`NAMES_FILE`]. Or
+//! it uploads each object to the source under its exact name, with the recorded content type
+//! and cache control, creating the bucket if missing. An object that cannot be written is
+//! named, and the others are still restored.
 
 use super::backup::{BackupStorage, Mismatches};
 use crate::cache::{Cached, Index};
 use crate::error::{Error, Kind, Result};
 use crate::localfs::write_file_atomically;
+use crate::repo::format::StorageObject;
 use crate::repo::format::StreamRef;
-use crate::repo::format::{Meta, StorageObject};
 use crate::repo::reader::BlobReader;
 use crate::repo::writer::{BlobWriter, WriteStats};
-use crate::source::storage::{safe_relative, ObjectInfo, StorageSource, UploadMeta};
+use crate::source::storage::{names, safe_relative, ObjectInfo, StorageSource, UploadMeta};
 use futures::{StreamExt, TryStreamExt};
 use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
@@ -209,24 +212,73 @@ pub enum Target<'a> {
     Source(&'a dyn StorageSource),
 }
 
-/// Restores every object; returns (objects, bytes).
+/// The name of the list of mapped names that a directory restore writes at its root.
+pub const NAMES_FILE: &str = "restore-names.tsv";
+
+/// What a storage restore did.
+#[derive(Debug, Default)]
+pub struct Restored {
+    pub objects: u64,
+    pub bytes: u64,
+    /// `bucket/name` and the path written, for names that are not safe paths (directory
+    /// restores only; see [`crate::source::storage::names`]).
+    pub mapped: Vec<(String, String)>,
+    /// Objects that could not be restored, each with why. The others were restored.
+    pub failed: Vec<String>,
+}
+
+/// Where `o` goes under `root`, and whether its name had to be mapped.
+fn dir_path(root: &std::path::Path, o: &StorageObject) -> Result<(PathBuf, Option<String>)> {
+    if !safe_relative(&o.bucket) || o.bucket.contains('/') {
+        return Err(Error::failed(format!(
+            "bucket name `{}` is not a directory name; restore it with --storage-to-source",
+            o.bucket
+        )));
+    }
+    let (rel, mapped) = names::to_dir_path(&o.name);
+    let path = root.join(&o.bucket).join(&rel);
+    Ok((path, mapped.then_some(rel)))
+}
+
+/// Restores every object. One that cannot be restored never stops the others: it is named in
+/// [`Restored::failed`].
 pub async fn restore(
     reader: &Arc<BlobReader>,
-    meta: &Meta,
     objects: &[StorageObject],
     target: Target<'_>,
     ahead: usize,
-) -> Result<(u64, u64)> {
-    if let Target::Dir { root, force: false } = &target {
-        // Refuse before writing anything, naming the first file in the way.
+) -> Result<Restored> {
+    let mut done = Restored::default();
+    if let Target::Dir { root, force } = &target {
         for o in objects {
-            let p = root.join(&o.bucket).join(&o.name);
-            if tokio::fs::try_exists(&p).await.unwrap_or(false) {
+            let Ok((p, mapped)) = dir_path(root, o) else {
+                continue;
+            };
+            // Refuse before writing anything, naming the first file in the way.
+            if !force && tokio::fs::try_exists(&p).await.unwrap_or(false) {
                 return Err(Error::input(format!(
                     "{} exists: restore into an empty directory, or pass --force to replace existing files",
                     p.display()
                 )));
             }
+            if let Some(rel) = mapped {
+                done.mapped.push((
+                    format!("{}/{}", o.bucket, o.name),
+                    format!("{}/{rel}", o.bucket),
+                ));
+            }
+        }
+        if !done.mapped.is_empty() {
+            let list: String = done
+                .mapped
+                .iter()
+                .map(|(name, path)| {
+                    let (bucket, name) = name.split_once('/').unwrap_or_default();
+                    names::tsv_line(bucket, name, path)
+                })
+                .collect();
+            let body = std::io::Cursor::new(list.into_bytes());
+            write_file_atomically(&root.join(NAMES_FILE), body, *force).await?;
         }
     }
     if let Target::Source(source) = &target {
@@ -235,37 +287,45 @@ pub async fn restore(
             source.ensure_bucket(b).await?;
         }
     }
-    let mut bytes = 0;
-    let results: Vec<u64> = futures::stream::iter(objects)
+    let results: Vec<(u64, Option<String>)> = futures::stream::iter(objects)
         .map(|o| {
             let target = &target;
             async move {
-                if !safe_relative(&o.name) || !safe_relative(&o.bucket) || o.bucket.contains('/') {
-                    return Err(Error::failed(format!(
-                        "snapshot {}: object {}/{} has a name that is not a safe path; restore it with --storage-to-source",
-                        meta.id, o.bucket, o.name
-                    )));
-                }
                 let body = object_reader(reader, o, ahead);
-                let what = format!("restoring {}/{}", o.bucket, o.name);
-                match target {
-                    Target::Dir { root, force } => {
-                        write_file_atomically(&root.join(&o.bucket).join(&o.name), body, *force).await
-                    }
+                let written = match target {
+                    Target::Dir { root, force } => match dir_path(root, o) {
+                        Ok((path, _)) => write_file_atomically(&path, body, *force).await,
+                        Err(e) => Err(e),
+                    },
                     Target::Source(source) => {
-                        let meta = UploadMeta { size: o.size, content_type: o.content_type.clone(), cache_control: o.cache_control.clone() };
-                        source.write(&o.bucket, &o.name, &meta, Box::pin(body)).await
+                        let meta = UploadMeta {
+                            size: o.size,
+                            content_type: o.content_type.clone(),
+                            cache_control: o.cache_control.clone(),
+                        };
+                        source
+                            .write(&o.bucket, &o.name, &meta, Box::pin(body))
+                            .await
                     }
+                };
+                match written {
+                    Ok(()) => (o.size, None),
+                    Err(e) => (0, Some(format!("{}/{}: {}", o.bucket, o.name, e.message))),
                 }
-                .map_err(|e| e.context(&what))?;
-                Ok(o.size)
             }
         })
         .buffer_unordered(CONCURRENT_OBJECTS)
-        .try_collect()
-        .await?;
-    for b in &results {
-        bytes += b;
+        .collect()
+        .await;
+    for (bytes, failure) in results {
+        match failure {
+            None => {
+                done.objects += 1;
+                done.bytes += bytes;
+            }
+            Some(why) => done.failed.push(why),
+        }
     }
-    Ok((results.len() as u64, bytes))
+    done.failed.sort();
+    Ok(done)
 }

@@ -54,6 +54,10 @@ pub struct RestoreDb {
 pub struct RestoreStorage {
     pub objects: u64,
     pub bytes: u64,
+    /// Objects whose names were written under a mapped path (`restore-names.tsv`).
+    pub names_mapped: u64,
+    /// Objects that could not be restored, each with why.
+    pub failed: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -231,9 +235,29 @@ async fn restore(
                 documents::Target::Source(source.as_ref())
             }
         };
-        let (n, bytes) = documents::restore(&reader, &meta, objects, destination, ahead).await?;
-        out.storage = Some(RestoreStorage { objects: n, bytes });
+        let done = documents::restore(&reader, objects, destination, ahead).await?;
         out.phases.push(Phase::since("storage", t));
+        if let (false, StorageTo::Dir(dir)) = (done.mapped.is_empty(), to) {
+            out.notes.push(format!(
+                "{} object names are not safe file paths and were written under mapped names, listed in {}",
+                done.mapped.len(),
+                dir.join(documents::NAMES_FILE).display()
+            ));
+        }
+        out.storage = Some(RestoreStorage {
+            objects: done.objects,
+            bytes: done.bytes,
+            names_mapped: done.mapped.len() as u64,
+            failed: done.failed.clone(),
+        });
+        if !done.failed.is_empty() {
+            return Err(Error::failed(format!(
+                "{} of {} storage objects could not be restored (the others were): {}",
+                done.failed.len(),
+                objects.len(),
+                done.failed.join("; ")
+            )));
+        }
     }
     Ok(())
 }

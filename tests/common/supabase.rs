@@ -69,6 +69,11 @@ impl Supabase {
         }
     }
 
+    /// The file that holds object `name` of `bucket` (any legal object name).
+    pub fn object_path(&self, bucket: &str, name: &str) -> PathBuf {
+        self.root.join(bucket).join(disk_path(name))
+    }
+
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -190,6 +195,35 @@ pub fn percent_decode(s: &str) -> String {
     String::from_utf8(out).unwrap()
 }
 
+/// Where the double keeps object `name` under its bucket directory. Names that are not file
+/// paths (`a//x`, `/lead`, `dir/`, `x/../y`) are legal object names on the real server, so
+/// the double keeps them too: an empty, `.` or `..` segment, or one starting with `%`, is
+/// stored under a `%` form that [`object_name`] reverses.
+pub fn disk_path(name: &str) -> String {
+    name.split('/')
+        .map(|s| match s {
+            "" => "%empty".to_string(),
+            "." => "%dot".to_string(),
+            ".." => "%dotdot".to_string(),
+            s if s.starts_with('%') => format!("%{s}"),
+            s => s.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn object_name(rel: &str) -> String {
+    rel.split('/')
+        .map(|s| match s {
+            "%empty" => "",
+            "%dot" => ".",
+            "%dotdot" => "..",
+            s => s.strip_prefix('%').unwrap_or(s),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 fn files(dir: &Path, prefix: &str, out: &mut Vec<(String, PathBuf)>) {
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().to_string();
@@ -305,6 +339,8 @@ fn serve(conn: TcpStream, root: &Path, st: &State) -> std::io::Result<()> {
             let b = percent_decode(&r["object/list-v2/".len()..]);
             let mut all = Vec::new();
             files(&root.join(&b), "", &mut all);
+            let mut all: Vec<(String, PathBuf)> =
+                all.into_iter().map(|(n, p)| (object_name(&n), p)).collect();
             all.sort();
             let after = body["cursor"]
                 .as_str()
@@ -373,7 +409,7 @@ fn serve(conn: TcpStream, root: &Path, st: &State) -> std::io::Result<()> {
                 .split_once('/')
                 .unwrap_or(("", ""));
             let (b, name) = (percent_decode(b), percent_decode(name));
-            let p = root.join(&b).join(&name);
+            let p = root.join(&b).join(disk_path(&name));
             let Ok(data) = std::fs::read(&p) else {
                 return error(&mut conn, 404, "not_found", "Object not found");
             };
@@ -400,7 +436,7 @@ fn serve(conn: TcpStream, root: &Path, st: &State) -> std::io::Result<()> {
         ("POST", r) if r.starts_with("object/") => {
             let (b, name) = r["object/".len()..].split_once('/').unwrap_or(("", ""));
             let (b, name) = (percent_decode(b), percent_decode(name));
-            let p = root.join(&b).join(&name);
+            let p = root.join(&b).join(disk_path(&name));
             let upsert = req.headers.get("x-upsert").is_some_and(|v| v == "true");
             if !root.join(&b).is_dir() {
                 return error(&mut conn, 404, "Bucket not found", "Bucket not found");

@@ -57,6 +57,9 @@ pub struct Findings {
     pub objects_failed: u64,
     pub queries: Vec<QueryCheck>,
     pub problems: Vec<String>,
+    /// Storage objects (`bucket/name`) whose names are not safe file paths: a restore to a
+    /// directory writes them under mapped names (`restore-names.tsv`); to the source, exactly.
+    pub names_mapped: Vec<String>,
     pub missing_extensions: Vec<String>,
     pub expected_failures: Vec<String>,
     pub phases: Vec<Phase>,
@@ -459,6 +462,9 @@ async fn check_objects(
     let mut to_read = Vec::new();
     for o in &storage.objects {
         found.objects_checked += 1;
+        if crate::source::storage::names::to_dir_path(&o.name).1 {
+            found.names_mapped.push(format!("{}/{}", o.bucket, o.name));
+        }
         let broken =
             o.chunks
                 .iter()

@@ -7,6 +7,7 @@
 //! spaces, `#`, `%`, `+`, `?`, `=`); each source encodes them for its own protocol.
 
 pub mod dir;
+pub mod names;
 pub mod s3;
 pub mod supabase;
 

@@ -81,8 +81,16 @@ struct Metadata {
     etag: Option<String>,
 }
 
-/// Percent-encodes each `/`-separated segment of an object path.
+/// Percent-encodes each `/`-separated segment of an object path. A name with a `.` or `..`
+/// segment is sent as one segment, its slashes encoded as `%2F`: every URL parser (the url
+/// crate, WHATWG) collapses dot segments even when their dots are percent-encoded, which
+/// would request another object (`a/../../etc/x` as `/object/etc/x`). The server decodes the
+/// wildcard parameter, so it still sees the exact name. A name that is exactly `.` or `..`
+/// cannot be put in a URL path at all; its download fails, named.
 pub fn encode_path(name: &str) -> String {
+    if name.split('/').any(|s| s == "." || s == "..") {
+        return crate::util::percent_encode(name);
+    }
     name.split('/')
         .map(crate::util::percent_encode)
         .collect::<Vec<_>>()
@@ -424,5 +432,15 @@ mod tests {
             super::encode_path("a b/c#d%e+f?g=h/ü.pdf"),
             "a%20b/c%23d%25e%2Bf%3Fg%3Dh/%C3%BC.pdf"
         );
+    }
+
+    #[test]
+    fn dot_segments_are_never_collapsed() {
+        for name in ["a/../../etc/x", "x/./y", "../x", "a//x", "/lead", "dir/"] {
+            let url = format!("http://h/object/b/{}", super::encode_path(name));
+            let parsed = url::Url::parse(&url).unwrap();
+            let sent = parsed.path().strip_prefix("/object/b/").unwrap();
+            assert_eq!(crate::util::percent_decode(sent), name, "{url}");
+        }
     }
 }
