@@ -403,6 +403,20 @@ fn storage_errors_are_named_before_the_dump_starts() {
         assert!(stderr.contains(needle), "{stderr}");
         assert!(!stderr.contains(common::s3::SECRET));
     }
+    // A known key with a wrong secret, on a server that checks signatures.
+    let (signed, key_id, _) = common::s3::Moto::with_user(BUCKET);
+    env.write_policy(
+        &env.policy,
+        &format!(
+            "\n[storage]\nkind = \"s3\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\naccess_key_id = \"{key_id}\"\nsecret_access_key = \"not-the-secret\"\nbuckets = [\"{BUCKET}\"]\n",
+            signed.endpoint()
+        ),
+    );
+    let stderr = refused_before_the_dump(&env, None);
+    assert!(
+        stderr.contains("the secret access key is wrong"),
+        "{stderr}"
+    );
 }
 
 /// Names that are legal object keys but not safe file paths, and one that looks like one.

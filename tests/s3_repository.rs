@@ -278,4 +278,83 @@ fn misconfigured_s3_gets_clear_errors_and_leaves_nothing() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("credentials were refused"), "{stderr}");
     assert!(!stderr.contains(common::s3::SECRET) && !out.contains(common::s3::SECRET));
+
+    // A known key with a wrong secret (the server checks signatures): exit 2, refused.
+    let (signed, key_id, secret) = Moto::with_user("plain");
+    let env = Env::uninitialized(spec("plain", signed.endpoint(), None));
+    let (code, _, stderr) = run(env
+        .backstop()
+        .env("S3_KEY_ID", &key_id)
+        .env("S3_SECRET", "not-the-secret")
+        .args(["init", "--policy"])
+        .arg(&env.policy));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("SignatureDoesNotMatch") && stderr.contains("credentials were refused"),
+        "{stderr}"
+    );
+    // The right secret works there.
+    let (code, _, stderr) = run(env
+        .backstop()
+        .env("S3_KEY_ID", &key_id)
+        .env("S3_SECRET", &secret)
+        .args(["init", "--policy"])
+        .arg(&env.policy));
+    assert_eq!(code, 0, "{stderr}");
+}
+
+/// Runs one command against the repository behind `proxy` while it cuts answers: once, then
+/// every tenth. Each run must succeed and each must actually have met a cut.
+fn under_cuts(proxy: &Proxy, what: &str, mut cmd: impl FnMut(&str) -> (i32, String)) {
+    for (case, once, every) in [("one cut", 1, 0), ("10% cut", 0, 10)] {
+        proxy.cut_bodies(once, every);
+        let before = proxy.cuts();
+        let (code, stderr) = cmd(&format!("{what}{once}"));
+        proxy.cut_bodies(0, 0);
+        assert_eq!(code, 0, "{what}, {case}: {stderr}");
+        assert!(proxy.cuts() > before, "{what}, {case}: nothing was cut");
+    }
+}
+
+#[test]
+fn cut_answers_are_read_again_by_restore_verify_and_check() {
+    let moto = Moto::start();
+    moto.create_bucket(BUCKET, false);
+    let proxy = Proxy::start(moto.port);
+    let env = s3_env(proxy.endpoint(), None);
+    add_bulk(&env);
+    env.backup_json();
+    let expected = table_contents(&env.source, FIXTURE_DB);
+
+    under_cuts(&proxy, "restore", |db| {
+        let (code, rec, stderr) = env.restore_json(&env.scratch.url(db), &[]);
+        if code == 0 {
+            assert_eq!(table_contents(&env.scratch, db), expected, "{rec}");
+        }
+        (code, stderr)
+    });
+    under_cuts(&proxy, "verify", |_| {
+        let (code, out, stderr) = run(env
+            .backstop()
+            .args(["verify", "--json", "--policy"])
+            .arg(&env.policy)
+            .arg("--scratch-url")
+            .arg(env.scratch.url("postgres")));
+        let rec: serde_json::Value = serde_json::from_str(&out).unwrap();
+        if code == 0 {
+            let tables = rec["tables"].as_array().unwrap();
+            assert!(tables.len() > 5, "{rec}");
+            assert!(tables.iter().all(|t| t["checksum_ok"] == true), "{rec}");
+        }
+        (code, stderr)
+    });
+    under_cuts(&proxy, "check", |_| {
+        let (code, out, stderr) = run(env
+            .backstop()
+            .args(["check", "--read-data", "--json", "--policy"])
+            .arg(&env.policy));
+        let rec: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(rec["damaged"], serde_json::json!([]), "{rec}");
+        (code, stderr)
+    });
 }

@@ -118,6 +118,10 @@ impl S3Store {
                         Kind::Input,
                         format!("the credentials were refused by {}; check access_key_id and secret_access_key", self.where_()),
                     ),
+                    "AuthorizationHeaderMalformed" | "PermanentRedirect" | "IllegalLocationConstraintException" => (
+                        Kind::Input,
+                        format!("{} is in another region; set repository.region to the bucket's", self.where_()),
+                    ),
                     "AccessDenied" | "Forbidden" => (
                         Kind::Input,
                         format!("access denied by {}; the credentials need s3:GetObject, s3:PutObject, s3:ListBucket and s3:DeleteObject on it", self.where_()),
@@ -263,22 +267,16 @@ impl Store for S3Store {
 
     async fn check(&self) -> Result<()> {
         let _p = self.permits.acquire().await;
+        // A one-key listing rather than HEAD: its error answer has a body, whose code tells a
+        // missing bucket, a wrong secret, an unknown key and another region apart.
         self.client
-            .head_bucket()
+            .list_objects_v2()
             .bucket(&self.config.bucket)
+            .prefix(self.key(""))
+            .max_keys(1)
             .send()
             .await
-            .map_err(|e| {
-                // HEAD has no body, so a missing bucket shows only as a 404.
-                if e.raw_response().map(|r| r.status().as_u16()) == Some(404) {
-                    Error::input(format!(
-                        "s3: {} does not exist; create it or fix repository.url",
-                        self.where_()
-                    ))
-                } else {
-                    self.error("head bucket", "", e)
-                }
-            })?;
+            .map_err(|e| self.error("list", "", e))?;
         if self.config.object_lock.is_some() {
             let enabled = match self
                 .client

@@ -62,6 +62,41 @@ impl Moto {
         moto
     }
 
+    /// A server that checks every signature, holding `bucket`; returns it with the access key
+    /// id and secret of an IAM user allowed everything. (Moto creates the user, its policy and
+    /// its key unauthenticated, through boto3 from its own virtual environment.)
+    pub fn with_user(bucket: &str) -> (Moto, String, String) {
+        let moto = Self::start_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "3")]);
+        let python = moto_server().with_file_name("python");
+        let script = format!(
+            r#"
+import boto3, json
+ep = "{}"
+iam = boto3.client("iam", endpoint_url=ep, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+iam.create_user(UserName="backstop")
+iam.put_user_policy(UserName="backstop", PolicyName="all", PolicyDocument=json.dumps({{"Version": "2012-10-17", "Statement": [{{"Effect": "Allow", "Action": "*", "Resource": "*"}}]}}))
+k = iam.create_access_key(UserName="backstop")["AccessKey"]
+s3 = boto3.client("s3", endpoint_url=ep, region_name="us-east-1", aws_access_key_id=k["AccessKeyId"], aws_secret_access_key=k["SecretAccessKey"])
+s3.create_bucket(Bucket="{bucket}")
+print(k["AccessKeyId"], k["SecretAccessKey"])
+"#,
+            moto.endpoint()
+        );
+        let out = Command::new(&python)
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "creating an IAM user in moto with {}: {}",
+            python.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let (id, secret) = text.trim().split_once(' ').unwrap();
+        (moto, id.to_string(), secret.to_string())
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -172,12 +207,44 @@ pub fn client(endpoint: &str) -> aws_sdk_s3::Client {
 }
 
 /// A TCP proxy on a loopback port in front of `upstream`. `cut()` drops every connection and
-/// refuses new ones; `restore()` lets traffic through again.
+/// refuses new ones; `restore()` lets traffic through again. `cut_bodies` cuts answers midway:
+/// a connection that has carried [`CUT_AFTER`] bytes towards the client is closed there, for
+/// the next `once` such connections and then every `every`-th.
 pub struct Proxy {
     pub port: u16,
     up: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
+    cutter: Arc<Cutter>,
+}
+
+/// Bytes an answer carries before `cut_bodies` may cut it: past the headers, inside a blob.
+pub const CUT_AFTER: usize = 48 * 1024;
+
+#[derive(Default)]
+pub struct Cutter {
+    once: std::sync::atomic::AtomicUsize,
+    every: std::sync::atomic::AtomicUsize,
+    crossings: std::sync::atomic::AtomicUsize,
+    /// How many answers were cut.
+    pub cuts: std::sync::atomic::AtomicUsize,
+}
+
+impl Cutter {
+    /// Whether a connection that just carried `CUT_AFTER` bytes is cut.
+    fn doomed(&self) -> bool {
+        let n = self.crossings.fetch_add(1, Ordering::SeqCst) + 1;
+        let once = self
+            .once
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |o| o.checked_sub(1))
+            .is_ok();
+        let every = self.every.load(Ordering::SeqCst);
+        let cut = once || (every > 0 && n % every == 0);
+        if cut {
+            self.cuts.fetch_add(1, Ordering::SeqCst);
+        }
+        cut
+    }
 }
 
 impl Proxy {
@@ -190,8 +257,10 @@ impl Proxy {
             up: Arc::new(AtomicBool::new(true)),
             stop: Arc::new(AtomicBool::new(false)),
             conns: Arc::new(Mutex::new(Vec::new())),
+            cutter: Arc::new(Cutter::default()),
         };
         let (up, stop, conns) = (p.up.clone(), p.stop.clone(), p.conns.clone());
+        let cutter = p.cutter.clone();
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 match listener.accept() {
@@ -209,8 +278,12 @@ impl Proxy {
                             c.push(client.try_clone().unwrap());
                             c.push(server.try_clone().unwrap());
                         }
-                        pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
-                        pipe(server, client);
+                        pipe(
+                            client.try_clone().unwrap(),
+                            server.try_clone().unwrap(),
+                            None,
+                        );
+                        pipe(server, client, Some(cutter.clone()));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
@@ -233,6 +306,18 @@ impl Proxy {
     pub fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
     }
+
+    /// Cuts the next `once` answers that pass [`CUT_AFTER`] bytes, then every `every`-th (0:
+    /// none).
+    pub fn cut_bodies(&self, once: usize, every: usize) {
+        self.cutter.once.store(once, Ordering::SeqCst);
+        self.cutter.every.store(every, Ordering::SeqCst);
+    }
+
+    /// How many answers were cut so far.
+    pub fn cuts(&self) -> usize {
+        self.cutter.cuts.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for Proxy {
@@ -242,13 +327,21 @@ impl Drop for Proxy {
     }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
+fn pipe(mut from: TcpStream, mut to: TcpStream, cutter: Option<Arc<Cutter>>) {
     std::thread::spawn(move || {
-        let mut buf = [0u8; 64 * 1024];
+        let mut buf = [0u8; 16 * 1024];
+        let mut carried = 0;
         loop {
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    let crossed = carried < CUT_AFTER && carried + n >= CUT_AFTER;
+                    if crossed && cutter.as_ref().is_some_and(|c| c.doomed()) {
+                        let _ = to.write_all(&buf[..CUT_AFTER - carried]);
+                        let _ = from.shutdown(Shutdown::Both);
+                        break;
+                    }
+                    carried += n;
                     if to.write_all(&buf[..n]).is_err() {
                         break;
                     }
