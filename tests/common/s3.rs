@@ -239,7 +239,7 @@ impl Cutter {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |o| o.checked_sub(1))
             .is_ok();
         let every = self.every.load(Ordering::SeqCst);
-        let cut = once || (every > 0 && n % every == 0);
+        let cut = once || (every > 0 && n.is_multiple_of(every));
         if cut {
             self.cuts.fetch_add(1, Ordering::SeqCst);
         }
