@@ -51,6 +51,9 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Prove the repository intact: every blob present (and, with --read-data, its bytes).
     Check(CheckArgs),
+    /// Remove the snapshots retention no longer keeps, and the blobs nothing references (no
+    /// identity needed).
+    Prune(PruneArgs),
     /// Policy files.
     Policy {
         #[command(subcommand)]
@@ -136,6 +139,23 @@ pub struct VerifyArgs {
     /// Keep the temporary database for inspection.
     #[arg(long)]
     pub keep: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    #[arg(long, value_name = "P")]
+    pub policy: String,
+    /// Print the plan and delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Remove exactly these snapshots instead of applying the retention rules.
+    #[arg(long = "snapshot", value_name = "ID")]
+    pub snapshots: Vec<String>,
+    /// Remove a --snapshot even when the retention floor keeps it.
+    #[arg(long)]
+    pub force: bool,
     #[arg(long)]
     pub json: bool,
 }

@@ -234,3 +234,79 @@ impl From<&check::Outcome> for CheckRecord {
         }
     }
 }
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KeptSnapshot {
+    pub id: String,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LockedObject {
+    pub key: String,
+    pub until: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneRecord {
+    pub kind: &'static str,
+    pub ok: bool,
+    pub policy: String,
+    pub dry_run: bool,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub duration_s: f64,
+    pub snapshots_kept: Vec<KeptSnapshot>,
+    pub snapshots_removed: Vec<String>,
+    /// What the plan found unreferenced (a dry run's "would free").
+    pub blobs_unreferenced: u64,
+    pub bytes_unreferenced: u64,
+    pub blobs_deleted: u64,
+    pub bytes_freed: u64,
+    pub manifests_deleted: u64,
+    pub locked_until: Vec<LockedObject>,
+    pub notes: Vec<String>,
+    pub phases: Vec<Phase>,
+    pub tool_version: &'static str,
+    pub error: Option<String>,
+}
+
+impl From<&crate::ops::prune::Outcome> for PruneRecord {
+    fn from(o: &crate::ops::prune::Outcome) -> Self {
+        PruneRecord {
+            kind: "prune",
+            ok: o.error.is_none(),
+            policy: o.policy.clone(),
+            dry_run: o.dry_run,
+            started_at: o.times.started_at,
+            finished_at: o.times.finished_at,
+            duration_s: o.times.duration_s,
+            snapshots_kept: o
+                .kept
+                .iter()
+                .map(|(id, reasons)| KeptSnapshot {
+                    id: id.clone(),
+                    reasons: reasons.clone(),
+                })
+                .collect(),
+            snapshots_removed: o.removed.clone(),
+            blobs_unreferenced: o.blobs_unreferenced,
+            bytes_unreferenced: o.bytes_unreferenced,
+            blobs_deleted: o.blobs_deleted,
+            bytes_freed: o.bytes_freed,
+            manifests_deleted: o.manifests_deleted,
+            locked_until: o
+                .locked_until
+                .iter()
+                .map(|(key, until)| LockedObject {
+                    key: key.clone(),
+                    until: *until,
+                })
+                .collect(),
+            notes: o.notes.clone(),
+            phases: o.phases.clone(),
+            tool_version: TOOL_VERSION,
+            error: error_text(&o.error),
+        }
+    }
+}

@@ -8,6 +8,7 @@ mod check;
 mod init;
 mod keygen;
 mod policy;
+mod prune;
 mod restore;
 mod snapshots;
 mod verify;
@@ -24,7 +25,11 @@ pub async fn run(cli: Cli) -> Result<()> {
     let dir = cli.policies.as_deref();
     let long_running = matches!(
         cli.command,
-        Command::Backup(_) | Command::Restore(_) | Command::Verify(_) | Command::Check(_)
+        Command::Backup(_)
+            | Command::Restore(_)
+            | Command::Verify(_)
+            | Command::Check(_)
+            | Command::Prune(_)
     );
     let ctx = Ctx {
         progress: Arc::new(crate::progress::Terminal),
@@ -50,6 +55,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Restore(args) => restore::run(args, dir, &ctx).await,
         Command::Verify(args) => verify::run(args, dir, &ctx).await,
         Command::Check(args) => check::run(args, dir, &ctx).await,
+        Command::Prune(args) => prune::run(args, dir, &ctx).await,
         Command::Policy {
             action: PolicyCommand::Validate { policy },
         } => policy::validate(&policy, dir),

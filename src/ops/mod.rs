@@ -14,6 +14,7 @@ pub mod check;
 mod context;
 pub mod documents;
 pub mod load;
+pub mod prune;
 pub mod restore;
 pub mod verify;
 
@@ -102,10 +103,22 @@ pub(crate) async fn with_shared_lock<T>(
     ctx: &Ctx,
     work: impl std::future::Future<Output = Result<T>>,
 ) -> Result<T> {
+    with_lock(Mode::Shared, repo, operation, run_id, ctx, work).await
+}
+
+/// [`with_shared_lock`] in either mode.
+pub(crate) async fn with_lock<T>(
+    mode: Mode,
+    repo: &Repo,
+    operation: &str,
+    run_id: &str,
+    ctx: &Ctx,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
     let lock = RunLock::acquire(
         repo.store.clone(),
         LockRequest {
-            mode: Mode::Shared,
+            mode,
             policy: &repo.policy,
             operation,
             run_id,

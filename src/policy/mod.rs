@@ -35,7 +35,8 @@ pub struct Policy {
     pub storage: Option<StorageSource>,
     pub repository: Repository,
     pub recipients: Vec<String>,
-    pub retention: Retention,
+    /// `[retention]`; `None` keeps every snapshot.
+    pub retention: Option<Retention>,
     pub verify: Verify,
     pub notify: Option<Notify>,
 }
@@ -140,6 +141,7 @@ pub struct Retention {
     pub keep_weekly: Option<u32>,
     pub keep_monthly: Option<u32>,
     pub keep_yearly: Option<u32>,
+    pub keep_within: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -374,15 +376,18 @@ impl Validator<'_> {
         }
         let repository = self.repository(raw.repository);
         let recipients = self.recipients(&raw.encryption.recipients);
-        let r = raw.retention.unwrap_or_default();
-        let retention = Retention {
+        let retention = raw.retention.map(|r| Retention {
             keep_last: r.keep_last,
             keep_hourly: r.keep_hourly,
             keep_daily: r.keep_daily,
             keep_weekly: r.keep_weekly,
             keep_monthly: r.keep_monthly,
             keep_yearly: r.keep_yearly,
-        };
+            keep_within: r
+                .keep_within
+                .as_ref()
+                .map(|w| self.duration(&Some(w.clone()), "retention.keep_within", 0)),
+        });
         if let Some(v) = &raw.verify {
             for q in &v.queries {
                 if let Err(e) = crate::expect::parse_expect(q.expect.get_ref()) {

@@ -100,6 +100,7 @@ pub(super) struct RawRetention {
     pub(super) keep_weekly: Option<u32>,
     pub(super) keep_monthly: Option<u32>,
     pub(super) keep_yearly: Option<u32>,
+    pub(super) keep_within: Option<S>,
 }
 
 #[derive(Deserialize)]

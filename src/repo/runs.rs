@@ -24,3 +24,23 @@ pub async fn write(
     store.put_new(&key, body).await?;
     Ok(key)
 }
+
+/// Every run record of `kind` for `policy`, oldest first (by key, whose time leads). A record
+/// that does not parse is skipped with a warning: records are evidence, not state.
+pub async fn read(store: &dyn Store, policy: &str, kind: &str) -> Result<Vec<serde_json::Value>> {
+    let marker = format!("-{kind}-");
+    let mut out = Vec::new();
+    for entry in store.list(&format!("runs/{policy}/")).await? {
+        if !entry.key.contains(&marker) {
+            continue;
+        }
+        let Some(body) = store.get_opt(&entry.key).await? else {
+            continue;
+        };
+        match serde_json::from_slice(&body) {
+            Ok(v) => out.push(v),
+            Err(e) => tracing::warn!("run record {} is not readable: {e}", entry.key),
+        }
+    }
+    Ok(out)
+}

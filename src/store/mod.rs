@@ -58,6 +58,30 @@ pub trait Store: Send + Sync {
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>>;
     /// Removes the object; removing a missing object is not an error.
     async fn delete(&self, key: &str) -> Result<()>;
+    /// Removes objects for good: on a versioned bucket every version (and delete marker) of
+    /// each, never only a new delete marker. An object under object-lock retention is never
+    /// tried before its date: it is reported in [`Removed::locked`] instead. Absent keys are
+    /// not errors. This default, for stores without versions or locks, deletes one by one.
+    async fn remove(&self, keys: &[String]) -> Result<Removed> {
+        let mut out = Removed::default();
+        for key in keys {
+            if let Some(size) = self.stat(key).await? {
+                self.delete(key).await?;
+                out.removed.push((key.clone(), size));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What [`Store::remove`] did.
+#[derive(Debug, Default)]
+pub struct Removed {
+    /// Keys removed for good, with the stored bytes that freed.
+    pub removed: Vec<(String, u64)>,
+    /// Keys left in place because object lock retains them, with the time each becomes
+    /// deletable.
+    pub locked: Vec<(String, chrono::DateTime<chrono::Utc>)>,
 }
 
 /// Where a store is and how to reach it. The policy converts its `[repository]` into this

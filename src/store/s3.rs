@@ -60,7 +60,166 @@ pub struct S3Store {
     send_sha256: bool,
 }
 
+/// One version (or delete marker) of an object, as a version listing gives it.
+struct Version {
+    key: String,
+    version_id: Option<String>,
+    size: u64,
+    modified: chrono::DateTime<chrono::Utc>,
+    marker: bool,
+}
+
+fn to_chrono(t: Option<&DateTime>) -> chrono::DateTime<chrono::Utc> {
+    t.and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
+        .unwrap_or_else(chrono::Utc::now)
+}
+
 impl S3Store {
+    /// Every version and delete marker of the `wanted` keys directly under `parent`.
+    async fn versions(
+        &self,
+        parent: &str,
+        wanted: &std::collections::HashSet<&str>,
+    ) -> Result<Vec<Version>> {
+        let _p = self.permits.acquire().await;
+        let strip = if self.config.prefix.is_empty() {
+            0
+        } else {
+            self.config.prefix.len() + 1
+        };
+        let prefix = self.key(&format!("{parent}/"));
+        let mut out = Vec::new();
+        let (mut key_marker, mut version_marker) = (None::<String>, None::<String>);
+        loop {
+            let page = self
+                .client
+                .list_object_versions()
+                .bucket(&self.config.bucket)
+                .prefix(&prefix)
+                .set_key_marker(key_marker.clone())
+                .set_version_id_marker(version_marker.clone())
+                .send()
+                .await
+                .map_err(|e| self.error("list object versions", parent, e))?;
+            let short = |k: &str| k[strip.min(k.len())..].to_string();
+            for v in page.versions() {
+                let Some(k) = v.key().map(short) else {
+                    continue;
+                };
+                if wanted.contains(k.as_str()) {
+                    out.push(Version {
+                        key: k,
+                        version_id: v.version_id().map(str::to_string),
+                        size: v.size().unwrap_or(0).max(0) as u64,
+                        modified: to_chrono(v.last_modified()),
+                        marker: false,
+                    });
+                }
+            }
+            for m in page.delete_markers() {
+                let Some(k) = m.key().map(short) else {
+                    continue;
+                };
+                if wanted.contains(k.as_str()) {
+                    out.push(Version {
+                        key: k,
+                        version_id: m.version_id().map(str::to_string),
+                        size: 0,
+                        modified: to_chrono(m.last_modified()),
+                        marker: true,
+                    });
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            version_marker = page.next_version_id_marker().map(str::to_string);
+            if key_marker.is_none() && version_marker.is_none() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes up to 1,000 versions in one request; returns what was freed and the versions
+    /// the server refused because retention still holds them, with their dates.
+    #[allow(clippy::type_complexity)]
+    async fn delete_versions(
+        &self,
+        batch: &[Version],
+    ) -> Result<(
+        Vec<(String, u64)>,
+        Vec<(String, chrono::DateTime<chrono::Utc>)>,
+    )> {
+        use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+        let objects = batch
+            .iter()
+            .map(|v| {
+                ObjectIdentifier::builder()
+                    .key(self.key(&v.key))
+                    .set_version_id(v.version_id.clone())
+                    .build()
+                    .map_err(|e| Error::failed(format!("s3: delete {}: {e}", v.key)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let delete = Delete::builder()
+            .set_objects(Some(objects))
+            .quiet(true)
+            .build()
+            .map_err(|e| Error::failed(format!("s3: delete objects: {e}")))?;
+        let answer = {
+            let _p = self.permits.acquire().await;
+            self.client
+                .delete_objects()
+                .bucket(&self.config.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| self.error("delete objects", "", e))?
+        };
+        let mut refused = Vec::new();
+        let mut failed = std::collections::HashSet::new();
+        for err in answer.errors() {
+            let full = err.key().unwrap_or("");
+            let Some(v) = batch
+                .iter()
+                .find(|v| self.key(&v.key) == full && v.version_id.as_deref() == err.version_id())
+            else {
+                continue;
+            };
+            failed.insert((v.key.clone(), v.version_id.clone()));
+            if err.code() == Some("AccessDenied") {
+                let head = self
+                    .client
+                    .head_object()
+                    .bucket(&self.config.bucket)
+                    .key(full)
+                    .set_version_id(v.version_id.clone())
+                    .send()
+                    .await;
+                if let Some(until) = head
+                    .ok()
+                    .and_then(|h| h.object_lock_retain_until_date().cloned())
+                {
+                    refused.push((v.key.clone(), to_chrono(Some(&until))));
+                    continue;
+                }
+            }
+            return Err(Error::failed(format!(
+                "s3: delete {}/{full}: {}: {}",
+                self.config.bucket,
+                err.code().unwrap_or("error"),
+                err.message().unwrap_or("")
+            )));
+        }
+        let freed = batch
+            .iter()
+            .filter(|v| !failed.contains(&(v.key.clone(), v.version_id.clone())))
+            .map(|v| (v.key.clone(), v.size))
+            .collect();
+        Ok((freed, refused))
+    }
     pub async fn connect(config: S3Config) -> Result<S3Store> {
         let (client, send_sha256) = client(&ClientConfig {
             endpoint: config.endpoint.clone(),
@@ -414,6 +573,56 @@ impl Store for S3Store {
             }
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    /// Lists the versions of the wanted keys, one listing per parent prefix, skips those whose
+    /// retention (last modified plus the policy's lock days) has not passed, and deletes the
+    /// rest by version in `DeleteObjects` batches of up to 1,000. A version the server still
+    /// refuses (a longer retention than the policy says) is reported with the date its HEAD
+    /// gives.
+    async fn remove(&self, keys: &[String]) -> Result<super::Removed> {
+        let wanted: std::collections::HashSet<&str> = keys.iter().map(|k| k.as_str()).collect();
+        let mut parents: Vec<String> = keys
+            .iter()
+            .map(|k| k.rsplit_once('/').map_or("", |(p, _)| p).to_string())
+            .collect();
+        parents.sort();
+        parents.dedup();
+        let mut listed: Vec<Vec<Version>> = Vec::new();
+        for group in parents.chunks(self.config.connections.max(1)) {
+            let pages = group.iter().map(|p| self.versions(p, &wanted));
+            listed.extend(futures::future::try_join_all(pages).await?);
+        }
+        let now = chrono::Utc::now();
+        let lock_days = self.config.object_lock.as_ref().map(|(_, d)| *d as i64);
+        let mut out = super::Removed::default();
+        let mut doomed = Vec::new();
+        for v in listed.into_iter().flatten() {
+            let until = lock_days.map(|d| v.modified + chrono::Duration::days(d));
+            match until {
+                Some(until) if until > now && !v.marker => out.locked.push((v.key, until)),
+                _ => doomed.push(v),
+            }
+        }
+        for batch in doomed.chunks(1000) {
+            let (freed, refused) = self.delete_versions(batch).await?;
+            out.removed.extend(freed);
+            out.locked.extend(refused);
+        }
+        // A key is removed once no version of it is left.
+        let left: std::collections::HashSet<String> =
+            out.locked.iter().map(|(k, _)| k.clone()).collect();
+        let mut per_key: std::collections::BTreeMap<String, u64> = Default::default();
+        for (k, size) in out.removed.drain(..) {
+            *per_key.entry(k).or_default() += size;
+        }
+        out.removed = per_key
+            .into_iter()
+            .filter(|(k, _)| !left.contains(k))
+            .collect();
+        out.locked.sort();
+        out.locked.dedup_by(|a, b| a.0 == b.0);
         Ok(out)
     }
 
