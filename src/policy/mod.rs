@@ -182,12 +182,14 @@ pub fn load(path: &Path) -> Result<Policy> {
 pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Policy> {
     let file = path.display().to_string();
     let raw: RawPolicy = toml::from_str(text).map_err(|e| {
-        let at = e
-            .span()
-            .map(|s| location(text, s.start))
-            .map(|(l, c)| format!("{l}:{c}"))
-            .unwrap_or_else(|| "1:1".into());
-        Error::input(format!("{file}:{at}: {}", e.message().trim()))
+        let at = e.span().map(|s| location(text, s.start));
+        // The line itself names the key a wrong value belongs to.
+        let line = at
+            .and_then(|(l, _)| text.lines().nth(l.saturating_sub(1)))
+            .map(|l| format!(" (in `{}`)", l.trim()))
+            .unwrap_or_default();
+        let (l, c) = at.unwrap_or((1, 1));
+        Error::input(format!("{file}:{l}:{c}: {}{line}", e.message().trim()))
     })?;
     let mut v = Validator {
         text,

@@ -1,0 +1,312 @@
+//! Prune end to end: the plan, the sweep, what it frees, that everything kept still restores
+//! and checks, crash states, object lock on S3 (moto), and bad input.
+
+mod common;
+
+use common::{table_contents, Env, RepoSpec, FIXTURE_DB};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+
+fn run(cmd: &mut assert_cmd::Command) -> (i32, Value, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn prune(env: &Env, args: &[&str]) -> (i32, Value, String) {
+    run(env
+        .backstop()
+        .args(["prune", "--json", "--policy"])
+        .arg(&env.policy)
+        .args(args))
+}
+
+/// A policy whose retention window is 2 s, with `rules` as its `[retention]`.
+fn with_rules(env: &Env, rules: &str) {
+    env.write_policy(&env.policy, rules);
+    let text = std::fs::read_to_string(&env.policy).unwrap();
+    std::fs::write(
+        &env.policy,
+        text.replace("retention = \"35d\"", "retention = \"2s\""),
+    )
+    .unwrap();
+}
+
+/// Three backups, each after new incompressible rows, so each has blobs of its own.
+fn three_backups(env: &Env) -> Vec<String> {
+    (0..3)
+        .map(|i| {
+            env.source.psql(
+                FIXTURE_DB,
+                &format!("create table public.churn_{i} as select g, decode(md5(random()::text) || md5(random()::text), 'hex') as b from generate_series(1, 20000) g"),
+            );
+            env.backup_json()["snapshot_id"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+/// Blob id -> stored size, of every meta.json in the repository.
+fn referenced(env: &Env) -> BTreeMap<String, BTreeMap<String, u64>> {
+    env.meta_files()
+        .iter()
+        .map(|p| {
+            let m: Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+            let blobs = m["blobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| {
+                    (
+                        b["id"].as_str().unwrap().to_string(),
+                        b["size"].as_u64().unwrap(),
+                    )
+                })
+                .collect();
+            (m["id"].as_str().unwrap().to_string(), blobs)
+        })
+        .collect()
+}
+
+fn check_clean(env: &Env) {
+    let (code, rec, stderr) = run(env
+        .backstop()
+        .args(["check", "--read-data", "--json", "--policy"])
+        .arg(&env.policy));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(rec["damaged"], serde_json::json!([]), "{rec}");
+}
+
+#[test]
+fn prune_removes_what_retention_drops_frees_exactly_the_unreferenced_and_keeps_restorable() {
+    let env = Env::new();
+    with_rules(&env, "\n[retention]\nkeep_last = 1\n");
+    let ids = three_backups(&env);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let before = referenced(&env);
+    let newest: BTreeSet<&String> = before[&ids[2]].keys().collect();
+    let mut expected_free = BTreeMap::new();
+    for id in &ids[..2] {
+        for (blob, size) in &before[id] {
+            if !newest.contains(blob) {
+                expected_free.insert(blob.clone(), *size);
+            }
+        }
+    }
+    assert!(!expected_free.is_empty());
+
+    // Bad input first: nothing deleted, exit 2.
+    let (code, _, stderr) = prune(&env, &["--snapshot", "nope"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("--snapshot nope: no such snapshot"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = prune(&env, &["--snapshot", &ids[2]]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("retention floor keeps it (newest"),
+        "{stderr}"
+    );
+    assert_eq!(env.meta_files().len(), 3);
+
+    let (code, plan, stderr) = prune(&env, &["--dry-run"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(plan["dry_run"], true);
+    assert_eq!(
+        plan["snapshots_removed"],
+        serde_json::json!([ids[1], ids[0]]),
+        "{plan}"
+    );
+    assert_eq!(plan["snapshots_kept"][0]["id"], ids[2].as_str());
+    assert_eq!(
+        plan["blobs_unreferenced"],
+        expected_free.len() as u64,
+        "{plan}"
+    );
+    assert!(stderr.contains(&format!("remove  {}", ids[0])), "{stderr}");
+    assert_eq!(env.meta_files().len(), 3, "a dry run deleted something");
+
+    let (code, rec, stderr) = prune(&env, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(rec["kind"], "prune");
+    assert_eq!(rec["blobs_deleted"], expected_free.len() as u64, "{rec}");
+    assert_eq!(
+        rec["bytes_freed"],
+        expected_free.values().sum::<u64>(),
+        "{rec}"
+    );
+    assert_eq!(rec["manifests_deleted"], 2, "{rec}");
+    assert_eq!(referenced(&env).keys().collect::<Vec<_>>(), vec![&ids[2]]);
+    for blob in expected_free.keys() {
+        assert!(!env.repo.join("blobs").join(&blob[..2]).join(blob).exists());
+    }
+    let records = common::files_under(&env.repo.join("runs/test"));
+    assert!(records
+        .iter()
+        .any(|p| p.to_string_lossy().contains("-prune-")));
+
+    check_clean(&env);
+    let (code, _, stderr) = env.restore_json(&env.scratch.url("after_prune"), &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        table_contents(&env.source, FIXTURE_DB),
+        table_contents(&env.scratch, "after_prune")
+    );
+
+    // Idempotent: the next prune removes nothing.
+    let (code, rec, stderr) = prune(&env, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(rec["snapshots_removed"], serde_json::json!([]));
+    assert_eq!(rec["blobs_deleted"], 0);
+}
+
+#[test]
+fn a_crashed_prune_leaves_a_clean_repository_and_the_next_one_finishes() {
+    let env = Env::new();
+    with_rules(&env, "\n[retention]\nkeep_last = 1\n");
+    let ids = three_backups(&env);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    // The state a prune killed after step 1 leaves: one meta.json gone, its manifest and
+    // blobs still there.
+    let dir = env.repo.join("snapshots/test").join(&ids[0]);
+    std::fs::remove_file(dir.join("meta.json")).unwrap();
+    check_clean(&env);
+    // Killed after step 2: the manifest gone too.
+    std::fs::remove_file(dir.join("manifest.age")).unwrap();
+    check_clean(&env);
+    let (code, rec, stderr) = prune(&env, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        rec["snapshots_removed"],
+        serde_json::json!([ids[1]]),
+        "{rec}"
+    );
+    assert!(rec["blobs_deleted"].as_u64().unwrap() > 0, "{rec}");
+    check_clean(&env);
+    // No blob is left that no snapshot references.
+    let alive: BTreeSet<String> = referenced(&env)
+        .values()
+        .flat_map(|b| b.keys().cloned())
+        .collect();
+    let stored: BTreeSet<String> = common::files_under(&env.repo.join("blobs"))
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(stored, alive);
+}
+
+#[test]
+fn without_retention_everything_is_kept_and_bad_rules_are_refused() {
+    let env = Env::new();
+    env.backup_json();
+    let (code, rec, stderr) = prune(&env, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(rec["snapshots_removed"], serde_json::json!([]));
+    assert!(
+        stderr.contains("has no [retention]: every snapshot is kept"),
+        "{stderr}"
+    );
+
+    for (rules, needle) in [
+        ("keep_daily = -1", "keep_daily"),
+        ("keep_daily = \"seven\"", "keep_daily"),
+        ("keep_dayly = 7", "keep_dayly"),
+        ("keep_within = \"two weeks\"", "retention.keep_within"),
+    ] {
+        env.write_policy(&env.policy, &format!("\n[retention]\n{rules}\n"));
+        let (code, _, stderr) = prune(&env, &[]);
+        assert_eq!(code, 2, "{rules}: {stderr}");
+        assert!(
+            stderr.contains(needle) && stderr.contains("test.toml:"),
+            "{rules}: {stderr}"
+        );
+        let (code, _, stderr) = run(env.backstop().args(["policy", "validate"]).arg(&env.policy));
+        assert_eq!(code, 2, "{rules}: {stderr}");
+    }
+    assert_eq!(env.meta_files().len(), 1);
+}
+
+#[test]
+fn on_s3_with_object_lock_nothing_locked_is_deleted_and_the_dates_are_listed() {
+    let moto = common::s3::Moto::start();
+    moto.create_bucket("locked", true);
+    let env = Env::with_repo(RepoSpec::S3 {
+        endpoint: moto.endpoint(),
+        bucket: "locked".into(),
+        prefix: "prod".into(),
+        object_lock_days: Some(1),
+    });
+    with_rules(&env, "\n[retention]\nkeep_last = 1\n");
+    let ids = three_backups(&env);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let keys_before = moto.keys("locked");
+    let (code, rec, stderr) = prune(&env, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        rec["snapshots_removed"],
+        serde_json::json!([ids[1], ids[0]]),
+        "{rec}"
+    );
+    assert_eq!(rec["blobs_deleted"], 0, "{rec}");
+    assert_eq!(rec["bytes_freed"], 0, "{rec}");
+    let locked = rec["locked_until"].as_array().unwrap();
+    let meta = format!("snapshots/test/{}/meta.json", ids[0]);
+    let entry = locked
+        .iter()
+        .find(|l| l["key"] == meta.as_str())
+        .unwrap_or_else(|| panic!("{rec}"));
+    let until = chrono::DateTime::parse_from_rfc3339(entry["until"].as_str().unwrap()).unwrap();
+    let left = until.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    assert!(
+        left > chrono::Duration::hours(23) && left <= chrono::Duration::days(1),
+        "{until}"
+    );
+    // Nothing locked was deleted: every object is still there, with every version.
+    let keys_after = moto.keys("locked");
+    for k in keys_before
+        .iter()
+        .filter(|k| !k.contains("/locks/") && !k.contains("/runs/"))
+    {
+        assert!(keys_after.contains(k), "{k} was deleted under retention");
+    }
+    // The snapshots stay listed until their lock passes.
+    let (_, list, _) = run(env
+        .backstop()
+        .args(["snapshots", "--json", "--policy"])
+        .arg(&env.policy));
+    assert_eq!(list["snapshots"].as_array().unwrap().len(), 3, "{list}");
+}
+
+#[test]
+fn on_s3_without_lock_prune_frees_what_it_says() {
+    let moto = common::s3::Moto::start();
+    moto.create_bucket("plain", false);
+    let env = Env::with_repo(RepoSpec::S3 {
+        endpoint: moto.endpoint(),
+        bucket: "plain".into(),
+        prefix: "prod".into(),
+        object_lock_days: None,
+    });
+    with_rules(&env, "\n[retention]\nkeep_last = 1\n");
+    let ids = three_backups(&env);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let (code, plan, stderr) = prune(&env, &["--dry-run"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, rec, stderr) = prune(&env, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(rec["blobs_deleted"], plan["blobs_unreferenced"], "{rec}");
+    assert_eq!(rec["bytes_freed"], plan["bytes_unreferenced"], "{rec}");
+    assert!(rec["bytes_freed"].as_u64().unwrap() > 0);
+    let keys = moto.keys("plain");
+    let gone = format!("snapshots/test/{}/", ids[0]);
+    assert!(!keys.iter().any(|k| k.contains(&gone)), "{keys:?}");
+    let (code, _, stderr) = env.restore_json(&env.scratch.url("s3_after_prune"), &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        table_contents(&env.source, FIXTURE_DB),
+        table_contents(&env.scratch, "s3_after_prune")
+    );
+}
