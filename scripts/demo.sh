@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job end to end on the embedded default: a throwaway local PostgreSQL holding a
 # Supabase-shaped sample database, a local-directory repository, then keygen, init, two
-# backups (the second deduplicated), the snapshot list, verify (a restore into a temporary
+# backups of the database and a documents bucket (the second deduplicated), the snapshot list,
+# prune (a dry run, then one snapshot erased on purpose), verify (a restore into a temporary
 # database, compared table by table, timed against the RTO), check, and a restore into a new
 # database whose every table is compared with the original. Everything lives in a temporary directory
 # that is removed at the end (KEEP=1 keeps it).
@@ -36,6 +37,14 @@ export BACKSTOP_DEMO_DB_URL="postgres://postgres:$PASSWORD@127.0.0.1:$PG_PORT/sh
 export BACKSTOP_DEMO_REPO="$WORK/repo"
 export BACKSTOP_DEMO_SCRATCH_URL="postgres://postgres:$PASSWORD@127.0.0.1:$PG_PORT/postgres"
 
+step "a documents bucket (directory source): menus, invoices, one incompressible scan"
+export BACKSTOP_DEMO_DOCS="$WORK/docs"
+mkdir -p "$WORK/docs/documents/menus/2026" "$WORK/docs/documents/invoices"
+for i in 1 2 3; do printf 'Menu %s: kimchi jjigae, bibimbap\n' "$i" >"$WORK/docs/documents/menus/2026/menu-$i.txt"; done
+seq 1 20000 >"$WORK/docs/documents/invoices/ledger.csv"
+head -c 3000000 /dev/urandom >"$WORK/docs/documents/invoices/scan.pdf"
+find "$WORK/docs" -type f | wc -l | xargs echo "files:"
+
 step "backstop keygen (the identity stays with the operator; the policy holds its public key)"
 BACKSTOP_DEMO_RECIPIENT=$("$BIN" keygen --out "$WORK/identity.txt")
 export BACKSTOP_DEMO_RECIPIENT
@@ -48,10 +57,11 @@ step "backstop init --policy local"
 "$BIN" init --policy local
 
 step "backstop backup --policy local"
-"$BIN" backup --policy local --json | jq -c '{ok, snapshot_id, consistent_at, duration_s, db}'
+"$BIN" backup --policy local --json | jq -c '{ok, snapshot_id, consistent_at, duration_s, db, storage: (.storage | {objects, bytes_plain, bytes_stored})}'
+FIRST=$(ls "$BACKSTOP_DEMO_REPO/snapshots/local")
 
 step "a second backup of the unchanged database stores almost nothing new"
-"$BIN" backup --policy local --json | jq -c '{ok, snapshot_id, duration_s, db}'
+"$BIN" backup --policy local --json | jq -c '{ok, snapshot_id, duration_s, db, storage: (.storage | {objects, objects_reused, bytes_stored})}'
 
 step "backstop snapshots --policy local"
 "$BIN" snapshots --policy local
@@ -61,6 +71,14 @@ step "backstop verify --policy local (restore into a temporary database, compare
   | jq -c '{ok, snapshot_id, restore_s, rto_s, rto_met, tables: (.tables | length), all_tables_equal: ([.tables[].checksum_ok] | all), queries, problems}'
 
 step "backstop check --policy local --read-data (the stored bytes, without the key)"
+"$BIN" check --policy local --read-data
+
+step "backstop prune --policy local --dry-run (every snapshot is recent: the retention floor keeps all)"
+"$BIN" prune --policy local --dry-run
+
+step "backstop prune --policy local --snapshot FIRST --force (erase one snapshot on purpose)"
+"$BIN" prune --policy local --snapshot "$FIRST" --force --json \
+  | jq -c '{ok, snapshots_removed, snapshots_kept: [.snapshots_kept[].id], blobs_deleted, bytes_freed}'
 "$BIN" check --policy local --read-data
 
 step "a lost backstop.json: init refuses to start over, init --recover rebuilds it from the manifests"
@@ -73,8 +91,10 @@ if "$BIN" init --policy local 2>&1; then echo "init wrote a new salt over old sn
 
 step "backstop restore --policy local --snapshot latest into a new database"
 RESTORED="postgres://postgres:$PASSWORD@127.0.0.1:$PG_PORT/shop_restored"
-"$BIN" restore --policy local --identity "$WORK/identity.txt" --db-url "$RESTORED" --json \
-  | jq -c '{ok, snapshot_id, duration_s, target, db}'
+"$BIN" restore --policy local --identity "$WORK/identity.txt" --db-url "$RESTORED" \
+  --storage-dir "$WORK/restored-docs" --json \
+  | jq -c '{ok, snapshot_id, duration_s, target, db, storage}'
+diff -r "$WORK/docs/documents" "$WORK/restored-docs/documents" && echo "restored documents equal the originals"
 
 step "compare every table of the original and the restored database"
 q="select format('%I.%I', schemaname, relname) from pg_stat_user_tables order by 1"
