@@ -32,13 +32,7 @@ pub struct Candidate {
 /// The policy's `[retention]` counts, plus what the floor needs.
 #[derive(Debug, Clone, Default)]
 pub struct Rules {
-    pub keep_last: Option<u32>,
-    pub keep_hourly: Option<u32>,
-    pub keep_daily: Option<u32>,
-    pub keep_weekly: Option<u32>,
-    pub keep_monthly: Option<u32>,
-    pub keep_yearly: Option<u32>,
-    pub keep_within: Option<Duration>,
+    pub keep: crate::policy::Retention,
     /// `objectives.retention`.
     pub retention: Duration,
     pub timezone: Option<Tz>,
@@ -126,17 +120,17 @@ pub fn plan(snapshots: &[Candidate], rules: &Rules, now: DateTime<Utc>) -> Plan 
     let order = newest_first(snapshots);
     let mut reasons = floor(snapshots, rules, now);
     let tz = rules.timezone.unwrap_or(Tz::UTC);
-    if let Some(n) = rules.keep_last {
+    if let Some(n) = rules.keep.keep_last {
         for &i in order.iter().take(n as usize) {
             reasons[i].push("keep_last".to_string());
         }
     }
     for (rule, count) in [
-        ("hourly", rules.keep_hourly),
-        ("daily", rules.keep_daily),
-        ("weekly", rules.keep_weekly),
-        ("monthly", rules.keep_monthly),
-        ("yearly", rules.keep_yearly),
+        ("hourly", rules.keep.keep_hourly),
+        ("daily", rules.keep.keep_daily),
+        ("weekly", rules.keep.keep_weekly),
+        ("monthly", rules.keep.keep_monthly),
+        ("yearly", rules.keep.keep_yearly),
     ] {
         let Some(mut left) = count else { continue };
         let mut last = None;
@@ -152,7 +146,7 @@ pub fn plan(snapshots: &[Candidate], rules: &Rules, now: DateTime<Utc>) -> Plan 
             }
         }
     }
-    if let (Some(within), Some(&newest)) = (rules.keep_within, order.first()) {
+    if let (Some(within), Some(&newest)) = (rules.keep.keep_within, order.first()) {
         let limit = snapshots[newest].consistent_at
             - chrono::Duration::from_std(within).unwrap_or(chrono::Duration::MAX);
         for &i in &order {
@@ -176,6 +170,7 @@ pub fn plan(snapshots: &[Candidate], rules: &Rules, now: DateTime<Utc>) -> Plan 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::Retention;
     use chrono::TimeZone;
     use proptest::prelude::*;
 
@@ -216,9 +211,12 @@ mod tests {
         let plan = plan(
             &snaps,
             &Rules {
-                keep_daily: Some(7),
-                keep_weekly: Some(4),
-                keep_monthly: Some(12),
+                keep: Retention {
+                    keep_daily: Some(7),
+                    keep_weekly: Some(4),
+                    keep_monthly: Some(12),
+                    ..Retention::default()
+                },
                 ..rules()
             },
             now,
@@ -271,14 +269,20 @@ mod tests {
         ];
         let now = at("2026-03-05T00:00:00Z");
         let seoul = Rules {
-            keep_daily: Some(5),
+            keep: Retention {
+                keep_daily: Some(5),
+                ..Retention::default()
+            },
             timezone: Some(chrono_tz::Asia::Seoul),
             ..rules()
         };
         assert_eq!(ids(&plan(&snaps, &seoul, now)), vec!["c", "b"]);
         // In UTC all three share 2026-03-01: only the newest is kept.
         let utc = Rules {
-            keep_daily: Some(5),
+            keep: Retention {
+                keep_daily: Some(5),
+                ..Retention::default()
+            },
             ..rules()
         };
         assert_eq!(ids(&plan(&snaps, &utc, now)), vec!["c"]);
@@ -308,7 +312,10 @@ mod tests {
         let plan = plan(
             &snaps,
             &Rules {
-                keep_weekly: Some(5),
+                keep: Retention {
+                    keep_weekly: Some(5),
+                    ..Retention::default()
+                },
                 ..rules()
             },
             at("2027-01-05T00:00:00Z"),
@@ -324,7 +331,10 @@ mod tests {
         snaps[10].verified = true;
         let now = last + chrono::Duration::hours(1);
         let r = Rules {
-            keep_last: Some(1),
+            keep: Retention {
+                keep_last: Some(1),
+                ..Retention::default()
+            },
             retention: Duration::from_secs(35 * 86_400),
             ..Rules::default()
         };
@@ -355,7 +365,10 @@ mod tests {
         let last = at("2026-11-28T03:00:00Z");
         let snaps = daily_history(30, last);
         let r = Rules {
-            keep_within: Some(Duration::from_secs(3 * 86_400)),
+            keep: Retention {
+                keep_within: Some(Duration::from_secs(3 * 86_400)),
+                ..Retention::default()
+            },
             ..rules()
         };
         // Now is far later: keep_within is measured from the newest snapshot, not from now.
@@ -390,13 +403,15 @@ mod tests {
             0u64..5_000_000,
         )
             .prop_map(|(l, h, d, w, m, y, within, retention)| Rules {
-                keep_last: l,
-                keep_hourly: h,
-                keep_daily: d,
-                keep_weekly: w,
-                keep_monthly: m,
-                keep_yearly: y,
-                keep_within: within.map(Duration::from_secs),
+                keep: Retention {
+                    keep_last: l,
+                    keep_hourly: h,
+                    keep_daily: d,
+                    keep_weekly: w,
+                    keep_monthly: m,
+                    keep_yearly: y,
+                    keep_within: within.map(Duration::from_secs),
+                },
                 retention: Duration::from_secs(retention),
                 timezone: Some(chrono_tz::Asia::Seoul),
             })
@@ -417,7 +432,8 @@ mod tests {
             prop_assert!(again.remove.is_empty(), "{:?}", again.remove);
             // A larger count never keeps fewer snapshots.
             let mut more = r.clone();
-            for c in [&mut more.keep_last, &mut more.keep_hourly, &mut more.keep_daily, &mut more.keep_weekly, &mut more.keep_monthly, &mut more.keep_yearly] {
+            let k = &mut more.keep;
+            for c in [&mut k.keep_last, &mut k.keep_hourly, &mut k.keep_daily, &mut k.keep_weekly, &mut k.keep_monthly, &mut k.keep_yearly] {
                 *c = c.map(|n| n + extra);
             }
             let bigger = plan(&snaps, &more, now);

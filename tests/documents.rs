@@ -26,6 +26,16 @@ fn supabase_policy(env: &Env, url: &str) {
     );
 }
 
+/// A policy whose `[storage]` is the S3 source at `endpoint` with these credentials.
+fn s3_source_policy(env: &Env, endpoint: &str, bucket: &str, key_id: &str, secret: &str) {
+    env.write_policy(
+        &env.policy,
+        &format!(
+            "\n[storage]\nkind = \"s3\"\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\naccess_key_id = \"{key_id}\"\nsecret_access_key = \"{secret}\"\nbuckets = [\"{bucket}\"]\n"
+        ),
+    );
+}
+
 fn restore_storage(env: &Env, args: &[&str]) -> serde_json::Value {
     let (code, out, stderr) = run(env
         .backstop()
@@ -288,12 +298,12 @@ fn s3_and_directory_sources_round_trip() {
     }
     let env = Env::new();
     sync_rows(&env, &files);
-    env.write_policy(
-        &env.policy,
-        &format!(
-            "\n[storage]\nkind = \"s3\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\naccess_key_id = \"${{S3_KEY_ID}}\"\nsecret_access_key = \"${{S3_SECRET}}\"\nbuckets = [\"{BUCKET}\"]\n",
-            moto.endpoint()
-        ),
+    s3_source_policy(
+        &env,
+        &moto.endpoint(),
+        BUCKET,
+        "${S3_KEY_ID}",
+        "${S3_SECRET}",
     );
     let rec = env.backup_json();
     assert_eq!(
@@ -393,25 +403,14 @@ fn storage_errors_are_named_before_the_dump_starts() {
         (moto.endpoint(), "nope", "the bucket does not exist"),
         (strict.endpoint(), BUCKET, "storage.access_key_id"),
     ] {
-        env.write_policy(
-            &env.policy,
-            &format!(
-                "\n[storage]\nkind = \"s3\"\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\naccess_key_id = \"${{S3_KEY_ID}}\"\nsecret_access_key = \"${{S3_SECRET}}\"\nbuckets = [\"{bucket}\"]\n"
-            ),
-        );
+        s3_source_policy(&env, &endpoint, bucket, "${S3_KEY_ID}", "${S3_SECRET}");
         let stderr = refused_before_the_dump(&env, None);
         assert!(stderr.contains(needle), "{stderr}");
         assert!(!stderr.contains(common::s3::SECRET));
     }
     // A known key with a wrong secret, on a server that checks signatures.
     let (signed, key_id, _) = common::s3::Moto::with_user(BUCKET);
-    env.write_policy(
-        &env.policy,
-        &format!(
-            "\n[storage]\nkind = \"s3\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\naccess_key_id = \"{key_id}\"\nsecret_access_key = \"not-the-secret\"\nbuckets = [\"{BUCKET}\"]\n",
-            signed.endpoint()
-        ),
-    );
+    s3_source_policy(&env, &signed.endpoint(), BUCKET, &key_id, "not-the-secret");
     let stderr = refused_before_the_dump(&env, None);
     assert!(
         stderr.contains("the secret access key is wrong"),
@@ -534,12 +533,12 @@ fn unsafe_names_round_trip_on_s3_and_the_supabase_double() {
         "moto kept every key"
     );
     let env = Env::new();
-    env.write_policy(
-        &env.policy,
-        &format!(
-            "\n[storage]\nkind = \"s3\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\naccess_key_id = \"${{S3_KEY_ID}}\"\nsecret_access_key = \"${{S3_SECRET}}\"\nbuckets = [\"{BUCKET}\"]\n",
-            moto.endpoint()
-        ),
+    s3_source_policy(
+        &env,
+        &moto.endpoint(),
+        BUCKET,
+        "${S3_KEY_ID}",
+        "${S3_SECRET}",
     );
     let back = unsafe_names_round_trip(&env, &|n| moto.delete(BUCKET, n), &|n| moto.get(BUCKET, n));
     assert_eq!(back, contents);

@@ -103,15 +103,8 @@ pub async fn run(policy: &Policy, repo: &Repo, req: &Request, ctx: &Ctx) -> Outc
 
 /// The rules of the policy, with its objectives and timezone.
 fn rules(policy: &Policy) -> Rules {
-    let r = policy.retention.clone().unwrap_or_default();
     Rules {
-        keep_last: r.keep_last,
-        keep_hourly: r.keep_hourly,
-        keep_daily: r.keep_daily,
-        keep_weekly: r.keep_weekly,
-        keep_monthly: r.keep_monthly,
-        keep_yearly: r.keep_yearly,
-        keep_within: r.keep_within,
+        keep: policy.retention.clone().unwrap_or_default(),
         retention: policy.objectives.retention,
         timezone: policy.schedule.as_ref().map(|s| s.timezone),
     }
