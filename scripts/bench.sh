@@ -12,8 +12,10 @@
 # The documents case backs up a generated tree of 2,000 files / ~500 MB (a directory source),
 # then again after 1% of the files changed, next to `restic backup` of the same tree when restic
 # is installed (apt-get install restic).
+# The prune case (scripts/bench-prune.sh) runs last; `CASES=prune` runs it alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${CASES:-all}" = prune ]; then exec bash scripts/bench-prune.sh; fi
 . scripts/deps.sh
 ensure_deps age zstd jq runuser time curl
 ensure_moto
@@ -194,3 +196,6 @@ else
   row "backstop backup --only storage, first" docs_first docs_first
   row "backstop backup --only storage, 1% changed" docs_second docs_first
 fi
+
+echo
+bash scripts/bench-prune.sh
