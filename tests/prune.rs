@@ -310,3 +310,199 @@ fn on_s3_without_lock_prune_frees_what_it_says() {
         table_contents(&env.scratch, "s3_after_prune")
     );
 }
+
+fn spawn(env: &Env, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(assert_cmd::cargo::cargo_bin("backstop"))
+        .current_dir(env.dir.path())
+        .env("SOURCE_DB_URL", env.source.url(FIXTURE_DB))
+        .env("BACKSTOP_IDENTITY", &env.identity)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    let _ = std::fs::remove_dir_all(to);
+    let ok = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cp -a {} {}", from.display(), to.display());
+}
+
+/// Blobs stored, and blobs the snapshots reference: equal once a sweep is complete.
+fn stored_and_referenced(env: &Env) -> (BTreeSet<String>, BTreeSet<String>) {
+    let alive = referenced(env)
+        .values()
+        .flat_map(|b| b.keys().cloned())
+        .collect();
+    let stored = common::files_under(&env.repo.join("blobs"))
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
+        .collect();
+    (stored, alive)
+}
+
+#[test]
+fn prune_killed_at_20_points_leaves_check_clean_and_the_next_prune_finishes() {
+    let env = Env::new();
+    with_rules(&env, "\n[retention]\nkeep_last = 1\n");
+    three_backups(&env);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let template = env.dir.path().join("template");
+    copy_tree(&env.repo, &template);
+    let policy = env.policy.to_str().unwrap().to_string();
+    let t = std::time::Instant::now();
+    assert_eq!(prune(&env, &[]).0, 0);
+    let whole = t.elapsed();
+    let mut interrupted = 0;
+    for trial in 0..20u32 {
+        copy_tree(&template, &env.repo);
+        let mut child = spawn(&env, &["prune", "--policy", &policy]);
+        std::thread::sleep(whole * trial / 16);
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        if !status.success() {
+            interrupted += 1;
+        }
+        check_clean(&env);
+        let (code, _, stderr) = prune(&env, &[]);
+        assert_eq!(code, 0, "trial {trial}: {stderr}");
+        let (stored, alive) = stored_and_referenced(&env);
+        assert_eq!(stored, alive, "trial {trial}: the sweep was not finished");
+        assert_eq!(env.meta_files().len(), 1, "trial {trial}");
+        let manifests = common::files_under(&env.repo.join("snapshots"))
+            .into_iter()
+            .filter(|p| p.ends_with("manifest.age"))
+            .count();
+        assert_eq!(manifests, 1, "trial {trial}: an orphaned manifest is left");
+    }
+    assert!(
+        interrupted >= 10,
+        "only {interrupted} of 20 prunes were killed midway"
+    );
+}
+
+#[test]
+fn prune_while_another_policy_backs_up_exits_4_and_deletes_nothing_it_commits() {
+    let env = Env::new();
+    with_rules(&env, "\n[retention]\nkeep_last = 1\n");
+    three_backups(&env);
+    env.source.psql(
+        FIXTURE_DB,
+        "create table public.bulk as select i, md5(i::text) || repeat(md5((i * 7)::text), 8) as t from generate_series(1, 300000) i",
+    );
+    let other = env.dir.path().join("other.toml");
+    env.write_policy(&other, "");
+    let text = std::fs::read_to_string(&other).unwrap();
+    std::fs::write(
+        &other,
+        text.replacen("name = \"test\"", "name = \"other\"", 1),
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+
+    let backup = spawn(&env, &["backup", "--policy", other.to_str().unwrap()]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while common::files_under(&env.repo.join("locks")).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backup never locked"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let (code, rec, stderr) = prune(&env, &[]);
+    let out = backup.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(code == 4 || code == 0, "{stderr}");
+    if code == 4 {
+        assert!(
+            stderr.contains("locked by another run: backup run"),
+            "{stderr}"
+        );
+        assert_eq!(rec["blobs_deleted"], 0);
+    }
+    check_clean(&env);
+    let (code, _, stderr) = prune(&env, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    check_clean(&env);
+    let metas = referenced(&env);
+    assert_eq!(
+        metas.len(),
+        2,
+        "the other policy's snapshot and test's newest"
+    );
+}
+
+#[test]
+fn prune_killed_midway_on_s3_leaves_check_clean_and_the_next_prune_finishes() {
+    let moto = common::s3::Moto::start();
+    moto.create_bucket("plain", false);
+    let env = Env::with_repo(RepoSpec::S3 {
+        endpoint: moto.endpoint(),
+        bucket: "plain".into(),
+        prefix: "prod".into(),
+        object_lock_days: None,
+    });
+    with_rules(&env, "\n[retention]\nkeep_last = 1\n");
+    three_backups(&env);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let template: Vec<(String, Vec<u8>)> = moto
+        .keys("plain")
+        .into_iter()
+        .filter(|k| !k.contains("/runs/"))
+        .map(|k| {
+            let body = moto.get("plain", &k);
+            (k, body)
+        })
+        .collect();
+    let reset = || {
+        for k in moto.keys("plain") {
+            moto.delete("plain", &k);
+        }
+        for (k, body) in &template {
+            moto.put("plain", k, body.clone());
+        }
+    };
+    let policy = env.policy.to_str().unwrap().to_string();
+    let t = std::time::Instant::now();
+    assert_eq!(prune(&env, &[]).0, 0);
+    let whole = t.elapsed();
+    for trial in 0..8u32 {
+        reset();
+        let mut child = spawn(&env, &["prune", "--policy", &policy]);
+        std::thread::sleep(whole * trial / 6);
+        let _ = child.kill();
+        child.wait().unwrap();
+        check_clean(&env);
+        let (code, rec, stderr) = prune(&env, &[]);
+        assert_eq!(code, 0, "trial {trial}: {stderr}");
+        assert_eq!(rec["snapshots_kept"].as_array().unwrap().len(), 1, "{rec}");
+        let keys = moto.keys("plain");
+        let metas: Vec<&String> = keys.iter().filter(|k| k.ends_with("meta.json")).collect();
+        let manifests = keys.iter().filter(|k| k.ends_with("manifest.age")).count();
+        assert_eq!((metas.len(), manifests), (1, 1), "trial {trial}: {keys:?}");
+        let meta: Value = serde_json::from_slice(&moto.get("plain", metas[0])).unwrap();
+        let alive: BTreeSet<&str> = meta["blobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["id"].as_str().unwrap())
+            .collect();
+        let stored: BTreeSet<&str> = keys
+            .iter()
+            .filter(|k| k.contains("/blobs/"))
+            .map(|k| k.rsplit('/').next().unwrap())
+            .collect();
+        assert_eq!(stored, alive, "trial {trial}: the sweep was not finished");
+    }
+}
