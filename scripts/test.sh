@@ -2,10 +2,11 @@
 # Runs backstop's tests, first installing what they need on a Debian machine: the PostgreSQL
 # server (the tests start their own throwaway clusters with its initdb/pg_ctl), age, zstd and jq
 # for the manual-recovery test, and the moto S3 server (PyPI, in a virtual environment) that the
-# S3 tests start on loopback ports. Extra arguments go to `cargo test`.
+# S3 tests start on loopback ports, and Chromium (headless) for the HTML report test. Extra
+# arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
-ensure_deps age zstd jq runuser
+ensure_deps age zstd jq runuser chromium
 ensure_moto
 cargo test --all-targets --no-fail-fast "$@"

@@ -54,6 +54,8 @@ pub enum Command {
     /// Remove the snapshots retention no longer keeps, and the blobs nothing references (no
     /// identity needed).
     Prune(PruneArgs),
+    /// RPO/RTO compliance over a window, from the repository alone (no identity needed).
+    Report(ReportArgs),
     /// Policy files.
     Policy {
         #[command(subcommand)]
@@ -141,6 +143,33 @@ pub struct VerifyArgs {
     pub keep: bool,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Policies to report on (repeatable); default: every policy in --policies DIR.
+    #[arg(long = "policy", id = "policy", value_name = "P")]
+    pub policies: Vec<String>,
+    /// The window, ending now (default 30d).
+    #[arg(long, value_name = "DURATION", conflicts_with = "from")]
+    pub window: Option<String>,
+    #[arg(long, value_name = "TIME")]
+    pub from: Option<String>,
+    #[arg(long, value_name = "TIME")]
+    pub to: Option<String>,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: ReportFormat,
+    /// Write the report here instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Json,
+    Markdown,
+    Html,
 }
 
 #[derive(Debug, Args)]

@@ -17,6 +17,7 @@ pub mod policy;
 pub mod progress;
 pub mod record;
 pub mod repo;
+pub mod report;
 pub mod retention;
 pub mod s3client;
 pub mod schedule;

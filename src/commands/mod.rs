@@ -9,6 +9,7 @@ mod init;
 mod keygen;
 mod policy;
 mod prune;
+mod report;
 mod restore;
 mod snapshots;
 mod verify;
@@ -56,6 +57,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Verify(args) => verify::run(args, dir, &ctx).await,
         Command::Check(args) => check::run(args, dir, &ctx).await,
         Command::Prune(args) => prune::run(args, dir, &ctx).await,
+        Command::Report(args) => report::run(args, dir).await,
         Command::Policy {
             action: PolicyCommand::Validate { policy },
         } => policy::validate(&policy, dir),

@@ -13,8 +13,8 @@ use crate::model::TableStat;
 use crate::policy::Policy;
 use crate::repo::format::StreamRef;
 use crate::repo::format::{
-    DbManifest, Manifest, ManifestRepo, Meta, MetaDb, MetaEncryption, MetaStorage, StorageManifest,
-    StoredObject, FORMAT,
+    DbManifest, Manifest, ManifestRepo, Meta, MetaDb, MetaEncryption, MetaLock, MetaStorage,
+    StorageManifest, StoredObject, FORMAT,
 };
 use crate::repo::writer::{BlobWriter, WriteStats};
 use crate::repo::Repo;
@@ -304,6 +304,11 @@ async fn backup(
             sha256: String::new(),
         },
         blobs,
+        object_lock: policy.repository.object_lock.as_ref().map(|l| MetaLock {
+            mode: l.mode.clone(),
+            days: l.days,
+            until: started_at + chrono::Duration::days(l.days as i64),
+        }),
     };
     out.blobs_reuploaded = writer.reuploaded();
     if out.blobs_reuploaded > 0 {

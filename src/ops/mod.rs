@@ -15,6 +15,7 @@ mod context;
 pub mod documents;
 pub mod load;
 pub mod prune;
+pub mod report;
 pub mod restore;
 pub mod verify;
 

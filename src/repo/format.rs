@@ -62,6 +62,20 @@ pub struct Meta {
     pub encryption: MetaEncryption,
     pub manifest: StoredObject,
     pub blobs: Vec<BlobRef>,
+    /// The object-lock retention this snapshot's new objects were written with; absent on a
+    /// store without object lock (and in older snapshots). Blobs reused from older snapshots
+    /// keep their own, earlier dates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<MetaLock>,
+}
+
+/// Object-lock retention as a snapshot recorded it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetaLock {
+    pub mode: String,
+    pub days: u32,
+    /// When its meta.json, manifest and new blobs may be deleted, at the earliest.
+    pub until: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

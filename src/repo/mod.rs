@@ -371,12 +371,26 @@ pub async fn read_metas(store: &dyn Store, prefix: &str) -> Result<Vec<Meta>> {
 /// Reads every `meta.json` under a prefix. One is damaged when it does not parse, or when
 /// its id and policy differ from those its key names (`snapshots/<policy>/<id>/meta.json`).
 pub async fn list_metas(store: &dyn Store, prefix: &str) -> Result<Listing> {
+    use futures::{StreamExt, TryStreamExt};
     let mut listing = Listing::default();
-    for entry in store.list(prefix).await? {
+    let keys: Vec<String> = store
+        .list(prefix)
+        .await?
+        .into_iter()
+        .filter(|e| e.key.ends_with("/meta.json"))
+        .map(|e| e.key)
+        .collect();
+    let bodies: Vec<(String, Option<Vec<u8>>)> = futures::stream::iter(keys)
+        .map(|k| async move { store.get_opt(&k).await.map(|b| (k, b)) })
+        .buffered(runs::READ_AHEAD)
+        .try_collect()
+        .await?;
+    for (key, body) in bodies {
+        let entry = crate::store::Entry { key, size: 0 };
         let Some(path) = entry.key.strip_suffix("/meta.json") else {
             continue;
         };
-        let Some(body) = store.get_opt(&entry.key).await? else {
+        let Some(body) = body else {
             continue;
         };
         let mut parts = path.rsplit('/');

@@ -25,22 +25,34 @@ pub async fn write(
     Ok(key)
 }
 
-/// Every run record of `kind` for `policy`, oldest first (by key, whose time leads). A record
-/// that does not parse is skipped with a warning: records are evidence, not state.
+/// Every run record of `kind` for `policy`, oldest first (by key, whose time leads), read
+/// [`READ_AHEAD`] at a time. A record that does not parse is skipped with a warning: records
+/// are evidence, not state.
 pub async fn read(store: &dyn Store, policy: &str, kind: &str) -> Result<Vec<serde_json::Value>> {
+    use futures::{StreamExt, TryStreamExt};
     let marker = format!("-{kind}-");
+    let keys: Vec<String> = store
+        .list(&format!("runs/{policy}/"))
+        .await?
+        .into_iter()
+        .filter(|e| e.key.contains(&marker))
+        .map(|e| e.key)
+        .collect();
+    let bodies: Vec<(String, Option<Vec<u8>>)> = futures::stream::iter(keys)
+        .map(|k| async move { store.get_opt(&k).await.map(|b| (k, b)) })
+        .buffered(READ_AHEAD)
+        .try_collect()
+        .await?;
     let mut out = Vec::new();
-    for entry in store.list(&format!("runs/{policy}/")).await? {
-        if !entry.key.contains(&marker) {
-            continue;
-        }
-        let Some(body) = store.get_opt(&entry.key).await? else {
-            continue;
-        };
+    for (key, body) in bodies {
+        let Some(body) = body else { continue };
         match serde_json::from_slice(&body) {
             Ok(v) => out.push(v),
-            Err(e) => tracing::warn!("run record {} is not readable: {e}", entry.key),
+            Err(e) => tracing::warn!("run record {key} is not readable: {e}"),
         }
     }
     Ok(out)
 }
+
+/// How many records are read at once.
+pub const READ_AHEAD: usize = 16;

@@ -1,0 +1,121 @@
+use super::load_policy;
+use crate::cli::{ReportArgs, ReportFormat};
+use crate::error::{Error, Kind, Result};
+use crate::ops::RunTimes;
+use crate::report::{render, Window};
+use crate::util::{parse_duration, parse_time};
+use chrono::Utc;
+use std::path::{Path, PathBuf};
+
+fn window(args: &ReportArgs) -> Result<Window> {
+    let to = match &args.to {
+        Some(t) => parse_time(t).map_err(|e| Error::input(format!("--to: {e}")))?,
+        None => Utc::now(),
+    };
+    let from = match (&args.from, &args.window) {
+        (Some(f), _) => parse_time(f).map_err(|e| Error::input(format!("--from: {e}")))?,
+        (None, w) => {
+            let d = parse_duration(w.as_deref().unwrap_or("30d"))
+                .map_err(|e| Error::input(format!("--window: {e}")))?;
+            to - chrono::Duration::from_std(d)
+                .map_err(|e| Error::input(format!("--window: {e}")))?
+        }
+    };
+    if from >= to {
+        return Err(Error::input(format!(
+            "the window is empty: --from {} is not before --to {}",
+            from.to_rfc3339(),
+            to.to_rfc3339()
+        )));
+    }
+    Ok(Window { from, to })
+}
+
+/// The named policies, or every `*.toml` in the policies directory.
+fn policy_files(args: &ReportArgs, dir: Option<&Path>) -> Result<Vec<String>> {
+    if !args.policies.is_empty() {
+        return Ok(args.policies.clone());
+    }
+    let dir = dir
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("BACKSTOP_POLICIES").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("policies"));
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .map_err(|e| {
+            Error::input(format!(
+                "cannot read the policies directory {}: {e}; pass --policy P or --policies DIR",
+                dir.display()
+            ))
+        })?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .map(|p| p.display().to_string())
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::input(format!(
+            "no policies (*.toml) in {}",
+            dir.display()
+        )));
+    }
+    Ok(files)
+}
+
+pub async fn run(args: ReportArgs, dir: Option<&Path>) -> Result<()> {
+    let window = window(&args)?;
+    let policies = policy_files(&args, dir)?
+        .iter()
+        .map(|p| load_policy(p, dir))
+        .collect::<Result<Vec<_>>>()?;
+    let mut times = RunTimes::start();
+    let (report, repos) = crate::ops::report::run(&policies, &window)
+        .await
+        .map_err(|e| {
+            Error::new(
+                Kind::Failed,
+                format!("could not read the repository: {}", e.message),
+            )
+        })?;
+    times.finish();
+    for (part, repo) in report.policies.iter().zip(&repos) {
+        let record = serde_json::json!({
+            "kind": "report", "ok": part.compliant, "policy": part.name,
+            "window": report.window, "started_at": times.started_at, "finished_at": times.finished_at,
+            "compliant": part.compliant, "controls": part.controls,
+        });
+        crate::ops::save_record(repo, "report", &times, &record).await;
+    }
+    let text = match args.format {
+        ReportFormat::Text => render::text(&report),
+        ReportFormat::Markdown => render::markdown(&report),
+        ReportFormat::Html => render::html(&report),
+        ReportFormat::Json => serde_json::to_string_pretty(&report).unwrap_or_default() + "\n",
+    };
+    match &args.out {
+        Some(path) => {
+            let body = std::io::Cursor::new(text.into_bytes());
+            crate::localfs::write_file_atomically(path, body, true).await?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => print!("{text}"),
+    }
+    if report.compliant {
+        Ok(())
+    } else {
+        let failing: Vec<String> = report
+            .policies
+            .iter()
+            .flat_map(|p| {
+                p.controls
+                    .iter()
+                    .filter(|c| !c.compliant)
+                    .map(move |c| format!("{}: {}", p.name, c.id))
+            })
+            .collect();
+        Err(Error::new(
+            Kind::Verification,
+            format!("not compliant: {}", failing.join(", ")),
+        ))
+    }
+}

@@ -1,0 +1,604 @@
+//! The RPO/RTO compliance report: controls computed from what the repository holds in
+//! plaintext (meta.json, run records, backstop.json), so it needs no identity. Modelled on AWS
+//! Backup Audit Manager's controls, plus the ones only a tool that measures restores can give.
+//!
+//! [`evaluate`] is pure: from one policy, its snapshots and run records, a window and now, to
+//! the controls. Choices where the controls leave room:
+//! * The window's start counts as a gap edge, but never before the repository existed: a
+//!   repository created mid-window is judged from its creation (and `minimum_retention` says
+//!   it is young).
+//! * Gaps the retention rules thin on purpose are not failures: with a `[retention]` section,
+//!   a gap that ends before the *dense horizon* (now minus the longest of
+//!   `objectives.retention`, `keep_within`, `keep_daily` days and `keep_hourly` hours, within
+//!   which every snapshot is kept) is listed as "thinned by retention" and does not count.
+//!   Every other gap counts, including the gaps prune leaves with no `[retention]` rule behind
+//!   them.
+//! * Each control judges one thing: with no verify (or backup) runs in the window,
+//!   `verification_success` and `restore_time` (or `backup_success`) have nothing to fail and
+//!   say so, while `restore_test_performed` (or the recovery-point controls) fail.
+//! * A control that cannot apply (object lock on a local directory) is `not_applicable`,
+//!   counts as compliant, and says why.
+
+pub mod render;
+
+use crate::objectives;
+use crate::policy::{Location, Policy};
+use crate::repo::format::Meta;
+use crate::util::format_duration;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Window {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Control {
+    pub id: &'static str,
+    pub title: &'static str,
+    pub compliant: bool,
+    /// `compliant`, `non_compliant` or `not_applicable`.
+    pub status: &'static str,
+    pub target: String,
+    pub observed: String,
+    pub evidence: Vec<String>,
+}
+
+/// What the HTML timeline draws.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timeline {
+    pub points: Vec<(String, DateTime<Utc>)>,
+    /// Gaps longer than the RPO that count against it.
+    pub gaps: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+    /// (time, restore_s, passed)
+    pub verifies: Vec<(DateTime<Utc>, Option<f64>, bool)>,
+    pub failed_backups: Vec<DateTime<Utc>>,
+    pub rto_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyReport {
+    pub name: String,
+    pub compliant: bool,
+    pub rpo: String,
+    pub rto: String,
+    pub retention: String,
+    pub repository: String,
+    pub controls: Vec<Control>,
+    #[serde(skip)]
+    pub timeline: Timeline,
+    /// The window's runs, newest first: (kind, time, ok, id, summary).
+    #[serde(skip)]
+    pub runs: Vec<RunRow>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunRow {
+    pub kind: String,
+    pub at: DateTime<Utc>,
+    pub ok: bool,
+    pub snapshot: String,
+    pub summary: String,
+}
+
+/// What [`evaluate`] reads for one policy.
+pub struct Input<'a> {
+    pub policy: &'a Policy,
+    pub repo_created: DateTime<Utc>,
+    pub repo_recipients: &'a [String],
+    /// The policy's sound snapshots.
+    pub snapshots: &'a [Meta],
+    /// Run records of kind backup and verify (any order).
+    pub backups: &'a [Value],
+    pub verifies: &'a [Value],
+    pub window: &'a Window,
+    pub now: DateTime<Utc>,
+}
+
+fn time(v: &Value, key: &str) -> Option<DateTime<Utc>> {
+    v[key].as_str()?.parse().ok()
+}
+
+fn control(
+    id: &'static str,
+    title: &'static str,
+    ok: bool,
+    target: String,
+    observed: String,
+    evidence: Vec<String>,
+) -> Control {
+    Control {
+        id,
+        title,
+        compliant: ok,
+        status: if ok { "compliant" } else { "non_compliant" },
+        target,
+        observed,
+        evidence,
+    }
+}
+
+fn secs(d: chrono::Duration) -> Duration {
+    d.to_std().unwrap_or_default()
+}
+
+/// How long before `now` every snapshot is kept, so that older gaps are retention's intended
+/// thinning; `None` without a `[retention]` section (nothing is thinned on purpose).
+pub fn dense_horizon(policy: &Policy, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let r = policy.retention.as_ref()?;
+    let mut keep = policy.objectives.retention;
+    if let Some(w) = r.keep_within {
+        keep = keep.max(w);
+    }
+    if let Some(d) = r.keep_daily {
+        keep = keep.max(Duration::from_secs(d as u64 * 86_400));
+    }
+    if let Some(h) = r.keep_hourly {
+        keep = keep.max(Duration::from_secs(h as u64 * 3600));
+    }
+    Some(now - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX))
+}
+
+/// The interval between two runs of a cron schedule, measured at `at`.
+fn schedule_interval(policy: &Policy, at: DateTime<Utc>) -> Option<Duration> {
+    let s = policy.schedule.as_ref()?;
+    let cron = s.verify.as_ref()?;
+    let first = cron.next_after(at, s.timezone)?;
+    let second = cron.next_after(first, s.timezone)?;
+    Some(secs(second - first))
+}
+
+fn in_window(t: Option<DateTime<Utc>>, w: &Window) -> bool {
+    t.is_some_and(|t| t >= w.from && t <= w.to)
+}
+
+pub fn evaluate(input: &Input) -> PolicyReport {
+    let p = input.policy;
+    let w = input.window;
+    let o = &p.objectives;
+    let rpo_c = chrono::Duration::from_std(o.rpo).unwrap_or(chrono::Duration::MAX);
+    let mut snaps: Vec<&Meta> = input
+        .snapshots
+        .iter()
+        .filter(|m| m.consistent_at <= w.to)
+        .collect();
+    snaps.sort_by_key(|m| m.consistent_at);
+    let in_win: Vec<&Meta> = snaps
+        .iter()
+        .copied()
+        .filter(|m| m.consistent_at >= w.from)
+        .collect();
+    let backups: Vec<&Value> = input
+        .backups
+        .iter()
+        .filter(|r| in_window(time(r, "started_at"), w))
+        .collect();
+    let verifies: Vec<&Value> = input
+        .verifies
+        .iter()
+        .filter(|r| in_window(time(r, "started_at"), w))
+        .collect();
+    let mut controls = Vec::new();
+
+    // last_recovery_point_age
+    let newest = snaps.last();
+    let age = newest.map(|m| objectives::recovery_point_age(m.consistent_at, w.to));
+    controls.push(control(
+        "last_recovery_point_age",
+        "Newest recovery point is within the RPO",
+        objectives::rpo_met(newest.map(|m| m.consistent_at), w.to, o.rpo),
+        format!("at most {}", format_duration(o.rpo)),
+        age.map_or("no recovery point".into(), |a| {
+            format!("{} old at {}", format_duration(a), w.to.to_rfc3339())
+        }),
+        newest
+            .map(|m| {
+                vec![format!(
+                    "snapshot {} consistent at {}",
+                    m.id,
+                    m.consistent_at.to_rfc3339()
+                )]
+            })
+            .unwrap_or_default(),
+    ));
+
+    // max_recovery_point_gap
+    let start = w.from.max(input.repo_created);
+    let points: Vec<DateTime<Utc>> = snaps.iter().map(|m| m.consistent_at).collect();
+    let all_gaps = if start < w.to {
+        objectives::gaps_over(&points, start, w.to, o.rpo)
+    } else {
+        Vec::new()
+    };
+    let horizon = dense_horizon(p, input.now);
+    let (thinned, gaps): (Vec<_>, Vec<_>) = all_gaps
+        .iter()
+        .partition(|(_, end)| horizon.is_some_and(|h| *end < h));
+    let mut edges = vec![points
+        .iter()
+        .copied()
+        .filter(|t| *t <= start)
+        .max()
+        .unwrap_or(start)];
+    edges.extend(points.iter().copied().filter(|t| *t > start && *t < w.to));
+    edges.push(w.to);
+    let longest = edges
+        .windows(2)
+        .filter(|e| {
+            !thinned
+                .iter()
+                .any(|(a, b)| *a == e[0].max(start) && *b == e[1])
+        })
+        .map(|e| e[1] - e[0].max(start))
+        .max()
+        .unwrap_or_default();
+    let mut evidence: Vec<String> = gaps
+        .iter()
+        .map(|(a, b)| {
+            format!(
+                "gap {} → {} ({}): no recovery point",
+                a.to_rfc3339(),
+                b.to_rfc3339(),
+                format_duration(secs(*b - *a))
+            )
+        })
+        .collect();
+    evidence.extend(thinned.iter().map(|(a, b)| {
+        format!(
+            "gap {} → {} ({}): thinned by retention, not counted",
+            a.to_rfc3339(),
+            b.to_rfc3339(),
+            format_duration(secs(*b - *a))
+        )
+    }));
+    controls.push(control(
+        "max_recovery_point_gap",
+        "No interval in the window longer than the RPO without a recovery point",
+        gaps.is_empty(),
+        format!("at most {}", format_duration(o.rpo)),
+        format!(
+            "longest {} over {} recovery points",
+            format_duration(secs(longest)),
+            in_win.len()
+        ),
+        evidence,
+    ));
+
+    // restore_test_performed
+    let passed: Vec<&&Value> = verifies.iter().filter(|r| r["ok"] == true).collect();
+    let last_pass = passed.iter().filter_map(|r| time(r, "started_at")).max();
+    let interval = schedule_interval(p, w.to);
+    let recent = match (last_pass, interval) {
+        (Some(t), Some(i)) => {
+            w.to - t
+                <= chrono::Duration::from_std(i).unwrap_or(chrono::Duration::MAX)
+                    + rpo_c.min(chrono::Duration::hours(1))
+        }
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    controls.push(control(
+        "restore_test_performed",
+        "A restore test (verify) passed in the window",
+        recent,
+        match interval {
+            Some(i) => format!(
+                "a passed verify within the window and within the [schedule] verify interval ({})",
+                format_duration(i)
+            ),
+            None => "a passed verify within the window".into(),
+        },
+        last_pass.map_or("no passed verify in the window".into(), |t| {
+            format!("last passed verify at {}", t.to_rfc3339())
+        }),
+        passed
+            .iter()
+            .rev()
+            .take(5)
+            .map(|r| {
+                format!(
+                    "verify {} of snapshot {} passed at {}",
+                    r["run_id"]
+                        .as_str()
+                        .or(r["snapshot_id"].as_str())
+                        .unwrap_or("?"),
+                    r["snapshot_id"].as_str().unwrap_or("?"),
+                    r["started_at"].as_str().unwrap_or("?")
+                )
+            })
+            .collect(),
+    ));
+
+    // restore_time
+    let measured: Vec<(DateTime<Utc>, f64, String)> = verifies
+        .iter()
+        .filter_map(|r| {
+            Some((
+                time(r, "started_at")?,
+                r["restore_s"].as_f64()?,
+                r["snapshot_id"].as_str().unwrap_or("?").to_string(),
+            ))
+        })
+        .collect();
+    let last = measured.iter().max_by_key(|m| m.0);
+    let worst = measured.iter().max_by(|a, b| a.1.total_cmp(&b.1));
+    let rto = o.rto.as_secs_f64();
+    controls.push(control(
+        "restore_time",
+        "Measured restore times are within the RTO",
+        worst.is_none_or(|w| w.1 <= rto),
+        format!("at most {}", format_duration(o.rto)),
+        match (last, worst) {
+            (Some(l), Some(w)) => format!("last {:.1}s, worst {:.1}s", l.1, w.1),
+            _ => "no measured restore in the window (see restore_test_performed)".into(),
+        },
+        [last.map(|l| ("last", l)), worst.map(|w| ("worst", w))]
+            .into_iter()
+            .flatten()
+            .map(|(what, m)| {
+                format!(
+                    "{what}: {:.1}s restoring snapshot {} at {}",
+                    m.1,
+                    m.2,
+                    m.0.to_rfc3339()
+                )
+            })
+            .collect(),
+    ));
+
+    // verification_success
+    let failed_verifies: Vec<&&Value> = verifies.iter().filter(|r| r["ok"] != true).collect();
+    controls.push(control(
+        "verification_success",
+        "Every verify in the window passed",
+        failed_verifies.is_empty(),
+        "100% of verify runs passed".into(),
+        if verifies.is_empty() {
+            "no verify runs in the window (see restore_test_performed)".into()
+        } else {
+            format!(
+                "{} of {} passed ({:.0}%)",
+                passed.len(),
+                verifies.len(),
+                100.0 * passed.len() as f64 / verifies.len() as f64
+            )
+        },
+        failed_verifies
+            .iter()
+            .map(|r| {
+                format!(
+                    "verify at {} of snapshot {} failed: {}",
+                    r["started_at"].as_str().unwrap_or("?"),
+                    r["snapshot_id"].as_str().unwrap_or("?"),
+                    failure(r)
+                )
+            })
+            .collect(),
+    ));
+
+    // backup_success
+    let failed_backups: Vec<&&Value> = backups.iter().filter(|r| r["ok"] != true).collect();
+    controls.push(control(
+        "backup_success",
+        "Every backup in the window succeeded",
+        failed_backups.is_empty(),
+        "100% of backup runs succeeded".into(),
+        if backups.is_empty() {
+            "no backup runs in the window (see max_recovery_point_gap)".into()
+        } else {
+            format!(
+                "{} of {} succeeded ({:.0}%)",
+                backups.len() - failed_backups.len(),
+                backups.len(),
+                100.0 * (backups.len() - failed_backups.len()) as f64 / backups.len() as f64
+            )
+        },
+        failed_backups
+            .iter()
+            .map(|r| {
+                format!(
+                    "backup at {} failed: {}",
+                    r["started_at"].as_str().unwrap_or("?"),
+                    failure(r)
+                )
+            })
+            .collect(),
+    ));
+
+    // minimum_retention
+    let oldest = snaps.first();
+    let reach = chrono::Duration::from_std(o.retention).unwrap_or(chrono::Duration::MAX);
+    let needed = w.to - reach;
+    let young = input.repo_created > needed;
+    controls.push(control(
+        "minimum_retention",
+        "The oldest restorable recovery point reaches back the retention objective",
+        oldest.is_some_and(|m| m.consistent_at <= needed),
+        format!("a recovery point at or before {} ({} back)", needed.to_rfc3339(), format_duration(o.retention)),
+        match oldest {
+            Some(m) => format!("oldest recovery point {} ({} back)", m.consistent_at.to_rfc3339(), format_duration(secs(w.to - m.consistent_at))),
+            None => "no recovery point".into(),
+        },
+        if young {
+            vec![format!("the repository was created {}: it is younger than the retention objective and complies from {} if its snapshots are kept", input.repo_created.to_rfc3339(), (input.repo_created + reach).to_rfc3339())]
+        } else {
+            oldest.map(|m| vec![format!("snapshot {}", m.id)]).unwrap_or_default()
+        },
+    ));
+
+    // recovery_points_encrypted
+    let plain: Vec<&&Meta> = in_win
+        .iter()
+        .filter(|m| m.encryption.recipients.is_empty() || !m.encryption.scheme.starts_with("age"))
+        .collect();
+    let mut ev: Vec<String> = plain
+        .iter()
+        .map(|m| format!("snapshot {} records no age recipients", m.id))
+        .collect();
+    if input.repo_recipients.is_empty() {
+        ev.push("backstop.json records no recipients".into());
+    }
+    controls.push(control(
+        "recovery_points_encrypted",
+        "Every recovery point is encrypted to age recipients",
+        plain.is_empty() && !input.repo_recipients.is_empty(),
+        "every snapshot sealed with age to the policy's public keys".into(),
+        format!(
+            "{} of {} snapshots in the window record age recipients",
+            in_win.len() - plain.len(),
+            in_win.len()
+        ),
+        ev,
+    ));
+
+    // recovery_points_immutable
+    controls.push(match &p.repository.location {
+        Location::Dir(_) => Control {
+            id: "recovery_points_immutable",
+            title: "Recovery points are under object lock for the retention objective",
+            compliant: true,
+            status: "not_applicable",
+            target: "object lock retention reaching past objectives.retention".into(),
+            observed: "not applicable: a local directory repository cannot enforce object lock"
+                .into(),
+            evidence: Vec::new(),
+        },
+        Location::S3 { .. } => {
+            let short: Vec<String> = in_win
+                .iter()
+                .filter(|m| {
+                    m.object_lock
+                        .as_ref()
+                        .is_none_or(|l| l.until < m.consistent_at + reach)
+                })
+                .map(|m| match &m.object_lock {
+                    None => format!("snapshot {} was written without object lock", m.id),
+                    Some(l) => format!(
+                        "snapshot {} is locked only until {}",
+                        m.id,
+                        l.until.to_rfc3339()
+                    ),
+                })
+                .collect();
+            control(
+                "recovery_points_immutable",
+                "Recovery points are under object lock for the retention objective",
+                short.is_empty() && !in_win.is_empty(),
+                format!(
+                    "object lock until at least consistent_at + {}",
+                    format_duration(o.retention)
+                ),
+                format!(
+                    "{} of {} snapshots in the window locked long enough",
+                    in_win.len() - short.len(),
+                    in_win.len()
+                ),
+                short,
+            )
+        }
+    });
+
+    // storage_consistency
+    let mismatched: Vec<String> = backups
+        .iter()
+        .filter_map(|r| {
+            let m = &r["storage"]["mismatches"];
+            let a = m["missing_in_bucket"].as_array().map_or(0, |v| v.len());
+            let b = m["missing_in_table"].as_array().map_or(0, |v| v.len());
+            (a + b > 0).then(|| {
+                format!("backup {} at {}: {a} storage.objects rows without an object, {b} objects without a row", r["snapshot_id"].as_str().unwrap_or("?"), r["started_at"].as_str().unwrap_or("?"))
+            })
+        })
+        .collect();
+    controls.push(control(
+        "storage_consistency",
+        "Bucket objects and storage.objects rows agree",
+        mismatched.is_empty(),
+        "no mismatch recorded by backups in the window".into(),
+        format!(
+            "{} of {} backups recorded mismatches",
+            mismatched.len(),
+            backups.len()
+        ),
+        mismatched,
+    ));
+
+    let mut runs: Vec<RunRow> = backups
+        .iter()
+        .map(|r| ("backup", r))
+        .chain(verifies.iter().map(|r| ("verify", r)))
+        .filter_map(|(kind, r)| {
+            Some(RunRow {
+                kind: kind.into(),
+                at: time(r, "started_at")?,
+                ok: r["ok"] == true,
+                snapshot: r["snapshot_id"].as_str().unwrap_or("").into(),
+                summary: if r["ok"] == true {
+                    r["restore_s"]
+                        .as_f64()
+                        .map(|s| format!("restore {s:.1}s"))
+                        .unwrap_or_default()
+                } else {
+                    failure(r)
+                },
+            })
+        })
+        .collect();
+    runs.sort_by_key(|r| std::cmp::Reverse(r.at));
+    let timeline = Timeline {
+        points: in_win
+            .iter()
+            .map(|m| (m.id.clone(), m.consistent_at))
+            .collect(),
+        gaps: gaps.to_vec(),
+        verifies: verifies
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    time(r, "started_at")?,
+                    r["restore_s"].as_f64(),
+                    r["ok"] == true,
+                ))
+            })
+            .collect(),
+        failed_backups: failed_backups
+            .iter()
+            .filter_map(|r| time(r, "started_at"))
+            .collect(),
+        rto_s: rto,
+    };
+    PolicyReport {
+        name: p.name.clone(),
+        compliant: controls.iter().all(|c| c.compliant),
+        rpo: format_duration(o.rpo),
+        rto: format_duration(o.rto),
+        retention: format_duration(o.retention),
+        repository: crate::util::mask_url(&p.repository.url),
+        controls,
+        timeline,
+        runs,
+    }
+}
+
+/// A failed run's error, or its first problems.
+fn failure(r: &Value) -> String {
+    if let Some(e) = r["error"].as_str() {
+        return e.chars().take(300).collect();
+    }
+    let problems: Vec<&str> = r["problems"]
+        .as_array()
+        .map(|p| p.iter().filter_map(|x| x.as_str()).take(3).collect())
+        .unwrap_or_default();
+    if problems.is_empty() {
+        "failed".into()
+    } else {
+        problems.join("; ")
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,238 @@
+//! The compliance report against a real repository: a short history whose RPO a pause breaks,
+//! and the HTML page rendered by headless Chromium.
+
+mod common;
+
+use common::Env;
+use serde_json::Value;
+use std::path::PathBuf;
+
+fn report(env: &Env, args: &[&str]) -> (i32, String, String) {
+    let out = env
+        .backstop()
+        .args(["report", "--policy"])
+        .arg(&env.policy)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn control<'a>(rec: &'a Value, id: &str) -> &'a Value {
+    rec["policies"][0]["controls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id)
+        .unwrap_or_else(|| panic!("no control {id}: {rec}"))
+}
+
+/// A policy with `rpo = "5s"` and a small documents bucket, backed up alone (`--only
+/// storage`) so that backups are well under a second apart.
+fn short_rpo(env: &Env) {
+    let docs = env.dir.path().join("docs/documents");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(docs.join("menu.txt"), b"kimchi jjigae").unwrap();
+    let storage = format!(
+        "\n[storage]\nkind = \"dir\"\npath = \"{}\"\nbuckets = [\"documents\"]\n",
+        env.dir.path().join("docs").display()
+    );
+    env.write_policy(&env.policy, &storage);
+    let text = std::fs::read_to_string(&env.policy).unwrap();
+    std::fs::write(&env.policy, text.replace("rpo = \"24h\"", "rpo = \"5s\"")).unwrap();
+}
+
+fn storage_backup(env: &Env) -> Value {
+    let out = env
+        .backstop()
+        .args(["backup", "--only", "storage", "--json", "--policy"])
+        .arg(&env.policy)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_pause_longer_than_the_rpo_turns_the_report_non_compliant_naming_the_gap() {
+    let env = Env::new();
+    short_rpo(&env);
+    let first = storage_backup(&env);
+    storage_backup(&env);
+    let from: chrono::DateTime<chrono::Utc> =
+        first["consistent_at"].as_str().unwrap().parse().unwrap();
+    let from = (from - chrono::Duration::seconds(1)).to_rfc3339();
+
+    let (_, out, stderr) = report(&env, &["--from", &from, "--format", "json"]);
+    let rec: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} {stderr}"));
+    assert_eq!(
+        control(&rec, "max_recovery_point_gap")["compliant"],
+        true,
+        "{rec}"
+    );
+    assert_eq!(
+        control(&rec, "last_recovery_point_age")["compliant"],
+        true,
+        "{rec}"
+    );
+    assert_eq!(control(&rec, "backup_success")["compliant"], true, "{rec}");
+    assert_eq!(
+        control(&rec, "recovery_points_immutable")["status"],
+        "not_applicable"
+    );
+
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    let (code, out, stderr) = report(&env, &["--from", &from, "--format", "json"]);
+    assert_eq!(code, 3, "{stderr}");
+    let rec: Value = serde_json::from_str(&out).unwrap();
+    let gap = control(&rec, "max_recovery_point_gap");
+    assert_eq!(gap["compliant"], false, "{rec}");
+    assert!(
+        gap["evidence"][0].as_str().unwrap().starts_with("gap "),
+        "{gap}"
+    );
+    assert_eq!(control(&rec, "last_recovery_point_age")["compliant"], false);
+    assert!(stderr.contains("test: max_recovery_point_gap"), "{stderr}");
+
+    let (code, text, _) = report(&env, &["--from", &from]);
+    assert_eq!(code, 3);
+    assert!(
+        text.contains("FAIL max_recovery_point_gap") && text.contains("- gap "),
+        "{text}"
+    );
+    let records = common::files_under(&env.repo.join("runs/test"));
+    assert!(records
+        .iter()
+        .any(|p| p.to_string_lossy().contains("-report-")));
+}
+
+fn chromium() -> PathBuf {
+    for name in ["chromium", "chromium-browser", "google-chrome"] {
+        if let Ok(out) = std::process::Command::new("which").arg(name).output() {
+            if out.status.success() {
+                return PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            }
+        }
+    }
+    panic!("headless Chromium is needed for the HTML report test: run scripts/test.sh, which installs Debian's `chromium` package (apt-get install chromium)");
+}
+
+#[test]
+fn the_html_report_renders_in_headless_chromium_with_every_control_and_one_mark_per_point() {
+    let env = Env::new();
+    let ids: Vec<String> = (0..3)
+        .map(|_| {
+            env.backup_json()["snapshot_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let out = env
+        .backstop()
+        .args(["verify", "--json", "--policy"])
+        .arg(&env.policy)
+        .arg("--scratch-url")
+        .arg(env.scratch.url("postgres"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = env.dir.path().join("report.html");
+    let (code, _, stderr) = report(
+        &env,
+        &[
+            "--window",
+            "1h",
+            "--format",
+            "html",
+            "--out",
+            html.to_str().unwrap(),
+        ],
+    );
+    assert!(code == 0 || code == 3, "{stderr}");
+
+    let browser = chromium();
+    let profile = tempfile::tempdir().unwrap();
+    let headless = |extra: &[&str]| {
+        std::process::Command::new(&browser)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--hide-scrollbars",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(format!("file://{}", html.display()))
+            .output()
+            .unwrap()
+    };
+    let dom = headless(&["--dump-dom"]);
+    assert!(
+        dom.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    let dom = String::from_utf8_lossy(&dom.stdout).to_string();
+    assert!(
+        dom.contains("<code>test</code>"),
+        "the policy name is not shown"
+    );
+    for id in [
+        "last_recovery_point_age",
+        "max_recovery_point_gap",
+        "restore_test_performed",
+        "restore_time",
+        "verification_success",
+        "backup_success",
+        "minimum_retention",
+        "recovery_points_encrypted",
+        "recovery_points_immutable",
+        "storage_consistency",
+    ] {
+        assert!(
+            dom.contains(&format!(r#"<code class="control-id">{id}</code>"#)),
+            "{id} not rendered"
+        );
+    }
+    assert_eq!(
+        dom.matches(r#"class="point""#).count(),
+        ids.len(),
+        "one mark per recovery point"
+    );
+    assert_eq!(dom.matches(r#"class="verify""#).count(), 1);
+
+    let artifacts = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let png = artifacts.join("report.png");
+    let _ = std::fs::remove_file(&png);
+    let shot = headless(&[
+        &format!("--screenshot={}", png.display()),
+        "--window-size=1240,1754",
+    ]);
+    assert!(
+        shot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shot.stderr)
+    );
+    let bytes = std::fs::read(&png).unwrap();
+    assert!(
+        bytes.starts_with(b"\x89PNG") && bytes.len() > 20_000,
+        "screenshot of {} bytes",
+        bytes.len()
+    );
+    eprintln!("screenshot kept at {}", png.display());
+}
