@@ -12,10 +12,11 @@
 # The documents case backs up a generated tree of 2,000 files / ~500 MB (a directory source),
 # then again after 1% of the files changed, next to `restic backup` of the same tree when restic
 # is installed (apt-get install restic).
-# The prune case (scripts/bench-prune.sh) runs last; `CASES=prune` runs it alone.
+# The metadata cases, prune and report (scripts/bench-metadata.sh), run last;
+# `CASES=metadata` runs them alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ "${CASES:-all}" = prune ]; then exec bash scripts/bench-prune.sh; fi
+case "${CASES:-all}" in metadata | prune | report) exec bash scripts/bench-metadata.sh ;; esac
 . scripts/deps.sh
 ensure_deps age zstd jq runuser time curl
 ensure_moto
@@ -198,4 +199,4 @@ else
 fi
 
 echo
-bash scripts/bench-prune.sh
+bash scripts/bench-metadata.sh

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Prune benchmark (part of scripts/bench.sh; `CASES=prune bash scripts/bench.sh` runs it alone):
-# a synthetic local repository of 400 daily snapshots referencing 50,125 distinct blobs (each
+# Benchmarks of the operations that read only metadata (part of scripts/bench.sh;
+# `CASES=metadata bash scripts/bench.sh` runs them alone).
+#
+# Prune: a synthetic local repository of 400 daily snapshots referencing 50,125 distinct blobs (each
 # snapshot 250 blobs, half of them shared with the next), where `keep_daily = 200` removes the
 # 200 oldest snapshots and about 25,000 blobs. Prune reads only meta.json files and the store
 # listing, so the snapshots need no real content.
@@ -8,6 +10,9 @@
 # Baseline it names and divides by: `find -delete` of exactly the files prune removes (the
 # file system's own floor for the same deletions). Targets: prune under 20 s, peak RSS under
 # 200 MiB. Each run starts from a fresh copy of the repository (untimed). RUNS (default 3).
+#
+# Report: a synthetic repository of 1,000 snapshots and 2,000 run records (a backup and a
+# verify a day), against `cat` of the same meta.json and record files. Target: under 2 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
@@ -15,7 +20,7 @@ ensure_deps jq time
 RUNS=${RUNS:-3}
 cargo build --release --quiet
 BIN=$PWD/target/release/backstop
-WORK=$(mktemp -d /var/tmp/backstop-bench-prune.XXXXXX)
+WORK=$(mktemp -d /var/tmp/backstop-bench-metadata.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 
 RECIPIENT=$("$BIN" keygen --out "$WORK/key.txt")
@@ -36,10 +41,10 @@ keep_daily = 200
 POLICY
 "$BIN" init --policy "$WORK/policy.toml" 2>/dev/null
 echo "generating 400 snapshots and 50,125 blobs ..." >&2
-python3 - "$WORK/template" "$RECIPIENT" <<'PY'
+cat > "$WORK/gen.py" <<'PY'
 import datetime, hashlib, json, os, sys
-root, recipient = sys.argv[1], sys.argv[2]
-PER, STEP, SNAPS = 250, 125, 400
+root, recipient, SNAPS, RUNS = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+PER, STEP = 250, 125
 def blob(i):
     h = hashlib.sha256(f"blob-{i}".encode()).hexdigest()
     data = h.encode() * 8                       # 512 bytes
@@ -76,7 +81,17 @@ for s in range(SNAPS):
     }
     with open(os.path.join(d, "meta.json"), "w") as f:
         json.dump(meta, f)
+    if RUNS:
+        runs = os.path.join(root, "runs", "bench")
+        os.makedirs(runs, exist_ok=True)
+        stamp = t.strftime("%Y%m%dT%H%M%SZ")
+        for kind, extra in (("backup", {}), ("verify", {"restore_s": 100.0 + s % 50, "problems": []})):
+            rec = {"kind": kind, "ok": True, "snapshot_id": sid, "policy": "bench",
+                   "started_at": meta["started_at"], "finished_at": meta["finished_at"], **extra}
+            with open(os.path.join(runs, f"{stamp}-{kind}-{sid}.json"), "w") as f:
+                json.dump(rec, f)
 PY
+python3 "$WORK/gen.py" "$WORK/template" "$RECIPIENT" 400 0
 
 # What prune will remove, from a dry run, for the baseline's file list.
 sed -i "s|$WORK/template|$WORK/repo|" "$WORK/policy.toml"
@@ -123,3 +138,19 @@ echo
 echo "prune: 400 snapshots, 50,125 blobs; removed $(jq '.snapshots_removed | length' "$WORK/done.json") snapshots, $(jq .blobs_deleted "$WORK/done.json") blobs ($(jq .bytes_freed "$WORK/done.json") bytes); baseline deletes the same $FILES files; runs: $RUNS; cores: $(nproc)"
 awk 'NR == 1 { base = $2 } { printf "%-44s %9s %8.2fx %14s\n", ($1 == "find_delete" ? "rm of the same files (baseline)" : "backstop prune"), $2, (base > 0 ? $2 / base : 0), $3 }' "$WORK/results"
 echo "targets: backstop prune < 20 s, peak RSS < 200 MiB"
+
+echo "generating 1,000 snapshots and 2,000 run records for the report ..." >&2
+rm -rf "$WORK/repo" "$WORK/blobs-unused"
+sed -i "s|$WORK/repo|$WORK/reportrepo|" "$WORK/policy.toml"
+cp "$WORK/template/backstop.json" "$WORK/backstop.json"
+mkdir -p "$WORK/reportrepo" && cp "$WORK/backstop.json" "$WORK/reportrepo/"
+python3 "$WORK/gen.py" "$WORK/reportrepo" "$RECIPIENT" 1000 2
+: > "$WORK/results"
+fresh() { :; }
+measure cat_files bash -c "find '$WORK/reportrepo/snapshots' '$WORK/reportrepo/runs' -name '*.json' -exec cat {} + > /dev/null"
+# exit 3 (a synthetic history is not compliant) is not a failure of the benchmark
+measure backstop_report bash -c "'$BIN' report --policy '$WORK/policy.toml' --window 1100d --format json; [ \$? -le 3 ]"
+echo
+echo "report: 1,000 snapshots, $(find "$WORK/reportrepo/runs" -name '*.json' | wc -l) run records; runs: $RUNS"
+awk 'NR == 1 { base = $2 } { printf "%-44s %9s %8.2fx %14s\n", ($1 == "cat_files" ? "cat of the same files (baseline)" : "backstop report --format json"), $2, (base > 0 ? $2 / base : 0), $3 }' "$WORK/results"
+echo "target: backstop report < 2 s"
