@@ -39,12 +39,33 @@ impl Cron {
         })
     }
 
-    /// The first time strictly after `after`, in the given timezone.
+    /// The first time strictly after `after` that the expression names on the wall clock of
+    /// `tz`. Across DST changes each wall-clock time fires once: a time the spring change skips
+    /// (02:30 in New York on the day clocks jump from 02:00 to 03:00) fires at the instant it
+    /// would have had without the jump (03:30 new time); a time the autumn change repeats
+    /// (01:30 twice) fires at its first occurrence only.
     pub fn next_after(&self, after: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
-        self.schedule
-            .after(&after.with_timezone(&tz))
-            .next()
-            .map(|t| t.with_timezone(&Utc))
+        use chrono::{LocalResult, Offset, TimeZone};
+        // Iterate wall-clock times (naive local time, carried as UTC) and map each to an
+        // instant.
+        let wall = Utc.from_utc_datetime(&after.with_timezone(&tz).naive_local());
+        // After an autumn change, wall-clock times up to an hour are skipped as already run.
+        for candidate in self.schedule.after(&wall).take(10_000) {
+            let local = candidate.naive_utc();
+            let instant = match tz.from_local_datetime(&local) {
+                LocalResult::Single(t) => t.with_timezone(&Utc),
+                LocalResult::Ambiguous(first, _) => first.with_timezone(&Utc),
+                LocalResult::None => {
+                    let before = Utc.from_utc_datetime(&local) - chrono::Duration::hours(12);
+                    let offset = tz.offset_from_utc_datetime(&before.naive_utc()).fix();
+                    Utc.from_utc_datetime(&(local - offset))
+                }
+            };
+            if instant > after {
+                return Some(instant);
+            }
+        }
+        None
     }
 }
 
@@ -185,5 +206,62 @@ mod tests {
         }
         assert!(parse_timezone("Mars/Olympus").is_err());
         let _ = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0);
+    }
+}
+
+#[cfg(test)]
+mod dst_tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn fires(expr: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+        let cron = Cron::parse(expr).unwrap();
+        let tz: Tz = "America/New_York".parse().unwrap();
+        let mut out = Vec::new();
+        let mut t = from;
+        while let Some(next) = cron.next_after(t, tz) {
+            if next >= to {
+                break;
+            }
+            out.push(next);
+            t = next;
+        }
+        out
+    }
+
+    #[test]
+    fn a_0230_job_runs_once_on_both_dst_change_days_in_new_york() {
+        // 2027-03-14: clocks jump from 02:00 to 03:00 (EST -> EDT); 02:30 does not exist.
+        let day = |y, m, d| Utc.with_ymd_and_hms(y, m, d, 4, 0, 0).unwrap();
+        let spring = fires("30 2 * * *", day(2027, 3, 13), day(2027, 3, 16));
+        eprintln!("spring {spring:?}");
+        // 2027-11-07: clocks fall back from 02:00 to 01:00 (EDT -> EST); 01:30 happens twice.
+        let fall = fires("30 1 * * *", day(2027, 11, 6), day(2027, 11, 9));
+        eprintln!("fall {fall:?}");
+        assert_eq!(spring.len(), 3, "{spring:?}");
+        assert_eq!(
+            spring[1],
+            Utc.with_ymd_and_hms(2027, 3, 14, 7, 30, 0).unwrap(),
+            "03:30 EDT"
+        );
+        assert_eq!(fall.len(), 3, "{fall:?}");
+        assert_eq!(
+            fall[1],
+            Utc.with_ymd_and_hms(2027, 11, 7, 5, 30, 0).unwrap(),
+            "the first 01:30"
+        );
+        // Every five seconds stays every five seconds across the spring jump.
+        let every = fires(
+            "*/5 * * * * *",
+            Utc.with_ymd_and_hms(2027, 3, 14, 6, 59, 50).unwrap(),
+            Utc.with_ymd_and_hms(2027, 3, 14, 7, 0, 10).unwrap(),
+        );
+        assert_eq!(every.len(), 3, "{every:?}");
+        assert!(
+            every
+                .windows(2)
+                .all(|w| w[1] - w[0] == chrono::Duration::seconds(5)),
+            "{every:?}"
+        );
     }
 }
