@@ -56,6 +56,8 @@ pub enum Command {
     Prune(PruneArgs),
     /// RPO/RTO compliance over a window, from the repository alone (no identity needed).
     Report(ReportArgs),
+    /// Run every policy's schedule unattended, alert, and serve /healthz, /metrics, /report.
+    Daemon(DaemonArgs),
     /// Policy files.
     Policy {
         #[command(subcommand)]
@@ -88,6 +90,10 @@ pub struct BackupArgs {
     /// Print exactly one JSON document (the run record) on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Also write this policy's Prometheus metrics to FILE (atomically), for node_exporter's
+    /// textfile collector.
+    #[arg(long, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -143,6 +149,26 @@ pub struct VerifyArgs {
     pub keep: bool,
     #[arg(long)]
     pub json: bool,
+    /// Also write this policy's Prometheus metrics to FILE (atomically), for node_exporter's
+    /// textfile collector.
+    #[arg(long, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Serve /healthz, /metrics and /report here, e.g. 127.0.0.1:9187 (off by default).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// How many policies' jobs run at once.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub max_parallel: usize,
+    /// How long running jobs get to finish after SIGTERM/SIGINT before they are cancelled.
+    #[arg(long, value_name = "DURATION", default_value = "10m")]
+    pub grace: String,
+    /// Log each job's start and end as one JSON object per line on stdout.
+    #[arg(long)]
+    pub json_log: bool,
 }
 
 #[derive(Debug, Args)]
@@ -187,6 +213,10 @@ pub struct PruneArgs {
     pub force: bool,
     #[arg(long)]
     pub json: bool,
+    /// Also write this policy's Prometheus metrics to FILE (atomically), for node_exporter's
+    /// textfile collector.
+    #[arg(long, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

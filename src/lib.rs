@@ -7,10 +7,13 @@
 pub mod cache;
 pub mod cli;
 pub mod commands;
+pub mod daemon;
 pub mod error;
 pub mod expect;
 pub mod localfs;
+pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod objectives;
 pub mod ops;
 pub mod policy;

@@ -1,4 +1,4 @@
-use super::{human_bytes, open, record_run, result_of};
+use super::{human_bytes, job_finished, job_started, open, record_run, result_of};
 use crate::cli::{self, BackupArgs};
 use crate::error::Result;
 use crate::ops::backup::{self, Only, Outcome, Request};
@@ -13,15 +13,28 @@ pub async fn run(args: BackupArgs, dir: Option<&Path>, ctx: &Ctx) -> Result<()> 
             cli::Only::Storage => Only::Storage,
         }),
     };
-    let (repo, out) = match open(&args.policy, dir).await {
+    let (opened, out) = match open(&args.policy, dir).await {
         Ok((policy, repo)) => {
+            let previous = job_started(&policy, &repo, "backup").await;
             let out = backup::run(&policy, &repo, &req, ctx).await;
-            (Some(repo), out)
+            (Some((policy, repo, previous)), out)
         }
         Err((name, e)) => (None, Outcome::not_started(&name, e)),
     };
     let rec = BackupRecord::from(&out);
-    record_run(repo.as_ref(), "backup", &out.times, &rec, args.json).await;
+    let repo = opened.as_ref().map(|(_, r, _)| r);
+    record_run(repo, "backup", &out.times, &rec, args.json).await;
+    if let Some((policy, repo, previous)) = &opened {
+        job_finished(
+            policy,
+            repo,
+            "backup",
+            &rec,
+            *previous,
+            args.metrics_file.as_deref(),
+        )
+        .await;
+    }
     if let Some(id) = &out.snapshot_id {
         let db = out.db.clone().unwrap_or_default();
         eprintln!(

@@ -58,6 +58,22 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Check(args) => check::run(args, dir, &ctx).await,
         Command::Prune(args) => prune::run(args, dir, &ctx).await,
         Command::Report(args) => report::run(args, dir).await,
+        Command::Daemon(args) => {
+            let dir = dir
+                .map(Path::to_path_buf)
+                .or_else(|| std::env::var_os("BACKSTOP_POLICIES").map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from("policies"));
+            let grace = crate::util::parse_duration(&args.grace)
+                .map_err(|e| Error::input(format!("--grace: {e}")))?;
+            crate::daemon::run(crate::daemon::Options {
+                dir,
+                listen: args.listen,
+                max_parallel: args.max_parallel,
+                grace,
+                json_log: args.json_log,
+            })
+            .await
+        }
         Command::Policy {
             action: PolicyCommand::Validate { policy },
         } => policy::validate(&policy, dir),
@@ -99,6 +115,36 @@ pub async fn record_run(
     }
     if json {
         print_json(record);
+    }
+}
+
+/// A job (backup, verify, prune) started from the command line, as the daemon starts one:
+/// the health-check start ping; returns the previous run's outcome, for notifications.
+pub async fn job_started(policy: &Policy, repo: &Repo, job: &str) -> Option<bool> {
+    let previous = crate::ops::last_outcome(repo, job).await;
+    crate::notify::ping_start(policy).await;
+    previous
+}
+
+/// A job's end after its record is written: notifications and `--metrics-file`.
+pub async fn job_finished(
+    policy: &Policy,
+    repo: &Repo,
+    job: &str,
+    record: &impl serde::Serialize,
+    previous: Option<bool>,
+    metrics_file: Option<&Path>,
+) {
+    let value = serde_json::to_value(record).unwrap_or_default();
+    crate::notify::after_run(policy, job, &value, previous).await;
+    if let Some(path) = metrics_file {
+        if let Err(e) = crate::metrics::write_file(path, policy, repo).await {
+            tracing::warn!(
+                "could not write the metrics file {}: {}",
+                path.display(),
+                e.message
+            );
+        }
     }
 }
 

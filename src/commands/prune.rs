@@ -1,4 +1,4 @@
-use super::{open, record_run, result_of};
+use super::{job_finished, job_started, open, record_run, result_of};
 use crate::cli::PruneArgs;
 use crate::error::Result;
 use crate::ops::prune::{self, Outcome, Request};
@@ -12,21 +12,28 @@ pub async fn run(args: PruneArgs, dir: Option<&Path>, ctx: &Ctx) -> Result<()> {
         snapshots: args.snapshots.clone(),
         force: args.force,
     };
-    let (repo, out) = match open(&args.policy, dir).await {
+    let (opened, out) = match open(&args.policy, dir).await {
         Ok((policy, repo)) => {
+            let previous = job_started(&policy, &repo, "prune").await;
             let out = prune::run(&policy, &repo, &req, ctx).await;
-            (Some(repo), out)
+            (Some((policy, repo, previous)), out)
         }
         Err((name, e)) => (None, Outcome::not_started(&name, args.dry_run, e)),
     };
-    record_run(
-        repo.as_ref(),
-        "prune",
-        &out.times,
-        &PruneRecord::from(&out),
-        args.json,
-    )
-    .await;
+    let rec = PruneRecord::from(&out);
+    let repo = opened.as_ref().map(|(_, r, _)| r);
+    record_run(repo, "prune", &out.times, &rec, args.json).await;
+    if let Some((policy, repo, previous)) = &opened {
+        job_finished(
+            policy,
+            repo,
+            "prune",
+            &rec,
+            *previous,
+            args.metrics_file.as_deref(),
+        )
+        .await;
+    }
     print_plan(&out);
     result_of(out.error)
 }

@@ -1,59 +1,57 @@
-use super::{open, opener, record_run, result_of};
+use super::{job_finished, job_started, open, opener, record_run, result_of};
 use crate::cli::VerifyArgs;
 use crate::error::{Error, Kind, Result};
-use crate::expect::{parse_expect, parse_share};
 use crate::ops::verify::{self, Outcome, Request};
 use crate::ops::Ctx;
 use crate::policy::Policy;
 use crate::record::VerifyRecord;
 use crate::repo::Selector;
-use crate::source::pgtools::DbUrl;
-use secrecy::ExposeSecret;
 use std::path::Path;
 use std::sync::Arc;
 
 fn request(args: &VerifyArgs, policy: &Policy) -> Result<Request> {
-    let share = args.read_data.clone().or(policy.verify.read_data.clone());
-    let read_share = parse_share(share.as_deref().unwrap_or("10%")).map_err(Error::input)?;
-    let from_policy = policy.verify.scratch_url.as_ref();
-    let scratch = (args.scratch_url.clone()).or(from_policy.map(|s| s.expose_secret().to_string()));
-    let queries = policy.verify.queries.iter().map(|(sql, e)| {
-        parse_expect(e)
-            .map(|e| (sql.clone(), e))
-            .map_err(Error::input)
-    });
-    Ok(Request {
-        selector: match args.snapshot.as_str() {
-            "latest" => Selector::Latest,
-            id => Selector::Id(id.to_string()),
-        },
-        scratch: scratch.as_deref().map(DbUrl::parse).transpose()?,
-        queries: queries.collect::<Result<_>>()?,
-        opener: Arc::new(opener(args.identity.as_ref())?),
-        read_share,
-        keep: args.keep,
-    })
+    let selector = match args.snapshot.as_str() {
+        "latest" => Selector::Latest,
+        id => Selector::Id(id.to_string()),
+    };
+    let opener = Arc::new(opener(args.identity.as_ref())?);
+    let mut req = Request::for_policy(
+        policy,
+        selector,
+        opener,
+        args.read_data.as_deref(),
+        args.scratch_url.as_deref(),
+    )?;
+    req.keep = args.keep;
+    Ok(req)
 }
 
 pub async fn run(args: VerifyArgs, dir: Option<&Path>, ctx: &Ctx) -> Result<()> {
-    let (repo, out) = match open(&args.policy, dir).await {
+    let (opened, out) = match open(&args.policy, dir).await {
         Ok((policy, repo)) => match request(&args, &policy) {
             Ok(req) => {
+                let previous = job_started(&policy, &repo, "verify").await;
                 let out = verify::run(&policy, &repo, &req, ctx).await;
-                (Some(repo), out)
+                (Some((policy, repo, previous)), out)
             }
             Err(e) => (None, Outcome::not_started(&policy.name, e)),
         },
         Err((name, e)) => (None, Outcome::not_started(&name, e)),
     };
-    record_run(
-        repo.as_ref(),
-        "verify",
-        &out.times,
-        &VerifyRecord::from(&out),
-        args.json,
-    )
-    .await;
+    let rec = VerifyRecord::from(&out);
+    let repo = opened.as_ref().map(|(_, r, _)| r);
+    record_run(repo, "verify", &out.times, &rec, args.json).await;
+    if let Some((policy, repo, previous)) = &opened {
+        job_finished(
+            policy,
+            repo,
+            "verify",
+            &rec,
+            *previous,
+            args.metrics_file.as_deref(),
+        )
+        .await;
+    }
     if out.error.is_some() {
         return result_of(out.error);
     }

@@ -95,6 +95,18 @@ pub async fn save_record(repo: &Repo, kind: &str, times: &RunTimes, record: &imp
     }
 }
 
+/// Whether the last recorded run of `job` succeeded; `None` when there is none (or the
+/// records cannot be read: notifications then treat the run as a first one).
+pub async fn last_outcome(repo: &Repo, job: &str) -> Option<bool> {
+    let records = crate::repo::runs::read(repo.store.as_ref(), &repo.policy, job)
+        .await
+        .ok()?;
+    let last = records
+        .iter()
+        .max_by_key(|r| r["started_at"].as_str().map(str::to_string))?;
+    Some(last["ok"] == true)
+}
+
 /// Runs `work` under a shared lock of the repository, with `ctx`'s token cancelled (for this
 /// run only) when the lock is lost. The lock is released on every path.
 pub(crate) async fn with_shared_lock<T>(

@@ -54,6 +54,8 @@ pub struct Schedule {
     pub verify: Option<Cron>,
     pub prune: Option<Cron>,
     pub timezone: Tz,
+    /// Each start is delayed by a random amount up to this (`jitter = "5m"`; zero by default).
+    pub jitter: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -155,8 +157,42 @@ pub struct Verify {
 #[derive(Debug, Clone)]
 pub struct Notify {
     pub webhook: Option<SecretString>,
+    /// `slack` (default) or `json`.
+    pub webhook_format: String,
+    /// healthchecks.io-style ping URL.
+    pub healthcheck: Option<SecretString>,
+    pub email: Option<Email>,
+    /// Events to send (see [`NOTIFY_EVENTS`]).
     pub on: Vec<String>,
 }
+
+#[derive(Debug, Clone)]
+pub struct Email {
+    pub smtp_url: SecretString,
+    pub from: String,
+    pub to: Vec<String>,
+}
+
+/// Every event `[notify] on` may name.
+pub const NOTIFY_EVENTS: [&str; 7] = [
+    "failure",
+    "recovered",
+    "success",
+    "verify_failure",
+    "rto_breach",
+    "rpo_breach",
+    "rpo_recovered",
+];
+
+/// Events sent when `on` is not given.
+pub const DEFAULT_EVENTS: [&str; 6] = [
+    "failure",
+    "recovered",
+    "verify_failure",
+    "rpo_breach",
+    "rpo_recovered",
+    "rto_breach",
+];
 
 /// Finds a policy: a path as given, or a name looked up as `DIR/NAME.toml` where DIR is
 /// `--policies`, `BACKSTOP_POLICIES` or `policies`.
@@ -289,6 +325,52 @@ impl Validator<'_> {
         self.opt(s, key).map(SecretString::from)
     }
 
+    fn notify(&mut self, n: raw::RawNotify) -> Notify {
+        let format = n
+            .webhook_format
+            .as_ref()
+            .map(|f| f.get_ref().clone())
+            .unwrap_or_else(|| "slack".into());
+        if let Some(f) = &n.webhook_format {
+            if f.get_ref() != "slack" && f.get_ref() != "json" {
+                self.problem(f.span(), "notify.webhook_format", "must be slack or json");
+            }
+        }
+        let on = match &n.on {
+            None => DEFAULT_EVENTS.iter().map(|e| e.to_string()).collect(),
+            Some(list) => {
+                for e in list {
+                    if !NOTIFY_EVENTS.contains(&e.get_ref().as_str()) {
+                        self.problem(
+                            e.span(),
+                            "notify.on",
+                            format!(
+                                "unknown event `{}`; events are {}",
+                                e.get_ref(),
+                                NOTIFY_EVENTS.join(", ")
+                            ),
+                        );
+                    }
+                }
+                list.iter().map(|e| e.get_ref().clone()).collect()
+            }
+        };
+        let email = n.email.map(|e| Email {
+            smtp_url: self
+                .secret(&Some(e.smtp_url), "notify.email.smtp_url")
+                .unwrap_or_default(),
+            from: e.from.get_ref().clone(),
+            to: e.to.iter().map(|t| t.get_ref().clone()).collect(),
+        });
+        Notify {
+            webhook: self.secret(&n.webhook, "notify.webhook"),
+            webhook_format: format,
+            healthcheck: self.secret(&n.healthcheck, "notify.healthcheck"),
+            email,
+            on,
+        }
+    }
+
     fn duration(&mut self, s: &Option<S>, key: &str, default: u64) -> Duration {
         match s {
             None => Duration::from_secs(default),
@@ -349,6 +431,7 @@ impl Validator<'_> {
                 verify: self.cron(&s.verify, "schedule.verify"),
                 prune: self.cron(&s.prune, "schedule.prune"),
                 timezone,
+                jitter: self.duration(&s.jitter, "schedule.jitter", 0),
             }
         });
         let database = raw.database.map(|d| Database {
@@ -419,10 +502,7 @@ impl Validator<'_> {
                     .collect(),
             })
             .unwrap_or_default();
-        let notify = raw.notify.map(|n| Notify {
-            webhook: self.secret(&n.webhook, "notify.webhook"),
-            on: n.on.iter().map(|s| s.get_ref().clone()).collect(),
-        });
+        let notify = raw.notify.map(|n| self.notify(n));
         Policy {
             name,
             path: path.to_path_buf(),

@@ -37,6 +37,7 @@ pub(super) struct RawSchedule {
     pub(super) verify: Option<S>,
     pub(super) prune: Option<S>,
     pub(super) timezone: Option<S>,
+    pub(super) jitter: Option<S>,
 }
 
 #[derive(Deserialize)]
@@ -125,6 +126,16 @@ pub(super) struct RawQuery {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawNotify {
     pub(super) webhook: Option<S>,
-    #[serde(default)]
-    pub(super) on: Vec<S>,
+    pub(super) webhook_format: Option<S>,
+    pub(super) healthcheck: Option<S>,
+    pub(super) email: Option<RawEmail>,
+    pub(super) on: Option<Vec<S>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEmail {
+    pub(super) smtp_url: S,
+    pub(super) from: S,
+    pub(super) to: Vec<S>,
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod documents;
+pub mod hooks;
 pub mod pg;
 pub mod s3;
 pub mod supabase;

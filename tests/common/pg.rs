@@ -185,6 +185,30 @@ impl Cluster {
         cluster
     }
 
+    /// Stops the server (fast shutdown); [`Cluster::resume`] starts it again on its port.
+    pub fn stop(&self) {
+        let mut c = server_cmd("pg_ctl");
+        c.arg("-D")
+            .arg(&self.data)
+            .args(["-m", "fast", "-w", "stop"]);
+        run(c, "pg_ctl stop");
+    }
+
+    pub fn resume(&self) {
+        let mut c = server_cmd("pg_ctl");
+        c.arg("-D")
+            .arg(&self.data)
+            .args(["-w", "-t", "60", "-l"])
+            .arg(self._dir.path().join("log"));
+        c.arg("-o").arg(format!(
+            "-p {} -k {}",
+            self.port,
+            self._dir.path().display()
+        ));
+        c.arg("start");
+        run(c, "pg_ctl start");
+    }
+
     pub fn url(&self, db: &str) -> String {
         format!(
             "postgres://postgres:{PASSWORD}@127.0.0.1:{}/{db}",

@@ -40,6 +40,43 @@ pub struct Request {
     pub keep: bool,
 }
 
+impl Request {
+    /// The policy's verify: its `[verify]` read share, scratch server and queries, each
+    /// overridable (the command line's `--read-data`, `--scratch-url`).
+    pub fn for_policy(
+        policy: &Policy,
+        selector: Selector,
+        opener: Arc<Opener>,
+        read_data: Option<&str>,
+        scratch_url: Option<&str>,
+    ) -> crate::error::Result<Request> {
+        use secrecy::ExposeSecret;
+        let share = read_data
+            .or(policy.verify.read_data.as_deref())
+            .unwrap_or("10%");
+        let read_share = crate::expect::parse_share(share).map_err(Error::input)?;
+        let from_policy = policy
+            .verify
+            .scratch_url
+            .as_ref()
+            .map(|s| s.expose_secret().to_string());
+        let scratch = scratch_url.map(str::to_string).or(from_policy);
+        let queries = policy.verify.queries.iter().map(|(sql, e)| {
+            crate::expect::parse_expect(e)
+                .map(|e| (sql.clone(), e))
+                .map_err(Error::input)
+        });
+        Ok(Request {
+            selector,
+            scratch: scratch.as_deref().map(DbUrl::parse).transpose()?,
+            queries: queries.collect::<crate::error::Result<_>>()?,
+            opener,
+            read_share,
+            keep: false,
+        })
+    }
+}
+
 #[derive(Debug)]
 pub struct Outcome {
     pub times: RunTimes,

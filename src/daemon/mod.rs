@@ -1,0 +1,448 @@
+//! `backstop daemon`: runs every policy's `[schedule]` in-process through the library
+//! operations, alerts, and serves `/healthz`, `/metrics` and `/report` on `--listen`.
+//!
+//! * **Scheduling.** Each policy's `backup`, `verify` and `prune` crons fire in the policy's
+//!   timezone (see [`crate::schedule::Cron::next_after`] for the DST rule), each start delayed
+//!   by a random amount up to `[schedule] jitter`. One job per policy runs at a time: a job
+//!   due while another of its policy runs waits for it (a job already waiting is not queued
+//!   twice). Different policies run in parallel, up to `--max-parallel`.
+//! * **Catch-up.** At start, a job whose last successful run (from the run records) is older
+//!   than its schedule's interval, or that never succeeded, runs once at once. Missed runs are
+//!   not replayed one by one.
+//! * **Verify** needs the identity: verify jobs run only when `BACKSTOP_IDENTITY` is set, and
+//!   are logged as skipped otherwise (the backup host holds no private key; run verify from a
+//!   daemon on another host).
+//! * **Reload.** SIGHUP reloads the policy directory. A policy that no longer loads keeps its
+//!   old version and is reported; new ones are added, removed files are dropped.
+//! * **Shutdown.** SIGTERM or SIGINT stops taking jobs; running jobs get `--grace` to finish,
+//!   then are cancelled through their token (a cancelled backup commits nothing); the daemon
+//!   then exits 0.
+//! * **RPO watch.** Every `min(60 s, rpo / 5)` (at least 1 s) each policy's newest recovery
+//!   point is compared with its RPO; `rpo_breach` and `rpo_recovered` are sent on the edges.
+//! * **Logs.** With `--json-log`, each job's start and end is one JSON object per line on
+//!   stdout; everything else goes to stderr as usual.
+
+mod http;
+
+use crate::error::{Error, Result};
+use crate::metrics::PolicyMetrics;
+use crate::notify::RpoWatch;
+use crate::ops::{self, Cancel, Ctx, Reason};
+use crate::policy::Policy;
+use crate::schedule::Cron;
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+pub struct Options {
+    pub dir: PathBuf,
+    pub listen: Option<String>,
+    pub max_parallel: usize,
+    pub grace: Duration,
+    pub json_log: bool,
+}
+
+/// What the HTTP side reads.
+#[derive(Default)]
+pub struct Shared {
+    pub metrics: Mutex<BTreeMap<String, PolicyMetrics>>,
+    pub policies: Mutex<Vec<Arc<Policy>>>,
+}
+
+const JOBS: [&str; 3] = ["backup", "verify", "prune"];
+
+fn cron_of<'a>(policy: &'a Policy, job: &str) -> Option<&'a Cron> {
+    let s = policy.schedule.as_ref()?;
+    match job {
+        "backup" => s.backup.as_ref(),
+        "verify" => s.verify.as_ref(),
+        _ => s.prune.as_ref(),
+    }
+}
+
+/// The next start of `job` after `after`, with the policy's jitter.
+fn next_start(policy: &Policy, job: &str, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let s = policy.schedule.as_ref()?;
+    let t = cron_of(policy, job)?.next_after(after, s.timezone)?;
+    let jitter = s.jitter.as_millis() as i64;
+    let delay = if jitter > 0 {
+        rand::random::<u64>() as i64 % jitter
+    } else {
+        0
+    };
+    Some(t + chrono::Duration::milliseconds(delay))
+}
+
+/// The schedule's interval around `at` (two consecutive starts).
+fn interval(policy: &Policy, job: &str, at: DateTime<Utc>) -> Option<chrono::Duration> {
+    let s = policy.schedule.as_ref()?;
+    let cron = cron_of(policy, job)?;
+    let a = cron.next_after(at, s.timezone)?;
+    Some(cron.next_after(a, s.timezone)? - a)
+}
+
+/// Loads every `*.toml` of `dir`; the ones that fail are returned with their errors.
+fn load_dir(dir: &std::path::Path) -> (Vec<Policy>, Vec<(PathBuf, Error)>) {
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    paths.sort();
+    for p in paths {
+        match crate::policy::load(&p) {
+            Ok(policy) => ok.push(policy),
+            Err(e) => bad.push((p, e)),
+        }
+    }
+    (ok, bad)
+}
+
+struct Done {
+    policy: String,
+}
+
+fn log_json(enabled: bool, value: serde_json::Value) {
+    if enabled {
+        println!("{value}");
+    }
+}
+
+/// One job, start to end: ping, run, record, notify, metrics.
+async fn run_job(
+    policy: Arc<Policy>,
+    job: &'static str,
+    ctx: Ctx,
+    shared: Arc<Shared>,
+    json_log: bool,
+) {
+    let started = Utc::now();
+    log_json(
+        json_log,
+        json!({"event": "job_start", "policy": policy.name, "job": job, "at": started}),
+    );
+    tracing::info!("{job} of policy {} starts", policy.name);
+    let repo = match ops::open_repo(&policy).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("{job} of policy {}: {}", policy.name, e.message);
+            log_json(
+                json_log,
+                json!({"event": "job_end", "policy": policy.name, "job": job, "ok": false, "error": e.message}),
+            );
+            return;
+        }
+    };
+    let previous = ops::last_outcome(&repo, job).await;
+    crate::notify::ping_start(&policy).await;
+    let (record, times) = match job {
+        "backup" => {
+            let out =
+                ops::backup::run(&policy, &repo, &ops::backup::Request { only: None }, &ctx).await;
+            (
+                serde_json::to_value(crate::record::BackupRecord::from(&out)),
+                out.times,
+            )
+        }
+        "verify" => {
+            let opener = match std::env::var_os("BACKSTOP_IDENTITY")
+                .map(|p| crate::seal::Opener::from_file(std::path::Path::new(&p)))
+            {
+                Some(Ok(o)) => Arc::new(o),
+                Some(Err(e)) => {
+                    tracing::error!("verify of policy {}: {}", policy.name, e.message);
+                    return;
+                }
+                None => return,
+            };
+            let req = match ops::verify::Request::for_policy(
+                &policy,
+                crate::repo::Selector::Latest,
+                opener,
+                None,
+                None,
+            ) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!("verify of policy {}: {}", policy.name, e.message);
+                    return;
+                }
+            };
+            let out = ops::verify::run(&policy, &repo, &req, &ctx).await;
+            (
+                serde_json::to_value(crate::record::VerifyRecord::from(&out)),
+                out.times,
+            )
+        }
+        _ => {
+            let req = ops::prune::Request {
+                dry_run: false,
+                snapshots: Vec::new(),
+                force: false,
+            };
+            let out = ops::prune::run(&policy, &repo, &req, &ctx).await;
+            (
+                serde_json::to_value(crate::record::PruneRecord::from(&out)),
+                out.times,
+            )
+        }
+    };
+    let record = record.unwrap_or_default();
+    ops::save_record(&repo, job, &times, &record).await;
+    let ok = record["ok"] == true;
+    if ok {
+        tracing::info!(
+            "{job} of policy {} succeeded in {:.1}s",
+            policy.name,
+            times.duration_s
+        );
+    } else {
+        tracing::error!(
+            "{job} of policy {} failed: {}",
+            policy.name,
+            record["error"].as_str().unwrap_or("see its record")
+        );
+    }
+    log_json(
+        json_log,
+        json!({"event": "job_end", "policy": policy.name, "job": job, "ok": ok, "duration_s": times.duration_s, "snapshot_id": record["snapshot_id"], "error": record["error"]}),
+    );
+    crate::notify::after_run(&policy, job, &record, previous).await;
+    refresh_metrics(&policy, &repo, &shared).await;
+}
+
+async fn refresh_metrics(policy: &Policy, repo: &crate::repo::Repo, shared: &Shared) {
+    match PolicyMetrics::from_repository(policy, repo).await {
+        Ok(m) => {
+            crate::repo::writer::lock(&shared.metrics).insert(policy.name.clone(), m);
+        }
+        Err(e) => tracing::warn!("metrics of policy {}: {}", policy.name, e.message),
+    }
+}
+
+/// When the RPO watch looks again.
+fn rpo_period(policies: &[Arc<Policy>]) -> Duration {
+    let shortest = policies
+        .iter()
+        .map(|p| p.objectives.rpo / 5)
+        .min()
+        .unwrap_or(Duration::from_secs(60));
+    shortest.clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+pub async fn run(opts: Options) -> Result<()> {
+    let (loaded, broken) = load_dir(&opts.dir);
+    for (path, e) in &broken {
+        tracing::error!("policy {} is skipped: {}", path.display(), e.message);
+    }
+    if loaded.is_empty() && broken.is_empty() {
+        return Err(Error::input(format!(
+            "no policies (*.toml) in {}",
+            opts.dir.display()
+        )));
+    }
+    let shared = Arc::new(Shared::default());
+    let mut policies: BTreeMap<String, Arc<Policy>> = loaded
+        .into_iter()
+        .map(|p| (p.name.clone(), Arc::new(p)))
+        .collect();
+    *crate::repo::writer::lock(&shared.policies) = policies.values().cloned().collect();
+    if let Some(addr) = &opts.listen {
+        http::serve(addr, shared.clone()).await?;
+    }
+    let identity = std::env::var_os("BACKSTOP_IDENTITY").is_some();
+    let root = Cancel::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+    let mut due: HashMap<(String, &'static str), DateTime<Utc>> = HashMap::new();
+    let mut waiting: Vec<(String, &'static str)> = Vec::new();
+    let mut running: BTreeSet<String> = BTreeSet::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut watches: HashMap<String, RpoWatch> = HashMap::new();
+
+    // Catch-up and first starts.
+    let now = Utc::now();
+    for p in policies.values() {
+        let repo = ops::open_repo(p).await;
+        if let Ok(repo) = &repo {
+            refresh_metrics(p, repo, &shared).await;
+        }
+        for job in JOBS {
+            if cron_of(p, job).is_none() {
+                continue;
+            }
+            let last_success = crate::repo::writer::lock(&shared.metrics)
+                .get(&p.name)
+                .and_then(|m| m.jobs.get(job).and_then(|s| s.last_success));
+            let late = match (last_success, interval(p, job, now)) {
+                (Some(t), Some(i)) => now - t > i,
+                _ => true,
+            };
+            if late && (job != "verify" || identity) {
+                tracing::info!(
+                    "{job} of policy {} is overdue (last success {}): it runs now",
+                    p.name,
+                    last_success.map_or("never".into(), |t| t.to_rfc3339())
+                );
+                waiting.push((p.name.clone(), job));
+            }
+            if let Some(t) = next_start(p, job, now) {
+                due.insert((p.name.clone(), job), t);
+            }
+        }
+    }
+
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| Error::failed(format!("SIGHUP handler: {e}")))?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::failed(format!("SIGTERM handler: {e}")))?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| Error::failed(format!("SIGINT handler: {e}")))?;
+    let mut next_rpo_check = tokio::time::Instant::now();
+    tracing::info!("daemon started with {} policies", policies.len());
+    loop {
+        let now = Utc::now();
+        // Due jobs join the queue (once).
+        for ((name, job), t) in due.iter_mut() {
+            if *t <= now {
+                if job == &"verify" && !identity {
+                    tracing::info!("verify of policy {name} is skipped: BACKSTOP_IDENTITY is not set on this host");
+                } else if !waiting.contains(&(name.clone(), *job)) {
+                    waiting.push((name.clone(), job));
+                }
+                if let Some(p) = policies.get(name) {
+                    *t = next_start(p, job, now).unwrap_or(now + chrono::Duration::days(3650));
+                }
+            }
+        }
+        // Start what may start.
+        let mut still = Vec::new();
+        for (name, job) in waiting.drain(..) {
+            let Some(p) = policies.get(&name) else {
+                continue;
+            };
+            if running.contains(&name) || running.len() >= opts.max_parallel.max(1) {
+                still.push((name, job));
+                continue;
+            }
+            running.insert(name.clone());
+            let ctx = Ctx {
+                cancel: root.child(),
+                ..Ctx::default()
+            };
+            let (p, shared, tx, json_log) =
+                (p.clone(), shared.clone(), done_tx.clone(), opts.json_log);
+            // The operations' futures are not `Send` in general (they borrow across awaits),
+            // so each job drives its own on a blocking thread; what it spawns still runs on
+            // the runtime's workers.
+            let handle = tokio::runtime::Handle::current();
+            tasks.spawn_blocking(move || {
+                handle.block_on(run_job(p, job, ctx, shared, json_log));
+                let _ = tx.send(Done { policy: name });
+            });
+        }
+        waiting = still;
+        // RPO watch.
+        if tokio::time::Instant::now() >= next_rpo_check {
+            let list: Vec<Arc<Policy>> = policies.values().cloned().collect();
+            for p in &list {
+                let newest = crate::repo::writer::lock(&shared.metrics)
+                    .get(&p.name)
+                    .and_then(|m| m.newest);
+                let age = newest.map(|n| (Utc::now() - n).to_std().unwrap_or_default());
+                if let Some(event) = watches
+                    .entry(p.name.clone())
+                    .or_default()
+                    .observe(age, p.objectives.rpo)
+                {
+                    if let Some(notify) = p.notify.clone() {
+                        let message = crate::notify::Message {
+                            event: event.to_string(),
+                            policy: p.name.clone(),
+                            job: "backup".into(),
+                            id: None,
+                            error: None,
+                            figures: vec![format!(
+                                "recovery point age {} (RPO {})",
+                                age.map_or(
+                                    "unknown (no snapshot)".into(),
+                                    crate::util::format_duration
+                                ),
+                                crate::util::format_duration(p.objectives.rpo)
+                            )],
+                            record: json!({"policy": p.name, "newest_consistent_at": newest}),
+                        };
+                        tokio::spawn(async move { crate::notify::send(&notify, &message).await });
+                    }
+                }
+            }
+            next_rpo_check = tokio::time::Instant::now() + rpo_period(&list);
+        }
+        let next_due = due
+            .values()
+            .min()
+            .copied()
+            .unwrap_or(now + chrono::Duration::seconds(60));
+        let sleep = (next_due - Utc::now())
+            .to_std()
+            .unwrap_or_default()
+            .min(Duration::from_secs(1));
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            Some(done) = done_rx.recv() => { running.remove(&done.policy); }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            _ = hup.recv() => {
+                let (fresh, broken) = load_dir(&opts.dir);
+                for (path, e) in &broken {
+                    tracing::error!("reload: policy {} does not load, its previous version (if any) keeps running: {}", path.display(), e.message);
+                }
+                let kept: BTreeSet<String> = broken.iter().filter_map(|(path, _)| {
+                    policies.values().find(|p| &p.path == path).map(|p| p.name.clone())
+                }).collect();
+                let mut next: BTreeMap<String, Arc<Policy>> = policies.iter().filter(|(n, _)| kept.contains(*n)).map(|(n, p)| (n.clone(), p.clone())).collect();
+                for p in fresh {
+                    next.insert(p.name.clone(), Arc::new(p));
+                }
+                policies = next;
+                due.retain(|(n, _), _| policies.contains_key(n));
+                let now = Utc::now();
+                for p in policies.values() {
+                    for job in JOBS {
+                        match next_start(p, job, now) {
+                            Some(t) => { due.insert((p.name.clone(), job), t); }
+                            None => { due.remove(&(p.name.clone(), job)); }
+                        }
+                    }
+                }
+                *crate::repo::writer::lock(&shared.policies) = policies.values().cloned().collect();
+                tracing::info!("reloaded: {} policies", policies.len());
+            }
+            _ = term.recv() => { break; }
+            _ = int.recv() => { break; }
+        }
+    }
+    tracing::info!(
+        "stopping: no new jobs; {} running get {} to finish",
+        running.len(),
+        crate::util::format_duration(opts.grace)
+    );
+    let finished = tokio::time::timeout(opts.grace, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!("grace period over: cancelling the running jobs");
+        root.cancel(Reason::Requested);
+        while tasks.join_next().await.is_some() {}
+    }
+    tracing::info!("daemon stopped");
+    Ok(())
+}

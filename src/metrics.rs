@@ -1,0 +1,263 @@
+//! Prometheus metrics (text format 0.0.4), computed from the repository: the run records of
+//! each job and the snapshot listing. The daemon serves them at `/metrics` (recomputing a
+//! policy's figures after each of its jobs; the recovery point age is taken at scrape time);
+//! `backup|verify|prune --metrics-file FILE` writes one policy's for node_exporter's textfile
+//! collector. Run totals count the records in the repository, which prune never removes.
+
+use crate::error::Result;
+use crate::policy::Policy;
+use crate::repo::{list_metas, runs, Repo};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+pub const JOBS: [&str; 3] = ["backup", "verify", "prune"];
+
+#[derive(Debug, Clone, Default)]
+pub struct JobStats {
+    pub last_run: Option<DateTime<Utc>>,
+    pub last_success: Option<DateTime<Utc>>,
+    pub last_ok: Option<bool>,
+    pub last_duration_s: Option<f64>,
+    pub successes: u64,
+    pub failures: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PolicyMetrics {
+    pub policy: String,
+    pub rpo_s: f64,
+    pub rto_s: f64,
+    pub newest: Option<DateTime<Utc>>,
+    pub snapshots: u64,
+    pub last_restore_s: Option<f64>,
+    pub last_bytes_stored: Option<u64>,
+    pub jobs: BTreeMap<&'static str, JobStats>,
+}
+
+fn time(v: &Value, key: &str) -> Option<DateTime<Utc>> {
+    v[key].as_str()?.parse().ok()
+}
+
+/// One job's figures from its records (any order).
+pub fn job_stats(records: &[Value]) -> JobStats {
+    let mut sorted: Vec<&Value> = records
+        .iter()
+        .filter(|r| time(r, "started_at").is_some())
+        .collect();
+    sorted.sort_by_key(|r| time(r, "started_at"));
+    let mut s = JobStats::default();
+    for r in &sorted {
+        let ok = r["ok"] == true;
+        if ok {
+            s.successes += 1;
+            s.last_success = time(r, "finished_at").or(time(r, "started_at"));
+        } else {
+            s.failures += 1;
+        }
+    }
+    if let Some(last) = sorted.last() {
+        s.last_run = time(last, "finished_at").or(time(last, "started_at"));
+        s.last_ok = Some(last["ok"] == true);
+        s.last_duration_s = last["duration_s"].as_f64();
+    }
+    s
+}
+
+impl PolicyMetrics {
+    pub async fn from_repository(policy: &Policy, repo: &Repo) -> Result<PolicyMetrics> {
+        let store = repo.store.as_ref();
+        let listing = list_metas(store, &format!("snapshots/{}/", policy.name)).await?;
+        let mut m = PolicyMetrics {
+            policy: policy.name.clone(),
+            rpo_s: policy.objectives.rpo.as_secs_f64(),
+            rto_s: policy.objectives.rto.as_secs_f64(),
+            newest: listing.snapshots.last().map(|s| s.consistent_at),
+            snapshots: listing.snapshots.len() as u64,
+            ..PolicyMetrics::default()
+        };
+        for job in JOBS {
+            let records = runs::read(store, &policy.name, job).await?;
+            m.jobs.insert(job, job_stats(&records));
+            let last_ok = records
+                .iter()
+                .filter(|r| r["ok"] == true)
+                .max_by_key(|r| time(r, "started_at"));
+            match job {
+                "verify" => m.last_restore_s = last_ok.and_then(|r| r["restore_s"].as_f64()),
+                "backup" => {
+                    let db = last_ok.and_then(|r| r["db"]["bytes_stored"].as_u64());
+                    let st = last_ok.and_then(|r| r["storage"]["bytes_stored"].as_u64());
+                    m.last_bytes_stored = last_ok.map(|_| db.unwrap_or(0) + st.unwrap_or(0));
+                }
+                _ => {}
+            }
+        }
+        Ok(m)
+    }
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The Prometheus text of every policy at `now`.
+pub fn render(policies: &[PolicyMetrics], now: DateTime<Utc>) -> String {
+    let mut out = String::new();
+    let ts = |t: DateTime<Utc>| t.timestamp_millis() as f64 / 1000.0;
+    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    };
+    let per_job = |f: &dyn Fn(&JobStats) -> Option<f64>| -> Vec<(String, f64)> {
+        policies
+            .iter()
+            .flat_map(|p| {
+                p.jobs.iter().filter_map(move |(job, s)| {
+                    f(s).map(|v| (format!("policy=\"{}\",job=\"{job}\"", escape(&p.policy)), v))
+                })
+            })
+            .collect()
+    };
+    let per_policy = |f: &dyn Fn(&PolicyMetrics) -> Option<f64>| -> Vec<(String, f64)> {
+        policies
+            .iter()
+            .filter_map(|p| f(p).map(|v| (format!("policy=\"{}\"", escape(&p.policy)), v)))
+            .collect()
+    };
+    family(
+        "backstop_last_run_timestamp_seconds",
+        "gauge",
+        "When the job's last run ended (Unix time).",
+        per_job(&|s| s.last_run.map(ts)),
+    );
+    family(
+        "backstop_last_success_timestamp_seconds",
+        "gauge",
+        "When the job last succeeded (Unix time).",
+        per_job(&|s| s.last_success.map(ts)),
+    );
+    family(
+        "backstop_last_run_success",
+        "gauge",
+        "1 if the job's last run succeeded, else 0.",
+        per_job(&|s| s.last_ok.map(|ok| if ok { 1.0 } else { 0.0 })),
+    );
+    family(
+        "backstop_last_run_duration_seconds",
+        "gauge",
+        "How long the job's last run took.",
+        per_job(&|s| s.last_duration_s),
+    );
+    let totals: Vec<(String, f64)> = policies
+        .iter()
+        .flat_map(|p| {
+            p.jobs.iter().flat_map(move |(job, s)| {
+                [("success", s.successes), ("failure", s.failures)]
+                    .into_iter()
+                    .map(move |(outcome, n)| {
+                        (
+                            format!(
+                                "policy=\"{}\",job=\"{job}\",outcome=\"{outcome}\"",
+                                escape(&p.policy)
+                            ),
+                            n as f64,
+                        )
+                    })
+            })
+        })
+        .collect();
+    family(
+        "backstop_runs_total",
+        "counter",
+        "Runs recorded in the repository, by outcome.",
+        totals,
+    );
+    family(
+        "backstop_recovery_point_age_seconds",
+        "gauge",
+        "Now minus the newest snapshot's consistent_at.",
+        per_policy(&|p| {
+            p.newest
+                .map(|n| (now - n).num_milliseconds().max(0) as f64 / 1000.0)
+        }),
+    );
+    family(
+        "backstop_rpo_seconds",
+        "gauge",
+        "The policy's recovery point objective.",
+        per_policy(&|p| Some(p.rpo_s)),
+    );
+    family(
+        "backstop_rto_seconds",
+        "gauge",
+        "The policy's recovery time objective.",
+        per_policy(&|p| Some(p.rto_s)),
+    );
+    family(
+        "backstop_verify_restore_seconds",
+        "gauge",
+        "The last passed verify's measured restore time.",
+        per_policy(&|p| p.last_restore_s),
+    );
+    family(
+        "backstop_snapshots",
+        "gauge",
+        "Snapshots of the policy in the repository.",
+        per_policy(&|p| Some(p.snapshots as f64)),
+    );
+    family(
+        "backstop_backup_bytes_stored",
+        "gauge",
+        "Bytes the last successful backup newly stored.",
+        per_policy(&|p| p.last_bytes_stored.map(|b| b as f64)),
+    );
+    out
+}
+
+/// Writes one policy's metrics to `path` atomically (for node_exporter's textfile collector).
+pub async fn write_file(path: &std::path::Path, policy: &Policy, repo: &Repo) -> Result<()> {
+    let m = PolicyMetrics::from_repository(policy, repo).await?;
+    let text = render(&[m], Utc::now());
+    crate::localfs::write_file_atomically(path, std::io::Cursor::new(text.into_bytes()), true).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn renders_every_family_with_help_and_type() {
+        let records = vec![
+            json!({"ok": true, "started_at": "2026-11-28T03:00:00Z", "finished_at": "2026-11-28T03:01:00Z", "duration_s": 60.0}),
+            json!({"ok": false, "started_at": "2026-11-29T03:00:00Z", "finished_at": "2026-11-29T03:00:05Z", "duration_s": 5.0}),
+        ];
+        let mut p = PolicyMetrics {
+            policy: "food\"biz".into(),
+            rpo_s: 86400.0,
+            rto_s: 3600.0,
+            snapshots: 3,
+            ..Default::default()
+        };
+        p.newest = Some("2026-11-28T03:00:00Z".parse().unwrap());
+        p.jobs.insert("backup", job_stats(&records));
+        let text = render(&[p], "2026-11-29T03:00:00Z".parse().unwrap());
+        assert!(
+            text.contains(
+                "backstop_runs_total{policy=\"food\\\"biz\",job=\"backup\",outcome=\"failure\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("backstop_last_run_success{policy=\"food\\\"biz\",job=\"backup\"} 0"));
+        assert!(text.contains("backstop_last_success_timestamp_seconds{policy=\"food\\\"biz\",job=\"backup\"} 1795834860"));
+        assert!(text.contains("backstop_recovery_point_age_seconds{policy=\"food\\\"biz\"} 86400"));
+        assert_eq!(text.matches("# TYPE ").count(), 11);
+    }
+}

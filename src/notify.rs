@@ -1,0 +1,286 @@
+//! Notifications (`[notify]`): a webhook (Slack-compatible text, or the event as JSON) and
+//! healthchecks.io-style pings. Sent by the daemon and by runs started from cron alike.
+//!
+//! No alert storms: [`events_after_run`] sends `failure` (`verify_failure` for verify) only
+//! when a job starts failing (its previous run succeeded, or there was none), and `recovered`
+//! once when it succeeds again; the previous outcome comes from the repository's run records,
+//! so it holds across processes. `rpo_breach` and `rpo_recovered` are edge-triggered by the
+//! daemon's minute check ([`RpoWatch`]). Health-check pings go out for every run whatever `on`
+//! says (`URL/start`, then `URL` or `URL/fail` with the run record), since that service does its
+//! own alerting.
+//!
+//! Delivery is retried with backoff ([`ATTEMPTS`] tries, each bounded by [`TIMEOUT`]), never
+//! fails or blocks a job beyond that, and never logs a URL (webhook and ping URLs carry tokens).
+//! Email (`[notify] email`) is validated but not sent yet: a run that would send one logs that
+//! it did not.
+
+use crate::policy::{Notify, Policy};
+use secrecy::ExposeSecret;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+pub const ATTEMPTS: u32 = 3;
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The events one finished run raises, before `on` filters them.
+pub fn events_after_run(
+    job: &str,
+    ok: bool,
+    previous_ok: Option<bool>,
+    rto_met: Option<bool>,
+) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    match (ok, previous_ok) {
+        (false, Some(false)) => {}
+        (false, _) => out.push(if job == "verify" {
+            "verify_failure"
+        } else {
+            "failure"
+        }),
+        (true, Some(false)) => out.push("recovered"),
+        (true, _) => {}
+    }
+    if ok {
+        out.push("success");
+    }
+    if job == "verify" && rto_met == Some(false) {
+        out.push("rto_breach");
+    }
+    out
+}
+
+/// Edge detection of RPO breaches for one policy.
+#[derive(Debug, Default, Clone)]
+pub struct RpoWatch {
+    breached: bool,
+}
+
+impl RpoWatch {
+    /// `rpo_breach` when the age first passes the RPO, `rpo_recovered` when it first falls
+    /// back under it; nothing otherwise.
+    pub fn observe(&mut self, age: Option<Duration>, rpo: Duration) -> Option<&'static str> {
+        let breached = age.is_none_or(|a| a > rpo);
+        let event = match (self.breached, breached) {
+            (false, true) => Some("rpo_breach"),
+            (true, false) => Some("rpo_recovered"),
+            _ => None,
+        };
+        self.breached = breached;
+        event
+    }
+}
+
+/// What a message says.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub event: String,
+    pub policy: String,
+    pub job: String,
+    /// Snapshot or run id.
+    pub id: Option<String>,
+    pub error: Option<String>,
+    /// Measured figures, e.g. "duration 12.3s", "restore 40.2s (RTO 3600s)", "age 26h (RPO 24h)".
+    pub figures: Vec<String>,
+    pub record: Value,
+}
+
+impl Message {
+    pub fn text(&self) -> String {
+        let mut t = format!(
+            "backstop {}: policy {} {} on {}",
+            self.event,
+            self.policy,
+            self.job,
+            crate::util::host()
+        );
+        if let Some(id) = &self.id {
+            t.push_str(&format!(" ({id})"));
+        }
+        if !self.figures.is_empty() {
+            t.push_str(&format!(": {}", self.figures.join(", ")));
+        }
+        if let Some(e) = &self.error {
+            t.push_str(&format!("\nerror: {e}"));
+        }
+        t
+    }
+
+    fn body(&self, format: &str) -> Value {
+        if format == "json" {
+            return json!({
+                "event": self.event, "policy": self.policy, "job": self.job, "host": crate::util::host(),
+                "id": self.id, "error": self.error, "figures": self.figures, "record": self.record,
+            });
+        }
+        let text = self.text();
+        json!({"text": text, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]})
+    }
+}
+
+/// POSTs `body` to `url`, retrying with backoff; true when delivered. Errors are logged
+/// without the URL.
+async fn post(url: &str, body: Option<&Value>, what: &str) -> bool {
+    let client = match reqwest::Client::builder().timeout(TIMEOUT).build() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("{what}: {}", e.without_url());
+            return false;
+        }
+    };
+    for attempt in 1..=ATTEMPTS {
+        let mut req = client.post(url);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        match req.send().await {
+            Ok(r) if r.status().is_success() => return true,
+            Ok(r) => tracing::warn!(
+                "{what}: answered HTTP {} (attempt {attempt} of {ATTEMPTS})",
+                r.status().as_u16()
+            ),
+            Err(e) => tracing::warn!(
+                "{what}: {} (attempt {attempt} of {ATTEMPTS})",
+                e.without_url()
+            ),
+        }
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+        }
+    }
+    false
+}
+
+/// Sends `message` where `[notify]` says, if its event is in `on`.
+pub async fn send(notify: &Notify, message: &Message) {
+    if !notify.on.iter().any(|e| e == &message.event) {
+        return;
+    }
+    if let Some(url) = &notify.webhook {
+        let what = format!("webhook for {} of policy {}", message.event, message.policy);
+        if post(
+            url.expose_secret(),
+            Some(&message.body(&notify.webhook_format)),
+            &what,
+        )
+        .await
+        {
+            tracing::info!("sent {what}");
+        }
+    }
+    if notify.email.is_some() {
+        tracing::warn!("notify.email is configured but email is not sent yet: the {} of policy {} went by webhook only", message.event, message.policy);
+    }
+}
+
+/// The health-check ping at a job's start.
+pub async fn ping_start(policy: &Policy) {
+    if let Some(url) = policy.notify.as_ref().and_then(|n| n.healthcheck.as_ref()) {
+        let url = format!("{}/start", url.expose_secret().trim_end_matches('/'));
+        post(
+            &url,
+            None,
+            &format!("health-check start ping of policy {}", policy.name),
+        )
+        .await;
+    }
+}
+
+/// The health-check ping at a job's end, with its record.
+pub async fn ping_end(policy: &Policy, ok: bool, record: &Value) {
+    if let Some(url) = policy.notify.as_ref().and_then(|n| n.healthcheck.as_ref()) {
+        let base = url.expose_secret().trim_end_matches('/');
+        let url = if ok {
+            base.to_string()
+        } else {
+            format!("{base}/fail")
+        };
+        post(
+            &url,
+            Some(record),
+            &format!("health-check ping of policy {}", policy.name),
+        )
+        .await;
+    }
+}
+
+/// Everything a finished run sends: the events its outcome raises (given the previous run's
+/// outcome of the same job) and the end ping.
+pub async fn after_run(policy: &Policy, job: &str, record: &Value, previous_ok: Option<bool>) {
+    let ok = record["ok"] == true;
+    ping_end(policy, ok, record).await;
+    let Some(notify) = &policy.notify else { return };
+    let rto_met = record["rto_met"].as_bool();
+    let mut figures = Vec::new();
+    if let Some(d) = record["duration_s"].as_f64() {
+        figures.push(format!("duration {d:.1}s"));
+    }
+    if let Some(r) = record["restore_s"].as_f64() {
+        figures.push(format!(
+            "restore {r:.1}s (RTO {:.0}s)",
+            policy.objectives.rto.as_secs_f64()
+        ));
+    }
+    for event in events_after_run(job, ok, previous_ok, rto_met) {
+        let message = Message {
+            event: event.to_string(),
+            policy: policy.name.clone(),
+            job: job.to_string(),
+            id: record["snapshot_id"].as_str().map(str::to_string),
+            error: record["error"].as_str().map(str::to_string),
+            figures: figures.clone(),
+            record: record.clone(),
+        };
+        send(notify, &message).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_alert_once_and_recovery_once() {
+        assert_eq!(
+            events_after_run("backup", false, Some(true), None),
+            vec!["failure"]
+        );
+        assert_eq!(
+            events_after_run("backup", false, None, None),
+            vec!["failure"]
+        );
+        assert!(events_after_run("backup", false, Some(false), None).is_empty());
+        assert_eq!(
+            events_after_run("backup", true, Some(false), None),
+            vec!["recovered", "success"]
+        );
+        assert_eq!(
+            events_after_run("backup", true, Some(true), None),
+            vec!["success"]
+        );
+        assert_eq!(
+            events_after_run("verify", false, Some(true), None),
+            vec!["verify_failure"]
+        );
+        assert_eq!(
+            events_after_run("verify", true, Some(true), Some(false)),
+            vec!["success", "rto_breach"]
+        );
+    }
+
+    #[test]
+    fn rpo_breach_and_recovery_are_edges() {
+        let rpo = Duration::from_secs(10);
+        let mut w = RpoWatch::default();
+        assert_eq!(w.observe(Some(Duration::from_secs(5)), rpo), None);
+        assert_eq!(
+            w.observe(Some(Duration::from_secs(11)), rpo),
+            Some("rpo_breach")
+        );
+        assert_eq!(w.observe(Some(Duration::from_secs(20)), rpo), None);
+        assert_eq!(
+            w.observe(Some(Duration::from_secs(1)), rpo),
+            Some("rpo_recovered")
+        );
+        assert_eq!(w.observe(Some(Duration::from_secs(2)), rpo), None);
+    }
+}

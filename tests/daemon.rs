@@ -1,0 +1,339 @@
+//! `backstop daemon` against real PostgreSQL, a real webhook/health-check receiver on
+//! loopback, and its own HTTP side: schedules firing every few seconds, catch-up, metrics that
+//! match the run records, SIGHUP with a broken policy, one alert per failure streak, RPO breach
+//! and recovery, and SIGTERM.
+
+mod common;
+
+use common::hooks::Receiver;
+use common::{Env, FIXTURE_DB};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn get(port: u16, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn start_daemon(env: &Env, dir: &Path, port: u16, extra_env: &[(&str, String)]) -> Child {
+    let mut c = Command::new(assert_cmd::cargo::cargo_bin("backstop"));
+    c.current_dir(env.dir.path())
+        .env("SOURCE_DB_URL", env.source.url(FIXTURE_DB))
+        .env_remove("BACKSTOP_IDENTITY")
+        .args(["daemon", "--policies"])
+        .arg(dir)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--grace", "20s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in extra_env {
+        c.env(k, v);
+    }
+    let child = c.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the daemon never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+fn stop_daemon(child: Child) -> String {
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the daemon did not exit 0 on SIGTERM: {stderr}"
+    );
+    stderr
+}
+
+/// Backup records of `policy`: (started_at, finished_at, ok).
+fn backups(env: &Env, policy: &str) -> Vec<(String, String, bool)> {
+    let mut out: Vec<(String, String, bool)> =
+        common::files_under(&env.repo.join("runs").join(policy))
+            .iter()
+            .filter(|p| p.to_string_lossy().contains("-backup-"))
+            .map(|p| {
+                let r: Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+                (
+                    r["started_at"].as_str().unwrap().to_string(),
+                    r["finished_at"].as_str().unwrap().to_string(),
+                    r["ok"] == true,
+                )
+            })
+            .collect();
+    out.sort();
+    out
+}
+
+fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A storage-only policy named `name` backing up a small directory every `every` seconds.
+fn storage_policy(env: &Env, dir: &Path, name: &str, schedule: &str) {
+    let docs = env.dir.path().join(format!("docs-{name}/documents"));
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(docs.join("menu.txt"), format!("menu of {name}")).unwrap();
+    let path = dir.join(format!("{name}.toml"));
+    env.write_policy(
+        &path,
+        &format!(
+            "\n[storage]\nkind = \"dir\"\npath = \"{}\"\nbuckets = [\"documents\"]\n",
+            docs.parent().unwrap().display()
+        ),
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text
+        .replacen("name = \"test\"", &format!("name = \"{name}\""), 1)
+        .replace("[database]\nurl = \"${SOURCE_DB_URL}\"\n", "")
+        .replace(
+            "backup = \"0 3 * * *\"",
+            &format!("backup = \"{schedule}\""),
+        );
+    std::fs::write(&path, text).unwrap();
+}
+
+/// Parses Prometheus text format: every sample line is `name{labels} value`, every family has
+/// HELP and TYPE; returns the samples.
+fn parse_metrics(text: &str) -> Vec<(String, f64)> {
+    let mut samples = Vec::new();
+    let mut typed = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut p = rest.split_whitespace();
+            typed.insert(p.next().unwrap().to_string());
+            assert!(matches!(p.next(), Some("gauge" | "counter")), "{line}");
+            continue;
+        }
+        if line.starts_with("# HELP ") || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad sample line: {line}"));
+        let name = series.split('{').next().unwrap();
+        assert!(typed.contains(name), "{name} has no TYPE line");
+        assert!(series.ends_with('}') && series.contains('{'), "{line}");
+        samples.push((
+            series.to_string(),
+            value
+                .parse::<f64>()
+                .unwrap_or_else(|_| panic!("bad value: {line}")),
+        ));
+    }
+    samples
+}
+
+fn sample(samples: &[(String, f64)], series: &str) -> Option<f64> {
+    samples.iter().find(|(s, _)| s == series).map(|(_, v)| *v)
+}
+
+#[test]
+fn the_daemon_runs_two_policies_on_time_catches_up_serves_metrics_and_survives_a_broken_reload() {
+    let env = Env::new();
+    let dir = env.dir.path().join("policies");
+    std::fs::create_dir_all(&dir).unwrap();
+    storage_policy(&env, &dir, "a", "*/3 * * * * *");
+    storage_policy(&env, &dir, "b", "*/3 * * * * *");
+    // c backs up daily; its last success is two days old, so it runs once at start.
+    storage_policy(&env, &dir, "c", "0 3 * * *");
+    let old = chrono::Utc::now() - chrono::Duration::days(2);
+    let runs_c = env.repo.join("runs/c");
+    std::fs::create_dir_all(&runs_c).unwrap();
+    std::fs::write(
+        runs_c.join(format!("{}-backup-old.json", old.format("%Y%m%dT%H%M%SZ"))),
+        serde_json::json!({"kind": "backup", "ok": true, "started_at": old, "finished_at": old, "duration_s": 1.0}).to_string(),
+    )
+    .unwrap();
+
+    let port = common::pg::free_port();
+    let daemon = start_daemon(&env, &dir, port, &[]);
+    assert_eq!(get(port, "/healthz").0, 200);
+    wait_for("three backups of a and of b", 60, || {
+        backups(&env, "a").iter().filter(|b| b.2).count() >= 3
+            && backups(&env, "b").iter().filter(|b| b.2).count() >= 3
+    });
+    // No overlap within a policy.
+    for p in ["a", "b"] {
+        let runs = backups(&env, p);
+        for w in runs.windows(2) {
+            assert!(w[0].1 <= w[1].0, "{p}: runs overlap: {w:?}");
+        }
+    }
+    // Catch-up: c ran once at start (plus its old record), never again.
+    assert_eq!(backups(&env, "c").len(), 2, "{:?}", backups(&env, "c"));
+
+    // /metrics parses, and its totals match the records once two scrapes agree.
+    let mut matched = false;
+    for _ in 0..40 {
+        let first = parse_metrics(&get(port, "/metrics").1);
+        let records = backups(&env, "a").iter().filter(|b| b.2).count() as f64;
+        std::thread::sleep(Duration::from_millis(300));
+        let second = parse_metrics(&get(port, "/metrics").1);
+        let series = "backstop_runs_total{policy=\"a\",job=\"backup\",outcome=\"success\"}";
+        if sample(&first, series) == sample(&second, series)
+            && sample(&first, series) == Some(records)
+        {
+            assert_eq!(
+                sample(&first, "backstop_rpo_seconds{policy=\"a\"}"),
+                Some(86400.0)
+            );
+            assert!(
+                sample(&first, "backstop_recovery_point_age_seconds{policy=\"a\"}").unwrap() < 10.0
+            );
+            assert_eq!(
+                sample(
+                    &first,
+                    "backstop_last_run_success{policy=\"b\",job=\"backup\"}"
+                ),
+                Some(1.0)
+            );
+            assert!(sample(&first, "backstop_snapshots{policy=\"c\"}").unwrap() >= 1.0);
+            matched = true;
+            break;
+        }
+    }
+    assert!(matched, "the metrics never matched the run records");
+
+    // SIGHUP with a broken a.toml: a keeps running its old version.
+    std::fs::write(dir.join("a.toml"), "name = \"a\"\n[objectives\n").unwrap();
+    Command::new("kill")
+        .args(["-HUP", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    let before = backups(&env, "a").len();
+    wait_for("a backup of a after the broken reload", 20, || {
+        backups(&env, "a").len() >= before + 2
+    });
+    assert_eq!(get(port, "/healthz").0, 200);
+
+    let stderr = stop_daemon(daemon);
+    assert!(
+        stderr.contains("does not load, its previous version (if any) keeps running"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn one_alert_per_failure_streak_one_recovery_rpo_breach_and_health_pings() {
+    let env = Env::new();
+    env.source.psql("postgres", "create database tiny");
+    env.source.psql("tiny", "create table t (id int primary key, note text); insert into t select g, 'n' || g from generate_series(1, 100) g");
+    let hooks = Receiver::start();
+    let dir = env.dir.path().join("policies");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tiny.toml");
+    env.write_policy(
+        &path,
+        &format!(
+            "\n[notify]\nwebhook = \"{}\"\nwebhook_format = \"json\"\nhealthcheck = \"{}\"\n",
+            hooks.url("/hook"),
+            hooks.url("/hc")
+        ),
+    );
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("${SOURCE_DB_URL}", &env.source.url("tiny"))
+        .replace("rpo = \"24h\"", "rpo = \"8s\"")
+        .replace("backup = \"0 3 * * *\"", "backup = \"*/3 * * * * *\"");
+    std::fs::write(&path, text).unwrap();
+    // A first backup from the command line, so the daemon starts with a fresh recovery point.
+    let out = env
+        .backstop()
+        .args(["backup", "--policy"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let port = common::pg::free_port();
+    let daemon = start_daemon(&env, &dir, port, &[]);
+    wait_for("two daemon backups", 60, || {
+        backups(&env, "test").iter().filter(|b| b.2).count() >= 3
+    });
+    env.source.stop();
+    wait_for("three failed backups and an RPO breach", 60, || {
+        let failed = backups(&env, "test").iter().filter(|b| !b.2).count();
+        let breach = hooks
+            .hits()
+            .iter()
+            .any(|h| h.body.contains("\"rpo_breach\""));
+        failed >= 3 && breach
+    });
+    env.source.resume();
+    wait_for("recovery", 60, || {
+        let hits = hooks.hits();
+        hits.iter().any(|h| h.body.contains("\"recovered\""))
+            && hits.iter().any(|h| h.body.contains("\"rpo_recovered\""))
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    stop_daemon(daemon);
+
+    let hits = hooks.hits();
+    let events: Vec<String> = hits
+        .iter()
+        .filter(|h| h.path == "/hook")
+        .map(|h| {
+            serde_json::from_str::<Value>(&h.body).unwrap()["event"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for event in ["failure", "recovered", "rpo_breach", "rpo_recovered"] {
+        assert_eq!(
+            events.iter().filter(|e| *e == event).count(),
+            1,
+            "{event} in {events:?}"
+        );
+    }
+    let failure = hits
+        .iter()
+        .find(|h| h.body.contains("\"failure\""))
+        .unwrap();
+    let failure: Value = serde_json::from_str(&failure.body).unwrap();
+    assert_eq!(failure["policy"], "test");
+    assert!(
+        failure["error"].as_str().unwrap_or("").len() > 5,
+        "{failure}"
+    );
+    // Health checks: start then success, and start then fail.
+    let pings: Vec<&str> = hits
+        .iter()
+        .filter(|h| h.path.starts_with("/hc"))
+        .map(|h| h.path.as_str())
+        .collect();
+    let joined = pings.join(" ");
+    assert!(joined.contains("/hc/start /hc "), "{joined}");
+    assert!(joined.contains("/hc/start /hc/fail"), "{joined}");
+    let fail_ping = hits.iter().find(|h| h.path == "/hc/fail").unwrap();
+    assert!(serde_json::from_str::<Value>(&fail_ping.body).unwrap()["ok"] == false);
+}
