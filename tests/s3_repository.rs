@@ -322,7 +322,6 @@ fn cut_answers_are_read_again_by_restore_verify_and_check() {
     moto.create_bucket(BUCKET, false);
     let proxy = Proxy::start(moto.port);
     let env = s3_env(proxy.endpoint(), None);
-    add_bulk(&env);
     env.backup_json();
     let expected = table_contents(&env.source, FIXTURE_DB);
 
