@@ -31,39 +31,66 @@ fn get(port: u16, path: &str) -> (u16, String) {
     (status, body)
 }
 
-fn start_daemon(env: &Env, dir: &Path, port: u16, extra_env: &[(&str, String)]) -> Child {
+/// A running daemon, its port (it binds port 0 and says which it got) and its log so far.
+struct Daemon {
+    child: Child,
+    port: u16,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+fn start_daemon(env: &Env, dir: &Path) -> Daemon {
     let mut c = Command::new(assert_cmd::cargo::cargo_bin("backstop"));
     c.current_dir(env.dir.path())
         .env("SOURCE_DB_URL", env.source.url(FIXTURE_DB))
         .env_remove("BACKSTOP_IDENTITY")
         .args(["daemon", "--policies"])
         .arg(dir)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--grace", "20s"])
+        .args(["--listen", "127.0.0.1:0", "--grace", "20s"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    for (k, v) in extra_env {
-        c.env(k, v);
-    }
-    let child = c.spawn().unwrap();
+    let mut child = c.spawn().unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let mut l = sink.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
     let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the daemon never listened");
+    let port = loop {
+        let text = log.lock().unwrap().clone();
+        if let Some(rest) = text.split("listening on http://127.0.0.1:").nth(1) {
+            break rest.lines().next().unwrap().trim().parse::<u16>().unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon never listened: {text}"
+        );
         std::thread::sleep(Duration::from_millis(50));
-    }
-    child
+    };
+    Daemon { child, port, log }
 }
 
-fn stop_daemon(child: Child) -> String {
-    let pid = child.id().to_string();
+fn stop_daemon(daemon: Daemon) -> String {
+    let pid = daemon.child.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let mut child = daemon.child;
+    let status = child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let log = daemon.log.lock().unwrap().clone();
     assert_eq!(
-        out.status.code(),
+        status.code(),
         Some(0),
-        "the daemon did not exit 0 on SIGTERM: {stderr}"
+        "the daemon did not exit 0 on SIGTERM: {log}"
     );
-    stderr
+    log
 }
 
 /// Backup records of `policy`: (started_at, finished_at, ok).
@@ -170,8 +197,8 @@ fn the_daemon_runs_two_policies_on_time_catches_up_serves_metrics_and_survives_a
     )
     .unwrap();
 
-    let port = common::pg::free_port();
-    let daemon = start_daemon(&env, &dir, port, &[]);
+    let daemon = start_daemon(&env, &dir);
+    let port = daemon.port;
     assert_eq!(get(port, "/healthz").0, 200);
     wait_for("three backups of a and of b", 60, || {
         backups(&env, "a").iter().filter(|b| b.2).count() >= 3
@@ -222,7 +249,7 @@ fn the_daemon_runs_two_policies_on_time_catches_up_serves_metrics_and_survives_a
     // SIGHUP with a broken a.toml: a keeps running its old version.
     std::fs::write(dir.join("a.toml"), "name = \"a\"\n[objectives\n").unwrap();
     Command::new("kill")
-        .args(["-HUP", &daemon.id().to_string()])
+        .args(["-HUP", &daemon.child.id().to_string()])
         .status()
         .unwrap();
     let before = backups(&env, "a").len();
@@ -274,8 +301,7 @@ fn one_alert_per_failure_streak_one_recovery_rpo_breach_and_health_pings() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let port = common::pg::free_port();
-    let daemon = start_daemon(&env, &dir, port, &[]);
+    let daemon = start_daemon(&env, &dir);
     wait_for("two daemon backups", 60, || {
         backups(&env, "test").iter().filter(|b| b.2).count() >= 3
     });

@@ -24,9 +24,15 @@ fn prune(env: &Env, args: &[&str]) -> (i32, Value, String) {
         .args(args))
 }
 
-/// A policy whose retention window is 2 s, with `rules` as its `[retention]`.
+/// A policy whose retention window is 2 s, with `rules` as its `[retention]`, backing up the
+/// database and a documents directory (`docs(env)`).
 fn with_rules(env: &Env, rules: &str) {
-    env.write_policy(&env.policy, rules);
+    std::fs::create_dir_all(docs(env).join("documents")).unwrap();
+    let storage = format!(
+        "\n[storage]\nkind = \"dir\"\npath = \"{}\"\nbuckets = [\"documents\"]\n",
+        docs(env).display()
+    );
+    env.write_policy(&env.policy, &format!("{storage}{rules}"));
     let text = std::fs::read_to_string(&env.policy).unwrap();
     std::fs::write(
         &env.policy,
@@ -46,6 +52,53 @@ fn three_backups(env: &Env) -> Vec<String> {
             env.backup_json()["snapshot_id"].as_str().unwrap().to_string()
         })
         .collect()
+}
+
+fn docs(env: &Env) -> std::path::PathBuf {
+    env.dir.path().join("docs")
+}
+
+/// Three storage-only backups (fast), each after `scan.bin` was rewritten with new
+/// incompressible bytes, so each has blobs of its own.
+fn three_storage_backups(env: &Env) -> Vec<String> {
+    (0..3)
+        .map(|_| {
+            let data: Vec<u8> = (0..300_000u32).map(|_| rand_byte()).collect();
+            std::fs::write(docs(env).join("documents/scan.bin"), data).unwrap();
+            let (code, rec, stderr) = run(env
+                .backstop()
+                .args(["backup", "--only", "storage", "--json", "--policy"])
+                .arg(&env.policy));
+            assert_eq!(code, 0, "{stderr}");
+            rec["snapshot_id"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+fn rand_byte() -> u8 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STATE: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
+    let mut x =
+        STATE.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed) ^ std::process::id() as u64;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    (x & 0xff) as u8
+}
+
+/// A policy keeping one snapshot, on an S3 repository in `bucket` of `moto`, with three
+/// backups made and their retention window (2 s) passed.
+fn s3_history(moto: &common::s3::Moto, bucket: &str, lock_days: Option<u32>) -> (Env, Vec<String>) {
+    let env = Env::with_repo(RepoSpec::S3 {
+        endpoint: moto.endpoint(),
+        bucket: bucket.into(),
+        prefix: "prod".into(),
+        object_lock_days: lock_days,
+    });
+    with_rules(&env, "\n[retention]\nkeep_last = 1\n");
+    let ids = three_storage_backups(&env);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    (env, ids)
 }
 
 /// Blob id -> stored size, of every meta.json in the repository.
@@ -167,7 +220,7 @@ fn prune_removes_what_retention_drops_frees_exactly_the_unreferenced_and_keeps_r
 fn a_crashed_prune_leaves_a_clean_repository_and_the_next_one_finishes() {
     let env = Env::new();
     with_rules(&env, "\n[retention]\nkeep_last = 1\n");
-    let ids = three_backups(&env);
+    let ids = three_storage_backups(&env);
     std::thread::sleep(std::time::Duration::from_secs(3));
     // The state a prune killed after step 1 leaves: one meta.json gone, its manifest and
     // blobs still there.
@@ -233,15 +286,7 @@ fn without_retention_everything_is_kept_and_bad_rules_are_refused() {
 fn on_s3_with_object_lock_nothing_locked_is_deleted_and_the_dates_are_listed() {
     let moto = common::s3::Moto::start();
     moto.create_bucket("locked", true);
-    let env = Env::with_repo(RepoSpec::S3 {
-        endpoint: moto.endpoint(),
-        bucket: "locked".into(),
-        prefix: "prod".into(),
-        object_lock_days: Some(1),
-    });
-    with_rules(&env, "\n[retention]\nkeep_last = 1\n");
-    let ids = three_backups(&env);
-    std::thread::sleep(std::time::Duration::from_secs(3));
+    let (env, ids) = s3_history(&moto, "locked", Some(1));
     let keys_before = moto.keys("locked");
     let (code, rec, stderr) = prune(&env, &[]);
     assert_eq!(code, 0, "{stderr}");
@@ -284,15 +329,7 @@ fn on_s3_with_object_lock_nothing_locked_is_deleted_and_the_dates_are_listed() {
 fn on_s3_without_lock_prune_frees_what_it_says() {
     let moto = common::s3::Moto::start();
     moto.create_bucket("plain", false);
-    let env = Env::with_repo(RepoSpec::S3 {
-        endpoint: moto.endpoint(),
-        bucket: "plain".into(),
-        prefix: "prod".into(),
-        object_lock_days: None,
-    });
-    with_rules(&env, "\n[retention]\nkeep_last = 1\n");
-    let ids = three_backups(&env);
-    std::thread::sleep(std::time::Duration::from_secs(3));
+    let (env, ids) = s3_history(&moto, "plain", None);
     let (code, plan, stderr) = prune(&env, &["--dry-run"]);
     assert_eq!(code, 0, "{stderr}");
     let (code, rec, stderr) = prune(&env, &[]);
@@ -303,11 +340,18 @@ fn on_s3_without_lock_prune_frees_what_it_says() {
     let keys = moto.keys("plain");
     let gone = format!("snapshots/test/{}/", ids[0]);
     assert!(!keys.iter().any(|k| k.contains(&gone)), "{keys:?}");
-    let (code, _, stderr) = env.restore_json(&env.scratch.url("s3_after_prune"), &[]);
+    let out = env.dir.path().join("restored");
+    let (code, _, stderr) = run(env
+        .backstop()
+        .args(["restore", "--only", "storage", "--policy"])
+        .arg(&env.policy)
+        .arg("--storage-dir")
+        .arg(&out));
     assert_eq!(code, 0, "{stderr}");
+    let name = "documents/scan.bin";
     assert_eq!(
-        table_contents(&env.source, FIXTURE_DB),
-        table_contents(&env.scratch, "s3_after_prune")
+        std::fs::read(out.join(name)).unwrap(),
+        std::fs::read(docs(&env).join(name)).unwrap()
     );
 }
 
@@ -352,7 +396,7 @@ fn stored_and_referenced(env: &Env) -> (BTreeSet<String>, BTreeSet<String>) {
 fn prune_killed_at_16_points_leaves_check_clean_and_the_next_prune_finishes() {
     let env = Env::new();
     with_rules(&env, "\n[retention]\nkeep_last = 1\n");
-    three_backups(&env);
+    three_storage_backups(&env);
     std::thread::sleep(std::time::Duration::from_secs(3));
     let template = env.dir.path().join("template");
     copy_tree(&env.repo, &template);
@@ -392,7 +436,7 @@ fn prune_killed_at_16_points_leaves_check_clean_and_the_next_prune_finishes() {
 fn prune_while_another_policy_backs_up_exits_4_and_deletes_nothing_it_commits() {
     let env = Env::new();
     with_rules(&env, "\n[retention]\nkeep_last = 1\n");
-    three_backups(&env);
+    three_storage_backups(&env);
     env.source.psql(
         FIXTURE_DB,
         "create table public.bulk as select i, md5(i::text) || repeat(md5((i * 7)::text), 8) as t from generate_series(1, 300000) i",
@@ -447,15 +491,7 @@ fn prune_while_another_policy_backs_up_exits_4_and_deletes_nothing_it_commits() 
 fn prune_killed_midway_on_s3_leaves_check_clean_and_the_next_prune_finishes() {
     let moto = common::s3::Moto::start();
     moto.create_bucket("plain", false);
-    let env = Env::with_repo(RepoSpec::S3 {
-        endpoint: moto.endpoint(),
-        bucket: "plain".into(),
-        prefix: "prod".into(),
-        object_lock_days: None,
-    });
-    with_rules(&env, "\n[retention]\nkeep_last = 1\n");
-    three_backups(&env);
-    std::thread::sleep(std::time::Duration::from_secs(3));
+    let (env, _) = s3_history(&moto, "plain", None);
     let template: Vec<(String, Vec<u8>)> = moto
         .keys("plain")
         .into_iter()

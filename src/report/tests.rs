@@ -90,13 +90,17 @@ fn clean() -> History {
 }
 
 fn report(h: &History) -> PolicyReport {
-    let p = policy();
+    report_for(&policy(), h)
+}
+
+/// The controls of `h` under `p`, over the 30 days before [`now`].
+fn report_for(p: &Policy, h: &History) -> PolicyReport {
     let window = Window {
         from: now() - chrono::Duration::seconds(30 * DAY),
         to: now(),
     };
     evaluate(&Input {
-        policy: &p,
+        policy: p,
         repo_created: h.created,
         repo_recipients: &["age1x".to_string()],
         snapshots: &h.snapshots,
@@ -105,6 +109,13 @@ fn report(h: &History) -> PolicyReport {
         window: &window,
         now: now(),
     })
+}
+
+fn gap_control(r: &PolicyReport) -> &Control {
+    r.controls
+        .iter()
+        .find(|c| c.id == "max_recovery_point_gap")
+        .unwrap()
 }
 
 fn failing(r: &PolicyReport) -> Vec<&'static str> {
@@ -247,43 +258,13 @@ fn gaps_older_than_the_dense_horizon_are_retention_thinning() {
     h.snapshots.retain(|m| {
         m.consistent_at > now() - chrono::Duration::days(10) || m.consistent_at.ordinal() % 7 == 0
     });
-    let window = Window {
-        from: now() - chrono::Duration::days(30),
-        to: now(),
-    };
-    let r = evaluate(&Input {
-        policy: &text_policy,
-        repo_created: h.created,
-        repo_recipients: &["age1x".to_string()],
-        snapshots: &h.snapshots,
-        backups: &h.backups,
-        verifies: &h.verifies,
-        window: &window,
-        now: now(),
-    });
-    let gap = r
-        .controls
-        .iter()
-        .find(|c| c.id == "max_recovery_point_gap")
-        .unwrap();
+    let r = report_for(&text_policy, &h);
+    let gap = gap_control(&r);
     // objectives.retention is 30d: the whole window is dense, so thinning there still counts.
     assert!(!gap.compliant, "{gap:?}");
     text_policy.objectives.retention = Duration::from_secs(7 * 86_400);
-    let r = evaluate(&Input {
-        policy: &text_policy,
-        repo_created: h.created,
-        repo_recipients: &["age1x".to_string()],
-        snapshots: &h.snapshots,
-        backups: &h.backups,
-        verifies: &h.verifies,
-        window: &window,
-        now: now(),
-    });
-    let gap = r
-        .controls
-        .iter()
-        .find(|c| c.id == "max_recovery_point_gap")
-        .unwrap();
+    let r = report_for(&text_policy, &h);
+    let gap = gap_control(&r);
     assert!(gap.compliant, "{gap:?}");
     assert!(
         gap.evidence
