@@ -27,6 +27,7 @@ pub enum Command {
     },
     /// Create the repository (backstop.json) that the policy names.
     Init {
+        /// The policy: a path, or a name looked up as DIR/NAME.toml (see --policies).
         #[arg(long, value_name = "P")]
         policy: String,
         /// Rebuild a lost backstop.json from the snapshots' manifests (needs --identity).
@@ -40,8 +41,10 @@ pub enum Command {
     Backup(BackupArgs),
     /// List the policy's snapshots (no identity needed).
     Snapshots {
+        /// The policy: a path, or a name looked up as DIR/NAME.toml (see --policies).
         #[arg(long, value_name = "P")]
         policy: String,
+        /// Print exactly one JSON document (the snapshot list) on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -82,6 +85,7 @@ pub enum Only {
 
 #[derive(Debug, Args)]
 pub struct BackupArgs {
+    /// The policy: a path, or a name looked up as DIR/NAME.toml (see --policies).
     #[arg(long, value_name = "P")]
     pub policy: String,
     /// Back up only one side.
@@ -98,6 +102,7 @@ pub struct BackupArgs {
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
+    /// The policy: a path, or a name looked up as DIR/NAME.toml (see --policies).
     #[arg(long, value_name = "P")]
     pub policy: String,
     /// A snapshot id, or `latest`.
@@ -124,17 +129,20 @@ pub struct RestoreArgs {
     /// Allow restoring over a non-empty target database: it is dropped and recreated.
     #[arg(long)]
     pub force: bool,
+    /// Print exactly one JSON document (the run record) on stdout.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
+    /// The policy: a path, or a name looked up as DIR/NAME.toml (see --policies).
     #[arg(long, value_name = "P")]
     pub policy: String,
     /// A snapshot id, or `latest`.
     #[arg(long, value_name = "ID|latest", default_value = "latest")]
     pub snapshot: String,
+    /// The age identity file that decrypts the repository (default: BACKSTOP_IDENTITY).
     #[arg(long, env = "BACKSTOP_IDENTITY", value_name = "FILE")]
     pub identity: Option<PathBuf>,
     /// A server where a temporary database may be created (default: [verify] scratch_url).
@@ -147,6 +155,7 @@ pub struct VerifyArgs {
     /// Keep the temporary database for inspection.
     #[arg(long)]
     pub keep: bool,
+    /// Print exactly one JSON document (the run record) on stdout.
     #[arg(long)]
     pub json: bool,
     /// Also write this policy's Prometheus metrics to FILE (atomically), for node_exporter's
@@ -179,10 +188,13 @@ pub struct ReportArgs {
     /// The window, ending now (default 30d).
     #[arg(long, value_name = "DURATION", conflicts_with = "from")]
     pub window: Option<String>,
+    /// The window's start (RFC 3339, or a date); with --to, instead of --window.
     #[arg(long, value_name = "TIME")]
     pub from: Option<String>,
+    /// The window's end (default now).
     #[arg(long, value_name = "TIME")]
     pub to: Option<String>,
+    /// text (a terminal summary), json, markdown (an audit ticket) or html (one self-contained page).
     #[arg(long, value_enum, default_value = "text")]
     pub format: ReportFormat,
     /// Write the report here instead of stdout.
@@ -200,6 +212,7 @@ pub enum ReportFormat {
 
 #[derive(Debug, Args)]
 pub struct PruneArgs {
+    /// The policy: a path, or a name looked up as DIR/NAME.toml (see --policies).
     #[arg(long, value_name = "P")]
     pub policy: String,
     /// Print the plan and delete nothing.
@@ -211,6 +224,7 @@ pub struct PruneArgs {
     /// Remove a --snapshot even when the retention floor keeps it.
     #[arg(long)]
     pub force: bool,
+    /// Print exactly one JSON document (the run record) on stdout.
     #[arg(long)]
     pub json: bool,
     /// Also write this policy's Prometheus metrics to FILE (atomically), for node_exporter's
@@ -221,6 +235,7 @@ pub struct PruneArgs {
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
+    /// The policy: a path, or a name looked up as DIR/NAME.toml (see --policies).
     #[arg(long, value_name = "P")]
     pub policy: String,
     /// Also read every blob and compare its SHA-256 with meta.json.
@@ -229,6 +244,7 @@ pub struct CheckArgs {
     /// With the identity, also decrypt every manifest and blob and check the plaintext.
     #[arg(long, value_name = "FILE")]
     pub identity: Option<PathBuf>,
+    /// Print exactly one JSON document (the run record) on stdout.
     #[arg(long)]
     pub json: bool,
 }

@@ -543,3 +543,38 @@ fn prune_killed_midway_on_s3_leaves_check_clean_and_the_next_prune_finishes() {
         assert_eq!(stored, alive, "trial {trial}: the sweep was not finished");
     }
 }
+
+#[test]
+fn on_a_versioned_bucket_prune_removes_every_version_not_only_adds_a_marker() {
+    let moto = common::s3::Moto::start();
+    moto.create_bucket("versioned", false);
+    moto.enable_versioning("versioned");
+    let (env, ids) = s3_history(&moto, "versioned", None);
+    let (code, plan, stderr) = prune(&env, &["--dry-run"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, rec, stderr) = prune(&env, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(rec["bytes_freed"], plan["bytes_unreferenced"], "{rec}");
+    assert!(rec["blobs_deleted"].as_u64().unwrap() > 0, "{rec}");
+    let versions = moto.versions("versioned");
+    let gone = format!("snapshots/test/{}/", ids[0]);
+    assert!(
+        !versions.iter().any(|(k, _)| k.contains(&gone)),
+        "a version or marker of the removed snapshot is left: {versions:?}"
+    );
+    assert!(
+        !versions.iter().any(|(_, marker)| *marker),
+        "delete markers left: {versions:?}"
+    );
+    let blobs = versions
+        .iter()
+        .filter(|(k, _)| k.contains("/blobs/"))
+        .count();
+    assert_eq!(
+        blobs,
+        moto.keys("versioned")
+            .iter()
+            .filter(|k| k.contains("/blobs/"))
+            .count()
+    );
+}

@@ -51,6 +51,9 @@ pub struct Options {
 pub struct Shared {
     pub metrics: Mutex<BTreeMap<String, PolicyMetrics>>,
     pub policies: Mutex<Vec<Arc<Policy>>>,
+    /// Each (policy, job)'s last outcome in this process: what notifications compare with
+    /// when the repository (and so its run records) cannot be read.
+    pub last_ok: Mutex<HashMap<(String, &'static str), bool>>,
 }
 
 const JOBS: [&str; 3] = ["backup", "verify", "prune"];
@@ -131,18 +134,26 @@ async fn run_job(
         json!({"event": "job_start", "policy": policy.name, "job": job, "at": started}),
     );
     tracing::info!("{job} of policy {} starts", policy.name);
+    let key = (policy.name.clone(), job);
+    let remembered = crate::repo::writer::lock(&shared.last_ok)
+        .get(&key)
+        .copied();
     let repo = match ops::open_repo(&policy).await {
         Ok(r) => r,
         Err(e) => {
+            // No repository, so no record: alert from what this process remembers.
             tracing::error!("{job} of policy {}: {}", policy.name, e.message);
             log_json(
                 json_log,
                 json!({"event": "job_end", "policy": policy.name, "job": job, "ok": false, "error": e.message}),
             );
+            let record = json!({"ok": false, "policy": policy.name, "started_at": started, "error": e.message});
+            crate::notify::after_run(&policy, job, &record, remembered).await;
+            crate::repo::writer::lock(&shared.last_ok).insert(key, false);
             return;
         }
     };
-    let previous = ops::last_outcome(&repo, job).await;
+    let previous = ops::last_outcome(&repo, job).await.or(remembered);
     crate::notify::ping_start(&policy).await;
     let (record, times) = match job {
         "backup" => {
@@ -217,6 +228,7 @@ async fn run_job(
         json!({"event": "job_end", "policy": policy.name, "job": job, "ok": ok, "duration_s": times.duration_s, "snapshot_id": record["snapshot_id"], "error": record["error"]}),
     );
     crate::notify::after_run(&policy, job, &record, previous).await;
+    crate::repo::writer::lock(&shared.last_ok).insert(key, ok);
     refresh_metrics(&policy, &repo, &shared).await;
 }
 

@@ -626,15 +626,27 @@ impl Store for S3Store {
         Ok(out)
     }
 
+    /// Deletes every version of the key (and its delete markers), so that on a versioned
+    /// bucket a removed run lock leaves nothing behind. A version that object lock still
+    /// retains stays; the object is then hidden behind a delete marker, as a plain delete
+    /// would.
     async fn delete(&self, key: &str) -> Result<()> {
-        let _p = self.permits.acquire().await;
-        self.client
-            .delete_object()
-            .bucket(&self.config.bucket)
-            .key(self.key(key))
-            .send()
-            .await
-            .map_err(|e| self.error("delete object", key, e))?;
+        let parent = key.rsplit_once('/').map_or("", |(p, _)| p);
+        let wanted: std::collections::HashSet<&str> = [key].into_iter().collect();
+        let versions = self.versions(parent, &wanted).await?;
+        if !versions.is_empty() {
+            self.delete_versions(&versions).await?;
+        }
+        if self.stat(key).await?.is_some() {
+            let _p = self.permits.acquire().await;
+            self.client
+                .delete_object()
+                .bucket(&self.config.bucket)
+                .key(self.key(key))
+                .send()
+                .await
+                .map_err(|e| self.error("delete object", key, e))?;
+        }
         Ok(())
     }
 }

@@ -116,6 +116,48 @@ print(k["AccessKeyId"], k["SecretAccessKey"])
         });
     }
 
+    /// Turns versioning on (without object lock).
+    pub fn enable_versioning(&self, bucket: &str) {
+        use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
+        let c = self.client();
+        rt().block_on(async {
+            c.put_bucket_versioning()
+                .bucket(bucket)
+                .versioning_configuration(
+                    VersioningConfiguration::builder()
+                        .status(BucketVersioningStatus::Enabled)
+                        .build(),
+                )
+                .send()
+                .await
+                .expect("enable versioning");
+        });
+    }
+
+    /// Every version and delete marker in a bucket, as (key, is a delete marker).
+    pub fn versions(&self, bucket: &str) -> Vec<(String, bool)> {
+        let c = self.client();
+        rt().block_on(async {
+            let out = c
+                .list_object_versions()
+                .bucket(bucket)
+                .send()
+                .await
+                .expect("list versions");
+            let mut v: Vec<(String, bool)> = out
+                .versions()
+                .iter()
+                .filter_map(|o| Some((o.key()?.to_string(), false)))
+                .collect();
+            v.extend(
+                out.delete_markers()
+                    .iter()
+                    .filter_map(|m| Some((m.key()?.to_string(), true))),
+            );
+            v
+        })
+    }
+
     /// Every key in a bucket.
     pub fn keys(&self, bucket: &str) -> Vec<String> {
         let c = self.client();
