@@ -17,20 +17,20 @@ ensure_deps() {
   fi
 }
 
-# Installs the moto S3 server (PyPI) into a virtual environment, once per machine, and exports
-# BACKSTOP_MOTO_SERVER for the tests and the benchmark.
+# Installs the test servers from PyPI into one virtual environment, once per machine: the moto
+# S3 server and aiosmtpd (the SMTP server the email tests start). Exports BACKSTOP_MOTO_SERVER
+# for the tests and the benchmark; the tests find aiosmtpd's python beside it.
 ensure_moto() {
   local venv=${BACKSTOP_MOTO_VENV:-$HOME/.cache/backstop/moto-venv}
-  if [ ! -x "$venv/bin/moto_server" ]; then
+  if [ ! -x "$venv/bin/moto_server" ] || [ ! -x "$venv/bin/aiosmtpd" ]; then
     if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
       local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
       $sudo apt-get update -qq
       DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
     fi
-    echo "installing the moto S3 server into $venv" >&2
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q 'moto[server]'
+    echo "installing the moto S3 server and aiosmtpd into $venv" >&2
+    [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+    "$venv/bin/pip" install -q 'moto[server]' aiosmtpd
   fi
   export BACKSTOP_MOTO_SERVER=$venv/bin/moto_server
 }

@@ -61,6 +61,18 @@ pub enum Command {
     Report(ReportArgs),
     /// Run every policy's schedule unattended, alert, and serve /healthz, /metrics, /report.
     Daemon(DaemonArgs),
+    /// Print shell completions for bash, zsh, fish, elvish or powershell on stdout.
+    Completions {
+        /// The shell, e.g. `backstop completions bash > /etc/bash_completion.d/backstop`.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (backstop.1 and one per command) generated from this command line.
+    Man {
+        /// Directory to write them into, e.g. /usr/local/share/man/man1; without it, print
+        /// backstop.1 on stdout.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Policy files.
     Policy {
         #[command(subcommand)]
@@ -247,4 +259,35 @@ pub struct CheckArgs {
     /// Print exactly one JSON document (the run record) on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every command and every option has a help line (the man pages and completions are made
+    /// from them).
+    #[test]
+    fn every_command_and_option_says_what_it_does() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.get_about().is_none() {
+                missing.push(path.clone());
+            }
+            for arg in cmd.get_arguments() {
+                let builtin = ["help", "version"].contains(&arg.get_id().as_str());
+                if !builtin && arg.get_help().is_none() {
+                    missing.push(format!("{path} --{}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "no help line: {missing:?}");
+        Cli::command().debug_assert();
+    }
 }

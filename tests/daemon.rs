@@ -6,6 +6,7 @@
 mod common;
 
 use common::hooks::Receiver;
+use common::smtp::Smtp;
 use common::{Env, FIXTURE_DB};
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -15,7 +16,11 @@ use std::time::{Duration, Instant};
 
 fn get(port: u16, path: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    // In pieces, as clients may send it: the daemon reads up to the blank line.
+    for piece in ["GET ", path, " HTTP/1.1\r\n", "host: x\r\n\r\n"] {
+        s.write_all(piece.as_bytes()).unwrap();
+        s.flush().unwrap();
+    }
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let status = out
@@ -38,14 +43,15 @@ struct Daemon {
     log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
-fn start_daemon(env: &Env, dir: &Path) -> Daemon {
+fn start_daemon(env: &Env, dir: &Path, vars: &[(&str, &str)], grace: &str) -> Daemon {
     let mut c = Command::new(assert_cmd::cargo::cargo_bin("backstop"));
+    c.envs(vars.iter().copied());
     c.current_dir(env.dir.path())
         .env("SOURCE_DB_URL", env.source.url(FIXTURE_DB))
         .env_remove("BACKSTOP_IDENTITY")
         .args(["daemon", "--policies"])
         .arg(dir)
-        .args(["--listen", "127.0.0.1:0", "--grace", "20s"])
+        .args(["--listen", "127.0.0.1:0", "--grace", grace])
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut child = c.spawn().unwrap();
@@ -79,10 +85,17 @@ fn start_daemon(env: &Env, dir: &Path) -> Daemon {
 }
 
 fn stop_daemon(daemon: Daemon) -> String {
+    stop_daemon_timed(daemon).0
+}
+
+/// SIGTERM, then the log and how long the daemon took to exit 0.
+fn stop_daemon_timed(daemon: Daemon) -> (String, Duration) {
     let pid = daemon.child.id().to_string();
+    let t = Instant::now();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     let mut child = daemon.child;
     let status = child.wait().unwrap();
+    let took = t.elapsed();
     std::thread::sleep(Duration::from_millis(200));
     let log = daemon.log.lock().unwrap().clone();
     assert_eq!(
@@ -90,7 +103,7 @@ fn stop_daemon(daemon: Daemon) -> String {
         Some(0),
         "the daemon did not exit 0 on SIGTERM: {log}"
     );
-    log
+    (log, took)
 }
 
 /// Backup records of `policy`: (started_at, finished_at, ok).
@@ -197,7 +210,7 @@ fn the_daemon_runs_two_policies_on_time_catches_up_serves_metrics_and_survives_a
     )
     .unwrap();
 
-    let daemon = start_daemon(&env, &dir);
+    let daemon = start_daemon(&env, &dir, &[], "20s");
     let port = daemon.port;
     assert_eq!(get(port, "/healthz").0, 200);
     wait_for("three backups of a and of b", 60, || {
@@ -271,13 +284,16 @@ fn one_alert_per_failure_streak_one_recovery_rpo_breach_and_health_pings() {
     env.source.psql("postgres", "create database tiny");
     env.source.psql("tiny", "create table t (id int primary key, note text); insert into t select g, 'n' || g from generate_series(1, 100) g");
     let hooks = Receiver::start();
+    let smtp = Smtp::start();
+    let smtp_url = smtp.url();
     let dir = env.dir.path().join("policies");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("tiny.toml");
     env.write_policy(
         &path,
         &format!(
-            "\n[notify]\nwebhook = \"{}\"\nwebhook_format = \"json\"\nhealthcheck = \"{}\"\n",
+            "\n[notify]\nwebhook = \"{}\"\nwebhook_format = \"json\"\nhealthcheck = \"{}\"\n\
+             email = {{ smtp_url = \"${{SMTP_URL}}\", from = \"backstop@foodbiz.example\", to = [\"ops@foodbiz.example\", \"oncall@foodbiz.example\"] }}\n",
             hooks.url("/hook"),
             hooks.url("/hc")
         ),
@@ -291,6 +307,7 @@ fn one_alert_per_failure_streak_one_recovery_rpo_breach_and_health_pings() {
     // A first backup from the command line, so the daemon starts with a fresh recovery point.
     let out = env
         .backstop()
+        .env("SMTP_URL", &smtp_url)
         .args(["backup", "--policy"])
         .arg(&path)
         .output()
@@ -301,7 +318,7 @@ fn one_alert_per_failure_streak_one_recovery_rpo_breach_and_health_pings() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let daemon = start_daemon(&env, &dir);
+    let daemon = start_daemon(&env, &dir, &[("SMTP_URL", &smtp_url)], "20s");
     wait_for("two daemon backups", 60, || {
         backups(&env, "test").iter().filter(|b| b.2).count() >= 3
     });
@@ -319,9 +336,42 @@ fn one_alert_per_failure_streak_one_recovery_rpo_breach_and_health_pings() {
         let hits = hooks.hits();
         hits.iter().any(|h| h.body.contains("\"recovered\""))
             && hits.iter().any(|h| h.body.contains("\"rpo_recovered\""))
+            && smtp.messages().len() >= 4
     });
     std::thread::sleep(Duration::from_secs(4));
-    stop_daemon(daemon);
+    let log = stop_daemon(daemon);
+    assert!(
+        !log.contains(common::smtp::PASSWORD) && !log.contains(&smtp_url),
+        "the SMTP secret is in the log: {log}"
+    );
+
+    // The same four events by email, each once, to both recipients, after logging in.
+    let mails = smtp.messages();
+    let subjects: Vec<String> = mails
+        .iter()
+        .map(|m| {
+            assert_eq!(m["from"], "backstop@foodbiz.example");
+            assert_eq!(
+                m["to"],
+                serde_json::json!(["ops@foodbiz.example", "oncall@foodbiz.example"])
+            );
+            assert_eq!(m["login"], common::smtp::USER);
+            let data = m["data"].as_str().unwrap().replace("\r\n ", " ");
+            data.lines()
+                .find_map(|l| l.strip_prefix("Subject: "))
+                .unwrap_or_else(|| panic!("no subject in {data}"))
+                .to_string()
+        })
+        .collect();
+    for event in ["failure", "recovered", "rpo_breach", "rpo_recovered"] {
+        let prefix = format!("backstop {event}: policy test ");
+        assert_eq!(
+            subjects.iter().filter(|s| s.starts_with(&prefix)).count(),
+            1,
+            "{event} in {subjects:?}"
+        );
+    }
+    assert_eq!(mails.len(), 4, "{subjects:?}");
 
     let hits = hooks.hits();
     let events: Vec<String> = hits
@@ -362,4 +412,79 @@ fn one_alert_per_failure_streak_one_recovery_rpo_breach_and_health_pings() {
     assert!(joined.contains("/hc/start /hc/fail"), "{joined}");
     let fail_ping = hits.iter().find(|h| h.path == "/hc/fail").unwrap();
     assert!(serde_json::from_str::<Value>(&fail_ping.body).unwrap()["ok"] == false);
+}
+
+#[test]
+fn sigterm_during_a_long_backup_exits_within_the_grace_period_and_commits_nothing() {
+    let env = Env::new();
+    let dir = env.dir.path().join("policies");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("test.toml");
+    env.write_policy(&path, "");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("backup = \"0 3 * * *\"", "backup = \"*/2 * * * * *\"");
+    std::fs::write(&path, text).unwrap();
+    // A long backup: another session holds an exclusive lock on a table, so pg_dump waits.
+    let mut holder = Command::new(common::pg::bindir().join("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            &env.source.url(FIXTURE_DB),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = holder.stdin.take().unwrap();
+    writeln!(
+        stdin,
+        "begin; lock table public.orders in access exclusive mode; select 'lock' || 'ed';"
+    )
+    .unwrap();
+    let mut reader = std::io::BufReader::new(holder.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("locked") {
+        line.clear();
+        assert!(
+            std::io::BufRead::read_line(&mut reader, &mut line).unwrap() > 0,
+            "psql never took the lock"
+        );
+    }
+
+    let daemon = start_daemon(&env, &dir, &[], "3s");
+    wait_for("the backup to start", 60, || {
+        daemon
+            .log
+            .lock()
+            .unwrap()
+            .contains("backup of policy test starts")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let (log, took) = stop_daemon_timed(daemon);
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(13),
+        "the daemon took {took:?} to stop with a 3s grace: {log}"
+    );
+    assert!(log.contains("grace period over: cancelling"), "{log}");
+    drop(stdin);
+    let _ = holder.wait();
+
+    // Nothing committed: no snapshot, and the cancelled run's record says so.
+    let (code, out, _) = common::run(
+        env.backstop()
+            .args(["snapshots", "--json", "--policy"])
+            .arg(&path),
+    );
+    assert_eq!(code, 0);
+    let list: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list["snapshots"].as_array().unwrap().len(), 0, "{list}");
+    let runs = backups(&env, "test");
+    assert!(runs.iter().all(|r| !r.2), "{runs:?}");
+    // The repository is usable at once: the next backup is not blocked by a stale lock.
+    let (code, _, stderr) = common::run(env.backstop().args(["backup", "--policy"]).arg(&path));
+    assert_eq!(code, 0, "{stderr}");
 }

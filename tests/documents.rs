@@ -4,20 +4,13 @@
 
 mod common;
 
+use common::run;
+
 use common::documents::{read_tree, sync_rows, write_tree, BUCKET, DUP_SIZE};
 use common::supabase::Supabase;
 use common::{table_contents, Env, FIXTURE_DB};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-
-fn run(cmd: &mut assert_cmd::Command) -> (i32, String, String) {
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
 
 fn supabase_policy(env: &Env, url: &str) {
     env.write_policy(

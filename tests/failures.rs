@@ -3,17 +3,10 @@
 
 mod common;
 
+use common::run;
+
 use common::{bin, files_under, Env};
 use std::time::{Duration, Instant};
-
-fn run(cmd: &mut assert_cmd::Command) -> (i32, String, String) {
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
 
 #[test]
 fn damage_is_detected_and_named() {

@@ -5,18 +5,11 @@
 
 mod common;
 
+use common::run_json as run;
+
 use common::{files_under, table_contents, Env, FIXTURE_DB};
 use serde_json::Value;
 use std::path::PathBuf;
-
-fn run(cmd: &mut assert_cmd::Command) -> (i32, Value, String) {
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
 
 fn check(env: &Env, read_data: bool) -> (i32, Value, String) {
     let mut cmd = env.backstop();

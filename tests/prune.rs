@@ -3,18 +3,11 @@
 
 mod common;
 
+use common::run_json as run;
+
 use common::{table_contents, Env, RepoSpec, FIXTURE_DB};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-
-fn run(cmd: &mut assert_cmd::Command) -> (i32, Value, String) {
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
 
 fn prune(env: &Env, args: &[&str]) -> (i32, Value, String) {
     run(env

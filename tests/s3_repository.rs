@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::run;
+
 use common::s3::{Moto, Proxy};
 use common::{table_contents, Env, RepoSpec, FIXTURE_DB};
 use std::process::{Command, Stdio};
@@ -18,15 +20,6 @@ fn s3_env(endpoint: String, lock_days: Option<u32>) -> Env {
         prefix: "prod".into(),
         object_lock_days: lock_days,
     })
-}
-
-fn run(cmd: &mut assert_cmd::Command) -> (i32, String, String) {
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
 }
 
 fn add_bulk(env: &Env) {

@@ -5,19 +5,11 @@
 
 mod common;
 
+use common::run_json as run;
+
 use common::documents::{sync_rows, write_tree, BUCKET};
 use common::{Env, FIXTURE_DB};
 use std::process::Command;
-
-fn run(cmd: &mut assert_cmd::Command) -> (i32, serde_json::Value, String) {
-    let out = cmd.output().unwrap();
-    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-    (
-        out.status.code().unwrap_or(-1),
-        json,
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
 
 /// A fixture database and documents tree (a directory source), with a [verify] section.
 fn env_with_documents(verify_extra: &str) -> (Env, tempfile::TempDir) {
@@ -82,7 +74,7 @@ fn problems(rec: &serde_json::Value) -> String {
 
 #[test]
 fn a_clean_verify_compares_everything_and_leaves_the_scratch_server_as_it_was() {
-    let (env, _docs) = env_with_documents("queries = [{ sql = \"select count(*) from public.orders\", expect = \"> 0\" }, { sql = \"select 1 where false\", expect = \"empty\" }]\n");
+    let (env, docs) = env_with_documents("queries = [{ sql = \"select count(*) from public.orders\", expect = \"> 0\" }, { sql = \"select 1 where false\", expect = \"empty\" }]\n");
     // Session defaults that change how values read as text, different on each server: the
     // comparison must not depend on them (bytea_output is the source's to keep).
     env.source.psql(
@@ -159,6 +151,30 @@ fn a_clean_verify_compares_everything_and_leaves_the_scratch_server_as_it_was() 
     assert_eq!(code, 0);
     let kept = rec["scratch_database"].as_str().unwrap();
     assert!(databases(&env).contains(kept));
+
+    // A verify host names its identity in the policy: without BACKSTOP_IDENTITY, verify says
+    // where to give one, and `[verify] identity` is enough.
+    let (code, _, stderr) = run(env
+        .backstop()
+        .env_remove("BACKSTOP_IDENTITY")
+        .env("SCRATCH_URL", env.scratch.url("postgres"))
+        .args(["verify", "--json", "--policy"])
+        .arg(&env.policy));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("[verify] identity"), "{stderr}");
+    write_policy(
+        &env,
+        &docs,
+        &format!("identity = \"{}\"\n", env.identity.display()),
+    );
+    let (code, rec, stderr) = run(env
+        .backstop()
+        .env_remove("BACKSTOP_IDENTITY")
+        .env("SCRATCH_URL", env.scratch.url("postgres"))
+        .args(["verify", "--json", "--policy"])
+        .arg(&env.policy));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(rec["ok"], true);
 }
 
 #[test]

@@ -5,6 +5,8 @@
 
 mod backup;
 mod check;
+mod daemon;
+mod docs;
 mod init;
 mod keygen;
 mod policy;
@@ -58,22 +60,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Check(args) => check::run(args, dir, &ctx).await,
         Command::Prune(args) => prune::run(args, dir, &ctx).await,
         Command::Report(args) => report::run(args, dir).await,
-        Command::Daemon(args) => {
-            let dir = dir
-                .map(Path::to_path_buf)
-                .or_else(|| std::env::var_os("BACKSTOP_POLICIES").map(PathBuf::from))
-                .unwrap_or_else(|| PathBuf::from("policies"));
-            let grace = crate::util::parse_duration(&args.grace)
-                .map_err(|e| Error::input(format!("--grace: {e}")))?;
-            crate::daemon::run(crate::daemon::Options {
-                dir,
-                listen: args.listen,
-                max_parallel: args.max_parallel,
-                grace,
-                json_log: args.json_log,
-            })
-            .await
-        }
+        Command::Daemon(args) => daemon::run(args, dir).await,
+        Command::Completions { shell } => docs::completions(shell),
+        Command::Man { out } => docs::man(out.as_deref()),
         Command::Policy {
             action: PolicyCommand::Validate { policy },
         } => policy::validate(&policy, dir),
@@ -96,7 +85,7 @@ pub async fn open(arg: &str, dir: Option<&Path>) -> Result<(Policy, Repo), (Stri
 
 pub fn opener(identity: Option<&PathBuf>) -> Result<crate::seal::Opener> {
     let path = identity.ok_or_else(|| {
-        Error::input("no identity: pass --identity FILE or set BACKSTOP_IDENTITY to the age identity file that decrypts this repository")
+        Error::input("no identity: pass --identity FILE or set BACKSTOP_IDENTITY (for verify also [verify] identity) to the age identity file that decrypts this repository")
     })?;
     crate::seal::Opener::from_file(path)
 }

@@ -14,7 +14,8 @@ fn request(args: &VerifyArgs, policy: &Policy) -> Result<Request> {
         "latest" => Selector::Latest,
         id => Selector::Id(id.to_string()),
     };
-    let opener = Arc::new(opener(args.identity.as_ref())?);
+    let identity = args.identity.clone().or(policy.verify.identity.clone());
+    let opener = Arc::new(opener(identity.as_ref())?);
     let mut req = Request::for_policy(
         policy,
         selector,

@@ -29,14 +29,8 @@ pub async fn serve(addr: &str, shared: Arc<Shared>) -> Result<()> {
             let shared = shared.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 8192];
-                let n = match tokio::time::timeout(
-                    std::time::Duration::from_secs(10),
-                    conn.read(&mut buf),
-                )
-                .await
-                {
-                    Ok(Ok(n)) => n,
-                    _ => return,
+                let Some(n) = read_head(&mut conn, &mut buf).await else {
+                    return;
                 };
                 let request = String::from_utf8_lossy(&buf[..n]);
                 let mut parts = request.split_whitespace();
@@ -53,6 +47,28 @@ pub async fn serve(addr: &str, shared: Arc<Shared>) -> Result<()> {
         }
     });
     Ok(())
+}
+
+/// Reads a request's head (up to its blank line, at most `buf.len()` bytes) within 10 s;
+/// the length read, or `None` when the client went away or was too slow.
+async fn read_head(conn: &mut tokio::net::TcpStream, buf: &mut [u8]) -> Option<usize> {
+    let read = async {
+        let mut n = 0;
+        while n < buf.len() {
+            match conn.read(&mut buf[n..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k,
+            }
+            if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+        (n > 0).then_some(n)
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), read)
+        .await
+        .ok()
+        .flatten()
 }
 
 async fn answer(

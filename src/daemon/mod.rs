@@ -9,7 +9,7 @@
 //! * **Catch-up.** At start, a job whose last successful run (from the run records) is older
 //!   than its schedule's interval, or that never succeeded, runs once at once. Missed runs are
 //!   not replayed one by one.
-//! * **Verify** needs the identity: verify jobs run only when `BACKSTOP_IDENTITY` is set, and
+//! * **Verify** needs the identity: verify jobs run only when `BACKSTOP_IDENTITY` (or the policy's `[verify] identity`) is set, and
 //!   are logged as skipped otherwise (the backup host holds no private key; run verify from a
 //!   daemon on another host).
 //! * **Reload.** SIGHUP reloads the policy directory. A policy that no longer loads keeps its
@@ -165,9 +165,7 @@ async fn run_job(
             )
         }
         "verify" => {
-            let opener = match std::env::var_os("BACKSTOP_IDENTITY")
-                .map(|p| crate::seal::Opener::from_file(std::path::Path::new(&p)))
-            {
+            let opener = match identity_of(&policy).map(|p| crate::seal::Opener::from_file(&p)) {
                 Some(Ok(o)) => Arc::new(o),
                 Some(Err(e)) => {
                     tracing::error!("verify of policy {}: {}", policy.name, e.message);
@@ -251,6 +249,13 @@ fn rpo_period(policies: &[Arc<Policy>]) -> Duration {
     shortest.clamp(Duration::from_secs(1), Duration::from_secs(60))
 }
 
+/// The identity verify jobs of `policy` use: `BACKSTOP_IDENTITY`, else `[verify] identity`.
+fn identity_of(policy: &Policy) -> Option<std::path::PathBuf> {
+    std::env::var_os("BACKSTOP_IDENTITY")
+        .map(std::path::PathBuf::from)
+        .or_else(|| policy.verify.identity.clone())
+}
+
 pub async fn run(opts: Options) -> Result<()> {
     let (loaded, broken) = load_dir(&opts.dir);
     for (path, e) in &broken {
@@ -271,7 +276,6 @@ pub async fn run(opts: Options) -> Result<()> {
     if let Some(addr) = &opts.listen {
         http::serve(addr, shared.clone()).await?;
     }
-    let identity = std::env::var_os("BACKSTOP_IDENTITY").is_some();
     let root = Cancel::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let mut due: HashMap<(String, &'static str), DateTime<Utc>> = HashMap::new();
@@ -298,7 +302,7 @@ pub async fn run(opts: Options) -> Result<()> {
                 (Some(t), Some(i)) => now - t > i,
                 _ => true,
             };
-            if late && (job != "verify" || identity) {
+            if late && (job != "verify" || identity_of(p).is_some()) {
                 tracing::info!(
                     "{job} of policy {} is overdue (last success {}): it runs now",
                     p.name,
@@ -325,8 +329,9 @@ pub async fn run(opts: Options) -> Result<()> {
         // Due jobs join the queue (once).
         for ((name, job), t) in due.iter_mut() {
             if *t <= now {
-                if job == &"verify" && !identity {
-                    tracing::info!("verify of policy {name} is skipped: BACKSTOP_IDENTITY is not set on this host");
+                let no_identity = policies.get(name).is_some_and(|p| identity_of(p).is_none());
+                if job == &"verify" && no_identity {
+                    tracing::info!("verify of policy {name} is skipped: neither BACKSTOP_IDENTITY nor [verify] identity names an identity on this host");
                 } else if !waiting.contains(&(name.clone(), *job)) {
                     waiting.push((name.clone(), job));
                 }

@@ -149,6 +149,9 @@ pub struct Retention {
 #[derive(Debug, Clone, Default)]
 pub struct Verify {
     pub scratch_url: Option<SecretString>,
+    /// The age identity file verify uses when neither `--identity` nor `BACKSTOP_IDENTITY`
+    /// names one: for a verify host's daemon (never set it on the backup host).
+    pub identity: Option<PathBuf>,
     pub read_data: Option<String>,
     pub queries: Vec<(String, String)>,
     pub allow_missing_extensions: Vec<String>,
@@ -355,12 +358,28 @@ impl Validator<'_> {
                 list.iter().map(|e| e.get_ref().clone()).collect()
             }
         };
-        let email = n.email.map(|e| Email {
-            smtp_url: self
-                .secret(&Some(e.smtp_url), "notify.email.smtp_url")
-                .unwrap_or_default(),
-            from: e.from.get_ref().clone(),
-            to: e.to.iter().map(|t| t.get_ref().clone()).collect(),
+        let email = n.email.map(|e| {
+            let smtp_url = self
+                .secret(&Some(e.smtp_url.clone()), "notify.email.smtp_url")
+                .unwrap_or_default();
+            if !smtp_url.expose_secret().is_empty() {
+                if let Err(problem) = crate::notify::email::check_url(smtp_url.expose_secret()) {
+                    self.problem(e.smtp_url.span(), "notify.email.smtp_url", problem);
+                }
+            }
+            for address in std::iter::once(&e.from).chain(&e.to) {
+                if let Err(problem) = crate::notify::email::check_address(address.get_ref()) {
+                    self.problem(address.span(), "notify.email", problem);
+                }
+            }
+            if e.to.is_empty() {
+                self.problem(e.from.span(), "notify.email.to", "names no recipient");
+            }
+            Email {
+                smtp_url,
+                from: e.from.get_ref().clone(),
+                to: e.to.iter().map(|t| t.get_ref().clone()).collect(),
+            }
         });
         Notify {
             webhook: self.secret(&n.webhook, "notify.webhook"),
@@ -489,6 +508,7 @@ impl Validator<'_> {
             .verify
             .map(|v| Verify {
                 scratch_url: self.secret(&v.scratch_url, "verify.scratch_url"),
+                identity: self.opt(&v.identity, "verify.identity").map(PathBuf::from),
                 read_data: v.read_data.as_ref().map(|s| s.get_ref().clone()),
                 queries: v
                     .queries
@@ -805,6 +825,27 @@ mod tests {
         assert!(e.contains("p.toml:9:7: objectives.rpo:"), "{e}");
         assert!(e.contains("schedule.backup: `0 3 * *` has 4 fields"), "{e}");
         assert!(e.contains("schedule.timezone:"), "{e}");
+    }
+
+    #[test]
+    fn email_addresses_and_smtp_url_are_checked_without_echoing_the_url() {
+        let e = err(&minimal(
+            "[notify]\nemail = { smtp_url = \"http://u:hunter2@mail.example\", from = \"not an address\", to = [] }\n",
+        ));
+        assert!(
+            e.contains("notify.email.smtp_url") && e.contains("smtp://"),
+            "{e}"
+        );
+        assert!(
+            e.contains("`not an address` is not an email address"),
+            "{e}"
+        );
+        assert!(e.contains("notify.email.to: names no recipient"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        let ok = minimal(
+            "[notify]\nemail = { smtp_url = \"smtps://u:p@mail.example\", from = \"Backstop <b@x.example>\", to = [\"ops@x.example\"] }\n",
+        );
+        assert!(parse(&ok, Path::new("p.toml"), &env).is_ok());
     }
 
     #[test]

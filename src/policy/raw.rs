@@ -108,6 +108,7 @@ pub(super) struct RawRetention {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawVerify {
     pub(super) scratch_url: Option<S>,
+    pub(super) identity: Option<S>,
     pub(super) read_data: Option<S>,
     #[serde(default)]
     pub(super) queries: Vec<RawQuery>,

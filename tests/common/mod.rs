@@ -6,6 +6,7 @@ pub mod documents;
 pub mod hooks;
 pub mod pg;
 pub mod s3;
+pub mod smtp;
 pub mod supabase;
 
 use assert_cmd::Command;
@@ -246,6 +247,26 @@ recipients = ["{}"]
 
 pub fn bin() -> Command {
     Command::cargo_bin("backstop").unwrap()
+}
+
+/// Runs `cmd` to its end: exit code (-1 for a signal), stdout, stderr.
+pub fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// [`run`] with stdout parsed as JSON (`Null` when it is not).
+pub fn run_json(cmd: &mut Command) -> (i32, serde_json::Value, String) {
+    let (code, out, err) = run(cmd);
+    (
+        code,
+        serde_json::from_str(&out).unwrap_or(serde_json::Value::Null),
+        err,
+    )
 }
 
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {

@@ -13,6 +13,11 @@ use std::time::{Duration, Instant};
 pub const KEY_ID: &str = "backstop-test-key";
 pub const SECRET: &str = "backstop-test-secret-xyz";
 
+/// The python of the test servers' virtual environment (it also holds aiosmtpd).
+pub fn venv_python() -> PathBuf {
+    moto_server().with_file_name("python")
+}
+
 fn moto_server() -> PathBuf {
     let path = std::env::var_os("BACKSTOP_MOTO_SERVER")
         .map(PathBuf::from)
@@ -23,7 +28,7 @@ fn moto_server() -> PathBuf {
     assert!(
         path.is_file(),
         "the moto S3 server is not installed at {}: run scripts/test.sh, which installs it into a Python virtual \
-         environment (python3 -m venv ~/.cache/backstop/moto-venv && ~/.cache/backstop/moto-venv/bin/pip install 'moto[server]')",
+         environment (python3 -m venv ~/.cache/backstop/moto-venv && ~/.cache/backstop/moto-venv/bin/pip install 'moto[server]' aiosmtpd)",
         path.display()
     );
     path
@@ -67,7 +72,7 @@ impl Moto {
     /// its key unauthenticated, through boto3 from its own virtual environment.)
     pub fn with_user(bucket: &str) -> (Moto, String, String) {
         let moto = Self::start_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "3")]);
-        let python = moto_server().with_file_name("python");
+        let python = venv_python();
         let script = format!(
             r#"
 import boto3, json

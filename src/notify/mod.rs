@@ -1,5 +1,5 @@
-//! Notifications (`[notify]`): a webhook (Slack-compatible text, or the event as JSON) and
-//! healthchecks.io-style pings. Sent by the daemon and by runs started from cron alike.
+//! Notifications (`[notify]`): a webhook (Slack-compatible text, or the event as JSON), email,
+//! and healthchecks.io-style pings. Sent by the daemon and by runs started from cron alike.
 //!
 //! No alert storms: [`events_after_run`] sends `failure` (`verify_failure` for verify) only
 //! when a job starts failing (its previous run succeeded, or there was none), and `recovered`
@@ -11,8 +11,9 @@
 //!
 //! Delivery is retried with backoff ([`ATTEMPTS`] tries, each bounded by [`TIMEOUT`]), never
 //! fails or blocks a job beyond that, and never logs a URL (webhook and ping URLs carry tokens).
-//! Email (`[notify] email`) is validated but not sent yet: a run that would send one logs that
-//! it did not.
+//! Email goes over SMTP ([`email`]), with the same retries.
+
+pub mod email;
 
 use crate::policy::{Notify, Policy};
 use secrecy::ExposeSecret;
@@ -117,6 +118,25 @@ impl Message {
     }
 }
 
+/// Runs `attempt` up to [`ATTEMPTS`] times with backoff; true when one succeeds. Each
+/// failure is logged under `what`, which never holds a URL.
+async fn retry<F, Fut>(what: &str, mut attempt: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    for n in 1..=ATTEMPTS {
+        match attempt().await {
+            Ok(()) => return true,
+            Err(e) => tracing::warn!("{what}: {e} (attempt {n} of {ATTEMPTS})"),
+        }
+        if n < ATTEMPTS {
+            tokio::time::sleep(Duration::from_millis(500 << n)).await;
+        }
+    }
+    false
+}
+
 /// POSTs `body` to `url`, retrying with backoff; true when delivered. Errors are logged
 /// without the URL.
 async fn post(url: &str, body: Option<&Value>, what: &str) -> bool {
@@ -127,27 +147,18 @@ async fn post(url: &str, body: Option<&Value>, what: &str) -> bool {
             return false;
         }
     };
-    for attempt in 1..=ATTEMPTS {
+    retry(what, || async {
         let mut req = client.post(url);
         if let Some(b) = body {
             req = req.json(b);
         }
         match req.send().await {
-            Ok(r) if r.status().is_success() => return true,
-            Ok(r) => tracing::warn!(
-                "{what}: answered HTTP {} (attempt {attempt} of {ATTEMPTS})",
-                r.status().as_u16()
-            ),
-            Err(e) => tracing::warn!(
-                "{what}: {} (attempt {attempt} of {ATTEMPTS})",
-                e.without_url()
-            ),
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!("answered HTTP {}", r.status().as_u16())),
+            Err(e) => Err(e.without_url().to_string()),
         }
-        if attempt < ATTEMPTS {
-            tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
-        }
-    }
-    false
+    })
+    .await
 }
 
 /// Sends `message` where `[notify]` says, if its event is in `on`.
@@ -167,8 +178,11 @@ pub async fn send(notify: &Notify, message: &Message) {
             tracing::info!("sent {what}");
         }
     }
-    if notify.email.is_some() {
-        tracing::warn!("notify.email is configured but email is not sent yet: the {} of policy {} went by webhook only", message.event, message.policy);
+    if let Some(email) = &notify.email {
+        let what = format!("email for {} of policy {}", message.event, message.policy);
+        if email::send(email, message, &what).await {
+            tracing::info!("sent {what}");
+        }
     }
 }
 
