@@ -1,14 +1,11 @@
 use crate::cli::DaemonArgs;
 use crate::error::{Error, Result};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// `backstop daemon`: the policy directory is `--policies`, else `BACKSTOP_POLICIES`, else
 /// `./policies`.
 pub async fn run(args: DaemonArgs, dir: Option<&Path>) -> Result<()> {
-    let dir = dir
-        .map(Path::to_path_buf)
-        .or_else(|| std::env::var_os("BACKSTOP_POLICIES").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("policies"));
+    let dir = crate::policy::policies_dir_or_default(dir);
     let grace = crate::util::parse_duration(&args.grace)
         .map_err(|e| Error::input(format!("--grace: {e}")))?;
     crate::daemon::run(crate::daemon::Options {

@@ -1,11 +1,10 @@
 use super::load_policy;
 use crate::cli::{ReportArgs, ReportFormat};
 use crate::error::{Error, Kind, Result};
-use crate::ops::RunTimes;
 use crate::report::{render, Window};
 use crate::util::{parse_duration, parse_time};
 use chrono::Utc;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 fn window(args: &ReportArgs) -> Result<Window> {
     let to = match &args.to {
@@ -36,30 +35,16 @@ fn policy_files(args: &ReportArgs, dir: Option<&Path>) -> Result<Vec<String>> {
     if !args.policies.is_empty() {
         return Ok(args.policies.clone());
     }
-    let dir = dir
-        .map(Path::to_path_buf)
-        .or_else(|| std::env::var_os("BACKSTOP_POLICIES").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("policies"));
-    let mut files: Vec<String> = std::fs::read_dir(&dir)
-        .map_err(|e| {
-            Error::input(format!(
-                "cannot read the policies directory {}: {e}; pass --policy P or --policies DIR",
-                dir.display()
-            ))
-        })?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .map(|p| p.display().to_string())
-        .collect();
-    files.sort();
+    let dir = crate::policy::policies_dir_or_default(dir);
+    let files = crate::policy::files_in(&dir)
+        .map_err(|e| Error::input(format!("{}; pass --policy P or --policies DIR", e.message)))?;
     if files.is_empty() {
         return Err(Error::input(format!(
             "no policies (*.toml) in {}",
             dir.display()
         )));
     }
-    Ok(files)
+    Ok(files.iter().map(|p| p.display().to_string()).collect())
 }
 
 pub async fn run(args: ReportArgs, dir: Option<&Path>) -> Result<()> {
@@ -68,8 +53,7 @@ pub async fn run(args: ReportArgs, dir: Option<&Path>) -> Result<()> {
         .iter()
         .map(|p| load_policy(p, dir))
         .collect::<Result<Vec<_>>>()?;
-    let mut times = RunTimes::start();
-    let (report, repos) = crate::ops::report::run(&policies, &window)
+    let report = crate::ops::report::run(&policies, &window, true)
         .await
         .map_err(|e| {
             Error::new(
@@ -77,15 +61,6 @@ pub async fn run(args: ReportArgs, dir: Option<&Path>) -> Result<()> {
                 format!("could not read the repository: {}", e.message),
             )
         })?;
-    times.finish();
-    for (part, repo) in report.policies.iter().zip(&repos) {
-        let record = serde_json::json!({
-            "kind": "report", "ok": part.compliant, "policy": part.name,
-            "window": report.window, "started_at": times.started_at, "finished_at": times.finished_at,
-            "compliant": part.compliant, "controls": part.controls,
-        });
-        crate::ops::save_record(repo, "report", &times, &record).await;
-    }
     let text = match args.format {
         ReportFormat::Text => render::text(&report),
         ReportFormat::Markdown => render::markdown(&report),

@@ -107,8 +107,8 @@ async fn answer(
                 from: to - chrono::Duration::days(30),
                 to,
             };
-            match crate::ops::report::run(&policies, &window).await {
-                Ok((report, _)) => (
+            match crate::ops::report::run(&policies, &window, false).await {
+                Ok(report) => (
                     "200 OK",
                     "text/html; charset=utf-8",
                     crate::report::render::html(&report).into_bytes(),

@@ -92,16 +92,7 @@ fn interval(policy: &Policy, job: &str, at: DateTime<Utc>) -> Option<chrono::Dur
 fn load_dir(dir: &std::path::Path) -> (Vec<Policy>, Vec<(PathBuf, Error)>) {
     let mut ok = Vec::new();
     let mut bad = Vec::new();
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-                .collect()
-        })
-        .unwrap_or_default();
-    paths.sort();
-    for p in paths {
+    for p in crate::policy::files_in(dir).unwrap_or_default() {
         match crate::policy::load(&p) {
             Ok(policy) => ok.push(policy),
             Err(e) => bad.push((p, e)),

@@ -3,6 +3,7 @@
 //! [`crate::report`] over the window. Read-only: it takes no lock, since a report reads
 //! committed files only.
 
+use super::RunTimes;
 use crate::error::Result;
 use crate::policy::Policy;
 use crate::repo::{list_metas, runs, Repo};
@@ -51,23 +52,33 @@ pub async fn policy_report(policy: &Policy, window: &Window, now: DateTime<Utc>)
     Ok(Part { report, repo })
 }
 
-/// Every policy's part, in order.
-pub async fn run(policies: &[Policy], window: &Window) -> Result<(Report, Vec<Repo>)> {
+/// Every policy's part, in order. With `record`, each policy's repository gets a `report` run
+/// record (the command line writes one per report; the daemon's `/report`, read by scrapers
+/// and browsers at will, writes none).
+pub async fn run(policies: &[Policy], window: &Window, record: bool) -> Result<Report> {
     let now = Utc::now();
+    let mut times = RunTimes::start();
     let mut parts = Vec::new();
-    let mut repos = Vec::new();
     for p in policies {
-        let part = policy_report(p, window, now).await?;
-        parts.push(part.report);
-        repos.push(part.repo);
+        parts.push(policy_report(p, window, now).await?);
     }
-    Ok((
-        Report {
-            window: window.clone(),
-            generated_at: now,
-            compliant: parts.iter().all(|p| p.compliant),
-            policies: parts,
-        },
-        repos,
-    ))
+    times.finish();
+    if record {
+        for part in &parts {
+            let r = &part.report;
+            let record = serde_json::json!({
+                "kind": "report", "ok": r.compliant, "policy": r.name,
+                "window": window, "started_at": times.started_at, "finished_at": times.finished_at,
+                "compliant": r.compliant, "controls": r.controls,
+            });
+            super::save_record(&part.repo, "report", &times, &record).await;
+        }
+    }
+    let policies: Vec<PolicyReport> = parts.into_iter().map(|p| p.report).collect();
+    Ok(Report {
+        window: window.clone(),
+        generated_at: now,
+        compliant: policies.iter().all(|p| p.compliant),
+        policies,
+    })
 }

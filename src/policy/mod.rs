@@ -204,11 +204,32 @@ pub fn resolve(arg: &str, policies_dir: Option<&Path>) -> PathBuf {
     if arg.contains('/') || arg.ends_with(".toml") || as_path.is_file() {
         return as_path;
     }
-    let dir = policies_dir
+    policies_dir_or_default(policies_dir).join(format!("{arg}.toml"))
+}
+
+/// The policies directory: `--policies`, else `BACKSTOP_POLICIES`, else `./policies`.
+pub fn policies_dir_or_default(given: Option<&Path>) -> PathBuf {
+    given
         .map(Path::to_path_buf)
         .or_else(|| std::env::var_os("BACKSTOP_POLICIES").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("policies"));
-    dir.join(format!("{arg}.toml"))
+        .unwrap_or_else(|| PathBuf::from("policies"))
+}
+
+/// Every `*.toml` in `dir`, sorted; an error when the directory cannot be read.
+pub fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| {
+            Error::input(format!(
+                "cannot read the policies directory {}: {e}",
+                dir.display()
+            ))
+        })?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    Ok(files)
 }
 
 pub fn load(path: &Path) -> Result<Policy> {
