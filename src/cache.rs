@@ -1,4 +1,5 @@
-//! The backup host's local index of storage objects it has already backed up.
+//! The backup host's local index of storage objects, files and git bundles it has already
+//! backed up.
 //!
 //! The backup host cannot read earlier manifests (they are encrypted to keys it does not
 //! hold), so to avoid downloading an unchanged object again it remembers, per repository and
@@ -18,6 +19,18 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Index {
     pub objects: HashMap<String, Cached>,
+    /// `[[files]]` files by [`crate::source::files::fingerprint`].
+    #[serde(default)]
+    pub files: HashMap<String, Cached>,
+    /// `[[git]]` bundles by source and ref state: an unchanged repository is not bundled again.
+    #[serde(default)]
+    pub git: HashMap<String, CachedBundle>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CachedBundle {
+    pub stream: crate::repo::format::StreamRef,
+    pub refs: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -29,7 +42,7 @@ pub struct Cached {
     pub cache_control: Option<String>,
 }
 
-fn dir() -> Option<PathBuf> {
+pub fn dir() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("BACKSTOP_CACHE_DIR") {
         return Some(PathBuf::from(d));
     }

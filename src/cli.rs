@@ -93,6 +93,8 @@ pub enum PolicyCommand {
 pub enum Only {
     Db,
     Storage,
+    Files,
+    Git,
 }
 
 #[derive(Debug, Args)]
@@ -100,7 +102,7 @@ pub struct BackupArgs {
     /// The policy: a path, or a name looked up as DIR/NAME.toml (see --policies).
     #[arg(long, value_name = "P")]
     pub policy: String,
-    /// Back up only one side.
+    /// Back up only one part of what the policy names.
     #[arg(long, value_enum)]
     pub only: Option<Only>,
     /// Print exactly one JSON document (the run record) on stdout.
@@ -135,10 +137,19 @@ pub struct RestoreArgs {
     /// Upload storage objects back to the policy's storage source.
     #[arg(long)]
     pub storage_to_source: bool,
-    /// Restore only one side.
+    /// Write [[files]] sets under DIR/<set>/<original absolute path>.
+    #[arg(long, value_name = "DIR", conflicts_with = "files_to_source")]
+    pub files_dir: Option<PathBuf>,
+    /// Write [[files]] back to their original paths (existing files only with --force).
+    #[arg(long)]
+    pub files_to_source: bool,
+    /// Clone each [[git]] bundle into DIR/<name> (the bundle itself kept as DIR/<name>.bundle).
+    #[arg(long, value_name = "DIR")]
+    pub git_dir: Option<PathBuf>,
+    /// Restore only one part.
     #[arg(long, value_enum)]
     pub only: Option<Only>,
-    /// Allow restoring over a non-empty target database: it is dropped and recreated.
+    /// Allow restoring over a non-empty target database (dropped and recreated) and existing files.
     #[arg(long)]
     pub force: bool,
     /// Print exactly one JSON document (the run record) on stdout.

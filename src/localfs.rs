@@ -10,8 +10,20 @@ use tokio::io::AsyncRead;
 /// Writes a stream to `path` atomically; an existing file is kept unless `replace`.
 pub async fn write_file_atomically(
     path: &Path,
+    body: impl AsyncRead + Unpin,
+    replace: bool,
+) -> Result<()> {
+    write_file_atomically_as(path, body, replace, None).await
+}
+
+/// [`write_file_atomically`] with the file's permission bits: the temporary file is created
+/// 0600 and given `mode` before it is renamed into place, so a secret is never readable by
+/// others, not even for a moment.
+pub async fn write_file_atomically_as(
+    path: &Path,
     mut body: impl AsyncRead + Unpin,
     replace: bool,
+    mode: Option<u32>,
 ) -> Result<()> {
     if !replace && tokio::fs::try_exists(path).await.unwrap_or(false) {
         return Err(Error::input(format!(
@@ -27,12 +39,26 @@ pub async fn write_file_atomically(
     let _ = tokio::task::spawn_blocking(move || sweep_stale_tmp(&d, ".backstop-tmp-")).await;
     let tmp = dir.join(format!(".backstop-tmp-{:016x}", rand::random::<u64>()));
     let result = async {
-        let mut f = tokio::fs::File::create(&tmp)
+        let mut options = tokio::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        if mode.is_some() {
+            options.mode(0o600);
+        }
+        let mut f = options
+            .open(&tmp)
             .await
             .map_err(|e| Error::failed(format!("creating {}: {e}", tmp.display())))?;
         tokio::io::copy(&mut body, &mut f)
             .await
             .map_err(|e| Error::failed(format!("writing {}: {e}", path.display())))?;
+        if let Some(mode) = mode {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(mode))
+                .await
+                .map_err(|e| {
+                    Error::failed(format!("setting the mode of {}: {e}", path.display()))
+                })?;
+        }
         f.sync_all()
             .await
             .map_err(|e| Error::failed(format!("syncing {}: {e}", path.display())))?;

@@ -31,6 +31,10 @@ pub struct BackupRecord {
     pub duration_s: f64,
     pub db: Option<BackupDb>,
     pub storage: Option<BackupStorage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<crate::ops::files::FilesFigures>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub git: Option<crate::ops::git::GitFigures>,
     pub phases: Vec<Phase>,
     pub warnings: Vec<String>,
     /// Blobs that older snapshots reference but the store had lost, uploaded again.
@@ -52,6 +56,8 @@ impl From<&backup::Outcome> for BackupRecord {
             duration_s: o.times.duration_s,
             db: o.db.clone(),
             storage: o.storage.clone(),
+            files: o.files.clone(),
+            git: o.git.clone(),
             phases: o.phases.clone(),
             warnings: o.warnings.clone(),
             blobs_reuploaded: o.blobs_reuploaded,
@@ -73,6 +79,10 @@ pub struct RestoreRecord {
     pub target: Option<String>,
     pub db: Option<RestoreDb>,
     pub storage: Option<RestoreStorage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<crate::ops::files::Restored>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub git: Option<crate::ops::git::Restored>,
     pub phases: Vec<Phase>,
     pub tool_version: &'static str,
     pub error: Option<String>,
@@ -91,6 +101,8 @@ impl From<&restore::Outcome> for RestoreRecord {
             target: o.target.clone(),
             db: o.db.clone(),
             storage: o.storage.clone(),
+            files: o.files.clone(),
+            git: o.git.clone(),
             phases: o.phases.clone(),
             tool_version: TOOL_VERSION,
             error: error_text(&o.error),
@@ -114,6 +126,10 @@ pub struct SnapshotEntry {
     pub finished_at: DateTime<Utc>,
     pub db: Option<SnapshotDb>,
     pub storage: Option<SnapshotStorage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<crate::repo::format::MetaFiles>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub git: Option<crate::repo::format::MetaGit>,
     pub bytes_referenced: u64,
 }
 
@@ -152,6 +168,8 @@ pub struct VerifyRecord {
     pub problems: Vec<String>,
     /// Storage objects whose names a restore to a directory would map.
     pub names_mapped: Vec<String>,
+    pub files_checked: u64,
+    pub git_checked: u64,
     pub missing_extensions: Vec<String>,
     pub expected_failures: Vec<String>,
     pub phases: Vec<Phase>,
@@ -184,6 +202,8 @@ impl From<&verify::Outcome> for VerifyRecord {
             queries: f.queries.clone(),
             problems: f.problems.clone(),
             names_mapped: f.names_mapped.clone(),
+            files_checked: f.files_checked,
+            git_checked: f.git_checked,
             missing_extensions: f.missing_extensions.clone(),
             expected_failures: f.expected_failures.clone(),
             phases: f.phases.clone(),

@@ -11,6 +11,8 @@ pub async fn run(args: BackupArgs, dir: Option<&Path>, ctx: &Ctx) -> Result<()> 
         only: args.only.map(|o| match o {
             cli::Only::Db => Only::Db,
             cli::Only::Storage => Only::Storage,
+            cli::Only::Files => Only::Files,
+            cli::Only::Git => Only::Git,
         }),
     };
     let (opened, out) = match open(&args.policy, dir).await {

@@ -23,6 +23,8 @@ pub async fn run(policy: &Policy, json: bool) -> Result<()> {
                 objects: s.objects,
                 bytes_plain: s.bytes_plain,
             }),
+            files: m.files,
+            git: m.git,
             bytes_referenced: m.bytes_referenced,
         })
         .collect();
@@ -43,18 +45,20 @@ pub async fn run(policy: &Policy, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<24} {:<20} {:>7} {:>12} {:>10} {:>8} {:>10}",
-        "ID", "CONSISTENT AT (UTC)", "TABLES", "ROWS", "DUMP", "OBJECTS", "STORED"
+        "{:<24} {:<20} {:>7} {:>12} {:>10} {:>8} {:>6} {:>4} {:>10}",
+        "ID", "CONSISTENT AT (UTC)", "TABLES", "ROWS", "DUMP", "OBJECTS", "FILES", "GIT", "STORED"
     );
     for s in &snapshots {
         println!(
-            "{:<24} {:<20} {:>7} {:>12} {:>10} {:>8} {:>10}",
+            "{:<24} {:<20} {:>7} {:>12} {:>10} {:>8} {:>6} {:>4} {:>10}",
             s.id,
             s.consistent_at.format("%Y-%m-%d %H:%M:%S"),
             s.db.as_ref().map(|d| d.tables).unwrap_or(0),
             s.db.as_ref().map(|d| d.rows).unwrap_or(0),
             human_bytes(s.db.as_ref().map(|d| d.bytes_plain).unwrap_or(0)),
             s.storage.as_ref().map(|d| d.objects).unwrap_or(0),
+            s.files.as_ref().map(|f| f.files).unwrap_or(0),
+            s.git.as_ref().map(|g| g.repositories.len()).unwrap_or(0),
             human_bytes(s.bytes_referenced)
         );
     }

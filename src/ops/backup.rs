@@ -13,8 +13,8 @@ use crate::model::TableStat;
 use crate::policy::Policy;
 use crate::repo::format::StreamRef;
 use crate::repo::format::{
-    DbManifest, Manifest, ManifestRepo, Meta, MetaDb, MetaEncryption, MetaLock, MetaStorage,
-    StorageManifest, StoredObject, FORMAT,
+    DbManifest, FilesManifest, GitManifest, Manifest, ManifestRepo, Meta, MetaDb, MetaEncryption,
+    MetaFiles, MetaGit, MetaLock, MetaStorage, StorageManifest, StoredObject, FORMAT,
 };
 use crate::repo::writer::{BlobWriter, WriteStats};
 use crate::repo::Repo;
@@ -32,16 +32,19 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// One part of a snapshot (`--only`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Only {
     Db,
     Storage,
+    Files,
+    Git,
 }
 
 /// What to back up.
 #[derive(Debug, Clone, Default)]
 pub struct Request {
-    /// Only the database, or only the storage buckets; both when `None`.
+    /// Only one part; every part the policy names when `None`.
     pub only: Option<Only>,
 }
 
@@ -82,6 +85,8 @@ pub struct Outcome {
     pub consistent_at: Option<DateTime<Utc>>,
     pub db: Option<BackupDb>,
     pub storage: Option<BackupStorage>,
+    pub files: Option<super::files::FilesFigures>,
+    pub git: Option<super::git::GitFigures>,
     pub phases: Vec<Phase>,
     pub warnings: Vec<String>,
     /// Blobs that committed snapshots name but the store had lost, uploaded again by this run.
@@ -98,6 +103,8 @@ impl Outcome {
             consistent_at: None,
             db: None,
             storage: None,
+            files: None,
+            git: None,
             phases: Vec::new(),
             warnings: Vec::new(),
             blobs_reuploaded: 0,
@@ -123,12 +130,22 @@ pub async fn run(policy: &Policy, repo: &Repo, req: &Request, ctx: &Ctx) -> Outc
     let ctx = ctx.for_run();
     let mut out = Outcome::new(&policy.name);
     let run_id = out.times.run_id.clone();
+    // Files and git repositories are checked before the repository is touched: a missing
+    // path, an unreadable file or a repository that needs credentials fails the run at once.
+    let file_plans = match precheck(policy, req).await {
+        Ok(plans) => plans,
+        Err(e) => {
+            out.times.finish();
+            out.error = Some(e);
+            return out;
+        }
+    };
     let result = with_shared_lock(
         repo,
         "backup",
         &run_id,
         &ctx,
-        backup(policy, repo, req, &ctx, &run_id, &mut out),
+        backup(policy, repo, req, file_plans, &ctx, &run_id, &mut out),
     )
     .await;
     out.times.finish();
@@ -138,11 +155,31 @@ pub async fn run(policy: &Policy, repo: &Repo, req: &Request, ctx: &Ctx) -> Outc
     out
 }
 
+fn wants(req: &Request, part: Only) -> bool {
+    req.only.is_none_or(|o| o == part)
+}
+
+/// Plans the `[[files]]` sets and checks the `[[git]]` repositories, when the run backs them up.
+async fn precheck(
+    policy: &Policy,
+    req: &Request,
+) -> Result<Option<Vec<crate::source::files::Planned>>> {
+    if !policy.git.is_empty() && wants(req, Only::Git) {
+        super::git::check(&policy.git).await?;
+    }
+    if !policy.files.is_empty() && wants(req, Only::Files) {
+        return Ok(Some(super::files::plan(&policy.files).await?));
+    }
+    Ok(None)
+}
+
 /// The parts, each filled into `out` as it is done; the snapshot is committed last.
+#[allow(clippy::too_many_arguments)]
 async fn backup(
     policy: &Policy,
     repo: &Repo,
     req: &Request,
+    file_plans: Option<Vec<crate::source::files::Planned>>,
     ctx: &Ctx,
     snapshot_id: &str,
     out: &mut Outcome,
@@ -162,15 +199,19 @@ async fn backup(
         &dedup_key,
         policy.repository.zstd_level,
     )?);
-    let want_db = policy.database.is_some() && only != Some(Only::Storage);
-    let want_storage = policy.storage.is_some() && only != Some(Only::Db);
-    if !want_db && !want_storage {
+    let want_db = policy.database.is_some() && wants(req, Only::Db);
+    let want_storage = policy.storage.is_some() && wants(req, Only::Storage);
+    let want_files = file_plans.is_some();
+    let want_git = !policy.git.is_empty() && wants(req, Only::Git);
+    if !want_db && !want_storage && !want_files && !want_git {
         return Err(Error::input(format!(
             "policy {} has nothing to back up with {}",
             policy.name,
             match only {
                 Some(Only::Db) => "--only db (it has no [database])",
                 Some(Only::Storage) => "--only storage (it has no [storage])",
+                Some(Only::Files) => "--only files (it has no [[files]])",
+                Some(Only::Git) => "--only git (it has no [[git]])",
                 None => "these options",
             }
         )));
@@ -223,10 +264,10 @@ async fn backup(
 
     let mut storage = None;
     let mut meta_storage = None;
-    let mut new_index = None;
+    let cache = crate::cache::load(&repo.store.describe(), &policy.name);
+    let mut new_index = cache.clone();
     if let (Some(cfg), Some(source)) = (policy.storage.as_ref(), source) {
         let t = Instant::now();
-        let cache = crate::cache::load(&repo.store.describe(), &policy.name);
         let done = ctx
             .cancel
             .run(super::documents::backup(
@@ -263,8 +304,54 @@ async fn backup(
             missing_in_bucket: done.figures.mismatches.missing_in_bucket.clone(),
             missing_in_table: done.figures.mismatches.missing_in_table.clone(),
         });
-        new_index = Some(done.index);
+        new_index.objects = done.index.objects;
         out.phases.push(Phase::since("storage", t));
+    }
+
+    let mut files = None;
+    let mut meta_files = None;
+    if let Some(plans) = file_plans {
+        let t = Instant::now();
+        let read_at = Utc::now();
+        let done = ctx
+            .cancel
+            .run(super::files::backup(&policy.files, plans, &writer, &cache))
+            .await?;
+        out.warnings.extend(done.warnings);
+        meta_files = Some(MetaFiles {
+            sets: done.figures.sets,
+            files: done.figures.files,
+            bytes_plain: done.figures.bytes_plain,
+        });
+        out.files = Some(done.figures);
+        new_index.files = done.index;
+        files = Some(FilesManifest {
+            read_at: Some(read_at),
+            ..done.manifest
+        });
+        out.phases.push(Phase::since("files", t));
+    }
+
+    let mut git = None;
+    let mut meta_git = None;
+    if want_git {
+        let t = Instant::now();
+        let read_at = Utc::now();
+        let done = ctx
+            .cancel
+            .run(super::git::backup(&policy.git, &writer, &cache))
+            .await?;
+        meta_git = Some(MetaGit {
+            repositories: done.figures.repositories.clone(),
+            bytes_plain: done.figures.bytes_plain,
+        });
+        out.git = Some(done.figures);
+        new_index.git = done.index;
+        git = Some(GitManifest {
+            read_at: Some(read_at),
+            ..done.manifest
+        });
+        out.phases.push(Phase::since("git", t));
     }
 
     let t = Instant::now();
@@ -281,6 +368,8 @@ async fn backup(
             chunker: repo.config.chunker,
             created_at: repo.config.created_at,
         }),
+        files,
+        git,
     };
     let blobs = writer.used();
     let meta = Meta {
@@ -309,6 +398,8 @@ async fn backup(
             days: l.days,
             until: started_at + chrono::Duration::days(l.days as i64),
         }),
+        files: meta_files,
+        git: meta_git,
     };
     out.blobs_reuploaded = writer.reuploaded();
     if out.blobs_reuploaded > 0 {
@@ -322,9 +413,7 @@ async fn backup(
     repo.commit(&manifest, &sealer, meta).await?;
     out.phases.push(Phase::since("commit", t));
     out.snapshot_id = Some(snapshot_id.to_string());
-    if let Some(index) = new_index {
-        crate::cache::save(&repo.store.describe(), &policy.name, &index);
-    }
+    crate::cache::save(&repo.store.describe(), &policy.name, &new_index);
     Ok(())
 }
 

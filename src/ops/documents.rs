@@ -200,8 +200,17 @@ fn object_reader(
     object: &StorageObject,
     ahead: usize,
 ) -> impl AsyncRead + Send + Unpin + 'static {
+    chunks_reader(reader, object.chunks.clone(), ahead)
+}
+
+/// A stream of the plaintext of `chunks`, each checked against its blob as it arrives.
+pub fn chunks_reader(
+    reader: &Arc<BlobReader>,
+    chunks: Vec<crate::repo::format::ChunkRef>,
+    ahead: usize,
+) -> impl AsyncRead + Send + Unpin + 'static {
     let stream = reader
-        .stream(object.chunks.clone(), ahead)
+        .stream(chunks, ahead)
         .map_ok(bytes::Bytes::from)
         .map_err(|e| std::io::Error::other(e.message));
     tokio_util::io::StreamReader::new(Box::pin(stream))

@@ -13,6 +13,8 @@ pub mod backup;
 pub mod check;
 mod context;
 pub mod documents;
+pub mod files;
+pub mod git;
 pub mod load;
 pub mod prune;
 pub mod report;

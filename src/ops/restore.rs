@@ -37,6 +37,10 @@ pub struct Request {
     pub db_url: Option<DbUrl>,
     /// Where storage objects go; `None` restores none.
     pub storage: Option<StorageTo>,
+    /// Where `[[files]]` go; `None` restores none.
+    pub files: Option<super::files::Target>,
+    /// Where `[[git]]` repositories are cloned; `None` restores none.
+    pub git_dir: Option<PathBuf>,
     /// Replace a non-empty target database, and existing files.
     pub force: bool,
 }
@@ -69,6 +73,8 @@ pub struct Outcome {
     pub target: Option<String>,
     pub db: Option<RestoreDb>,
     pub storage: Option<RestoreStorage>,
+    pub files: Option<super::files::Restored>,
+    pub git: Option<super::git::Restored>,
     pub phases: Vec<Phase>,
     /// What the operator should know (parts of the snapshot that were not restored).
     pub notes: Vec<String>,
@@ -86,6 +92,8 @@ impl Outcome {
             target: None,
             db: None,
             storage: None,
+            files: None,
+            git: None,
             phases: Vec::new(),
             notes: Vec::new(),
             error: None,
@@ -258,6 +266,56 @@ async fn restore(
                 done.failed.join("; ")
             )));
         }
+    }
+
+    let reader = Arc::new(BlobReader::new(
+        repo.store.clone(),
+        req.opener.clone(),
+        ids.clone(),
+        &meta,
+    ));
+    match (&req.files, &manifest.files) {
+        (Some(target), Some(fm)) => {
+            let t = Instant::now();
+            let done = super::files::restore(&reader, fm, target, ahead).await?;
+            out.phases.push(Phase::since("files", t));
+            out.files = Some(done.clone());
+            if !done.failed.is_empty() {
+                return Err(Error::failed(format!(
+                    "{} files could not be restored (the others were): {}",
+                    done.failed.len(),
+                    done.failed.join("; ")
+                )));
+            }
+        }
+        (Some(_), None) => {
+            return Err(Error::input(format!(
+                "snapshot {} holds no [[files]]",
+                meta.id
+            )))
+        }
+        (None, Some(_)) => out.notes.push(
+            "the snapshot's files were not restored: pass --files-dir DIR or --files-to-source"
+                .into(),
+        ),
+        (None, None) => {}
+    }
+    match (&req.git_dir, &manifest.git) {
+        (Some(dir), Some(gm)) => {
+            let t = Instant::now();
+            out.git = Some(super::git::restore(&reader, gm, dir, req.force, ahead).await?);
+            out.phases.push(Phase::since("git", t));
+        }
+        (Some(_), None) => {
+            return Err(Error::input(format!(
+                "snapshot {} holds no [[git]] repositories",
+                meta.id
+            )))
+        }
+        (None, Some(_)) => out
+            .notes
+            .push("the snapshot's git repositories were not restored: pass --git-dir DIR".into()),
+        (None, None) => {}
     }
     Ok(())
 }

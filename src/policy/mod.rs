@@ -20,7 +20,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
+mod app;
 mod raw;
+
+pub use app::{exclude_glob, FileSet, GitLocation, GitSource, Runbook};
 use raw::*;
 
 /// A validated policy. Secrets (URLs with passwords, keys) are held here in full; print them
@@ -39,6 +42,11 @@ pub struct Policy {
     pub retention: Option<Retention>,
     pub verify: Verify,
     pub notify: Option<Notify>,
+    /// `[[files]]` sets.
+    pub files: Vec<FileSet>,
+    /// `[[git]]` repositories.
+    pub git: Vec<GitSource>,
+    pub runbook: Runbook,
 }
 
 #[derive(Debug, Clone)]
@@ -493,9 +501,9 @@ impl Validator<'_> {
             }
         }
         let storage = raw.storage.map(|s| self.storage(s));
-        if database.is_none() && storage.is_none() {
+        if database.is_none() && storage.is_none() && raw.files.is_empty() && raw.git.is_empty() {
             self.problems.push(format!(
-                "{}: policy backs up nothing: add a [database] or a [storage] section",
+                "{}: policy backs up nothing: add a [database], [storage], [[files]] or [[git]] section",
                 self.file
             ));
         }
@@ -544,6 +552,9 @@ impl Validator<'_> {
             })
             .unwrap_or_default();
         let notify = raw.notify.map(|n| self.notify(n));
+        let files = self.files(raw.files);
+        let git = self.git(raw.git);
+        let runbook = self.runbook(raw.runbook);
         Policy {
             name,
             path: path.to_path_buf(),
@@ -556,6 +567,9 @@ impl Validator<'_> {
             retention,
             verify,
             notify,
+            files,
+            git,
+            runbook,
         }
     }
 

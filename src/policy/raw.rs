@@ -20,6 +20,36 @@ pub(super) struct RawPolicy {
     pub(super) retention: Option<RawRetention>,
     pub(super) verify: Option<RawVerify>,
     pub(super) notify: Option<RawNotify>,
+    #[serde(default)]
+    pub(super) files: Vec<RawFiles>,
+    #[serde(default)]
+    pub(super) git: Vec<RawGit>,
+    pub(super) runbook: Option<RawRunbook>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFiles {
+    pub(super) name: S,
+    pub(super) paths: Spanned<Vec<S>>,
+    #[serde(default)]
+    pub(super) exclude: Vec<S>,
+    pub(super) required: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGit {
+    pub(super) name: S,
+    pub(super) repo: Option<S>,
+    pub(super) url: Option<S>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRunbook {
+    pub(super) redeploy: Option<S>,
+    pub(super) rollback: Option<S>,
 }
 
 #[derive(Deserialize)]

@@ -67,6 +67,34 @@ pub struct Meta {
     /// keep their own, earlier dates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_lock: Option<MetaLock>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<MetaFiles>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<MetaGit>,
+}
+
+/// Counts of a snapshot's `[[files]]` sets (plaintext, like the rest of meta.json: no names).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MetaFiles {
+    pub sets: u64,
+    pub files: u64,
+    pub bytes_plain: u64,
+}
+
+/// A snapshot's `[[git]]` repositories: their names, HEAD commits and ref counts are public
+/// facts (the runbook and the report quote them without the identity).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MetaGit {
+    pub repositories: Vec<GitSummary>,
+    pub bytes_plain: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitSummary {
+    pub name: String,
+    /// The commit HEAD pointed at; `None` for a repository whose HEAD names no commit.
+    pub head: Option<String>,
+    pub refs: u64,
 }
 
 /// Object-lock retention as a snapshot recorded it.
@@ -119,6 +147,77 @@ pub struct Manifest {
     /// rebuild a lost backstop.json. Absent in manifests of older versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<ManifestRepo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesManifest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitManifest>,
+}
+
+/// The `[[files]]` sets of a snapshot.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FilesManifest {
+    /// When the files were read (the database's time is the snapshot's `consistent_at`).
+    pub read_at: Option<DateTime<Utc>>,
+    pub sets: Vec<FileSetManifest>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FileSetManifest {
+    pub name: String,
+    /// The paths and globs as the policy gave them.
+    pub paths: Vec<String>,
+    /// The absolute paths they matched: a restore to the source writes under these only.
+    pub roots: Vec<String>,
+    /// Directories before their contents, in path order.
+    pub entries: Vec<FileEntry>,
+}
+
+/// One file, directory or symbolic link. Paths are absolute; a path (or link target) that is
+/// not UTF-8 is also kept exactly as `path_hex` (`target_hex`), which a restore uses.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_hex: Option<String>,
+    /// `file`, `dir` or `symlink`.
+    pub kind: String,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    pub mtime: i64,
+    pub mtime_ns: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    #[serde(default)]
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<ChunkRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_hex: Option<String>,
+}
+
+/// The `[[git]]` repositories of a snapshot, each as one `git bundle create --all`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GitManifest {
+    /// When the repositories were bundled.
+    pub read_at: Option<DateTime<Utc>>,
+    pub repositories: Vec<GitBundle>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GitBundle {
+    pub name: String,
+    /// The local path or url it was read from.
+    pub source: String,
+    pub head: Option<String>,
+    /// `(commit, refname)` as the bundle's header lists them, HEAD included, sorted by name.
+    pub refs: Vec<(String, String)>,
+    pub bundle: StreamRef,
 }
 
 /// The repository facts a manifest carries (encrypted, like the rest of it).

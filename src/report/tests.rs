@@ -60,6 +60,8 @@ fn meta(at: DateTime<Utc>) -> Meta {
             days: 40,
             until: at + chrono::Duration::days(40),
         }),
+        files: None,
+        git: None,
     }
 }
 

@@ -2,6 +2,8 @@
 
 pub mod archive;
 pub mod copytext;
+pub mod files;
+pub mod git;
 pub mod pgtools;
 pub mod postgres;
 pub mod storage;

@@ -21,6 +21,14 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start() -> Receiver {
+        Self::start_answering("200 OK")
+    }
+
+    /// A receiver that answers every request with `status` (a status line's code and reason,
+    /// optionally followed by header lines), e.g. `401 Unauthorized\r\nwww-authenticate: Basic`.
+    pub fn start_answering(status: &str) -> Receiver {
+        let answer =
+            format!("HTTP/1.1 {status}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -64,9 +72,7 @@ impl Receiver {
                     body: String::from_utf8_lossy(&body).into(),
                 });
                 let mut conn = conn;
-                let _ = conn.write_all(
-                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                );
+                let _ = conn.write_all(answer.as_bytes());
             }
         });
         Receiver { port, hits, stop }

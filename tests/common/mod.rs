@@ -236,6 +236,42 @@ recipients = ["{}"]
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// Rewrites a snapshot's manifest with a jq filter (decrypt with the stock age, edit,
+    /// compress and encrypt again to the policy's recipient), and its meta.json's record of
+    /// the manifest's size and SHA-256 to match: a manifest that says something else than the
+    /// blobs, as only someone holding the identity could write.
+    pub fn rewrite_manifest(&self, which: &str, filter: &str) {
+        let id = self.snapshot_manifest_query(which, ".snapshot_id");
+        let meta = self
+            .meta_files()
+            .into_iter()
+            .find(|p| p.to_string_lossy().contains(&id))
+            .unwrap();
+        let manifest = meta.with_file_name("manifest.age");
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "set -eo pipefail; age -d -i '{}' '{m}' | zstd -dc | jq -c '{filter}' | zstd -qc | age -r '{}' > '{m}.new' && mv '{m}.new' '{m}'",
+                self.identity.display(),
+                self.recipient,
+                m = manifest.display(),
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bytes = std::fs::read(&manifest).unwrap();
+        use sha2::Digest;
+        let mut m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+        m["manifest"]["size"] = bytes.len().into();
+        m["manifest"]["sha256"] = hex::encode(sha2::Sha256::digest(&bytes)).into();
+        std::fs::write(&meta, serde_json::to_vec(&m).unwrap()).unwrap();
+    }
+
     /// Every snapshot's meta.json in the repository.
     pub fn meta_files(&self) -> Vec<PathBuf> {
         files_under(&self.repo.join("snapshots"))
@@ -247,6 +283,35 @@ recipients = ["{}"]
 
 pub fn bin() -> Command {
     Command::cargo_bin("backstop").unwrap()
+}
+
+/// Runs `backstop ARGS POLICY` as a user without root's power to read every file (the
+/// postgres user, when the tests run as root); its exit code and stderr.
+pub fn as_unprivileged(env: &Env, policy: &Path, args: &[&str]) -> (i32, String) {
+    let bin = assert_cmd::cargo::cargo_bin("backstop");
+    let mut c = if pg::is_root() {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin);
+        c
+    } else {
+        std::process::Command::new(bin)
+    };
+    let out = c
+        .current_dir(env.dir.path())
+        .env(
+            "BACKSTOP_CACHE_DIR",
+            env.dir.path().join("cache-unprivileged"),
+        )
+        .args(args)
+        .arg(policy)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 /// Runs `cmd` to its end: exit code (-1 for a signal), stdout, stderr.

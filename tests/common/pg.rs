@@ -36,7 +36,7 @@ pub fn bindir() -> PathBuf {
     .clone()
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     static ROOT: OnceLock<bool> = OnceLock::new();
     *ROOT.get_or_init(|| {
         Command::new("id")

@@ -63,6 +63,10 @@ pub struct Findings {
     pub missing_extensions: Vec<String>,
     pub expected_failures: Vec<String>,
     pub phases: Vec<Phase>,
+    /// `[[files]]` files read back and compared with their recorded SHA-256.
+    pub files_checked: u64,
+    /// `[[git]]` bundles verified (`git bundle verify`, refs against the record).
+    pub git_checked: u64,
 }
 
 /// What to compare, and where.

@@ -193,6 +193,12 @@ async fn verify(
         ahead: policy.repository.connections,
     };
     tracing::info!("verifying snapshot {} of policy {}", meta.id, policy.name);
+    let reader = Arc::new(crate::repo::reader::BlobReader::new(
+        repo.store.clone(),
+        req.opener.clone(),
+        ids.clone(),
+        &meta,
+    ));
     let examined = ctx.cancel.run(compare::examine(
         repo,
         &meta,
@@ -203,7 +209,32 @@ async fn verify(
         ctx.progress.as_ref(),
         &mut out.findings,
     ));
-    let result = examined.await;
+    let mut result = examined.await;
+    if result.is_ok() {
+        let ahead = policy.repository.connections;
+        let findings = &mut out.findings;
+        result = ctx
+            .cancel
+            .run(async {
+                if let Some(fm) = &manifest.files {
+                    let t = Instant::now();
+                    let (checked, problems) = super::files::verify(&reader, fm, ahead).await;
+                    findings.files_checked = checked;
+                    findings.problems.extend(problems);
+                    findings.phases.push(super::Phase::since("files", t));
+                }
+                if let Some(gm) = &manifest.git {
+                    let t = Instant::now();
+                    findings
+                        .problems
+                        .extend(super::git::verify(&reader, gm, ahead).await);
+                    findings.git_checked = gm.repositories.len() as u64;
+                    findings.phases.push(super::Phase::since("git", t));
+                }
+                Ok(())
+            })
+            .await;
+    }
     if let Some(scratch) = scratch {
         if req.keep {
             scratch.keep();
