@@ -59,6 +59,8 @@ pub enum Command {
     Prune(PruneArgs),
     /// RPO/RTO compliance over a window, from the repository alone (no identity needed).
     Report(ReportArgs),
+    /// The policy's recovery runbook, filled with its real names and the repository's facts.
+    Runbook(RunbookArgs),
     /// Run every policy's schedule unattended, alert, and serve /healthz, /metrics, /report.
     Daemon(DaemonArgs),
     /// Print shell completions for bash, zsh, fish, elvish or powershell on stdout.
@@ -185,6 +187,25 @@ pub struct VerifyArgs {
     /// textfile collector.
     #[arg(long, value_name = "FILE")]
     pub metrics_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunbookArgs {
+    /// The policy: a path, or a name looked up as DIR/NAME.toml (see --policies).
+    #[arg(long, value_name = "P")]
+    pub policy: String,
+    /// Markdown (default) or a standalone HTML page.
+    #[arg(long, value_enum, default_value = "markdown")]
+    pub format: RunbookFormat,
+    /// Write it here (atomically) instead of printing it.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RunbookFormat {
+    Markdown,
+    Html,
 }
 
 #[derive(Debug, Args)]

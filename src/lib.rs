@@ -22,6 +22,7 @@ pub mod record;
 pub mod repo;
 pub mod report;
 pub mod retention;
+pub mod runbook;
 pub mod s3client;
 pub mod schedule;
 pub mod seal;

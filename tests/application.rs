@@ -118,6 +118,11 @@ struct App {
 }
 
 fn app(extra_files: &str) -> App {
+    app_with(extra_files, "")
+}
+
+/// `with`: more policy text; the database section is kept only when `with` asks for it.
+fn app_with(extra_files: &str, with: &str) -> App {
     let env = Env::new();
     let root = env.dir.path().join("host");
     let etc = make_config(&root);
@@ -130,17 +135,19 @@ fn app(extra_files: &str) -> App {
         &policy,
         &format!(
             "\n[[files]]\nname = \"config\"\npaths = [\"{}\", \"{}/*.none\"]\nexclude = [\"*.tmp\", \"**/cache/**\"]\n{extra_files}\n\
-             [[git]]\nname = \"api\"\nrepo = \"{}\"\n\n[[git]]\nname = \"web\"\nurl = \"file://{}\"\n",
+             [[git]]\nname = \"api\"\nrepo = \"{}\"\n\n[[git]]\nname = \"web\"\nurl = \"file://{}\"\n{with}",
             etc.display(),
             etc.display(),
             api.display(),
             web.display()
         ),
     );
-    let text = std::fs::read_to_string(&policy)
-        .unwrap()
-        .replace("[database]\nurl = \"${SOURCE_DB_URL}\"\n", "");
-    std::fs::write(&policy, text).unwrap();
+    if !with.contains("keep_database") {
+        let text = std::fs::read_to_string(&policy)
+            .unwrap()
+            .replace("[database]\nurl = \"${SOURCE_DB_URL}\"\n", "");
+        std::fs::write(&policy, text).unwrap();
+    }
     App {
         env,
         etc,
@@ -426,4 +433,130 @@ fn bad_files_and_git_input_fails_before_the_backup_starts() {
         Some(0),
         "{list}"
     );
+}
+
+/// The fenced `sh` blocks of the runbook's full-disaster-recovery section, in order.
+fn disaster_recovery_blocks(runbook: &str) -> String {
+    let section = runbook
+        .split("\n## 3. Full disaster recovery")
+        .nth(1)
+        .expect("no full disaster recovery section")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let mut script = String::new();
+    for block in section.split("```sh\n").skip(1) {
+        script.push_str(block.split("\n```").next().unwrap());
+        script.push('\n');
+    }
+    script
+}
+
+#[test]
+fn the_runbook_recovers_everything_when_run_as_written() {
+    let docs = tempfile::tempdir().unwrap();
+    let a = app_with(
+        "",
+        &format!(
+            "\n[storage]\nkind = \"dir\"\npath = \"{}\"\nbuckets = [\"documents\"]\n\n[runbook]\nredeploy = \"\"\"\nsystemctl restart foodbiz-api\n\"\"\"\n# keep_database\n",
+            docs.path().display()
+        ),
+    );
+    let env = &a.env;
+    let files = common::documents::write_tree(docs.path());
+    common::documents::sync_rows(env, &files);
+    let (code, _, stderr) = run(env.backstop().args(["backup", "--policy"]).arg(&a.policy));
+    assert_eq!(code, 0, "{stderr}");
+
+    let out = env.dir.path().join("runbook.md");
+    let (code, _, stderr) = run(env
+        .backstop()
+        .args(["runbook", "--policy"])
+        .arg(&a.policy)
+        .arg("--out")
+        .arg(&out));
+    assert_eq!(code, 0, "{stderr}");
+    let runbook = std::fs::read_to_string(&out).unwrap();
+    for part in [
+        "## 1. The identity",
+        "## 2. Prerequisites",
+        "## 4. Rollback to an earlier point",
+        "## 5. Recovering one bucket object or one file",
+        "## 6. Dependency recovery",
+        "## 7. Confirming the recovery worked",
+        "## 8. The manual path, without backstop",
+        "## 9. Redeploy and rollback of the application",
+        "systemctl restart foodbiz-api",
+        "plpgsql",
+        &env.recipient,
+    ] {
+        assert!(
+            runbook.contains(part),
+            "the runbook lacks {part}:\n{runbook}"
+        );
+    }
+    let (code, html, _) = run(env
+        .backstop()
+        .args(["runbook", "--format", "html", "--policy"])
+        .arg(&a.policy));
+    assert_eq!(code, 0);
+    assert!(html.starts_with("<!doctype html>") && html.contains("<h2>3. Full disaster recovery"));
+
+    // Run the disaster recovery as written, on a fresh database and an empty directory, with
+    // only the variables the runbook names.
+    let script = disaster_recovery_blocks(&runbook);
+    let restore_dir = env.dir.path().join("new-host");
+    let bin_dir = assert_cmd::cargo::cargo_bin("backstop")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!(
+        "{}:{}:{}",
+        bin_dir.display(),
+        common::pg::bindir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let work = tempfile::tempdir().unwrap();
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(work.path())
+        .env_clear()
+        .env("PATH", path)
+        .env("HOME", work.path())
+        .env("BACKSTOP_IDENTITY", &env.identity)
+        .env("TARGET_DB_URL", env.scratch.url("recovered"))
+        .env("RESTORE_DIR", &restore_dir)
+        .env("SOURCE_DB_URL", env.source.url(common::FIXTURE_DB))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success(),
+        "the runbook failed as written:\n{script}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+    assert!(stdout.contains("rows without object: 0"), "{stdout}");
+    assert!(stdout.contains("objects without row: 0"), "{stdout}");
+
+    // Everything is back.
+    assert_eq!(
+        common::table_contents(&env.source, common::FIXTURE_DB),
+        common::table_contents(&env.scratch, "recovered")
+    );
+    let restored = common::documents::read_tree(&restore_dir.join("storage/documents"));
+    assert_eq!(restored.len(), files.len());
+    assert!(restored == files, "the documents differ");
+    assert_same_tree(
+        &a.etc,
+        &restore_dir
+            .join("files/config")
+            .join(a.etc.strip_prefix("/").unwrap()),
+    );
+    for (name, original) in [("api", &a.api), ("web", &a.web)] {
+        let clone = restore_dir.join("git").join(name);
+        assert_eq!(refs(&clone, "refs/heads"), refs(original, "refs/heads"));
+        assert_eq!(refs(&clone, "refs/tags"), refs(original, "refs/tags"));
+    }
 }

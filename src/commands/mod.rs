@@ -13,6 +13,7 @@ mod policy;
 mod prune;
 mod report;
 mod restore;
+mod runbook;
 mod snapshots;
 mod verify;
 
@@ -60,6 +61,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Check(args) => check::run(args, dir, &ctx).await,
         Command::Prune(args) => prune::run(args, dir, &ctx).await,
         Command::Report(args) => report::run(args, dir).await,
+        Command::Runbook(args) => runbook::run(args, dir).await,
         Command::Daemon(args) => daemon::run(args, dir).await,
         Command::Completions { shell } => docs::completions(shell),
         Command::Man { out } => docs::man(out.as_deref()),
@@ -156,20 +158,7 @@ pub fn print_json(value: &impl serde::Serialize) {
     }
 }
 
-pub fn human_bytes(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
-}
+pub use crate::util::human_bytes;
 
 /// The first SIGINT or SIGTERM cancels the run (it stops at its next safe point, writes its
 /// record, releases its lock and exits 130 or 143); a second one exits at once.

@@ -74,6 +74,7 @@ fn request(args: &RestoreArgs) -> Result<Request> {
         files,
         git_dir,
         force: args.force,
+        one_part: args.only.is_some(),
     })
 }
 

@@ -256,6 +256,8 @@ async fn backup(
             rows: figures.rows,
             bytes_plain: figures.bytes_plain,
             server_version: manifest.server_version.clone(),
+            extensions: manifest.extensions.clone(),
+            roles: manifest.roles.iter().map(|r| r.name.clone()).collect(),
         });
         out.db = Some(figures);
         database = Some(manifest);
@@ -436,6 +438,7 @@ async fn dump_database(
     let mut session = Session::begin(url).await?;
     let tables = session.tables(exclude_schemas).await?;
     let roles = session.roles().await?;
+    let extensions = session.extensions().await?;
     let storage_rows = if buckets.is_empty() {
         None
     } else {
@@ -520,6 +523,7 @@ async fn dump_database(
         tables: stats,
         roles,
         roles_sql,
+        extensions,
         bytea_output: Some(bytea_output),
         lc_monetary: Some(lc_monetary),
     };

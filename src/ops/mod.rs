@@ -19,6 +19,7 @@ pub mod load;
 pub mod prune;
 pub mod report;
 pub mod restore;
+pub mod runbook;
 pub mod verify;
 
 pub use context::{Bar, Cancel, Ctx, NoProgress, ProgressSink, Reason};

@@ -43,6 +43,8 @@ pub struct Request {
     pub git_dir: Option<PathBuf>,
     /// Replace a non-empty target database, and existing files.
     pub force: bool,
+    /// The request names one part (`--only`): no notes about the parts it leaves out.
+    pub one_part: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -192,7 +194,7 @@ async fn restore(
         figures.roles_created = roles;
         out.db = Some(figures);
         out.loading = false;
-    } else if manifest.storage.is_some() && req.storage.is_none() {
+    } else if manifest.storage.is_some() && req.storage.is_none() && !req.one_part {
         out.notes.push(
             "the snapshot's storage objects were not restored: pass --storage-dir DIR or --storage-to-source"
                 .into(),
@@ -294,11 +296,11 @@ async fn restore(
                 meta.id
             )))
         }
-        (None, Some(_)) => out.notes.push(
+        (None, Some(_)) if !req.one_part => out.notes.push(
             "the snapshot's files were not restored: pass --files-dir DIR or --files-to-source"
                 .into(),
         ),
-        (None, None) => {}
+        (None, _) => {}
     }
     match (&req.git_dir, &manifest.git) {
         (Some(dir), Some(gm)) => {
@@ -312,10 +314,10 @@ async fn restore(
                 meta.id
             )))
         }
-        (None, Some(_)) => out
+        (None, Some(_)) if !req.one_part => out
             .notes
             .push("the snapshot's git repositories were not restored: pass --git-dir DIR".into()),
-        (None, None) => {}
+        (None, _) => {}
     }
     Ok(())
 }

@@ -112,6 +112,12 @@ pub struct MetaDb {
     pub rows: u64,
     pub bytes_plain: u64,
     pub server_version: String,
+    /// `name version` of each extension the database has: what a new server must offer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extensions: Vec<String>,
+    /// The names of the roles its objects refer to: what a new cluster must have.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -246,6 +252,9 @@ pub struct DbManifest {
     pub roles: Vec<Role>,
     /// `pg_dumpall --roles-only --no-role-passwords`, for manual recovery.
     pub roles_sql: String,
+    /// `name version` of each extension.
+    #[serde(default)]
+    pub extensions: Vec<String>,
     /// The database's `bytea_output` when it was dumped: how bytea values read as COPY text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytea_output: Option<String>,

@@ -266,6 +266,18 @@ impl Session {
             .collect()
     }
 
+    /// The database's extensions as `name version`, sorted.
+    pub async fn extensions(&mut self) -> Result<Vec<String>> {
+        let rows =
+            sqlx::query("select extname::text || ' ' || extversion from pg_extension order by 1")
+                .fetch_all(&mut self.conn)
+                .await
+                .map_err(|e| db_error("listing extensions", e))?;
+        rows.iter()
+            .map(|r| column(r, 0, "pg_extension.extname"))
+            .collect()
+    }
+
     /// `bucket/name` of every `storage.objects` row of these buckets, in the snapshot; `None`
     /// when the database has no `storage.objects` table (not a Supabase database).
     pub async fn storage_object_names(

@@ -1,0 +1,19 @@
+use super::load_policy;
+use crate::cli::{RunbookArgs, RunbookFormat};
+use crate::error::Result;
+use std::path::Path;
+
+/// `backstop runbook`: prints the policy's recovery runbook, or writes it to `--out`.
+pub async fn run(args: RunbookArgs, dir: Option<&Path>) -> Result<()> {
+    let policy = load_policy(&args.policy, dir)?;
+    let text = crate::ops::runbook::run(&policy, args.format == RunbookFormat::Html).await?;
+    match &args.out {
+        Some(path) => {
+            let body = std::io::Cursor::new(text.into_bytes());
+            crate::localfs::write_file_atomically(path, body, true).await?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}

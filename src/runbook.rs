@@ -1,0 +1,612 @@
+//! `backstop runbook`: the recovery procedure of one policy, generated from the policy and the
+//! repository (the newest snapshot's meta.json and the last verify record; no identity), with
+//! the policy's real names in every command.
+//!
+//! Every command is a complete line. Secrets stay `${VAR}` references: the runbook names the
+//! variables to set, and embeds the policy file (which holds only `${VAR}`s for secrets; any
+//! literal value of a secret-bearing key is replaced by a `${...}` placeholder, and URL
+//! passwords are masked). The fenced `sh` blocks of "Full disaster recovery" run in order, as
+//! written, with `bash -euo pipefail`: a test does exactly that.
+
+use crate::error::Result;
+use crate::policy::{GitLocation, Location, Policy, StorageKind};
+use crate::repo::format::Meta;
+use crate::report::render::esc;
+use crate::util::format_duration;
+use std::fmt::Write;
+
+/// What the repository says, for the runbook's facts.
+#[derive(Debug, Default)]
+pub struct Facts {
+    pub newest: Option<Meta>,
+    pub snapshots: usize,
+    /// The last verify record, if any.
+    pub last_verify: Option<serde_json::Value>,
+}
+
+/// One block of the document, rendered as Markdown or HTML.
+enum Block {
+    Heading(u8, String),
+    Para(String),
+    List(Vec<String>),
+    Code(&'static str, String),
+}
+
+struct Doc(Vec<Block>);
+
+impl Doc {
+    fn h(&mut self, level: u8, t: impl Into<String>) {
+        self.0.push(Block::Heading(level, t.into()));
+    }
+    fn p(&mut self, t: impl Into<String>) {
+        self.0.push(Block::Para(t.into()));
+    }
+    fn list(&mut self, items: Vec<String>) {
+        self.0.push(Block::List(items));
+    }
+    fn sh(&mut self, t: impl Into<String>) {
+        self.0.push(Block::Code("sh", t.into()));
+    }
+    fn text(&mut self, t: impl Into<String>) {
+        self.0.push(Block::Code("text", t.into()));
+    }
+
+    fn markdown(&self) -> String {
+        let mut out = String::new();
+        for b in &self.0 {
+            match b {
+                Block::Heading(l, t) => {
+                    let _ = writeln!(out, "{} {t}\n", "#".repeat(*l as usize));
+                }
+                Block::Para(t) => {
+                    let _ = writeln!(out, "{t}\n");
+                }
+                Block::List(items) => {
+                    for i in items {
+                        let _ = writeln!(out, "- {i}");
+                    }
+                    out.push('\n');
+                }
+                Block::Code(lang, t) => {
+                    let _ = writeln!(out, "```{lang}\n{}\n```\n", t.trim_end());
+                }
+            }
+        }
+        out
+    }
+
+    fn html(&self, title: &str) -> String {
+        let inline = |t: &str| {
+            // `code` spans, the only inline markup the runbook uses.
+            let mut out = String::new();
+            for (i, part) in esc(t).split('`').enumerate() {
+                if i % 2 == 1 {
+                    let _ = write!(out, "<code>{part}</code>");
+                } else {
+                    out.push_str(part);
+                }
+            }
+            out
+        };
+        let mut out = format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>{CSS}</style></head><body>",
+            esc(title)
+        );
+        for b in &self.0 {
+            match b {
+                Block::Heading(l, t) => {
+                    let _ = write!(out, "<h{l}>{}</h{l}>", inline(t));
+                }
+                Block::Para(t) => {
+                    let _ = write!(out, "<p>{}</p>", inline(t));
+                }
+                Block::List(items) => {
+                    out.push_str("<ul>");
+                    for i in items {
+                        let _ = write!(out, "<li>{}</li>", inline(i));
+                    }
+                    out.push_str("</ul>");
+                }
+                Block::Code(lang, t) => {
+                    let _ = write!(
+                        out,
+                        "<pre><code class=\"language-{lang}\">{}</code></pre>",
+                        esc(t.trim_end())
+                    );
+                }
+            }
+        }
+        out.push_str("</body></html>\n");
+        out
+    }
+}
+
+const CSS: &str = "body{font:14px/1.5 system-ui,sans-serif;margin:24px auto;max-width:60em;color:#222}\
+pre{background:#f4f4f4;padding:8px;overflow-x:auto}code{font:13px ui-monospace,monospace}h2{margin-top:32px}";
+
+/// Keys whose literal values are secrets: replaced by a `${...}` placeholder in the runbook.
+const SECRET_KEYS: [&str; 9] = [
+    "key",
+    "secret_access_key",
+    "dedup_key",
+    "webhook",
+    "healthcheck",
+    "smtp_url",
+    "scratch_url",
+    "access_key_id",
+    "url",
+];
+
+/// The policy file as the runbook embeds it: literal secrets replaced, URL passwords masked.
+fn policy_text(policy: &Policy) -> String {
+    let text = std::fs::read_to_string(&policy.path).unwrap_or_default();
+    text.lines()
+        .map(|line| {
+            let Some((key, value)) = line.split_once('=') else {
+                return line.to_string();
+            };
+            let k = key.trim();
+            let v = value.trim();
+            let literal = v.starts_with('"') && !v.starts_with("\"${");
+            let secret = SECRET_KEYS.contains(&k) && (k != "url" || v.contains('@'));
+            if literal && secret {
+                format!(
+                    "{key}= \"${{{}}}\"",
+                    format!("{}_{}", policy.name, k)
+                        .to_uppercase()
+                        .replace('-', "_")
+                )
+            } else {
+                crate::util::mask_url(line)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Every `${NAME}` the policy file uses, in order of appearance.
+fn variables(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else { break };
+        let name = after[..end].to_string();
+        if !out.contains(&name) {
+            out.push(name);
+        }
+        rest = &after[end..];
+    }
+    out
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The runbook of `policy`, as Markdown (`html`: a standalone HTML page).
+pub fn render(policy: &Policy, facts: &Facts, html: bool) -> Result<String> {
+    let doc = build(policy, facts);
+    let title = format!("Recovery runbook: policy {}", policy.name);
+    Ok(if html {
+        doc.html(&title)
+    } else {
+        doc.markdown()
+    })
+}
+
+fn build(policy: &Policy, facts: &Facts) -> Doc {
+    let mut d = Doc(Vec::new());
+    let name = &policy.name;
+    let p = "\"$RESTORE_DIR/policy.toml\"";
+    let embedded = policy_text(policy);
+    let vars = variables(&embedded);
+    d.h(1, format!("Recovery runbook: policy `{name}`"));
+    d.p(format!(
+        "Generated by backstop {} on {} from the policy file `{}` and its repository `{}`. Regenerate it after each change of the policy: `backstop runbook --policy {} --out runbook.md`.",
+        env!("CARGO_PKG_VERSION"),
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        policy.path.display(),
+        crate::util::mask_url(&policy.repository.url),
+        policy.path.display()
+    ));
+
+    // Facts.
+    d.h(2, "Objectives and facts");
+    let mut facts_list = vec![
+        format!(
+            "RPO {} (a recovery point at least this recent must exist), RTO {} (a restore must take at most this long), retention {}.",
+            format_duration(policy.objectives.rpo),
+            format_duration(policy.objectives.rto),
+            format_duration(policy.objectives.retention)
+        ),
+        format!("Snapshots in the repository: {}.", facts.snapshots),
+    ];
+    if let Some(s) = &policy.schedule {
+        let cron = |c: &Option<crate::schedule::Cron>| {
+            c.as_ref()
+                .map_or("not scheduled".to_string(), |c| format!("`{}`", c.text))
+        };
+        facts_list.push(format!(
+            "Schedule ({}): backup {}, verify {}, prune {}.",
+            s.timezone,
+            cron(&s.backup),
+            cron(&s.verify),
+            cron(&s.prune)
+        ));
+    }
+    match &facts.newest {
+        Some(m) => {
+            facts_list.push(format!(
+                "Newest snapshot `{}`, consistent at {}, {} referenced in the repository.",
+                m.id,
+                m.consistent_at.to_rfc3339(),
+                crate::util::human_bytes(m.bytes_referenced)
+            ));
+            if let Some(db) = &m.db {
+                facts_list.push(format!(
+                    "Database: PostgreSQL {}, {} tables, {} rows, a {} dump.",
+                    db.server_version,
+                    db.tables,
+                    db.rows,
+                    crate::util::human_bytes(db.bytes_plain)
+                ));
+            }
+            if let Some(st) = &m.storage {
+                facts_list.push(format!(
+                    "Storage: {} objects, {}.",
+                    st.objects,
+                    crate::util::human_bytes(st.bytes_plain)
+                ));
+            }
+            if let Some(f) = &m.files {
+                facts_list.push(format!("Files: {} in {} sets, {}.", f.files, f.sets, crate::util::human_bytes(f.bytes_plain)));
+            }
+            if let Some(g) = &m.git {
+                for r in &g.repositories {
+                    facts_list.push(format!(
+                        "Git `{}`: HEAD at `{}`, {} refs.",
+                        r.name,
+                        r.head.as_deref().unwrap_or("none"),
+                        r.refs
+                    ));
+                }
+            }
+        }
+        None => facts_list.push("No snapshot yet: run `backstop backup` first; the figures below appear once one exists.".into()),
+    }
+    match facts.last_verify.as_ref() {
+        Some(v) => facts_list.push(format!(
+            "Expected restore time: {:.0} s, measured by the last verify at {} ({}); the RTO is {}.",
+            v["restore_s"].as_f64().unwrap_or(0.0),
+            v["finished_at"].as_str().unwrap_or("?"),
+            if v["ok"] == true { "verified" } else { "it FAILED: see its record under runs/" },
+            format_duration(policy.objectives.rto)
+        )),
+        None => facts_list.push("No verify has run yet, so the restore time is not known: run `backstop verify` on a host with the identity.".into()),
+    }
+    d.list(facts_list);
+
+    // 1. Identity.
+    d.h(2, "1. The identity");
+    d.p(format!(
+        "Every snapshot is encrypted to these age public keys: {}. The matching private identity file is deliberately not on the backup host. Whoever holds it (the on-call lead's password manager, the offline copy in the safe) must hand it over first; a restore cannot start without it. Save it as a file readable only by you and point `BACKSTOP_IDENTITY` at it.",
+        policy.recipients.iter().map(|r| format!("`{r}`")).collect::<Vec<_>>().join(", ")
+    ));
+    d.text("chmod 600 /secure/backstop-identity.txt\nexport BACKSTOP_IDENTITY=/secure/backstop-identity.txt");
+
+    // 2. Prerequisites.
+    d.h(2, "2. Prerequisites");
+    let major = facts
+        .newest
+        .as_ref()
+        .and_then(|m| m.db.as_ref())
+        .and_then(|db| {
+            db.server_version
+                .split(['.', ' '])
+                .next()
+                .map(str::to_string)
+        });
+    let mut prereq = vec![format!(
+        "backstop {} (`cargo install --path . --locked` from its source, or the release binary), on `PATH`.",
+        env!("CARGO_PKG_VERSION")
+    )];
+    if policy.database.is_some() {
+        prereq.push(format!(
+            "PostgreSQL client tools (`pg_restore`, `psql`) of major version {} or newer, and a target server of that version: `apt-get install postgresql-client-{}`.",
+            major.as_deref().unwrap_or("(the source's)"),
+            major.as_deref().unwrap_or("NN")
+        ));
+    }
+    if !policy.git.is_empty() {
+        prereq.push("git (`apt-get install git`).".into());
+    }
+    prereq.push(
+        "For the manual path only: `age`, `zstd` and `jq` (`apt-get install age zstd jq`).".into(),
+    );
+    match &policy.repository.location {
+        Location::Dir(dir) => prereq.push(format!(
+            "The repository directory `{}` on this host: if the old host is gone, copy it back from its offsite copy to the same path first.",
+            dir.display()
+        )),
+        Location::S3 { bucket, prefix } => prereq.push(format!(
+            "Network access to the bucket `{bucket}` (prefix `{prefix}`) and read credentials for it."
+        )),
+    }
+    prereq.push(format!(
+        "These environment variables, which the policy refers to: {}.",
+        vars.iter()
+            .map(|v| format!("`{v}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    d.list(prereq);
+
+    // 3. Full disaster recovery.
+    d.h(2, "3. Full disaster recovery on a new host");
+    d.p("Run the blocks below in order, in one shell (`bash`), after setting the variables of step 3.1. `TARGET_DB_URL` names the new, empty database; `RESTORE_DIR` an empty directory where documents, files and code are written for inspection before they go live.");
+    d.h(3, "3.1 Environment");
+    let mut env_block =
+        String::from(": \"${BACKSTOP_IDENTITY:?set it to the identity file (section 1)}\"\n");
+    if policy.database.is_some() {
+        env_block.push_str(": \"${TARGET_DB_URL:?set it to the new database, e.g. postgres://postgres:PASSWORD@new-host:5432/postgres}\"\n");
+    }
+    env_block.push_str(": \"${RESTORE_DIR:?set it to an empty directory}\"\n");
+    for v in &vars {
+        let _ = writeln!(env_block, ": \"${{{v}:?the policy needs {v}}}\"");
+    }
+    env_block.push_str("backstop --version\nmkdir -p \"$RESTORE_DIR\"");
+    d.sh(env_block);
+    d.h(3, "3.2 The policy and the repository");
+    d.p("The policy file, as it was when this runbook was made (secrets are `${VAR}` references):");
+    d.sh(format!(
+        "cat > {p} <<'BACKSTOP_POLICY'\n{embedded}\nBACKSTOP_POLICY\nbackstop policy validate {p}\nbackstop snapshots --policy {p}"
+    ));
+    if let Some(db) = facts.newest.as_ref().and(policy.database.as_ref()) {
+        let _ = db;
+        d.h(3, "3.3 Database");
+        let mut text = format!(
+            "The newest snapshot's database goes into `TARGET_DB_URL` (created if missing; it must be empty). Roles it refers to are created first (without passwords: set them afterwards){}.",
+            facts
+                .newest
+                .as_ref()
+                .and_then(|m| m.db.as_ref())
+                .filter(|db| !db.roles.is_empty())
+                .map(|db| format!(": {}", db.roles.join(", ")))
+                .unwrap_or_default()
+        );
+        text.push_str(" To restore an earlier point instead, see section 4.");
+        d.p(text);
+        d.sh(format!(
+            "backstop restore --policy {p} --only db --db-url \"$TARGET_DB_URL\""
+        ));
+    }
+    if let (Some(st), Some(_)) = (&policy.storage, &facts.newest) {
+        d.h(3, "3.4 Buckets, and their consistency with storage.objects");
+        let dest = match st.kind {
+            StorageKind::Dir => "their directory",
+            StorageKind::S3 => "the S3 source",
+            StorageKind::Supabase => "the new Supabase project",
+        };
+        d.p(format!(
+            "The objects of {} are written under `$RESTORE_DIR/storage/<bucket>/<name>` (names that are not safe paths are mapped and listed in `restore-names.tsv`). To put them back into {dest} directly, run the same command with `--storage-to-source` instead of `--storage-dir` once the policy's `[storage]` points there.",
+            st.buckets.iter().map(|b| format!("`{b}`")).collect::<Vec<_>>().join(", ")
+        ));
+        let mut block = format!(
+            "backstop restore --policy {p} --only storage --storage-dir \"$RESTORE_DIR/storage\""
+        );
+        if policy.database.is_some() {
+            let buckets = st
+                .buckets
+                .iter()
+                .map(|b| format!("'{}'", b.replace('\'', "''")))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "select bucket_id || '/' || name from storage.objects where bucket_id in ({buckets})"
+            );
+            let _ = write!(
+                block,
+                "\n# Every storage.objects row should have its object, and every object its row.\n\
+                 psql -X \"$TARGET_DB_URL\" -Atc {} | LC_ALL=C sort > \"$RESTORE_DIR/objects-in-db.txt\"\n\
+                 (cd \"$RESTORE_DIR/storage\" && find . -type f ! -name restore-names.tsv | sed 's|^\\./||' | LC_ALL=C sort) > \"$RESTORE_DIR/objects-restored.txt\"\n\
+                 echo \"rows without object: $(LC_ALL=C comm -23 \"$RESTORE_DIR/objects-in-db.txt\" \"$RESTORE_DIR/objects-restored.txt\" | wc -l)\"\n\
+                 echo \"objects without row: $(LC_ALL=C comm -13 \"$RESTORE_DIR/objects-in-db.txt\" \"$RESTORE_DIR/objects-restored.txt\" | wc -l)\"",
+                shell_quote(&sql)
+            );
+            d.p("A row without its object breaks a download in the app, an object without a row is invisible to it. The backup recorded the mismatches it saw (its record's `storage.mismatches`); any others mean the restore is incomplete.");
+        }
+        d.sh(block);
+    }
+    if !policy.files.is_empty() && facts.newest.is_some() {
+        d.h(3, "3.5 Configuration files");
+        d.p(format!(
+            "The sets {} are written under `$RESTORE_DIR/files/<set>/<original path>` with their modes and mtimes (and owners, as root). Review them, then put them in place with `backstop restore --policy {p} --only files --files-to-source` (it refuses to replace an existing file without `--force`).",
+            policy.files.iter().map(|f| format!("`{}` ({})", f.name, f.paths.join(", "))).collect::<Vec<_>>().join(", ")
+        ));
+        d.sh(format!(
+            "backstop restore --policy {p} --only files --files-dir \"$RESTORE_DIR/files\""
+        ));
+    }
+    if !policy.git.is_empty() && facts.newest.is_some() {
+        d.h(3, "3.6 Code");
+        d.p("Each repository is cloned from its bundle into `$RESTORE_DIR/git/<name>`, every branch and tag at its recorded commit, `origin` pointing where it came from; the bundle stays beside it.");
+        d.sh(format!(
+            "backstop restore --policy {p} --only git --git-dir \"$RESTORE_DIR/git\""
+        ));
+    }
+    if let Some(m) = &facts.newest {
+        d.h(3, "3.7 Checks");
+        let mut block = String::new();
+        if let (Some(db), Some(_)) = (&m.db, &policy.database) {
+            let _ = write!(
+                block,
+                "tables=$(psql -X \"$TARGET_DB_URL\" -Atc \"select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.relkind in ('r', 'p') and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg_toast%'\")\n\
+                 echo \"tables restored: $tables (the snapshot holds {})\"\n",
+                db.tables
+            );
+        }
+        if let Some(g) = &m.git {
+            for r in &g.repositories {
+                if let Some(head) = &r.head {
+                    let _ = writeln!(
+                        block,
+                        "test \"$(git -C \"$RESTORE_DIR/git/{}\" rev-parse HEAD)\" = {}",
+                        r.name,
+                        shell_quote(head)
+                    );
+                }
+            }
+        }
+        block.push_str("echo \"recovery steps done: continue with section 7, then section 9\"");
+        d.sh(block);
+    }
+
+    // 4. Rollback.
+    d.h(2, "4. Rollback to an earlier point");
+    d.p("List the recovery points, then restore the newest one before a time (RFC 3339, `YYYY-MM-DD HH:MM` in UTC, or a date) into a new database, check it, and switch the application over. `--force` replaces a non-empty target: never point it at the live database by mistake.");
+    d.text(format!(
+        "backstop snapshots --policy {}\nbackstop restore --policy {} --before \"2026-01-31 03:00\" --db-url \"$TARGET_DB_URL\"",
+        policy.path.display(),
+        policy.path.display()
+    ));
+
+    // 5. One object or one file.
+    d.h(2, "5. Recovering one bucket object or one file");
+    d.p("Restore the part into a scratch directory and copy out what is needed; nothing else is touched.");
+    let mut one = String::new();
+    if let Some(st) = &policy.storage {
+        let b = st.buckets.first().cloned().unwrap_or_default();
+        let _ = writeln!(
+            one,
+            "backstop restore --policy {} --only storage --storage-dir /tmp/restore-storage\ncp /tmp/restore-storage/{b}/PATH/OF/OBJECT ./",
+            policy.path.display()
+        );
+    }
+    if let Some(f) = policy.files.first() {
+        let _ = writeln!(
+            one,
+            "backstop restore --policy {} --only files --files-dir /tmp/restore-files\nls /tmp/restore-files/{}/",
+            policy.path.display(),
+            f.name
+        );
+    }
+    if one.is_empty() {
+        one.push_str("(this policy backs up neither storage nor files)");
+    }
+    d.text(one);
+
+    // 6. Dependencies.
+    d.h(2, "6. Dependency recovery: PostgreSQL, extensions, roles");
+    match facts.newest.as_ref().and_then(|m| m.db.as_ref()) {
+        Some(db) => {
+            d.p(format!(
+                "The source ran PostgreSQL {}. The target server needs that major version or newer, and these extensions available (Supabase-only ones such as `pg_graphql` or `supabase_vault` exist only on Supabase; elsewhere they fail to create and the tables that need them are reported): {}.",
+                db.server_version,
+                if db.extensions.is_empty() { "none recorded".into() } else { db.extensions.join(", ") }
+            ));
+            d.p(format!(
+                "Roles the database refers to (backstop creates missing ones without login and without password; give them passwords and grants as before): {}.",
+                if db.roles.is_empty() { "none recorded".into() } else { db.roles.join(", ") }
+            ));
+        }
+        None => d.p("No database snapshot yet: the PostgreSQL version, extensions and roles appear here after the first backup."),
+    }
+    if let Some(db) = &policy.database {
+        let _ = db;
+        d.p("The roles with every attribute and membership are in the manifest as `database.roles_sql` (`pg_dumpall --roles-only --no-role-passwords`); see section 8 for how to read it.");
+    }
+
+    // 7. Confirm.
+    d.h(2, "7. Confirming the recovery worked");
+    d.list(vec![
+        format!(
+            "Prove the snapshot itself: `backstop verify --policy {} --scratch-url \"$SCRATCH_DB_URL\"` restores it into a temporary database, compares every table's rows and checksum with the backup's, reads documents, files and bundles back, and times the restore against the RTO.",
+            policy.path.display()
+        ),
+        "Compare the restored database's row counts with the snapshot's (`backstop snapshots --json`), run the application's smoke tests, open a few documents through the application.".into(),
+        format!(
+            "Run `backstop check --policy {} --read-data` to prove every stored byte of the repository is intact.",
+            policy.path.display()
+        ),
+    ]);
+
+    // 8. Manual path.
+    d.h(2, "8. The manual path, without backstop");
+    let repo_dir = match &policy.repository.location {
+        Location::Dir(dir) => format!("REPO={}", shell_quote(&dir.display().to_string())),
+        Location::S3 { bucket, prefix } => format!(
+            "aws s3 sync s3://{bucket}/{prefix} ./repo   # with the repository's read credentials\nREPO=./repo"
+        ),
+    };
+    d.p("If backstop itself cannot run, the repository is readable with standard tools (`age`, `zstd`, `jq`, `pg_restore`, `psql`):");
+    d.text(format!(
+        "{repo_dir}\nPOLICY={}\nKEY=\"$BACKSTOP_IDENTITY\"\nDB_URL=\"$TARGET_DB_URL\"\n{}",
+        shell_quote(name),
+        manual_recipe()
+    ));
+
+    // 9. Application.
+    d.h(2, "9. Redeploy and rollback of the application");
+    match &policy.runbook.redeploy {
+        Some(r) => {
+            d.p("Redeploy (from the policy's `[runbook] redeploy`):");
+            d.text(r.trim().to_string());
+        }
+        None => d.p("Fill in the application's redeploy commands in the policy's `[runbook] redeploy = \"\"\"...\"\"\"` (build, migrate, restart, health check) and generate this runbook again."),
+    }
+    match &policy.runbook.rollback {
+        Some(r) => {
+            d.p("Rollback (from the policy's `[runbook] rollback`):");
+            d.text(r.trim().to_string());
+        }
+        None => d.p("Fill in the application's rollback commands in the policy's `[runbook] rollback = \"\"\"...\"\"\"` (the previous release, and the database point of section 4 if a migration must be undone)."),
+    }
+    if !policy.git.is_empty() {
+        d.p(format!(
+            "The code of each release is in the restored repositories ({}): `git -C \"$RESTORE_DIR/git/NAME\" checkout TAG` gives the tree to build.",
+            policy.git.iter().map(|g| match &g.location {
+                GitLocation::Local(p) => format!("`{}` from {}", g.name, p.display()),
+                GitLocation::Url(u) => format!("`{}` from {u}", g.name),
+            }).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    d
+}
+
+/// The README's tested manual-recovery recipe, from between its markers.
+fn manual_recipe() -> String {
+    const README: &str = include_str!("../README.md");
+    README
+        .split("<!-- recipe:begin -->")
+        .nth(1)
+        .and_then(|r| r.split("<!-- recipe:end -->").next())
+        .map(|r| {
+            r.trim()
+                .trim_start_matches("```bash")
+                .trim_end_matches("```")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variables_are_found_once_in_order() {
+        assert_eq!(
+            variables("a = \"${A}\"\nb = \"${B}x${A}\""),
+            vec!["A".to_string(), "B".to_string()]
+        );
+    }
+
+    #[test]
+    fn the_manual_recipe_comes_from_the_readme() {
+        let r = manual_recipe();
+        assert!(r.contains("age -d -i \"$KEY\""), "{r}");
+        assert!(!r.contains("```"));
+    }
+}
