@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # The main job end to end on the embedded default: a throwaway local PostgreSQL holding a
 # Supabase-shaped sample database, a local-directory repository, then keygen, init, two
-# backups of the database and a documents bucket (the second deduplicated), the snapshot list,
+# backups of the database, a documents bucket, configuration files and a Git repository (the
+# second deduplicated), the snapshot list,
 # prune (a dry run, then one snapshot erased on purpose), the compliance report, verify (a restore into a temporary
 # database, compared table by table, timed against the RTO), check, and a restore into a new
-# database whose every table is compared with the original. Everything lives in a temporary directory
+# database whose every table is compared with the original (documents, files and code too),
+# and the generated recovery runbook. Everything lives in a temporary directory
 # that is removed at the end (KEEP=1 keeps it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
-ensure_deps jq runuser
+ensure_deps jq runuser git
 . scripts/pg.sh
 
 cargo build --release --quiet
@@ -48,6 +50,22 @@ first=$(find "$WORK/docs/documents" -type f | sort | head -1)
 head -c 3000000 /dev/urandom >"$first"
 find "$WORK/docs" -type f | wc -l | xargs echo "files:"
 
+step "the application: configuration files (one a 0600 secret, one a link) and its Git repository"
+export BACKSTOP_DEMO_CONFIG="$WORK/etc/foodbiz" BACKSTOP_DEMO_GIT="$WORK/srv/api"
+mkdir -p "$BACKSTOP_DEMO_CONFIG/conf.d" "$BACKSTOP_DEMO_GIT"
+printf 'workers: 4\nlog_level: info\n' >"$BACKSTOP_DEMO_CONFIG/app.yaml"
+printf 'OPENAI_API_KEY=sk-demo\n' >"$BACKSTOP_DEMO_CONFIG/secret.env"; chmod 600 "$BACKSTOP_DEMO_CONFIG/secret.env"
+printf 'limit 100\n' >"$BACKSTOP_DEMO_CONFIG/conf.d/limits.conf"
+ln -s app.yaml "$BACKSTOP_DEMO_CONFIG/current.yaml"
+echo scratch >"$BACKSTOP_DEMO_CONFIG/session.tmp"
+g() { git -C "$BACKSTOP_DEMO_GIT" -c user.name=demo -c user.email=demo@example.com "$@"; }
+g init -q -b main
+printf 'from fastapi import FastAPI\napp = FastAPI()\n' >"$BACKSTOP_DEMO_GIT/main.py"
+g add . && g commit -q -m "first release" && g tag v1.0
+g checkout -q -b feature/chatbot && echo "# chatbot" >"$BACKSTOP_DEMO_GIT/chat.py" && g add . && g commit -q -m chatbot
+g checkout -q main
+g for-each-ref --format='  %(refname) %(objectname:short)'
+
 step "backstop keygen (the identity stays with the operator; the policy holds its public key)"
 BACKSTOP_DEMO_RECIPIENT=$("$BIN" keygen --out "$WORK/identity.txt")
 export BACKSTOP_DEMO_RECIPIENT
@@ -60,18 +78,18 @@ step "backstop init --policy local"
 "$BIN" init --policy local
 
 step "backstop backup --policy local"
-"$BIN" backup --policy local --json | jq -c '{ok, snapshot_id, consistent_at, duration_s, db, storage: (.storage | {objects, bytes_plain, bytes_stored})}'
+"$BIN" backup --policy local --json | jq -c '{ok, snapshot_id, consistent_at, duration_s, db, storage: (.storage | {objects, bytes_plain, bytes_stored}), files, git}'
 FIRST=$(ls "$BACKSTOP_DEMO_REPO/snapshots/local")
 
 step "a second backup of the unchanged database stores almost nothing new"
-"$BIN" backup --policy local --json | jq -c '{ok, snapshot_id, duration_s, db, storage: (.storage | {objects, objects_reused, bytes_stored})}'
+"$BIN" backup --policy local --json | jq -c '{ok, snapshot_id, duration_s, db, storage: (.storage | {objects, objects_reused, bytes_stored}), files: (.files | {files, bytes_stored}), git: (.git | {bytes_stored})}'
 
 step "backstop snapshots --policy local"
 "$BIN" snapshots --policy local
 
 step "backstop verify --policy local (restore into a temporary database, compare, time it)"
 "$BIN" verify --policy local --identity "$WORK/identity.txt" --json \
-  | jq -c '{ok, snapshot_id, restore_s, rto_s, rto_met, tables: (.tables | length), all_tables_equal: ([.tables[].checksum_ok] | all), queries, problems}'
+  | jq -c '{ok, snapshot_id, restore_s, rto_s, rto_met, tables: (.tables | length), all_tables_equal: ([.tables[].checksum_ok] | all), files_checked, git_checked, queries, problems}'
 
 step "backstop check --policy local --read-data (the stored bytes, without the key)"
 "$BIN" check --policy local --read-data
@@ -105,9 +123,14 @@ if "$BIN" init --policy local 2>&1; then echo "init wrote a new salt over old sn
 step "backstop restore --policy local --snapshot latest into a new database"
 RESTORED="postgres://postgres:$PASSWORD@127.0.0.1:$PG_PORT/shop_restored"
 "$BIN" restore --policy local --identity "$WORK/identity.txt" --db-url "$RESTORED" \
-  --storage-dir "$WORK/restored-docs" --json \
-  | jq -c '{ok, snapshot_id, duration_s, target, db, storage}'
+  --storage-dir "$WORK/restored-docs" --files-dir "$WORK/restored-files" --git-dir "$WORK/restored-git" --json \
+  | jq -c '{ok, snapshot_id, duration_s, target, db, storage, files, git}'
 diff -r "$WORK/docs/documents" "$WORK/restored-docs/documents" && echo "restored documents equal the originals"
+diff -r --exclude='*.tmp' "$BACKSTOP_DEMO_CONFIG" "$WORK/restored-files/config$BACKSTOP_DEMO_CONFIG" \
+  && stat -c '%a %n' "$WORK/restored-files/config$BACKSTOP_DEMO_CONFIG/secret.env" \
+  && echo "restored configuration equals the original (modes kept, *.tmp excluded)"
+[ "$(g for-each-ref)" = "$(git -C "$WORK/restored-git/api" for-each-ref refs/heads refs/tags)" ] \
+  && echo "restored repository has every branch and tag at its commit"
 
 step "compare every table of the original and the restored database"
 q="select format('%I.%I', schemaname, relname) from pg_stat_user_tables order by 1"
@@ -119,3 +142,8 @@ while read -r t; do
   else printf '  %-40s DIFFERS: %s vs %s\n' "$t" "$a" "$b"; diff_found=1; fi
 done < <(psql -d shop -At -c "$q")
 [ "$diff_found" = 0 ] && echo "restored database equals the original" || { echo "restore differs"; exit 1; }
+
+step "backstop runbook --policy local (the recovery procedure, with this policy's names and facts)"
+"$BIN" runbook --policy local --out "$WORK/runbook.md"
+grep '^##' "$WORK/runbook.md"
+sed -n '/^## 3. Full disaster recovery/,/^### 3.3/p' "$WORK/runbook.md" | head -12

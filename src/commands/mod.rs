@@ -150,6 +150,19 @@ pub fn result_of(error: Option<Error>) -> Result<()> {
     }
 }
 
+/// A generated document: written atomically to `out` (and said so on stderr), or printed.
+pub async fn emit(text: String, out: Option<&Path>) -> Result<()> {
+    match out {
+        Some(path) => {
+            let body = std::io::Cursor::new(text.into_bytes());
+            crate::localfs::write_file_atomically(path, body, true).await?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
 /// Prints the one JSON document of `--json` on stdout.
 pub fn print_json(value: &impl serde::Serialize) {
     match serde_json::to_string_pretty(value) {

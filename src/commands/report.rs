@@ -67,14 +67,7 @@ pub async fn run(args: ReportArgs, dir: Option<&Path>) -> Result<()> {
         ReportFormat::Html => render::html(&report),
         ReportFormat::Json => serde_json::to_string_pretty(&report).unwrap_or_default() + "\n",
     };
-    match &args.out {
-        Some(path) => {
-            let body = std::io::Cursor::new(text.into_bytes());
-            crate::localfs::write_file_atomically(path, body, true).await?;
-            eprintln!("wrote {}", path.display());
-        }
-        None => print!("{text}"),
-    }
+    super::emit(text, args.out.as_deref()).await?;
     if report.compliant {
         Ok(())
     } else {

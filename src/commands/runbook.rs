@@ -7,13 +7,6 @@ use std::path::Path;
 pub async fn run(args: RunbookArgs, dir: Option<&Path>) -> Result<()> {
     let policy = load_policy(&args.policy, dir)?;
     let text = crate::ops::runbook::run(&policy, args.format == RunbookFormat::Html).await?;
-    match &args.out {
-        Some(path) => {
-            let body = std::io::Cursor::new(text.into_bytes());
-            crate::localfs::write_file_atomically(path, body, true).await?;
-            eprintln!("wrote {}", path.display());
-        }
-        None => print!("{text}"),
-    }
+    super::emit(text, args.out.as_deref()).await?;
     Ok(())
 }

@@ -199,6 +199,10 @@ pub struct Restored {
     /// Regular files (directories and links are restored too, not counted).
     pub files: u64,
     pub bytes: u64,
+    /// The same bytes, under the name backup records use (DESIGN.md's `files` section).
+    pub bytes_plain: u64,
+    /// What this run wrote to the store: nothing, for a restore.
+    pub bytes_stored: u64,
     /// Entries that could not be restored, each with why; the others were.
     pub failed: Vec<String>,
 }
@@ -316,6 +320,7 @@ pub async fn restore(
             None => {
                 done.files += 1;
                 done.bytes += e.size;
+                done.bytes_plain += e.size;
             }
             Some(why) => done.failed.push(why),
         }

@@ -129,6 +129,10 @@ async fn write_bundle(
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Restored {
     pub repositories: Vec<GitSummary>,
+    /// Bytes of the bundles written.
+    pub bytes_plain: u64,
+    /// What this run wrote to the store: nothing, for a restore.
+    pub bytes_stored: u64,
 }
 
 /// Restores each bundle as `DIR/<name>.bundle` and clones it into `DIR/<name>`, every ref of
@@ -161,6 +165,7 @@ pub async fn restore(
         }
         git::clone_bundle(&bundle, &dest, &b.source).await?;
         done.repositories.push(summary(b));
+        done.bytes_plain += b.bundle.bytes;
     }
     Ok(done)
 }
