@@ -1,52 +1,81 @@
 #!/usr/bin/env bash
-# Benchmark: backstop against the tools an operator would otherwise cron, on a generated
-# database of about 1 GB (pgbench, SCALE=68 by default), in a throwaway local cluster.
+# Benchmark: backstop against the tools an operator would otherwise use, in a throwaway local
+# cluster, on data shaped like a real app.
 #
-# Baselines it names and divides by:
-#   backup:  pg_dump -Fc -Z0 > /dev/null              (the floor: reading the data out)
-#   restore: pg_restore -j2 from a local, unencrypted dump file
-# also shown: the shell pipeline pg_dump -Fc -Z0 | zstd -3 | age -r KEY > FILE, and a
-# single-job pg_restore. Each case runs RUNS times (default 3); the median time is printed
-# with the peak RSS (GNU time's %M, largest process of the case). Targets that later work is
-# held to: backup <= 1.1x pg_dump, restore <= 1.0x pg_restore -j2, backstop peak RSS <= 128 MiB.
-# The documents case backs up a generated tree of 2,000 files / ~500 MB (a directory source),
-# then again after 1% of the files changed, next to `restic backup` of the same tree when restic
-# is installed (apt-get install restic).
-# The metadata cases, prune and report (scripts/bench-metadata.sh), run last;
-# `CASES=metadata` runs them alone.
+# DATASET=app (default): scripts/bench-app.sql, a Supabase-shaped database of about 1 GB
+#   (SCALE=1; auth, storage and public schemas, 24 tables of very different sizes, btree, gin
+#   and partial indexes, foreign keys, text, jsonb, timestamptz, bytea a quarter random), and a
+#   documents bucket of 1,500 files, about 400 MB, two thirds of the bytes incompressible.
+# DATASET=pgbench: pgbench at SCALE (default 68), one big table that compresses 70:1.
+#
+# Each of ROUNDS rounds (default 3) runs every case once, in alternating order, and divides
+# each case by its baseline measured in the same round:
+#   backstop backup (new repository)      / pg_dump -Fc -Z0 -f FILE
+#   backstop backup (new repository)      / pg_dump -Fc -Z0 | zstd -3 -T0 | age -r KEY | tee >(sha256sum) > FILE
+#   backstop backup (unchanged)           / pg_dump -Fc -Z0 -f FILE
+#   backstop restore (empty database)     / pg_restore -j2 from a local file
+#   backstop backup of the documents      / restic backup       (apt-get install restic)
+#   backstop restore of the documents     / restic restore
+# It prints each round's times, peak RSS (GNU time's %M) and ratios, then the medians of the
+# ratios. Targets (issue 15): backup <= 1.1x pg_dump and <= 1.0x the pipeline, unchanged
+# backup <= 1.0x pg_dump, restore <= 1.0x pg_restore -j2, documents <= 1.0x restic, peak RSS
+# <= 128 MiB. `CASES=metadata` runs the prune and report cases (scripts/bench-metadata.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${CASES:-all}" in metadata | prune | report) exec bash scripts/bench-metadata.sh ;; esac
 . scripts/deps.sh
-ensure_deps age zstd jq runuser time curl
-ensure_moto
+ensure_deps age zstd jq runuser time restic
 . scripts/pg.sh
 
-SCALE=${SCALE:-68}
-RUNS=${RUNS:-3}
+DATASET=${DATASET:-app}
+ROUNDS=${ROUNDS:-3}
 cargo build --release --quiet
 BIN=$PWD/target/release/backstop
 WORK=$(mktemp -d /var/tmp/backstop-bench.XXXXXX)
 chmod 755 "$WORK"
-MOTO_PID=
-cleanup() {
-  [ -n "$MOTO_PID" ] && kill "$MOTO_PID" 2>/dev/null
-  pg_stop "$WORK/pg"; rm -rf "$WORK"
-}
+cleanup() { pg_stop "$WORK/pg"; rm -rf "$WORK"; }
 trap cleanup EXIT
 
 PASSWORD=bench-$RANDOM
-PG_EXTRA_OPTS="-c shared_buffers=256MB -c max_wal_size=8GB -c checkpoint_timeout=30min"
+PG_EXTRA_OPTS="-c shared_buffers=256MB -c max_wal_size=8GB -c checkpoint_timeout=30min -c maintenance_work_mem=256MB"
 pg_start "$WORK/pg" "$PASSWORD"
 export PGPASSWORD=$PASSWORD PGHOST=127.0.0.1 PGPORT=$PG_PORT PGUSER=postgres
-echo "generating the database (pgbench scale $SCALE) ..." >&2
 psql -X -q -c "create database bench"
-"$PG_BIN/pgbench" -i -q -s "$SCALE" bench >/dev/null 2>&1
+DOCS=1500
+t0=$(date +%s)
+if [ "$DATASET" = pgbench ]; then
+  SCALE=${SCALE:-68}
+  echo "generating the database (pgbench scale $SCALE) ..." >&2
+  "$PG_BIN/pgbench" -i -q -s "$SCALE" bench >/dev/null 2>&1
+else
+  SCALE=${SCALE:-1}
+  echo "generating the app-shaped database (scale $SCALE) ..." >&2
+  psql -X -q -d bench -v scale="$SCALE" -v docs="$DOCS" -f scripts/bench-app.sql >/dev/null
+fi
+echo "  generated in $(( $(date +%s) - t0 ))s" >&2
 SIZE=$(psql -X -At -d bench -c "select pg_size_pretty(pg_database_size('bench'))")
+TABLES=$(psql -X -At -d bench -c "select count(*) from pg_stat_user_tables")
 DB_URL="postgres://postgres:$PASSWORD@127.0.0.1:$PG_PORT/bench"
-"$BIN" keygen --out "$WORK/key.txt" > "$WORK/recipient"
+"$BIN" keygen --out "$WORK/key.txt" > "$WORK/recipient" 2>/dev/null
 RECIPIENT=$(cat "$WORK/recipient")
-"$PG_BIN/pg_dump" -Fc -Z0 -d bench > /dev/null   # warm the cache
+
+echo "generating the documents ($DOCS files) ..." >&2
+python3 - "$WORK/docs/documents" "$DOCS" <<'PY'
+import os, random, sys
+root, n = sys.argv[1], int(sys.argv[2])
+words = b"menu contract invoice kimchi bibimbap supplier delivery allergen price table total page ".split()
+rng = random.Random(7)
+for i in range(1, n + 1):
+    d = os.path.join(root, f"dir{i % 40:02d}")
+    os.makedirs(d, exist_ok=True)
+    size = 2_400_000 if i % 25 == 0 else 230_000          # ~60 x 2.4 MB + 1440 x 230 kB = ~475 MB
+    with open(os.path.join(d, f"doc-{i:05d}.bin"), "wb") as f:
+        if i % 3 == 0:                                      # a third of the files: text-like
+            f.write(b" ".join(rng.choice(words) for _ in range(size // 7))[:size])
+        else:                                               # two thirds: scans, PDFs, images
+            f.write(os.urandom(size))
+PY
+DOCS_BYTES=$(du -sb "$WORK/docs" | cut -f1)
 
 cat > "$WORK/policy.toml" <<POLICY
 name = "bench"
@@ -57,82 +86,6 @@ url = "\${BENCH_REPO}"
 [encryption]
 recipients = ["$RECIPIENT"]
 POLICY
-export BENCH_DB_URL=$DB_URL
-
-declare -A TIME RSS
-# measure NAME COMMAND...: runs RUNS times, keeps the median time and the largest peak RSS.
-# A PREP function, when set, runs untimed before each run.
-measure() {
-  local name=$1; shift
-  local times=() rss=0 i
-  for ((i = 0; i < RUNS; i++)); do
-    if [ -n "${PREP:-}" ]; then $PREP; fi
-    /usr/bin/time -f "%e %M" -o "$WORK/time" "$@" > /dev/null
-    read -r t m < "$WORK/time"
-    times+=("$t"); (( m > rss )) && rss=$m
-  done
-  TIME[$name]=$(printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-  RSS[$name]=$((rss / 1024))
-  echo "  $name: ${TIME[$name]}s (runs: ${times[*]}), peak RSS ${RSS[$name]} MiB" >&2
-}
-
-fresh_repo() {
-  rm -rf "$WORK/repo"; export BENCH_REPO=$WORK/repo
-  "$BIN" init --policy "$WORK/policy.toml" 2>/dev/null
-}
-fresh_target() {
-  psql -X -q -c "drop database if exists target with (force)" 2>/dev/null
-  psql -X -q -c "create database target"
-}
-
-echo "backup cases ..." >&2
-PREP= measure pg_dump "$PG_BIN/pg_dump" -Fc -Z0 -d bench
-PREP= measure pipeline bash -c "'$PG_BIN/pg_dump' -Fc -Z0 -d bench | zstd -3 -q | age -r $RECIPIENT > '$WORK/pipeline.age'"
-PREP=fresh_repo measure backstop_backup "$BIN" backup --policy "$WORK/policy.toml"
-PREP= measure backstop_backup_again "$BIN" backup --policy "$WORK/policy.toml"
-
-echo "restore cases ..." >&2
-"$PG_BIN/pg_dump" -Fc -Z0 -d bench -f "$WORK/bench.dump"
-PREP=fresh_target measure pg_restore_j2 "$PG_BIN/pg_restore" -j2 -d target "$WORK/bench.dump"
-PREP=fresh_target measure pg_restore_j1 "$PG_BIN/pg_restore" -d target "$WORK/bench.dump"
-PREP=fresh_target measure backstop_restore "$BIN" restore --policy "$WORK/policy.toml" \
-  --identity "$WORK/key.txt" --db-url "postgres://postgres:$PASSWORD@127.0.0.1:$PG_PORT/target"
-
-echo "verify ..." >&2
-PREP= measure backstop_verify "$BIN" verify --policy "$WORK/policy.toml" --identity "$WORK/key.txt" \
-  --scratch-url "postgres://postgres:$PASSWORD@127.0.0.1:$PG_PORT/postgres"
-
-echo "S3 cases (moto server on loopback) ..." >&2
-MOTO_PORT=$(free_port)
-"$BACKSTOP_MOTO_SERVER" -H 127.0.0.1 -p "$MOTO_PORT" >/dev/null 2>&1 &
-MOTO_PID=$!
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$MOTO_PORT) 2>/dev/null && break; sleep 0.2; done
-export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret BENCH_S3_ENDPOINT=http://127.0.0.1:$MOTO_PORT
-sed -e 's|^url = "\${BENCH_REPO}"|url = "s3://bench/repo"\nendpoint = "${BENCH_S3_ENDPOINT}"\nregion = "us-east-1"|' \
-  "$WORK/policy.toml" > "$WORK/policy-s3.toml"
-BUCKET_N=0
-fresh_bucket() {
-  BUCKET_N=$((BUCKET_N + 1))
-  curl -s -X PUT "$BENCH_S3_ENDPOINT/bench$BUCKET_N" >/dev/null
-  sed -i "s|s3://bench[0-9]*/repo|s3://bench$BUCKET_N/repo|" "$WORK/policy-s3.toml"
-  "$BIN" init --policy "$WORK/policy-s3.toml" 2>/dev/null
-}
-PREP=fresh_bucket measure s3_backup "$BIN" backup --policy "$WORK/policy-s3.toml"
-PREP=fresh_target measure s3_restore "$BIN" restore --policy "$WORK/policy-s3.toml" \
-  --identity "$WORK/key.txt" --db-url "postgres://postgres:$PASSWORD@127.0.0.1:$PG_PORT/target"
-
-echo "documents cases ..." >&2
-python3 - "$WORK/docs/documents" <<'PY'
-import os, sys
-root = sys.argv[1]
-for i in range(2000):
-    d = os.path.join(root, f"dir{i % 40:02d}")
-    os.makedirs(d, exist_ok=True)
-    size = 3_000_000 if i % 20 == 0 else 100_000   # 100 x 3 MB + 1900 x 100 kB = ~490 MB
-    with open(os.path.join(d, f"file-{i:04d}.bin"), "wb") as f:
-        f.write(os.urandom(size))
-PY
-DOCS_BYTES=$(du -sb "$WORK/docs" | cut -f1)
 cat > "$WORK/policy-docs.toml" <<POLICY
 name = "docs"
 [storage]
@@ -144,59 +97,86 @@ url = "$WORK/docrepo"
 [encryption]
 recipients = ["$RECIPIENT"]
 POLICY
-export BACKSTOP_CACHE_DIR=$WORK/cache
-change_1pct() {
-  python3 - "$WORK/docs/documents" <<'PY'
-import os, sys
-root = sys.argv[1]
-for i in range(1, 2000, 100):       # 20 files of 2,000, never the same twice
-    p = os.path.join(root, f"dir{i % 40:02d}", f"file-{i:04d}.bin")
-    size = os.path.getsize(p)
-    with open(p, "wb") as f:
-        f.write(os.urandom(size))
-PY
-}
-fresh_docrepo() { rm -rf "$WORK/docrepo" "$WORK/cache"; "$BIN" init --policy "$WORK/policy-docs.toml" 2>/dev/null; }
-docs_then_change() { fresh_docrepo; "$BIN" backup --policy "$WORK/policy-docs.toml" 2>/dev/null; change_1pct; }
-PREP=fresh_docrepo measure docs_first "$BIN" backup --policy "$WORK/policy-docs.toml"
-PREP=docs_then_change measure docs_second "$BIN" backup --policy "$WORK/policy-docs.toml"
-if command -v restic >/dev/null 2>&1; then
-  export RESTIC_PASSWORD=bench RESTIC_REPOSITORY=$WORK/restic
-  fresh_restic() { rm -rf "$WORK/restic"; restic init -q >/dev/null; }
-  restic_then_change() { fresh_restic; restic backup -q "$WORK/docs" >/dev/null; change_1pct; }
-  PREP=fresh_restic measure restic_first restic backup -q "$WORK/docs"
-  PREP=restic_then_change measure restic_second restic backup -q "$WORK/docs"
-fi
-
+export BENCH_DB_URL=$DB_URL BENCH_REPO=$WORK/repo BACKSTOP_CACHE_DIR=$WORK/cache
+export RESTIC_PASSWORD=bench RESTIC_REPOSITORY=$WORK/restic
+TARGET_URL="postgres://postgres:$PASSWORD@127.0.0.1:$PG_PORT/target"
+"$PG_BIN/pg_dump" -Fc -Z0 -d bench -f "$WORK/bench.dump"    # warms the cache; the restore baseline's input
 DUMP_BYTES=$(stat -c %s "$WORK/bench.dump")
-STORED=$(du -sb "$WORK/repo/blobs" | cut -f1)
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
-echo
-echo "database: $SIZE (pgbench scale $SCALE); dump $((DUMP_BYTES / 1048576)) MiB; repository blobs $((STORED / 1048576)) MiB; runs: $RUNS; cores: $(nproc)"
-printf '%-44s %9s %8s %14s\n' case "time_s" ratio "peak_rss_MiB"
-row() { printf '%-44s %9s %8s %14s\n' "$1" "${TIME[$2]}" "$(ratio "${TIME[$2]}" "${TIME[$3]}")x" "${RSS[$2]}"; }
-row "pg_dump -Fc -Z0 > /dev/null (baseline)" pg_dump pg_dump
-row "pg_dump | zstd -3 | age > file" pipeline pg_dump
-row "backstop backup (new repository)" backstop_backup pg_dump
-row "backstop backup (unchanged, deduplicated)" backstop_backup_again pg_dump
-row "pg_restore -j2 local dump (baseline)" pg_restore_j2 pg_restore_j2
-row "pg_restore -j1 local dump" pg_restore_j1 pg_restore_j2
-row "backstop restore" backstop_restore pg_restore_j2
-row "backstop verify (restore + compare; vs backstop restore)" backstop_verify backstop_restore
-row "backstop backup to S3 (moto, new bucket)" s3_backup pg_dump
-row "backstop restore from S3 (moto)" s3_restore pg_restore_j2
-echo
-echo "documents: 2,000 files, $((DOCS_BYTES / 1048576)) MiB (incompressible); ratios against restic when installed"
-if command -v restic >/dev/null 2>&1; then
-  row "restic backup, first (baseline)" restic_first restic_first
-  row "restic backup, 1% changed" restic_second restic_first
-  row "backstop backup --only storage, first" docs_first restic_first
-  row "backstop backup --only storage, 1% changed" docs_second restic_second
-else
-  echo "(restic not installed: apt-get install restic, then run again for the comparison)"
-  row "backstop backup --only storage, first" docs_first docs_first
-  row "backstop backup --only storage, 1% changed" docs_second docs_first
-fi
 
+fresh_target() {
+  psql -X -q -c "drop database if exists target with (force)" 2>/dev/null
+  psql -X -q -c "create database target"
+}
+# The untimed preparation of each case.
+prep() {
+  case $1 in
+    backstop_backup) rm -rf "$WORK/repo" "$WORK/cache/index"; "$BIN" init --policy "$WORK/policy.toml" 2>/dev/null ;;
+    pg_restore_j2 | backstop_restore) fresh_target ;;
+    restic_backup) rm -rf "$WORK/restic"; restic init -q >/dev/null ;;
+    docs_backup) rm -rf "$WORK/docrepo" "$WORK/cache/index"; "$BIN" init --policy "$WORK/policy-docs.toml" 2>/dev/null ;;
+    restic_restore | docs_restore) rm -rf "$WORK/restored" ;;
+  esac
+  sync
+}
+# The timed command of each case.
+run_case() {
+  case $1 in
+    pg_dump) "$PG_BIN/pg_dump" -Fc -Z0 -d bench -f "$WORK/plain.dump" ;;
+    pipeline) bash -c "set -o pipefail; '$PG_BIN/pg_dump' -Fc -Z0 -d bench | zstd -3 -T0 -q | age -r $RECIPIENT | tee >(sha256sum > '$WORK/pipeline.sha') > '$WORK/pipeline.age'" ;;
+    backstop_backup | backstop_backup_again) "$BIN" backup --policy "$WORK/policy.toml" ;;
+    pg_restore_j2) "$PG_BIN/pg_restore" -j2 -d target "$WORK/bench.dump" ;;
+    backstop_restore) "$BIN" restore --policy "$WORK/policy.toml" --identity "$WORK/key.txt" --db-url "$TARGET_URL" ;;
+    restic_backup) restic backup -q "$WORK/docs" ;;
+    docs_backup) "$BIN" backup --policy "$WORK/policy-docs.toml" ;;
+    restic_restore) restic restore -q latest --target "$WORK/restored" ;;
+    docs_restore) "$BIN" restore --policy "$WORK/policy-docs.toml" --identity "$WORK/key.txt" --storage-dir "$WORK/restored" ;;
+  esac
+}
+# Cases run in this order in even rounds and reversed in odd ones; a case that needs another
+# (the unchanged backup needs the first, the restores need the backups) is kept after it.
+ORDER=(pg_dump pipeline "backstop_backup backstop_backup_again" pg_restore_j2 backstop_restore
+       restic_backup docs_backup restic_restore docs_restore)
+RATIOS=("backstop_backup pg_dump" "backstop_backup pipeline" "backstop_backup_again pg_dump"
+        "backstop_restore pg_restore_j2" "docs_backup restic_backup" "docs_restore restic_restore")
+declare -A T M
+for ((r = 1; r <= ROUNDS; r++)); do
+  order=("${ORDER[@]}")
+  if ((r % 2 == 0)); then
+    # Reversed, but a restore still after its backup: baselines and backstop swap places.
+    order=(restic_restore restic_backup docs_backup docs_restore backstop_restore
+           "backstop_backup backstop_backup_again" pg_restore_j2 pipeline pg_dump)
+  fi
+  echo "round $r: ${order[*]}" >&2
+  for group in "${order[@]}"; do
+    for c in $group; do
+      prep "$c"
+      /usr/bin/time -f "%e %M" -o "$WORK/time" bash -c "$(declare -f run_case); $(declare -p BIN WORK PG_BIN RECIPIENT TARGET_URL); run_case $c" >/dev/null 2>"$WORK/err" \
+        || { echo "case $c failed:"; cat "$WORK/err"; exit 1; }
+      read -r t m < "$WORK/time"
+      T[$r.$c]=$t; M[$r.$c]=$((m / 1024))
+      printf '  %-24s %8ss  peak RSS %5s MiB\n' "$c" "$t" "${M[$r.$c]}" >&2
+    done
+  done
+done
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo
-bash scripts/bench-metadata.sh
+echo "dataset: $DATASET, database $SIZE, $TABLES tables, dump $((DUMP_BYTES / 1048576)) MiB; documents $DOCS files, $((DOCS_BYTES / 1048576)) MiB; rounds $ROUNDS; cores $(nproc)"
+printf '%-40s' "ratio (case / baseline, same round)"
+for ((r = 1; r <= ROUNDS; r++)); do printf '%9s' "round$r"; done
+printf '%9s\n' median
+for pair in "${RATIOS[@]}"; do
+  read -r a b <<<"$pair"
+  printf '%-40s' "$a / $b"
+  vals=()
+  for ((r = 1; r <= ROUNDS; r++)); do v=$(ratio "${T[$r.$a]}" "${T[$r.$b]}"); vals+=("$v"); printf '%9s' "$v"; done
+  printf '%9s\n' "$(printf '%s\n' "${vals[@]}" | median)"
+done
+echo
+printf '%-40s %12s %14s\n' case "median_s" "max_peak_MiB"
+for c in pg_dump pipeline backstop_backup backstop_backup_again pg_restore_j2 backstop_restore restic_backup docs_backup restic_restore docs_restore; do
+  ts=(); mx=0
+  for ((r = 1; r <= ROUNDS; r++)); do ts+=("${T[$r.$c]}"); ((M[$r.$c] > mx)) && mx=${M[$r.$c]}; done
+  printf '%-40s %12s %14s\n' "$c" "$(printf '%s\n' "${ts[@]}" | median)" "$mx"
+done

@@ -181,6 +181,8 @@ pub struct LoadOptions<'a> {
     /// Blobs fetched ahead.
     pub ahead: usize,
     pub progress: &'a dyn ProgressSink,
+    /// Jobs and spool (the policy's `[restore]`).
+    pub restore: crate::policy::RestoreSettings,
 }
 
 /// One error pg_restore reported, with the command that failed.
@@ -260,7 +262,106 @@ async fn watch(stderr: tokio::process::ChildStderr, start: Instant) -> Watched {
     p
 }
 
-/// Streams the snapshot's dump into pg_restore on the (prepared) target.
+/// How the dump reaches pg_restore.
+enum Feed {
+    /// Streamed into its stdin, one job.
+    Stream,
+    /// A checked spool file, `-j jobs`.
+    Spool(tempfile::NamedTempFile, usize),
+}
+
+/// Writes the dump to a spool file in `dir`, each chunk checked on arrival and the whole
+/// against the manifest's SHA-256 before pg_restore sees a byte of it. The outer error is the
+/// snapshot's (a damaged blob, a cancellation); the inner one the spool's own (it cannot be
+/// created or written, e.g. a full disk), which the caller falls back from.
+async fn spool_dump(
+    reader: &Arc<BlobReader>,
+    meta: &Meta,
+    manifest: &DbManifest,
+    dir: &std::path::Path,
+    ahead: usize,
+    progress: &dyn crate::ops::Bar,
+) -> Result<std::result::Result<tempfile::NamedTempFile, String>> {
+    let problem = |e: std::io::Error| format!("the spool in {} failed: {e}", dir.display());
+    let file = match tempfile::Builder::new()
+        .prefix(".backstop-spool-")
+        .tempfile_in(dir)
+    {
+        Ok(f) => f,
+        Err(e) => return Ok(Err(problem(e))),
+    };
+    let handle = match file.reopen() {
+        Ok(h) => h,
+        Err(e) => return Ok(Err(problem(e))),
+    };
+    let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(handle));
+    let mut chunks = reader.stream(manifest.dump.chunks.clone(), ahead);
+    let mut hasher = Sha256::new();
+    let mut written = 0u64;
+    while let Some(item) = chunks.next().await {
+        let plain = item?;
+        hasher.update(&plain);
+        written += plain.len() as u64;
+        if let Err(e) = out.write_all(&plain).await {
+            return Ok(Err(problem(e)));
+        }
+        progress.inc(plain.len() as u64);
+    }
+    if let Err(e) = out.flush().await {
+        return Ok(Err(problem(e)));
+    }
+    check_whole(meta, manifest, written, hasher)?;
+    Ok(Ok(file))
+}
+
+/// The reassembled dump is exactly the one the manifest records.
+fn check_whole(meta: &Meta, manifest: &DbManifest, written: u64, hasher: Sha256) -> Result<()> {
+    let sha = hex::encode(hasher.finalize());
+    if written != manifest.dump.bytes || sha != manifest.dump.sha256 {
+        return Err(Error::failed(format!(
+            "the dump of snapshot {} reassembled to {written} bytes with SHA-256 {sha}, but the manifest records {} bytes with {}",
+            meta.id, manifest.dump.bytes, manifest.dump.sha256
+        )));
+    }
+    Ok(())
+}
+
+/// Chooses the feed: a spool with `jobs` when allowed and it can be written; else the stream,
+/// saying why.
+async fn choose_feed(
+    reader: &Arc<BlobReader>,
+    meta: &Meta,
+    manifest: &DbManifest,
+    options: &LoadOptions<'_>,
+    progress: &dyn crate::ops::Bar,
+) -> Result<Feed> {
+    let settings = &options.restore;
+    if settings.jobs <= 1 {
+        return Ok(Feed::Stream);
+    }
+    if manifest.dump.bytes > settings.spool_max {
+        tracing::info!(
+            "the dump ({}) is larger than restore.spool_max ({}): streaming it into one pg_restore",
+            crate::util::human_bytes(manifest.dump.bytes),
+            crate::util::human_bytes(settings.spool_max)
+        );
+        return Ok(Feed::Stream);
+    }
+    let dir = settings
+        .spool_dir
+        .clone()
+        .unwrap_or_else(std::env::temp_dir);
+    match spool_dump(reader, meta, manifest, &dir, options.ahead, progress).await? {
+        Ok(file) => Ok(Feed::Spool(file, settings.jobs)),
+        Err(problem) => {
+            tracing::warn!("{problem}: streaming the dump into one pg_restore instead");
+            Ok(Feed::Stream)
+        }
+    }
+}
+
+/// Loads the snapshot's dump into pg_restore on the (prepared) target: from a checked spool
+/// with `-j` jobs (see [`crate::policy::RestoreSettings`]), or streamed.
 pub async fn load_dump(
     repo: &Repo,
     meta: &Meta,
@@ -274,69 +375,89 @@ pub async fn load_dump(
         .map(|(m, _)| m)
         .unwrap_or(0);
     let tool = pgtools::find("pg_restore", dump_major)?;
+    let start = Instant::now();
+    let reader = Arc::new(BlobReader::new(repo.store.clone(), opener, ids, meta));
+    let progress = options.progress.bar("restore", Some(manifest.dump.bytes));
+    let feed = choose_feed(&reader, meta, manifest, options, progress.as_ref()).await?;
+    let spooled_at = start.elapsed();
+    let spooled = matches!(feed, Feed::Spool(..));
     let mut std_cmd = std::process::Command::new(&tool.path);
     std_cmd.arg("--verbose");
     if options.stop_on_error {
         std_cmd.arg("--exit-on-error");
     }
     target.url.configure(&mut std_cmd);
+    if let Feed::Spool(file, jobs) = &feed {
+        std_cmd.arg(format!("--jobs={jobs}")).arg(file.path());
+        tracing::info!("pg_restore with {jobs} jobs from a checked spool");
+    }
     let mut cmd = tokio::process::Command::from(std_cmd);
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let start = Instant::now();
+    cmd.stdin(match feed {
+        Feed::Stream => Stdio::piped(),
+        Feed::Spool(..) => Stdio::null(),
+    })
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
     let mut child = cmd
         .spawn()
         .map_err(|e| Error::failed(format!("cannot start {}: {e}", tool.path.display())))?;
-    let mut stdin = child
-        .stdin
-        .take()
-        .ok_or_else(|| Error::failed("pg_restore has no stdin"))?;
     let stderr = child
         .stderr
         .take()
         .ok_or_else(|| Error::failed("pg_restore has no stderr"))?;
     let watcher = tokio::spawn(watch(stderr, start));
 
-    let reader = Arc::new(BlobReader::new(repo.store.clone(), opener, ids, meta));
-    let progress = options.progress.bar("restore", Some(manifest.dump.bytes));
-    let mut chunks = reader.stream(manifest.dump.chunks.clone(), options.ahead);
-    let mut hasher = Sha256::new();
-    let mut written = 0u64;
-    let mut feed_error = None;
     let mut pipe_closed = false;
-    while let Some(item) = chunks.next().await {
-        match item {
-            Ok(plain) => {
-                hasher.update(&plain);
-                written += plain.len() as u64;
-                if stdin.write_all(&plain).await.is_err() {
-                    pipe_closed = true;
-                    break;
+    let written = match &feed {
+        Feed::Spool(..) => manifest.dump.bytes,
+        Feed::Stream => {
+            let mut stdin = child
+                .stdin
+                .take()
+                .ok_or_else(|| Error::failed("pg_restore has no stdin"))?;
+            let mut chunks = reader.stream(manifest.dump.chunks.clone(), options.ahead);
+            let mut hasher = Sha256::new();
+            let mut written = 0u64;
+            let mut feed_error = None;
+            while let Some(item) = chunks.next().await {
+                match item {
+                    Ok(plain) => {
+                        hasher.update(&plain);
+                        written += plain.len() as u64;
+                        if stdin.write_all(&plain).await.is_err() {
+                            pipe_closed = true;
+                            break;
+                        }
+                        progress.inc(plain.len() as u64);
+                    }
+                    Err(e) => {
+                        feed_error = Some(e);
+                        break;
+                    }
                 }
-                progress.inc(plain.len() as u64);
             }
-            Err(e) => {
-                feed_error = Some(e);
-                break;
+            drop(chunks);
+            if let Some(e) = feed_error {
+                let _ = child.kill().await;
+                return Err(e.context(format!(
+                    "restore into {} stopped; the target may hold a partial restore",
+                    target.url.masked()
+                )));
             }
+            drop(stdin);
+            if !pipe_closed {
+                check_whole(meta, manifest, written, hasher)?;
+            }
+            written
         }
-    }
-    drop(chunks);
+    };
     progress.finish();
-    if let Some(e) = feed_error {
-        let _ = child.kill().await;
-        return Err(e.context(format!(
-            "restore into {} stopped; the target may hold a partial restore",
-            target.url.masked()
-        )));
-    }
-    drop(stdin);
     let status = child
         .wait()
         .await
         .map_err(|e| Error::failed(format!("waiting for pg_restore: {e}")))?;
+    drop(feed);
     let elapsed = start.elapsed();
     let watched = watcher.await.unwrap_or_default();
     let password = target.url.password().unwrap_or_default();
@@ -364,20 +485,25 @@ pub async fn load_dump(
             text.join("; ")
         )));
     }
-    let sha = hex::encode(hasher.finalize());
-    if written != manifest.dump.bytes || sha != manifest.dump.sha256 {
-        return Err(Error::failed(format!(
-            "the dump of snapshot {} reassembled to {written} bytes with SHA-256 {sha}, but the manifest records {} bytes with {}",
-            meta.id, manifest.dump.bytes, manifest.dump.sha256
-        )));
-    }
     let (download, open) = reader.work_times();
-    let data_at = watched.data_at.unwrap_or(elapsed);
+    let data_at = watched.data_at.unwrap_or(elapsed).max(spooled_at);
     let post_at = watched.post_at.unwrap_or(elapsed).max(data_at);
     let phase = |name: &str, d: Duration| Phase {
         name: name.into(),
         duration_s: crate::util::secs(d),
     };
+    let mut phases = vec![
+        phase("download", download),
+        phase("decrypt_decompress", open),
+    ];
+    if spooled {
+        phases.push(phase("spool", spooled_at));
+    }
+    phases.extend([
+        phase("schema", data_at.saturating_sub(spooled_at)),
+        phase("data_load", post_at - data_at),
+        phase("index_constraint_build", elapsed - post_at),
+    ]);
     Ok(LoadOutcome {
         figures: RestoreDb {
             tables: manifest.tables.len() as u64,
@@ -387,13 +513,7 @@ pub async fn load_dump(
             roles_created: Vec::new(),
         },
         errors,
-        phases: vec![
-            phase("download", download),
-            phase("decrypt_decompress", open),
-            phase("schema", data_at),
-            phase("data_load", post_at - data_at),
-            phase("index_constraint_build", elapsed - post_at),
-        ],
+        phases,
         elapsed,
     })
 }

@@ -184,6 +184,7 @@ async fn restore(
             stop_on_error: true,
             ahead,
             progress: ctx.progress.as_ref(),
+            restore: policy.restore.clone(),
         };
         let opener = req.opener.clone();
         let loaded = load_dump(repo, &meta, db, opener, ids.clone(), &target, &options).await?;

@@ -22,9 +22,11 @@ use toml::Spanned;
 
 mod app;
 mod raw;
+mod tuning;
 
 pub use app::{exclude_glob, FileSet, GitLocation, GitSource, Runbook};
 use raw::*;
+pub use tuning::{parse_size, RestoreSettings};
 
 /// A validated policy. Secrets (URLs with passwords, keys) are held here in full; print them
 /// only through [`crate::util::mask_url`].
@@ -47,6 +49,8 @@ pub struct Policy {
     /// `[[git]]` repositories.
     pub git: Vec<GitSource>,
     pub runbook: Runbook,
+    /// `[restore]`: parallel pg_restore and its spool.
+    pub restore: RestoreSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -555,6 +559,7 @@ impl Validator<'_> {
         let files = self.files(raw.files);
         let git = self.git(raw.git);
         let runbook = self.runbook(raw.runbook);
+        let restore = self.restore_settings(raw.restore);
         Policy {
             name,
             path: path.to_path_buf(),
@@ -570,6 +575,7 @@ impl Validator<'_> {
             files,
             git,
             runbook,
+            restore,
         }
     }
 

@@ -25,6 +25,15 @@ pub(super) struct RawPolicy {
     #[serde(default)]
     pub(super) git: Vec<RawGit>,
     pub(super) runbook: Option<RawRunbook>,
+    pub(super) restore: Option<RawRestore>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRestore {
+    pub(super) jobs: Option<Spanned<i64>>,
+    pub(super) spool_dir: Option<S>,
+    pub(super) spool_max: Option<S>,
 }
 
 #[derive(Deserialize)]

@@ -77,6 +77,8 @@ pub struct Options {
     pub allow_missing_extensions: Vec<String>,
     pub queries: Vec<(String, Expect)>,
     pub ahead: usize,
+    /// Jobs and spool for the restore: the same path a real restore takes.
+    pub restore: crate::policy::RestoreSettings,
 }
 
 /// Restores the snapshot's database into `options.target` and compares; checks its storage
@@ -102,6 +104,7 @@ pub async fn examine(
             stop_on_error: false,
             ahead: options.ahead,
             progress,
+            restore: options.restore.clone(),
         };
         let loaded = load_dump(repo, meta, db, opener.clone(), ids.clone(), &target, &load);
         match loaded.await {

@@ -191,6 +191,7 @@ async fn verify(
         allow_missing_extensions: policy.verify.allow_missing_extensions.clone(),
         queries: req.queries.clone(),
         ahead: policy.repository.connections,
+        restore: policy.restore.clone(),
     };
     tracing::info!("verifying snapshot {} of policy {}", meta.id, policy.name);
     let reader = Arc::new(crate::repo::reader::BlobReader::new(
