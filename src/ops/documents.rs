@@ -33,6 +33,10 @@ use tokio::io::AsyncRead;
 
 pub const CONCURRENT_OBJECTS: usize = 4;
 
+/// Objects restored at once. Higher than for backups: each restored file waits on its own
+/// fsync (and its directory's), so the disk's queue, not the CPU, is what parallelism fills.
+pub const CONCURRENT_RESTORES: usize = 16;
+
 pub struct BackedUp {
     pub objects: Vec<StorageObject>,
     pub figures: BackupStorage,
@@ -323,7 +327,7 @@ pub async fn restore(
                 }
             }
         })
-        .buffer_unordered(CONCURRENT_OBJECTS)
+        .buffer_unordered(CONCURRENT_RESTORES)
         .collect()
         .await;
     for (bytes, failure) in results {

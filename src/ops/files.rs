@@ -309,7 +309,7 @@ pub async fn restore(
                     .err()
                     .map(|err| format!("{}: {}", e.path, err.message))
             })
-            .buffer_unordered(CONCURRENT_FILES)
+            .buffer_unordered(super::documents::CONCURRENT_RESTORES)
             .collect()
             .await;
     for (r, (_, e)) in results
