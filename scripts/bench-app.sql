@@ -1,5 +1,5 @@
 -- A database shaped like a real Supabase app (FoodBiz-AI), for scripts/bench.sh: auth, storage
--- and public schemas, 24 tables of very different sizes, btree, gin and partial indexes,
+-- and public schemas, 25 tables of very different sizes, btree, gin and partial indexes,
 -- foreign keys, text, jsonb and timestamptz columns, and bytea of which about a quarter is
 -- random (incompressible). `psql -v scale=1` gives about 1 GB on disk; `docs` is the number of
 -- storage.objects rows (one per document of the benchmark's bucket).

@@ -3,7 +3,7 @@
 # cluster, on data shaped like a real app.
 #
 # DATASET=app (default): scripts/bench-app.sql, a Supabase-shaped database of about 1 GB
-#   (SCALE=1; auth, storage and public schemas, 24 tables of very different sizes, btree, gin
+#   (SCALE=1; auth, storage and public schemas, 25 tables of very different sizes, btree, gin
 #   and partial indexes, foreign keys, text, jsonb, timestamptz, bytea a quarter random), and a
 #   documents bucket of 1,500 files, about 400 MB, two thirds of the bytes incompressible.
 # DATASET=pgbench: pgbench at SCALE (default 68), one big table that compresses 70:1.

@@ -218,22 +218,12 @@ recipients = ["{}"]
                 .clone()
         };
         let manifest = meta.with_file_name("manifest.age");
-        let out = std::process::Command::new("bash")
-            .arg("-c")
-            .arg(format!(
-                "age -d -i '{}' '{}' | zstd -dc | jq -r '{}'",
-                self.identity.display(),
-                manifest.display(),
-                filter
-            ))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        bash_ok(&format!(
+            "age -d -i '{}' '{}' | zstd -dc | jq -r '{}'",
+            self.identity.display(),
+            manifest.display(),
+            filter
+        ))
     }
 
     /// Rewrites a snapshot's manifest with a jq filter (decrypt with the stock age, edit,
@@ -248,21 +238,12 @@ recipients = ["{}"]
             .find(|p| p.to_string_lossy().contains(&id))
             .unwrap();
         let manifest = meta.with_file_name("manifest.age");
-        let out = std::process::Command::new("bash")
-            .arg("-c")
-            .arg(format!(
-                "set -eo pipefail; age -d -i '{}' '{m}' | zstd -dc | jq -c '{filter}' | zstd -qc | age -r '{}' > '{m}.new' && mv '{m}.new' '{m}'",
-                self.identity.display(),
-                self.recipient,
-                m = manifest.display(),
-            ))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bash_ok(&format!(
+            "set -eo pipefail; age -d -i '{}' '{m}' | zstd -dc | jq -c '{filter}' | zstd -qc | age -r '{}' > '{m}.new' && mv '{m}.new' '{m}'",
+            self.identity.display(),
+            self.recipient,
+            m = manifest.display(),
+        ));
         let bytes = std::fs::read(&manifest).unwrap();
         use sha2::Digest;
         let mut m: serde_json::Value =
@@ -283,6 +264,21 @@ recipients = ["{}"]
 
 pub fn bin() -> Command {
     Command::cargo_bin("backstop").unwrap()
+}
+
+/// Runs a bash script that must succeed; its stdout, trimmed.
+pub fn bash_ok(script: &str) -> String {
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// Runs `backstop ARGS POLICY` as a user without root's power to read every file (the
