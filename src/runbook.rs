@@ -150,12 +150,10 @@ fn policy_text(policy: &Policy) -> String {
             let literal = v.starts_with('"') && !v.starts_with("\"${");
             let secret = SECRET_KEYS.contains(&k) && (k != "url" || v.contains('@'));
             if literal && secret {
-                format!(
-                    "{key}= \"${{{}}}\"",
-                    format!("{}_{}", policy.name, k)
-                        .to_uppercase()
-                        .replace('-', "_")
-                )
+                let placeholder = format!("{}_{k}", policy.name)
+                    .to_uppercase()
+                    .replace('-', "_");
+                format!("{key}= \"${{{placeholder}}}\"")
             } else {
                 crate::util::mask_url(line)
             }
@@ -365,8 +363,7 @@ fn build(policy: &Policy, facts: &Facts) -> Doc {
     d.sh(format!(
         "cat > {p} <<'BACKSTOP_POLICY'\n{embedded}\nBACKSTOP_POLICY\nbackstop policy validate {p}\nbackstop snapshots --policy {p}"
     ));
-    if let Some(db) = facts.newest.as_ref().and(policy.database.as_ref()) {
-        let _ = db;
+    if facts.newest.is_some() && policy.database.is_some() {
         d.h(3, "3.3 Database");
         let mut text = format!(
             "The newest snapshot's database goes into `TARGET_DB_URL` (created if missing; it must be empty). Roles it refers to are created first (without passwords: set them afterwards){}.",
@@ -515,8 +512,7 @@ fn build(policy: &Policy, facts: &Facts) -> Doc {
         }
         None => d.p("No database snapshot yet: the PostgreSQL version, extensions and roles appear here after the first backup."),
     }
-    if let Some(db) = &policy.database {
-        let _ = db;
+    if policy.database.is_some() {
         d.p("The roles with every attribute and membership are in the manifest as `database.roles_sql` (`pg_dumpall --roles-only --no-role-passwords`); see section 8 for how to read it.");
     }
 

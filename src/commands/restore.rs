@@ -53,12 +53,7 @@ fn request(args: &RestoreArgs) -> Result<Request> {
     let other_destination = storage.is_some() || files.is_some() || git_dir.is_some();
     let db_url = match (&args.db_url, args.only) {
         (Some(u), None | Some(Only::Db)) => Some(DbUrl::parse(u)?),
-        (None, Some(Only::Db)) => {
-            return Err(Error::input(
-                "--db-url is required: name the database to restore into (created if missing; it must be empty unless --force)",
-            ))
-        }
-        (None, None) if !other_destination => {
+        (None, Some(Only::Db)) | (None, None) if args.only.is_some() || !other_destination => {
             return Err(Error::input(
                 "--db-url is required: name the database to restore into (created if missing; it must be empty unless --force)",
             ))

@@ -198,15 +198,6 @@ async fn download_once(
     ))
 }
 
-/// A stream of one object's plaintext, checked chunk by chunk.
-fn object_reader(
-    reader: &Arc<BlobReader>,
-    object: &StorageObject,
-    ahead: usize,
-) -> impl AsyncRead + Send + Unpin + 'static {
-    chunks_reader(reader, object.chunks.clone(), ahead)
-}
-
 /// A stream of the plaintext of `chunks`, each checked against its blob as it arrives.
 pub fn chunks_reader(
     reader: &Arc<BlobReader>,
@@ -304,7 +295,7 @@ pub async fn restore(
         .map(|o| {
             let target = &target;
             async move {
-                let body = object_reader(reader, o, ahead);
+                let body = chunks_reader(reader, o.chunks.clone(), ahead);
                 let written = match target {
                     Target::Dir { root, force } => match dir_path(root, o) {
                         Ok((path, _)) => write_file_atomically(&path, body, *force).await,

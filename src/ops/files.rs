@@ -137,20 +137,16 @@ pub async fn backup(
             .buffered(CONCURRENT_FILES)
             .try_collect()
             .await?;
-        let mut by_path: HashMap<String, Read> = reads
-            .into_iter()
-            .map(|r| ((r.entry.path.clone(), r.entry.path_hex.clone()), r))
-            .map(|((p, h), r)| (format!("{p}\u{0}{}", h.unwrap_or_default()), r))
-            .collect();
+        // `buffered` keeps the order, so the reads come back in the plan's order of files.
+        let mut reads = reads.into_iter();
         let mut entries = Vec::with_capacity(plan.entries.len());
         for (path, meta) in &plan.entries {
-            let base = files::entry(path, meta)?;
-            let key = format!(
-                "{}\u{0}{}",
-                base.path,
-                base.path_hex.clone().unwrap_or_default()
-            );
-            let entry = match by_path.remove(&key) {
+            let read = if meta.file_type().is_file() {
+                reads.next()
+            } else {
+                None
+            };
+            let entry = match read {
                 Some(read) => {
                     out.figures.files += 1;
                     out.figures.bytes_plain += read.entry.size;
@@ -168,7 +164,7 @@ pub async fn backup(
                     );
                     read.entry
                 }
-                None => base,
+                None => files::entry(path, meta)?,
             };
             entries.push(entry);
         }

@@ -62,6 +62,29 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
+impl Validator<'_> {
+    /// A name (of the policy, a file set, a git repository): letters, digits, `-` and `_`, and,
+    /// with `seen`, not used twice.
+    pub(super) fn name(
+        &mut self,
+        s: &super::raw::S,
+        key: &str,
+        seen: &mut HashSet<String>,
+    ) -> String {
+        let name = s.get_ref().clone();
+        if !valid_name(&name) {
+            self.problem(
+                s.span(),
+                key,
+                format!("`{name}` must be non-empty and use only letters, digits, `-` and `_`"),
+            );
+        } else if !seen.insert(name.clone()) {
+            self.problem(s.span(), key, format!("`{name}` is used twice"));
+        }
+        name
+    }
+}
+
 /// Compiles an exclude pattern the way [`FileSet::exclude`] says.
 pub fn exclude_glob(pattern: &str) -> Result<globset::Glob, String> {
     let full = if pattern.contains('/') {
@@ -80,20 +103,7 @@ impl Validator<'_> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for f in raw {
-            let name = f.name.get_ref().clone();
-            if !valid_name(&name) {
-                self.problem(
-                    f.name.span(),
-                    "files.name",
-                    format!("`{name}` must be non-empty and use only letters, digits, `-` and `_`"),
-                );
-            } else if !seen.insert(name.clone()) {
-                self.problem(
-                    f.name.span(),
-                    "files.name",
-                    format!("`{name}` is used twice"),
-                );
-            }
+            let name = self.name(&f.name, "files.name", &mut seen);
             if f.paths.get_ref().is_empty() {
                 self.problem(f.paths.span(), "files.paths", "names no path");
             }
@@ -131,16 +141,7 @@ impl Validator<'_> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for g in raw {
-            let name = g.name.get_ref().clone();
-            if !valid_name(&name) {
-                self.problem(
-                    g.name.span(),
-                    "git.name",
-                    format!("`{name}` must be non-empty and use only letters, digits, `-` and `_`"),
-                );
-            } else if !seen.insert(name.clone()) {
-                self.problem(g.name.span(), "git.name", format!("`{name}` is used twice"));
-            }
+            let name = self.name(&g.name, "git.name", &mut seen);
             let location = match (&g.repo, &g.url) {
                 (Some(r), None) => {
                     let path = self.expand(r, "git.repo");

@@ -448,18 +448,7 @@ impl Validator<'_> {
     }
 
     fn policy(&mut self, raw: RawPolicy, path: &Path) -> Policy {
-        let name = raw.name.get_ref().clone();
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            self.problem(
-                raw.name.span(),
-                "name",
-                format!("`{name}` must be non-empty and use only letters, digits, `-` and `_`"),
-            );
-        }
+        let name = self.name(&raw.name, "name", &mut std::collections::HashSet::new());
         let o = raw.objectives.unwrap_or(RawObjectives {
             rpo: None,
             rto: None,

@@ -217,8 +217,13 @@ pub fn bundle(git_dir: &Path, name: &str) -> Result<(std::process::ChildStdout, 
     let mut child = c
         .spawn()
         .map_err(|e| Error::input(format!("git repository `{name}`: cannot run git: {e}")))?;
-    let stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
+    let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(Error::failed(format!(
+            "git repository `{name}`: git bundle create has no output pipes"
+        )));
+    };
     let errors = std::thread::spawn(move || {
         let mut text = String::new();
         let _ = (&mut stderr).take(64 * 1024).read_to_string(&mut text);
