@@ -13,12 +13,16 @@
 #   backstop backup (new repository)      / pg_dump -Fc -Z0 -f FILE
 #   backstop backup (new repository)      / pg_dump -Fc -Z0 | zstd -3 -T0 | age -r KEY | tee >(sha256sum) > FILE
 #   backstop backup (unchanged)           / pg_dump -Fc -Z0 -f FILE
+#   backstop backup (unchanged, 400 snapshots in the repository) / the unchanged backup above
+#     (a copy of the repository plus 398 synthetic daily snapshots, each naming the real
+#     snapshot's blobs with every 20th replaced by one of its own, as 5% daily churn would;
+#     one untimed backup first builds the host's blob index, as the daily runs before it would)
 #   backstop restore (empty database)     / pg_restore -j2 from a local file
 #   backstop backup of the documents      / restic backup       (apt-get install restic)
 #   backstop restore of the documents     / restic restore
 # It prints each round's times, peak RSS (GNU time's %M) and ratios, then the medians of the
 # ratios. Targets (issue 15): backup <= 1.1x pg_dump and <= 1.0x the pipeline, unchanged
-# backup <= 1.0x pg_dump, restore <= 1.0x pg_restore -j2, documents <= 1.0x restic, peak RSS
+# backup <= 1.0x pg_dump, with 400 snapshots <= 1.1x the unchanged backup, restore <= 1.0x pg_restore -j2, documents <= 1.0x restic, peak RSS
 # <= 128 MiB. `CASES=metadata` runs the prune and report cases (scripts/bench-metadata.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -103,6 +107,38 @@ TARGET_URL="postgres://postgres:$PASSWORD@127.0.0.1:$PG_PORT/target"
 "$PG_BIN/pg_dump" -Fc -Z0 -d bench -f "$WORK/bench.dump"    # warms the cache; the restore baseline's input
 DUMP_BYTES=$(stat -c %s "$WORK/bench.dump")
 
+# 398 synthetic daily snapshots before the real ones: each names the latest real snapshot's
+# blobs with every 20th replaced by a blob of its own (a file in blobs/), as 5% churn would.
+cat > "$WORK/history.py" <<'PY'
+import datetime, glob, hashlib, json, os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+metas = sorted(glob.glob(os.path.join(root, "snapshots", "bench", "*", "meta.json")))
+real = json.load(open(metas[-1]))
+first = datetime.datetime.fromisoformat(json.load(open(metas[0]))["consistent_at"].replace("Z", "+00:00"))
+for k in range(1, n + 1):
+    t = first - datetime.timedelta(days=k)
+    stamp = t.strftime("%Y-%m-%dT%H:%M:%SZ")
+    sid = t.strftime("%Y%m%dT%H%M%SZ") + f"-h{k:05x}"
+    d = os.path.join(root, "snapshots", "bench", sid)
+    os.makedirs(d)
+    manifest = os.urandom(4096)
+    open(os.path.join(d, "manifest.age"), "wb").write(manifest)
+    blobs = []
+    for i, b in enumerate(real["blobs"]):
+        if (i + k) % 20 == 0:
+            data = os.urandom(512)
+            bid = hashlib.sha256(f"history-{k}-{i}".encode()).hexdigest()
+            bd = os.path.join(root, "blobs", bid[:2])
+            os.makedirs(bd, exist_ok=True)
+            open(os.path.join(bd, bid), "wb").write(data)
+            b = {"id": bid, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        blobs.append(b)
+    meta = dict(real, id=sid, consistent_at=stamp, started_at=stamp, finished_at=stamp, blobs=blobs,
+                manifest={"key": f"snapshots/bench/{sid}/manifest.age", "size": len(manifest),
+                          "sha256": hashlib.sha256(manifest).hexdigest()})
+    json.dump(meta, open(os.path.join(d, "meta.json"), "w"), indent=2)
+PY
+
 fresh_target() {
   psql -X -q -c "drop database if exists target with (force)" 2>/dev/null
   psql -X -q -c "create database target"
@@ -111,6 +147,10 @@ fresh_target() {
 prep() {
   case $1 in
     backstop_backup) rm -rf "$WORK/repo" "$WORK/cache/index"; "$BIN" init --policy "$WORK/policy.toml" 2>/dev/null ;;
+    backstop_backup_history)
+      rm -rf "$WORK/repo400"; cp -a "$WORK/repo" "$WORK/repo400"
+      python3 "$WORK/history.py" "$WORK/repo400" 398
+      BENCH_REPO=$WORK/repo400 "$BIN" backup --policy "$WORK/policy.toml" 2>/dev/null >/dev/null ;;
     pg_restore_j2 | backstop_restore) fresh_target ;;
     restic_backup) rm -rf "$WORK/restic"; restic init -q >/dev/null ;;
     docs_backup) rm -rf "$WORK/docrepo" "$WORK/cache/index"; "$BIN" init --policy "$WORK/policy-docs.toml" 2>/dev/null ;;
@@ -124,6 +164,7 @@ run_case() {
     pg_dump) "$PG_BIN/pg_dump" -Fc -Z0 -d bench -f "$WORK/plain.dump" ;;
     pipeline) bash -c "set -o pipefail; '$PG_BIN/pg_dump' -Fc -Z0 -d bench | zstd -3 -T0 -q | age -r $RECIPIENT | tee >(sha256sum > '$WORK/pipeline.sha') > '$WORK/pipeline.age'" ;;
     backstop_backup | backstop_backup_again) "$BIN" backup --policy "$WORK/policy.toml" ;;
+    backstop_backup_history) BENCH_REPO=$WORK/repo400 "$BIN" backup --policy "$WORK/policy.toml" ;;
     pg_restore_j2) "$PG_BIN/pg_restore" -j2 -d target "$WORK/bench.dump" ;;
     backstop_restore) "$BIN" restore --policy "$WORK/policy.toml" --identity "$WORK/key.txt" --db-url "$TARGET_URL" ;;
     restic_backup) restic backup -q "$WORK/docs" ;;
@@ -134,9 +175,10 @@ run_case() {
 }
 # Cases run in this order in even rounds and reversed in odd ones; a case that needs another
 # (the unchanged backup needs the first, the restores need the backups) is kept after it.
-ORDER=(pg_dump pipeline "backstop_backup backstop_backup_again" pg_restore_j2 backstop_restore
+ORDER=(pg_dump pipeline "backstop_backup backstop_backup_again backstop_backup_history" pg_restore_j2 backstop_restore
        restic_backup docs_backup restic_restore docs_restore)
 RATIOS=("backstop_backup pg_dump" "backstop_backup pipeline" "backstop_backup_again pg_dump"
+        "backstop_backup_history backstop_backup_again"
         "backstop_restore pg_restore_j2" "docs_backup restic_backup" "docs_restore restic_restore")
 declare -A T M
 for ((r = 1; r <= ROUNDS; r++)); do
@@ -144,7 +186,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
   if ((r % 2 == 0)); then
     # Reversed, but a restore still after its backup: baselines and backstop swap places.
     order=(restic_restore restic_backup docs_backup docs_restore backstop_restore
-           "backstop_backup backstop_backup_again" pg_restore_j2 pipeline pg_dump)
+           "backstop_backup backstop_backup_again backstop_backup_history" pg_restore_j2 pipeline pg_dump)
   fi
   echo "round $r: ${order[*]}" >&2
   for group in "${order[@]}"; do
@@ -175,7 +217,7 @@ for pair in "${RATIOS[@]}"; do
 done
 echo
 printf '%-40s %12s %14s\n' case "median_s" "max_peak_MiB"
-for c in pg_dump pipeline backstop_backup backstop_backup_again pg_restore_j2 backstop_restore restic_backup docs_backup restic_restore docs_restore; do
+for c in pg_dump pipeline backstop_backup backstop_backup_again backstop_backup_history pg_restore_j2 backstop_restore restic_backup docs_backup restic_restore docs_restore; do
   ts=(); mx=0
   for ((r = 1; r <= ROUNDS; r++)); do ts+=("${T[$r.$c]}"); ((M[$r.$c] > mx)) && mx=${M[$r.$c]}; done
   printf '%-40s %12s %14s\n' "$c" "$(printf '%s\n' "${ts[@]}" | median)" "$mx"

@@ -256,3 +256,81 @@ fn a_lost_backstop_json_is_refused_by_init_and_rebuilt_by_init_recover() {
     let rec = env.backup_json();
     assert!(rec["db"]["blobs_reused"].as_u64().unwrap() >= 1, "{rec}");
 }
+
+/// The backup host's blob index (in the cache directory) only saves reading meta.json files:
+/// a warm, corrupt, missing, stale or foreign one gives the same backups, and a stale one never
+/// makes a snapshot name a blob that prune removed.
+#[test]
+fn the_hosts_blob_index_is_only_a_shortcut_whatever_its_state() {
+    let env = Env::new();
+    with_bulk(&env);
+    let first = env.backup_json();
+    let index_dir = env.dir.path().join("cache").join("index");
+    let index_file = || {
+        std::fs::read_dir(&index_dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("blobs-")
+            })
+            .expect("the backup saved a blob index")
+    };
+    let folded = || -> usize {
+        let index: Value = serde_json::from_slice(&std::fs::read(index_file()).unwrap()).unwrap();
+        index["metas"].as_object().unwrap().len()
+    };
+    assert_eq!(folded(), 1);
+    let stale = std::fs::read(index_file()).unwrap();
+    // An unchanged database stores at most pg_dump's header chunks again, whatever the index.
+    let unchanged = |rec: &Value| {
+        assert_eq!(rec["ok"], true, "{rec}");
+        assert!(rec["db"]["blobs_new"].as_u64().unwrap() <= 2, "{rec}");
+        assert!(rec["db"]["blobs_reused"].as_u64().unwrap() > 5, "{rec}");
+    };
+    unchanged(&env.backup_json());
+    assert_eq!(folded(), 2);
+    std::fs::write(index_file(), b"{\"format\": 1, \"blobs\": [[").unwrap();
+    unchanged(&env.backup_json());
+    assert_eq!(
+        folded(),
+        3,
+        "a corrupt index is rebuilt from every meta.json"
+    );
+    std::fs::remove_dir_all(&index_dir).unwrap();
+    unchanged(&env.backup_json());
+    assert_eq!(folded(), 4, "a missing index is rebuilt");
+
+    // Prune the first snapshot (its header chunks go with it), then put back the index from
+    // before: it still names those blobs, but the next snapshot must not.
+    let id = first["snapshot_id"].as_str().unwrap();
+    let (code, pruned, stderr) = run(env
+        .backstop()
+        .args(["prune", "--json", "--policy"])
+        .arg(&env.policy)
+        .args(["--snapshot", id, "--force"]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(pruned["blobs_deleted"].as_u64().unwrap() >= 1, "{pruned}");
+    std::fs::write(index_file(), &stale).unwrap();
+    unchanged(&env.backup_json());
+    assert_eq!(
+        folded(),
+        4,
+        "the pruned snapshot is dropped, the other three read"
+    );
+    let (code, rec, stderr) = check(&env, true);
+    assert_eq!(code, 0, "{stderr}\n{rec}");
+
+    // Another host (its own cache) backing up into the same repository reads every meta.json.
+    let out = env
+        .backstop()
+        .env("BACKSTOP_CACHE_DIR", env.dir.path().join("other-host"))
+        .args(["backup", "--json", "--policy"])
+        .arg(&env.policy)
+        .output()
+        .unwrap();
+    unchanged(&serde_json::from_slice(&out.stdout).unwrap());
+}

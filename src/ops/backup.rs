@@ -412,7 +412,8 @@ async fn backup(
     }
     // The last point at which a cancellation or a lost lock stops the run.
     ctx.cancel.check()?;
-    repo.commit(&manifest, &sealer, meta).await?;
+    let (meta, meta_size) = repo.commit(&manifest, &sealer, meta).await?;
+    writer.committed(repo, &meta, meta_size);
     out.phases.push(Phase::since("commit", t));
     out.snapshot_id = Some(snapshot_id.to_string());
     crate::cache::save(&repo.store.describe(), &policy.name, &new_index);

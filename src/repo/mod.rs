@@ -7,6 +7,7 @@
 //! overwritten; meta.json and run records hold only what an auditor needs, never plaintext.
 
 pub mod format;
+pub mod index;
 pub mod lock;
 pub mod reader;
 pub mod runs;
@@ -273,12 +274,13 @@ impl Repo {
     }
 
     /// Commits a snapshot: manifest.age, then meta.json. Call only when every blob is durable.
+    /// Returns the meta.json as written and its size.
     pub async fn commit(
         &self,
         manifest: &Manifest,
         sealer: &Sealer,
         mut meta: Meta,
-    ) -> Result<Meta> {
+    ) -> Result<(Meta, u64)> {
         let body = serde_json::to_vec(manifest)
             .map_err(|e| Error::failed(format!("encoding manifest: {e}")))?;
         let sealed = sealer.seal(&body)?;
@@ -292,8 +294,9 @@ impl Repo {
         let body = serde_json::to_vec_pretty(&meta)
             .map_err(|e| Error::failed(format!("encoding meta.json: {e}")))?;
         let key = self.meta_key(&meta.id);
+        let size = body.len() as u64;
         self.put_once(&key, body).await?;
-        Ok(meta)
+        Ok((meta, size))
     }
 }
 
@@ -368,8 +371,7 @@ pub async fn read_metas(store: &dyn Store, prefix: &str) -> Result<Vec<Meta>> {
     Ok(list_metas(store, prefix).await?.snapshots)
 }
 
-/// Reads every `meta.json` under a prefix. One is damaged when it does not parse, or when
-/// its id and policy differ from those its key names (`snapshots/<policy>/<id>/meta.json`).
+/// Reads every `meta.json` under a prefix; see [`parse_meta`] for which are damaged.
 pub async fn list_metas(store: &dyn Store, prefix: &str) -> Result<Listing> {
     use futures::{StreamExt, TryStreamExt};
     let mut listing = Listing::default();
@@ -380,39 +382,41 @@ pub async fn list_metas(store: &dyn Store, prefix: &str) -> Result<Listing> {
         .filter(|e| e.key.ends_with("/meta.json"))
         .map(|e| e.key)
         .collect();
-    let bodies: Vec<(String, Option<Vec<u8>>)> = futures::stream::iter(keys)
+    // Each body is parsed as it arrives: only READ_AHEAD of them are held at once.
+    let mut bodies = futures::stream::iter(keys)
         .map(|k| async move { store.get_opt(&k).await.map(|b| (k, b)) })
-        .buffered(runs::READ_AHEAD)
-        .try_collect()
-        .await?;
-    for (key, body) in bodies {
-        let entry = crate::store::Entry { key, size: 0 };
-        let Some(path) = entry.key.strip_suffix("/meta.json") else {
-            continue;
-        };
-        let Some(body) = body else {
-            continue;
-        };
-        let mut parts = path.rsplit('/');
-        let (id, policy) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-        let damaged = |problem: String| DamagedMeta {
-            id: id.to_string(),
-            key: entry.key.clone(),
-            problem,
-        };
-        match serde_json::from_slice::<Meta>(&body) {
-            Ok(m) if m.id == id && m.policy == policy => listing.snapshots.push(m),
-            Ok(m) => listing.damaged.push(damaged(format!(
-                "meta.json names snapshot {} of policy {}, but is stored as {id} of {policy}",
-                m.id, m.policy
-            ))),
-            Err(e) => listing
-                .damaged
-                .push(damaged(format!("meta.json is not readable ({e})"))),
+        .buffered(runs::READ_AHEAD);
+    while let Some((key, body)) = bodies.try_next().await? {
+        match body.and_then(|b| parse_meta(&key, &b)) {
+            Some(Ok(m)) => listing.snapshots.push(m),
+            Some(Err(d)) => listing.damaged.push(d),
+            None => {}
         }
     }
     listing
         .snapshots
         .sort_by(|a, b| (a.consistent_at, &a.id).cmp(&(b.consistent_at, &b.id)));
     Ok(listing)
+}
+
+/// Parses the meta.json stored under `key` (None when the key names none). It is damaged when
+/// it does not parse, or when its id and policy differ from those its key names
+/// (`snapshots/<policy>/<id>/meta.json`).
+pub fn parse_meta(key: &str, body: &[u8]) -> Option<std::result::Result<Meta, DamagedMeta>> {
+    let path = key.strip_suffix("/meta.json")?;
+    let mut parts = path.rsplit('/');
+    let (id, policy) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let damaged = |problem: String| DamagedMeta {
+        id: id.to_string(),
+        key: key.to_string(),
+        problem,
+    };
+    Some(match serde_json::from_slice::<Meta>(body) {
+        Ok(m) if m.id == id && m.policy == policy => Ok(m),
+        Ok(m) => Err(damaged(format!(
+            "meta.json names snapshot {} of policy {}, but is stored as {id} of {policy}",
+            m.id, m.policy
+        ))),
+        Err(e) => Err(damaged(format!("meta.json is not readable ({e})"))),
+    })
 }

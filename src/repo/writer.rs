@@ -13,8 +13,10 @@
 //! sealed and uploaded again when it comes by, and [`BlobWriter::reuploaded`] counts those.
 //! A later snapshot never references a blob the store does not have.
 
+use super::format::Meta;
 use super::format::{BlobRef, ChunkRef, StreamRef};
-use super::{blob_key, read_metas, Repo};
+use super::index::BlobIndex;
+use super::{blob_key, Repo};
 use crate::error::{Error, Result};
 use crate::seal::{sha256_hex, ChunkerParams, Sealer};
 use crate::store::{Put, Store};
@@ -57,6 +59,8 @@ pub struct BlobWriter {
     /// Blobs committed snapshots name that the store lacks.
     lost: std::collections::HashSet<String>,
     reuploaded: std::sync::atomic::AtomicU64,
+    /// The host's index of committed snapshots' blobs, saved with this run's snapshot.
+    index: Mutex<Option<BlobIndex>>,
 }
 
 enum Sealed {
@@ -67,12 +71,14 @@ enum Sealed {
 
 impl BlobWriter {
     pub async fn new(repo: &Repo, sealer: Arc<Sealer>, concurrency: usize) -> Result<BlobWriter> {
-        let mut known = HashMap::new();
-        for meta in read_metas(repo.store.as_ref(), "snapshots/").await? {
-            for b in meta.blobs {
-                known.insert(b.id.clone(), b);
-            }
-        }
+        let (mut index, synced) = BlobIndex::open(repo).await?;
+        tracing::debug!(
+            "blob index: {} meta.json read, {} dropped{}",
+            synced.metas_read,
+            synced.metas_dropped,
+            if synced.rebuilt { " (rebuilt)" } else { "" }
+        );
+        let mut known = index.referenced();
         let stored = repo.stored_blobs().await?;
         let lost: std::collections::HashSet<String> = known
             .keys()
@@ -101,6 +107,7 @@ impl BlobWriter {
             used: Mutex::new(BTreeMap::new()),
             lost,
             reuploaded: std::sync::atomic::AtomicU64::new(0),
+            index: Mutex::new(Some(index)),
         })
     }
 
@@ -124,6 +131,15 @@ impl BlobWriter {
     /// again.
     pub fn reuploaded(&self) -> u64 {
         self.reuploaded.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Adds a snapshot just committed (its meta.json `meta_size` bytes) to the host's blob
+    /// index and saves it.
+    pub fn committed(&self, repo: &Repo, meta: &Meta, meta_size: u64) {
+        if let Some(mut index) = lock(&self.index).take() {
+            index.add_committed(repo, meta, meta_size);
+            index.save();
+        }
     }
 
     /// Every blob referenced so far, sorted by id.
