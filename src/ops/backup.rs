@@ -627,6 +627,11 @@ async fn run_pg_dump(
         let _ = (&mut stderr).take(256 * 1024).read_to_string(&mut text);
         text
     });
+    // A 1 MiB pipe (Linux allows it unprivileged) lets pg_dump run ahead of the chunker's
+    // read-and-hash pauses instead of blocking every 64 KiB; refused, the default stays.
+    if let Err(e) = rustix::pipe::fcntl_setpipe_size(&stdout, 1 << 20) {
+        tracing::debug!("could not enlarge pg_dump's pipe: {e}");
+    }
     let estimate: i64 = tables.iter().map(|t| t.bytes).sum();
     let progress = progress.bar("backup", Some(estimate.max(0) as u64));
     let (stdout, scan) = archive::scan_alongside(stdout);

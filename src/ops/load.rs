@@ -311,6 +311,21 @@ async fn spool_dump(
         return Ok(Err(problem(e)));
     }
     check_whole(meta, manifest, written, hasher)?;
+    // pg_dump wrote to a pipe, so the TOC has no data offsets: fill them in, as pg_dump does
+    // for a file, so each parallel worker seeks to its table instead of reading from the start.
+    // Without them pg_restore still works, only slower, so a failure is logged.
+    let handle = file.as_file().try_clone();
+    let filled = tokio::task::spawn_blocking(move || {
+        handle
+            .map_err(|e| e.to_string())
+            .and_then(|f| crate::source::archive::fill_data_offsets(&f))
+    })
+    .await
+    .map_err(|e| Error::failed(format!("filling the spool's data offsets: {e}")))?;
+    match filled {
+        Ok(n) => tracing::debug!("filled in {n} data offsets in the spool's TOC"),
+        Err(e) => tracing::warn!("could not fill in the spool's data offsets ({e}): pg_restore's workers will scan for their tables"),
+    }
     Ok(Ok(file))
 }
 
