@@ -52,11 +52,16 @@ pub fn dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/backstop"))
 }
 
+/// A file in the cache's `index/` directory.
+pub fn index_file(name: &str) -> Option<PathBuf> {
+    dir().map(|d| d.join("index").join(name))
+}
+
 fn path(repository: &str, policy: &str) -> Option<PathBuf> {
     let id = hex::encode(Sha256::digest(
         format!("{repository}\u{0}{policy}").as_bytes(),
     ));
-    dir().map(|d| d.join("index").join(format!("{}.json", &id[..32])))
+    index_file(&format!("{}.json", &id[..32]))
 }
 
 pub fn load(repository: &str, policy: &str) -> Index {
@@ -68,24 +73,25 @@ pub fn load(repository: &str, policy: &str) -> Index {
 
 /// Replaces the index; a failure only costs downloads next time, so it is logged, not raised.
 pub fn save(repository: &str, policy: &str, index: &Index) {
-    let Some(p) = path(repository, policy) else {
-        return;
-    };
+    if let Some(p) = path(repository, policy) {
+        save_json(&p, index, "the storage index cache");
+    }
+}
+
+/// Replaces a cache file with `value` as JSON (written beside it, then renamed). A cache
+/// that cannot be saved only costs work next time, so a failure is logged, not raised.
+pub fn save_json<T: Serialize>(path: &std::path::Path, value: &T, what: &str) {
     let write = || -> std::io::Result<()> {
-        if let Some(parent) = p.parent() {
+        if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let tmp = p.with_extension(format!("tmp-{}", std::process::id()));
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec(index).map_err(std::io::Error::other)?,
-        )?;
-        std::fs::rename(&tmp, &p)
+        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+        serde_json::to_writer(&mut out, value).map_err(std::io::Error::other)?;
+        out.into_inner().map_err(|e| e.into_error())?;
+        std::fs::rename(&tmp, path)
     };
     if let Err(e) = write() {
-        tracing::warn!(
-            "could not save the storage index cache {}: {e}",
-            p.display()
-        );
+        tracing::warn!("could not save {what} {}: {e}", path.display());
     }
 }

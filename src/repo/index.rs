@@ -65,10 +65,7 @@ fn identity(repo: &Repo) -> String {
 }
 
 fn path(identity: &str) -> Option<PathBuf> {
-    crate::cache::dir().map(|d| {
-        d.join("index")
-            .join(format!("blobs-{}.json", &identity[..32]))
-    })
+    crate::cache::index_file(&format!("blobs-{}.json", &identity[..32]))
 }
 
 impl BlobIndex {
@@ -195,27 +192,14 @@ impl BlobIndex {
             .collect()
     }
 
-    /// Saves the index without the blobs no folded snapshot references any more. A failure
-    /// only costs re-reading meta.json files next time, so it is logged, not raised.
+    /// Saves the index without the blobs no folded snapshot references any more (a failure
+    /// only costs re-reading meta.json files next time).
     pub fn save(mut self) {
         let Some(p) = path(&self.identity) else {
             return;
         };
         self.compact();
-        let write = || -> std::io::Result<()> {
-            if let Some(parent) = p.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            let tmp = p.with_extension(format!("tmp-{}", std::process::id()));
-            let file = std::fs::File::create(&tmp)?;
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-            serde_json::to_writer(&mut out, &self).map_err(std::io::Error::other)?;
-            out.into_inner().map_err(|e| e.into_error())?;
-            std::fs::rename(&tmp, &p)
-        };
-        if let Err(e) = write() {
-            tracing::warn!("could not save the blob index {}: {e}", p.display());
-        }
+        crate::cache::save_json(&p, &self, "the blob index");
     }
 
     /// Renumbers the table to the blobs still referenced.

@@ -130,17 +130,8 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<Entry>> {
         root.join(dir_part)
     };
     let mut out = Vec::new();
-    // Each directory with its key prefix ("blobs/ab/"), so keys are built without path
-    // conversions; the entry's type comes from the directory itself, only files are stat'ed.
-    let mut stack = vec![(
-        start,
-        if dir_part.is_empty() {
-            String::new()
-        } else {
-            format!("{dir_part}/")
-        },
-    )];
-    while let Some((dir, rel)) = stack.pop() {
+    let mut stack = vec![start];
+    while let Some(dir) = stack.pop() {
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == ErrorKind::NotFound => continue,
@@ -153,18 +144,17 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<Entry>> {
             if name.starts_with(".tmp-") {
                 continue;
             }
-            let key = format!("{rel}{name}");
-            let file_type = entry
-                .file_type()
-                .map_err(|e| io_error("stat", &entry.path(), e))?;
-            if file_type.is_dir() {
-                stack.push((entry.path(), format!("{key}/")));
+            let path = entry.path();
+            let meta = entry.metadata().map_err(|e| io_error("stat", &path, e))?;
+            if meta.is_dir() {
+                stack.push(path);
                 continue;
             }
+            let Ok(rel) = path.strip_prefix(root) else {
+                continue;
+            };
+            let key = rel.to_string_lossy().to_string();
             if key.starts_with(prefix) {
-                let meta = entry
-                    .metadata()
-                    .map_err(|e| io_error("stat", &entry.path(), e))?;
                 out.push(Entry {
                     key,
                     size: meta.len(),
