@@ -155,6 +155,10 @@ impl Sealer {
 /// The largest manifest a reader decompresses (1 GiB).
 pub const MANIFEST_MAX: u64 = 1 << 30;
 
+/// The most [`Opener::open_bounded`] reserves up front: the largest chunk FastCDC makes. Pages
+/// of a larger reservation than a small manifest needs are never touched.
+const CHUNK_CAPACITY: u64 = fastcdc::v2020::MAXIMUM_MAX as u64 + 1;
+
 /// Private keys, loaded only by restore, verify and `check --identity`.
 pub struct Opener {
     identities: Vec<age::x25519::Identity>,
@@ -218,7 +222,7 @@ impl Opener {
                 )),
                 other => Error::new(Kind::Damaged, format!("{what} is damaged: {other}")),
             })?;
-        let mut compressed = Vec::new();
+        let mut compressed = Vec::with_capacity(sealed.len());
         reader.read_to_end(&mut compressed).map_err(|e| {
             Error::new(
                 Kind::Damaged,
@@ -227,7 +231,9 @@ impl Opener {
         })?;
         // Decompression stops one byte past what the manifest records: a frame that claims
         // more (damage, or a crafted one) never fills memory.
-        let mut plain = Vec::new();
+        // Sized for the recorded length (plus the byte that detects more), capped so that a
+        // manifest's bound never becomes an allocation.
+        let mut plain = Vec::with_capacity(max.saturating_add(1).min(CHUNK_CAPACITY) as usize);
         zstd::stream::read::Decoder::new(compressed.as_slice())
             .and_then(|d| d.take(max.saturating_add(1)).read_to_end(&mut plain))
             .map_err(|e| {

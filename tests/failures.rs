@@ -26,8 +26,10 @@ fn damage_is_detected_and_named() {
     assert_eq!(code, 1, "{stderr}");
     assert_eq!(rec["ok"], false);
     assert!(
-        stderr.contains(&format!("blob {blob_id} is damaged")),
-        "{stderr}"
+        stderr.contains(&format!(
+            "blob {blob_id} is damaged: its stored bytes have SHA-256"
+        )),
+        "the restore names the stored bytes as what changed: {stderr}"
     );
     assert!(rec["error"].as_str().unwrap().contains(&blob_id));
 

@@ -9,7 +9,8 @@
 //! snapshot: rows whose object is absent (`missing_in_bucket`) and objects without a row
 //! (`missing_in_table`) are recorded, and fail the backup when `require_consistent` is set.
 //!
-//! Restoring writes `DIR/<bucket>/<name>` atomically (a temporary file, fsync, rename) and never
+//! Restoring writes `DIR/<bucket>/<name>` atomically (a temporary file, fsync, rename; the
+//! directories are fsynced once each when all are written, see [`crate::localfs`]) and never
 //! replaces an existing file without `force`; a name that is not a safe path is written through
 //! the reversible mapping of [`crate::source::storage::names`] and listed in [`NAMES_FILE`]. Or
 //! it uploads each object to the source under its exact name, with the recorded content type
@@ -29,7 +30,7 @@ use futures::{StreamExt, TryStreamExt};
 use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::io::AsyncRead;
+use tokio::io::AsyncBufRead;
 
 pub const CONCURRENT_OBJECTS: usize = 4;
 
@@ -203,7 +204,7 @@ pub fn chunks_reader(
     reader: &Arc<BlobReader>,
     chunks: Vec<crate::repo::format::ChunkRef>,
     ahead: usize,
-) -> impl AsyncRead + Send + Unpin + 'static {
+) -> impl AsyncBufRead + Send + Unpin + 'static {
     let stream = reader
         .stream(chunks, ahead)
         .map_ok(bytes::Bytes::from)
@@ -291,14 +292,16 @@ pub async fn restore(
             source.ensure_bucket(b).await?;
         }
     }
+    let writes = crate::localfs::Writes::new();
     let results: Vec<(u64, Option<String>)> = futures::stream::iter(objects)
         .map(|o| {
             let target = &target;
+            let writes = &writes;
             async move {
                 let body = chunks_reader(reader, o.chunks.clone(), ahead);
                 let written = match target {
                     Target::Dir { root, force } => match dir_path(root, o) {
-                        Ok((path, _)) => write_file_atomically(&path, body, *force).await,
+                        Ok((path, _)) => writes.write(&path, body, *force, None).await,
                         Err(e) => Err(e),
                     },
                     Target::Source(source) => {
@@ -321,6 +324,7 @@ pub async fn restore(
         .buffer_unordered(CONCURRENT_RESTORES)
         .collect()
         .await;
+    writes.sync().await?;
     for (bytes, failure) in results {
         match failure {
             None => {

@@ -289,25 +289,30 @@ pub async fn restore(
             done.failed.push(format!("{}: {err}", e.path));
         }
     }
+    let writes = crate::localfs::Writes::new();
     let results: Vec<Option<String>> =
         futures::stream::iter(planned.iter().filter(|(_, e)| e.kind == "file"))
-            .map(|(dest, e)| async move {
-                let body = super::documents::chunks_reader(reader, e.chunks.clone(), ahead);
-                let written =
-                    crate::localfs::write_file_atomically_as(dest, body, force, Some(e.mode))
+            .map(|(dest, e)| {
+                let writes = &writes;
+                async move {
+                    let body = super::documents::chunks_reader(reader, e.chunks.clone(), ahead);
+                    let written = writes
+                        .write(dest, body, force, Some(e.mode))
                         .await
                         .and_then(|()| {
                             apply_metadata(dest, e, root).map_err(|err| {
                                 Error::failed(format!("setting owner, mode or mtime: {err}"))
                             })
                         });
-                written
-                    .err()
-                    .map(|err| format!("{}: {}", e.path, err.message))
+                    written
+                        .err()
+                        .map(|err| format!("{}: {}", e.path, err.message))
+                }
             })
             .buffer_unordered(super::documents::CONCURRENT_RESTORES)
             .collect()
             .await;
+    writes.sync().await?;
     for (r, (_, e)) in results
         .into_iter()
         .zip(planned.iter().filter(|(_, e)| e.kind == "file"))

@@ -127,6 +127,7 @@ impl StorageSource for DirSource {
         body: Reader,
     ) -> Result<()> {
         let path = self.object_path(bucket, name)?;
+        let body = tokio::io::BufReader::with_capacity(256 << 10, body);
         crate::localfs::write_file_atomically(&path, body, true).await
     }
 }
