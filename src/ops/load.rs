@@ -274,6 +274,12 @@ enum Feed {
 /// against the manifest's SHA-256 before pg_restore sees a byte of it. The outer error is the
 /// snapshot's (a damaged blob, a cancellation); the inner one the spool's own (it cannot be
 /// created or written, e.g. a full disk), which the caller falls back from.
+///
+/// pg_dump wrote to a pipe, so the TOC has no data offsets. A thread beside the writer reads
+/// the chunks as they pass, hashing the whole and finding where each data block starts, and
+/// the offsets are written into the spool's TOC once it is checked, as pg_dump does for a
+/// file: each parallel worker then seeks to its table instead of reading from the start.
+/// Without them pg_restore still works, only slower, so a failure to find them is logged.
 async fn spool_dump(
     reader: &Arc<BlobReader>,
     meta: &Meta,
@@ -294,31 +300,55 @@ async fn spool_dump(
         Ok(h) => h,
         Err(e) => return Ok(Err(problem(e))),
     };
-    let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(handle));
+    let mut out = tokio::fs::File::from_std(handle);
+    out.set_max_buf_size(SPOOL_WRITE);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(ahead.max(2));
+    let beside = std::thread::spawn(move || {
+        let mut hasher = Sha256::new();
+        let mut next = || {
+            let batch = rx.blocking_recv()?;
+            hasher.update(&batch);
+            Some(batch)
+        };
+        let offsets = crate::source::archive::data_offsets(
+            crate::source::archive::ChannelReader::new(&mut next),
+        );
+        while next().is_some() {} // a parse that stopped early still hashes the rest
+        (offsets, hasher)
+    });
     let mut chunks = reader.stream(manifest.dump.chunks.clone(), ahead);
-    let mut hasher = Sha256::new();
     let mut written = 0u64;
+    let mut failed = None;
     while let Some(item) = chunks.next().await {
         let plain = item?;
-        hasher.update(&plain);
         written += plain.len() as u64;
         if let Err(e) = out.write_all(&plain).await {
-            return Ok(Err(problem(e)));
+            failed = Some(problem(e));
+            break;
         }
         progress.inc(plain.len() as u64);
+        if tx.send(plain).await.is_err() {
+            break; // the thread beside ended, which it does only by panicking
+        }
     }
-    if let Err(e) = out.flush().await {
-        return Ok(Err(problem(e)));
+    drop(tx);
+    if failed.is_none() {
+        failed = out.flush().await.err().map(problem);
+    }
+    let (offsets, hasher) = tokio::task::spawn_blocking(move || beside.join())
+        .await
+        .ok()
+        .and_then(|joined| joined.ok())
+        .ok_or_else(|| Error::failed("the spool's checking thread failed"))?;
+    if let Some(problem) = failed {
+        return Ok(Err(problem));
     }
     check_whole(meta, manifest, written, hasher)?;
-    // pg_dump wrote to a pipe, so the TOC has no data offsets: fill them in, as pg_dump does
-    // for a file, so each parallel worker seeks to its table instead of reading from the start.
-    // Without them pg_restore still works, only slower, so a failure is logged.
     let handle = file.as_file().try_clone();
     let filled = tokio::task::spawn_blocking(move || {
-        handle
-            .map_err(|e| e.to_string())
-            .and_then(|f| crate::source::archive::fill_data_offsets(&f))
+        let offsets = offsets?;
+        let handle = handle.map_err(|e| e.to_string())?;
+        offsets.write_to(&handle).map(|()| offsets.len())
     })
     .await
     .map_err(|e| Error::failed(format!("filling the spool's data offsets: {e}")))?;
@@ -328,6 +358,9 @@ async fn spool_dump(
     }
     Ok(Ok(file))
 }
+
+/// The most of the spool handed to the blocking pool in one write: a chunk or more.
+const SPOOL_WRITE: usize = 4 << 20;
 
 /// The reassembled dump is exactly the one the manifest records.
 fn check_whole(meta: &Meta, manifest: &DbManifest, written: u64, hasher: Sha256) -> Result<()> {

@@ -22,7 +22,7 @@
 use super::copytext::RowDigest;
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::thread::JoinHandle;
 
 /// One table's data as the archive holds it.
@@ -49,13 +49,7 @@ pub struct Scan {
 /// the scan fail as truncated). A scan that fails early stops receiving; reading goes on.
 pub fn scan_alongside<R: Read>(inner: R) -> (Tee<R>, JoinHandle<Result<Scan, String>>) {
     let (tx, rx) = sync_channel::<Vec<u8>>(4);
-    let handle = std::thread::spawn(move || {
-        scan(ChannelReader {
-            rx,
-            buf: Vec::new(),
-            pos: 0,
-        })
-    });
+    let handle = std::thread::spawn(move || scan(ChannelReader::new(move || rx.recv().ok())));
     let tee = Tee {
         inner,
         tx: Some(tx),
@@ -101,27 +95,76 @@ impl<R: Read> Read for Tee<R> {
     }
 }
 
-struct ChannelReader {
-    rx: Receiver<Vec<u8>>,
+/// A reader over batches of bytes that `next` yields (from a channel), until it yields none.
+pub struct ChannelReader<F> {
+    next: F,
     buf: Vec<u8>,
     pos: usize,
 }
 
-impl Read for ChannelReader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+impl<F: FnMut() -> Option<Vec<u8>>> ChannelReader<F> {
+    pub fn new(next: F) -> Self {
+        ChannelReader {
+            next,
+            buf: Vec::new(),
+            pos: 0,
+        }
+    }
+
+    /// Whether a batch is at hand; waits for the next one when the current is used up.
+    fn fill(&mut self) -> bool {
         while self.pos == self.buf.len() {
-            match self.rx.recv() {
-                Ok(b) => {
+            match (self.next)() {
+                Some(b) => {
                     self.buf = b;
                     self.pos = 0;
                 }
-                Err(_) => return Ok(0),
+                None => return false,
             }
+        }
+        true
+    }
+}
+
+impl<F: FnMut() -> Option<Vec<u8>>> Read for ChannelReader<F> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if !self.fill() {
+            return Ok(0);
         }
         let n = out.len().min(self.buf.len() - self.pos);
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
+    }
+}
+
+/// A reader that can pass over bytes without copying them out.
+pub trait Skip: Read {
+    fn skip(&mut self, n: u64) -> io::Result<()>;
+}
+
+impl<F: FnMut() -> Option<Vec<u8>>> Skip for ChannelReader<F> {
+    fn skip(&mut self, mut n: u64) -> io::Result<()> {
+        while n > 0 {
+            if !self.fill() {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let step = n.min((self.buf.len() - self.pos) as u64);
+            self.pos += step as usize;
+            n -= step;
+        }
+        Ok(())
+    }
+}
+
+impl Skip for &[u8] {
+    fn skip(&mut self, n: u64) -> io::Result<()> {
+        let n = usize::try_from(n).unwrap_or(usize::MAX);
+        if n > self.len() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        *self = &self[n..];
+        Ok(())
     }
 }
 
@@ -294,22 +337,44 @@ pub fn scan<R: Read>(r: R) -> Result<Scan, String> {
 const OFFSET_POS_NOT_SET: u8 = 1;
 const OFFSET_POS_SET: u8 = 2;
 
-/// Writes the data offsets into the TOC of a custom-format archive that pg_dump wrote to a
-/// pipe, as pg_dump itself does when it writes to a file: for every entry whose offset is
-/// "not set" and whose data block the archive holds, the flag becomes "set" and the offset
-/// the block's position (least significant byte first). With them, each of pg_restore's
-/// parallel workers seeks straight to its table's data instead of reading the archive from
-/// the start to find it. Data blocks are skipped over, not read. Only those flag and offset
-/// bytes change; the caller has already checked the archive's every byte. Returns how many
-/// entries it filled.
-pub fn fill_data_offsets(file: &std::fs::File) -> Result<usize, String> {
-    use std::io::{Seek, SeekFrom};
-    use std::os::unix::fs::FileExt;
-    let mut reader = io::BufReader::with_capacity(64 * 1024, file);
-    reader
-        .seek(SeekFrom::Start(0))
-        .map_err(|e| format!("reading the archive: {e}"))?;
-    let mut a = Archive::new(reader);
+/// The data offsets missing from the TOC of a custom-format archive that pg_dump wrote to a
+/// pipe, found by [`data_offsets`] as the archive streams past and written into the archive's
+/// file by [`DataOffsets::write_to`], as pg_dump itself does when it writes to a file: for
+/// every entry whose offset is "not set" and whose data block the archive holds, the flag
+/// becomes "set" and the offset the block's position (least significant byte first). With
+/// them, each of pg_restore's parallel workers seeks straight to its table's data instead of
+/// reading the archive from the start to find it. Only those flag and offset bytes change.
+#[derive(Debug, Default)]
+pub struct DataOffsets {
+    /// Where an entry's flag byte is, and the flag and offset bytes to put there.
+    patches: Vec<(u64, Vec<u8>)>,
+}
+
+impl DataOffsets {
+    pub fn len(&self) -> usize {
+        self.patches.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.patches.is_empty()
+    }
+
+    /// Writes the offsets into `file`, which holds the very archive they were found in; the
+    /// caller has already checked its every byte.
+    pub fn write_to(&self, file: &std::fs::File) -> Result<(), String> {
+        use std::os::unix::fs::FileExt;
+        for (flag_at, bytes) in &self.patches {
+            file.write_all_at(bytes, *flag_at)
+                .map_err(|e| format!("writing the archive's data offsets: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads a whole custom-format archive from `r`, passing over the data blocks' bytes without
+/// copying them, and returns the data offsets its TOC lacks.
+pub fn data_offsets<R: Skip>(r: R) -> Result<DataOffsets, String> {
+    let mut a = Archive::new(r);
     let off_size = read_header(&mut a)?;
     let count = a.int()?;
     let mut unset: HashMap<i64, u64> = HashMap::new();
@@ -319,11 +384,11 @@ pub fn fill_data_offsets(file: &std::fs::File) -> Result<usize, String> {
             unset.insert(e.dump_id, e.offset_at);
         }
     }
-    let mut patches = Vec::new();
+    let mut offsets = DataOffsets::default();
     loop {
         let at = a.pos;
         let kind = match a.byte_or_end()? {
-            None => break,
+            None => return Ok(offsets),
             Some(k) => k,
         };
         let dump_id = a.int()?;
@@ -339,14 +404,9 @@ pub fn fill_data_offsets(file: &std::fs::File) -> Result<usize, String> {
         if let Some(flag_at) = unset.remove(&dump_id) {
             let mut bytes = vec![OFFSET_POS_SET];
             bytes.extend((0..off_size).map(|i| if i < 8 { (at >> (8 * i)) as u8 } else { 0 }));
-            patches.push((flag_at, bytes));
+            offsets.patches.push((flag_at, bytes));
         }
     }
-    for (flag_at, bytes) in &patches {
-        file.write_all_at(bytes, *flag_at)
-            .map_err(|e| format!("writing the archive's data offsets: {e}"))?;
-    }
-    Ok(patches.len())
 }
 
 struct Archive<R> {
@@ -444,8 +504,8 @@ impl<R: Read> Archive<R> {
     }
 }
 
-impl Archive<io::BufReader<&std::fs::File>> {
-    /// A data block's chunks, skipped over (within the buffer when they are short).
+impl<R: Skip> Archive<R> {
+    /// A data block's chunks, passed over.
     fn skip_chunks(&mut self) -> Result<(), String> {
         loop {
             let len = self.int()?;
@@ -453,10 +513,10 @@ impl Archive<io::BufReader<&std::fs::File>> {
                 return Ok(());
             }
             let len = u64::try_from(len).map_err(|_| format!("negative chunk length {len}"))?;
-            let by = i64::try_from(len).map_err(|_| format!("chunk length {len} out of range"))?;
-            self.r
-                .seek_relative(by)
-                .map_err(|e| format!("reading the archive: {e}"))?;
+            self.r.skip(len).map_err(|e| match e.kind() {
+                io::ErrorKind::UnexpectedEof => "the archive ends early".to_string(),
+                _ => format!("reading the archive: {e}"),
+            })?;
             self.pos += len;
         }
     }
@@ -593,11 +653,14 @@ mod tests {
         let original = sample(16);
         let mut file = tempfile::tempfile().unwrap();
         std::io::Write::write_all(&mut file, &original).unwrap();
-        assert_eq!(
-            fill_data_offsets(&file).unwrap(),
-            3,
-            "two tables and the large objects"
-        );
+        // Found as the archive streams past in batches of 7 bytes, so that a field or a chunk
+        // spans batches.
+        let mut batches = original.chunks(7).map(<[u8]>::to_vec);
+        let offsets = data_offsets(ChannelReader::new(|| batches.next())).unwrap();
+        assert_eq!(offsets.len(), 3, "two tables and the large objects");
+        offsets.write_to(&file).unwrap();
+        let cut = &original[..original.len() - 3];
+        assert!(data_offsets(cut).unwrap_err().contains("ends early"));
         let mut patched = Vec::new();
         std::io::Seek::rewind(&mut file).unwrap();
         std::io::Read::read_to_end(&mut file, &mut patched).unwrap();
