@@ -6,7 +6,7 @@
 
 use crate::error::Result;
 use crate::policy::Policy;
-use crate::repo::{list_metas, runs, Repo};
+use crate::repo::{list_metas, runs, Blobs, Repo};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -68,7 +68,8 @@ pub fn job_stats(records: &[Value]) -> JobStats {
 impl PolicyMetrics {
     pub async fn from_repository(policy: &Policy, repo: &Repo) -> Result<PolicyMetrics> {
         let store = repo.store.as_ref();
-        let listing = list_metas(store, &format!("snapshots/{}/", policy.name)).await?;
+        let listing =
+            list_metas(store, &format!("snapshots/{}/", policy.name), Blobs::Drop).await?;
         let mut m = PolicyMetrics {
             policy: policy.name.clone(),
             rpo_s: policy.objectives.rpo.as_secs_f64(),

@@ -127,7 +127,7 @@ async fn a_backup_cancelled_through_its_token_commits_nothing_and_the_next_reuse
         env.meta_files().is_empty(),
         "a cancelled backup left a snapshot"
     );
-    assert!(repo.snapshots().await.unwrap().is_empty());
+    assert!(repo.listing().await.unwrap().snapshots.is_empty());
     assert!(
         common::files_under(&env.repo.join("locks")).is_empty(),
         "the cancelled backup left its lock"

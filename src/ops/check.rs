@@ -11,7 +11,7 @@ use crate::error::{Error, Kind, Result};
 use crate::repo::blob_key;
 use crate::repo::format::{BlobRef, ChunkRef};
 use crate::repo::reader::BlobReader;
-use crate::repo::Repo;
+use crate::repo::{Blobs, Repo};
 use crate::seal::{sha256_hex, BlobIds, Opener};
 use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap};
@@ -110,7 +110,7 @@ pub async fn run(repo: &Repo, req: &Request, ctx: &Ctx) -> Outcome {
 
 async fn check(repo: &Repo, req: &Request, ctx: &Ctx, rec: &mut Outcome) -> Result<()> {
     let (key, read_data) = (&req.key, req.read_data);
-    let listing = repo.listing().await?;
+    let listing = repo.listing_with(Blobs::Keep).await?;
     let metas = listing.snapshots;
     rec.snapshots_checked = (metas.len() + listing.damaged.len()) as u64;
     let mut damaged: Vec<Damaged> = listing

@@ -20,7 +20,7 @@ use super::{with_lock, Ctx, Phase, RunTimes};
 use crate::error::{Error, Kind, Result};
 use crate::policy::Policy;
 use crate::repo::lock::Mode;
-use crate::repo::{blob_key, list_metas, Repo};
+use crate::repo::{blob_key, list_metas, Blobs, Repo};
 use crate::retention::{self, Candidate, Rules};
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -182,7 +182,7 @@ async fn prune(
 ) -> Result<()> {
     let store = repo.store.clone();
     let t = Instant::now();
-    let all = list_metas(store.as_ref(), "snapshots/").await?;
+    let all = list_metas(store.as_ref(), "snapshots/", Blobs::Keep).await?;
     if !all.damaged.is_empty() {
         let names: Vec<String> = all
             .damaged

@@ -6,7 +6,7 @@
 use super::RunTimes;
 use crate::error::Result;
 use crate::policy::Policy;
-use crate::repo::{list_metas, runs, Repo};
+use crate::repo::{list_metas, runs, Blobs, Repo};
 use crate::report::{evaluate, render::Report, Input, PolicyReport, Window};
 use chrono::{DateTime, Utc};
 
@@ -20,7 +20,7 @@ pub struct Part {
 pub async fn policy_report(policy: &Policy, window: &Window, now: DateTime<Utc>) -> Result<Part> {
     let repo = super::open_repo(policy).await?;
     let store = repo.store.as_ref();
-    let listing = list_metas(store, &format!("snapshots/{}/", policy.name)).await?;
+    let listing = list_metas(store, &format!("snapshots/{}/", policy.name), Blobs::Drop).await?;
     let backups = runs::read(store, &policy.name, "backup").await?;
     let verifies = runs::read(store, &policy.name, "verify").await?;
     let mut report = evaluate(&Input {

@@ -4,13 +4,13 @@
 
 use crate::error::Result;
 use crate::policy::Policy;
-use crate::repo::{list_metas, runs};
+use crate::repo::{list_metas, runs, Blobs};
 use crate::runbook::Facts;
 
 pub async fn facts(policy: &Policy) -> Result<Facts> {
     let repo = super::open_repo(policy).await?;
     let store = repo.store.as_ref();
-    let listing = list_metas(store, &format!("snapshots/{}/", policy.name)).await?;
+    let listing = list_metas(store, &format!("snapshots/{}/", policy.name), Blobs::Drop).await?;
     let verifies = runs::read(store, &policy.name, "verify").await?;
     let snapshots = listing.snapshots.len();
     let newest = listing

@@ -92,7 +92,7 @@ impl Repo {
                 store.describe()
             )));
         }
-        let metas = read_metas(store.as_ref(), "snapshots/").await?;
+        let metas = read_metas(store.as_ref(), "snapshots/", Blobs::Drop).await?;
         let mut last_error = None;
         for meta in metas.iter().rev() {
             let facts = match read_manifest(store.as_ref(), meta, opener).await {
@@ -214,24 +214,26 @@ impl Repo {
         format!("{}{id}/manifest.age", self.snapshot_prefix())
     }
 
-    /// Every committed snapshot of this policy whose meta.json is sound, oldest first.
-    pub async fn snapshots(&self) -> Result<Vec<Meta>> {
-        Ok(self.listing().await?.snapshots)
+    /// This policy's snapshots (without their blob lists), and those whose meta.json is damaged.
+    pub async fn listing(&self) -> Result<Listing> {
+        self.listing_with(Blobs::Drop).await
     }
 
-    /// This policy's snapshots, and those whose meta.json is damaged.
-    pub async fn listing(&self) -> Result<Listing> {
-        list_metas(self.store.as_ref(), &self.snapshot_prefix()).await
+    pub async fn listing_with(&self, blobs: Blobs) -> Result<Listing> {
+        list_metas(self.store.as_ref(), &self.snapshot_prefix(), blobs).await
     }
 
     pub async fn find(&self, selector: &Selector) -> Result<Meta> {
+        let unusable = |d: &DamagedMeta| {
+            Error::failed(format!(
+                "snapshot {} is damaged and cannot be used: {} ({})",
+                d.id, d.problem, d.key
+            ))
+        };
         let listing = self.listing().await?;
         if let Selector::Id(id) = selector {
             if let Some(d) = listing.damaged.iter().find(|d| &d.id == id) {
-                return Err(Error::failed(format!(
-                    "snapshot {id} is damaged and cannot be used: {} ({})",
-                    d.problem, d.key
-                )));
+                return Err(unusable(d));
             }
         }
         for d in &listing.damaged {
@@ -239,23 +241,38 @@ impl Repo {
         }
         let all = listing.snapshots;
         let found = match selector {
-            Selector::Latest => all.last().cloned(),
-            Selector::Id(id) => all.iter().find(|m| &m.id == id).cloned(),
-            Selector::Before(t) => all.iter().rev().find(|m| m.consistent_at < *t).cloned(),
+            Selector::Latest => all.last(),
+            Selector::Id(id) => all.iter().find(|m| &m.id == id),
+            Selector::Before(t) => all.iter().rev().find(|m| m.consistent_at < *t),
         };
-        found.ok_or_else(|| {
-            let what = match selector {
-                Selector::Latest => "no snapshot".to_string(),
-                Selector::Id(id) => format!("no snapshot {id}"),
-                Selector::Before(t) => format!("no snapshot consistent before {}", t.to_rfc3339()),
+        if let Some(m) = found {
+            // The listing dropped the blob lists; the chosen snapshot's is read again.
+            let key = self.meta_key(&m.id);
+            return match self
+                .store
+                .get_opt(&key)
+                .await?
+                .and_then(|b| parse_meta(&key, &b))
+            {
+                Some(Ok(meta)) => Ok(meta),
+                Some(Err(d)) => Err(unusable(&d)),
+                None => Err(Error::failed(format!(
+                    "snapshot {} was removed while it was being chosen ({key})",
+                    m.id
+                ))),
             };
-            Error::input(format!(
-                "{what} of policy {} in {} (list them with `backstop snapshots --policy {}`)",
-                self.policy,
-                self.store.describe(),
-                self.policy
-            ))
-        })
+        }
+        let what = match selector {
+            Selector::Latest => "no snapshot".to_string(),
+            Selector::Id(id) => format!("no snapshot {id}"),
+            Selector::Before(t) => format!("no snapshot consistent before {}", t.to_rfc3339()),
+        };
+        Err(Error::input(format!(
+            "{what} of policy {} in {} (list them with `backstop snapshots --policy {}`)",
+            self.policy,
+            self.store.describe(),
+            self.policy
+        )))
     }
 
     /// Every blob in the store, id -> stored size (one listing).
@@ -367,12 +384,22 @@ pub struct Listing {
 }
 
 /// Reads every sound `meta.json` under a prefix (a policy's, or `snapshots/` for all).
-pub async fn read_metas(store: &dyn Store, prefix: &str) -> Result<Vec<Meta>> {
-    Ok(list_metas(store, prefix).await?.snapshots)
+pub async fn read_metas(store: &dyn Store, prefix: &str, blobs: Blobs) -> Result<Vec<Meta>> {
+    Ok(list_metas(store, prefix, blobs).await?.snapshots)
+}
+
+/// Whether a listing keeps each snapshot's blob list. It is most of a meta.json (4,000 blobs
+/// for a 1 GB dump, so 400 daily snapshots hold about 280 MB of it), and only what decides
+/// which blobs are alive or sound (prune, check) needs every snapshot's: the rest drop it as
+/// each meta.json is parsed, and a restore reads its one snapshot's again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blobs {
+    Keep,
+    Drop,
 }
 
 /// Reads every `meta.json` under a prefix; see [`parse_meta`] for which are damaged.
-pub async fn list_metas(store: &dyn Store, prefix: &str) -> Result<Listing> {
+pub async fn list_metas(store: &dyn Store, prefix: &str, blobs: Blobs) -> Result<Listing> {
     use futures::{StreamExt, TryStreamExt};
     let mut listing = Listing::default();
     let keys: Vec<String> = store
@@ -388,7 +415,12 @@ pub async fn list_metas(store: &dyn Store, prefix: &str) -> Result<Listing> {
         .buffered(runs::READ_AHEAD);
     while let Some((key, body)) = bodies.try_next().await? {
         match body.and_then(|b| parse_meta(&key, &b)) {
-            Some(Ok(m)) => listing.snapshots.push(m),
+            Some(Ok(mut m)) => {
+                if blobs == Blobs::Drop {
+                    m.blobs = Vec::new();
+                }
+                listing.snapshots.push(m)
+            }
             Some(Err(d)) => listing.damaged.push(d),
             None => {}
         }
