@@ -46,7 +46,7 @@ psql -d shop -At -c "select name from storage.objects where bucket_id = 'documen
       mkdir -p "$WORK/docs/documents/$(dirname "$name")"
       printf 'Menu card %s: kimchi jjigae, bibimbap\n' "$name" >"$WORK/docs/documents/$name"
     done
-first=$(find "$WORK/docs/documents" -type f | sort | head -1)
+first=$(find "$WORK/docs/documents" -type f | sort | sed -n 1p)
 head -c 3000000 /dev/urandom >"$first"
 find "$WORK/docs" -type f | wc -l | xargs echo "files:"
 
@@ -146,4 +146,4 @@ done < <(psql -d shop -At -c "$q")
 step "backstop runbook --policy local (the recovery procedure, with this policy's names and facts)"
 "$BIN" runbook --policy local --out "$WORK/runbook.md"
 grep '^##' "$WORK/runbook.md"
-sed -n '/^## 3. Full disaster recovery/,/^### 3.3/p' "$WORK/runbook.md" | head -12
+sed -n '/^## 3. Full disaster recovery/,/^### 3.3/p' "$WORK/runbook.md" | sed -n 1,12p
