@@ -117,7 +117,7 @@ fn parent_dir(path: &Path) -> &Path {
 async fn write_and_rename(
     tmp: &Path,
     path: &Path,
-    body: impl AsyncBufRead + Unpin,
+    mut body: impl AsyncBufRead + Unpin,
     mode: Option<u32>,
 ) -> Result<()> {
     let mut options = tokio::fs::OpenOptions::new();
@@ -130,7 +130,6 @@ async fn write_and_rename(
         .await
         .map_err(|e| Error::failed(format!("creating {}: {e}", tmp.display())))?;
     f.set_max_buf_size(WRITE_BUFFER);
-    let mut body = body;
     tokio::io::copy_buf(&mut body, &mut f)
         .await
         .map_err(|e| Error::failed(format!("writing {}: {e}", path.display())))?;
