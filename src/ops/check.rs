@@ -33,8 +33,10 @@ fn damage_or_fail(e: Error) -> Result<String> {
     }
 }
 
-/// One blob's records by (size, SHA-256): the record and the snapshots that hold it.
-type Records = BTreeMap<(u64, String), (BlobRef, Vec<String>)>;
+/// One blob's records, one per distinct (size, SHA-256) that meta.json files give it (almost
+/// always one): the record and the snapshots that hold it, as positions in the listing, so
+/// that a long history holds each snapshot's id once.
+type Records = Vec<(BlobRef, Vec<u32>)>;
 
 pub struct Request {
     /// With the identity, manifests and blobs are also decrypted and their plaintext proved.
@@ -110,8 +112,8 @@ pub async fn run(repo: &Repo, req: &Request, ctx: &Ctx) -> Outcome {
 
 async fn check(repo: &Repo, req: &Request, ctx: &Ctx, rec: &mut Outcome) -> Result<()> {
     let (key, read_data) = (&req.key, req.read_data);
-    let listing = repo.listing_with(Blobs::Keep).await?;
-    let metas = listing.snapshots;
+    let listing = repo.listing_with(Blobs::Fold).await?;
+    let (metas, lists) = (listing.snapshots, listing.blobs);
     rec.snapshots_checked = (metas.len() + listing.damaged.len()) as u64;
     let mut damaged: Vec<Damaged> = listing
         .damaged
@@ -125,28 +127,29 @@ async fn check(repo: &Repo, req: &Request, ctx: &Ctx, rec: &mut Outcome) -> Resu
     // Each blob's records, grouped by what meta.json says of it (size and SHA-256): snapshots
     // whose meta.json disagree are judged apart, each against the stored bytes.
     let mut users: BTreeMap<String, Records> = BTreeMap::new();
-    // The recipients each blob was sealed to (those of the first snapshot naming it).
-    let mut sealed_to: HashMap<String, Vec<String>> = HashMap::new();
-    for m in &metas {
-        for b in &m.blobs {
-            users
-                .entry(b.id.clone())
-                .or_default()
-                .entry((b.size, b.sha256.clone()))
-                .or_insert_with(|| (b.clone(), Vec::new()))
-                .1
-                .push(m.id.clone());
-            sealed_to
-                .entry(b.id.clone())
-                .or_insert_with(|| m.encryption.recipients.clone());
+    // The snapshot whose recipients each blob was sealed to (the first naming it).
+    let mut sealed_by: HashMap<String, usize> = HashMap::new();
+    for (n, m) in metas.iter().enumerate() {
+        for b in lists.of(m) {
+            let records = users.entry(b.id.clone()).or_default();
+            match records.iter_mut().find(|(r, _)| r == b) {
+                Some((_, snaps)) => snaps.push(n as u32),
+                None => records.push((b.clone(), vec![n as u32])),
+            }
+            sealed_by.entry(b.id.clone()).or_insert(n);
         }
     }
+    drop(lists);
+    let sealed_to = |id: &str| sealed_by.get(id).map(|&n| &metas[n].encryption.recipients);
+    let named = |snaps: &mut dyn Iterator<Item = &u32>| -> Vec<String> {
+        snaps.map(|&n| metas[n as usize].id.clone()).collect()
+    };
     rec.blobs_checked = users.len() as u64;
     let stored: HashMap<String, u64> = repo.stored_blobs().await?;
     let mut intact = Vec::new();
     for (id, records) in &users {
         let Some(size) = stored.get(id) else {
-            let snapshots = records.values().flat_map(|r| r.1.iter().cloned()).collect();
+            let snapshots = named(&mut records.iter().flat_map(|r| r.1.iter()));
             damaged.push(Damaged {
                 blob: id.clone(),
                 problem: format!("missing ({})", blob_key(id)),
@@ -165,7 +168,7 @@ async fn check(repo: &Repo, req: &Request, ctx: &Ctx, rec: &mut Outcome) -> Resu
         } else {
             None
         };
-        for (r, snaps) in records.values() {
+        for (r, snaps) in records {
             let problem = if *size != r.size {
                 Some(format!("{size} bytes stored, meta.json records {}", r.size))
             } else {
@@ -181,7 +184,7 @@ async fn check(repo: &Repo, req: &Request, ctx: &Ctx, rec: &mut Outcome) -> Resu
                 Some(problem) => damaged.push(Damaged {
                     blob: id.clone(),
                     problem,
-                    snapshots: snaps.clone(),
+                    snapshots: named(&mut snaps.iter()),
                 }),
                 // A record the stored bytes were already hashed against needs no second read
                 // unless the plaintext is to be proved too.
@@ -251,7 +254,7 @@ async fn check(repo: &Repo, req: &Request, ctx: &Ctx, rec: &mut Outcome) -> Resu
         let mut readers: HashMap<Vec<String>, Arc<BlobReader>> = HashMap::new();
         if let Some(k) = key {
             for b in &intact {
-                let recipients = sealed_to.get(&b.id).cloned().unwrap_or_default();
+                let recipients = sealed_to(&b.id).cloned().unwrap_or_default();
                 if readers.contains_key(&recipients) {
                     continue;
                 }
@@ -265,7 +268,7 @@ async fn check(repo: &Repo, req: &Request, ctx: &Ctx, rec: &mut Outcome) -> Resu
                 );
                 let refs: Vec<BlobRef> = intact
                     .iter()
-                    .filter(|x| sealed_to.get(&x.id) == Some(&recipients))
+                    .filter(|x| sealed_to(&x.id) == Some(&recipients))
                     .cloned()
                     .collect();
                 let reader = BlobReader::from_refs(
@@ -281,7 +284,7 @@ async fn check(repo: &Repo, req: &Request, ctx: &Ctx, rec: &mut Outcome) -> Resu
         let store = repo.store.clone();
         let results: Vec<Result<(String, u64, Option<String>)>> = futures::stream::iter(intact)
             .map(|b| {
-                let reader = sealed_to.get(&b.id).and_then(|r| readers.get(r)).cloned();
+                let reader = sealed_to(&b.id).and_then(|r| readers.get(r)).cloned();
                 let (store, len) = (store.clone(), plain_len.get(&b.id).copied());
                 async move {
                     let problem = match (reader, len) {
@@ -316,7 +319,7 @@ async fn check(repo: &Repo, req: &Request, ctx: &Ctx, rec: &mut Outcome) -> Resu
             if let Some(problem) = problem {
                 let snapshots = users
                     .get(&id)
-                    .map(|r| r.values().flat_map(|r| r.1.iter().cloned()).collect())
+                    .map(|r| named(&mut r.iter().flat_map(|r| r.1.iter())))
                     .unwrap_or_default();
                 damaged.push(Damaged {
                     blob: id,

@@ -182,7 +182,7 @@ async fn prune(
 ) -> Result<()> {
     let store = repo.store.clone();
     let t = Instant::now();
-    let all = list_metas(store.as_ref(), "snapshots/", Blobs::Keep).await?;
+    let all = list_metas(store.as_ref(), "snapshots/", Blobs::Fold).await?;
     if !all.damaged.is_empty() {
         let names: Vec<String> = all
             .damaged
@@ -220,7 +220,7 @@ async fn prune(
             .snapshots
             .iter()
             .filter(|m| alive(m))
-            .flat_map(|m| m.blobs.iter().map(|b| b.id.as_str()))
+            .flat_map(|m| all.blobs.of(m).map(|b| b.id.as_str()))
             .collect();
         let mut ids: Vec<(String, u64)> = stored
             .iter()

@@ -24,7 +24,7 @@ pub struct RepoConfig {
 }
 
 /// A blob as stored: its id and the size and SHA-256 of its stored (sealed) bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct BlobRef {
     pub id: String,
     pub size: u64,

@@ -17,8 +17,9 @@ use crate::error::{Error, Kind, Result};
 use crate::seal::{sha256_hex, ChunkerParams, Opener, Sealer};
 use crate::store::{Put, Store};
 use chrono::{DateTime, Utc};
-use format::{Manifest, Meta, RepoConfig, FORMAT};
+use format::{BlobRef, Manifest, Meta, RepoConfig, FORMAT};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 pub const CONFIG_KEY: &str = "backstop.json";
@@ -377,10 +378,45 @@ pub struct DamagedMeta {
 /// What a listing of meta.json files found.
 #[derive(Debug, Default)]
 pub struct Listing {
-    /// Sound snapshots, oldest first.
+    /// Sound snapshots, oldest first. Their `blobs` are always empty: with [`Blobs::Fold`]
+    /// the lists are in `blobs`.
     pub snapshots: Vec<Meta>,
     /// Snapshots whose meta.json is unreadable, truncated, empty, or names another snapshot.
     pub damaged: Vec<DamagedMeta>,
+    /// The snapshots' blob lists, folded (empty with [`Blobs::Drop`]).
+    pub blobs: BlobLists,
+}
+
+/// The blob lists of many snapshots, folded: each distinct record (id, stored size, SHA-256)
+/// is held once, and each snapshot's list as positions in that table. 400 snapshots of
+/// 4,000 blobs with 5% daily churn are 1.6 million records but only about 84,000 distinct
+/// ones: folded they take about 20 MB instead of about 300 MB.
+#[derive(Debug, Default)]
+pub struct BlobLists {
+    records: indexmap::IndexSet<BlobRef>,
+    /// Per snapshot (policy, id): positions in `records`, in the order meta.json lists them.
+    lists: HashMap<(String, String), Vec<u32>>,
+}
+
+impl BlobLists {
+    /// Takes a snapshot's blob list into the table.
+    fn fold(&mut self, meta: &mut Meta) {
+        let list = std::mem::take(&mut meta.blobs)
+            .into_iter()
+            .map(|b| self.records.insert_full(b).0 as u32)
+            .collect();
+        self.lists
+            .insert((meta.policy.clone(), meta.id.clone()), list);
+    }
+
+    /// The blobs a listed snapshot references, as its meta.json lists them.
+    pub fn of<'a>(&'a self, meta: &Meta) -> impl Iterator<Item = &'a BlobRef> + 'a {
+        self.lists
+            .get(&(meta.policy.clone(), meta.id.clone()))
+            .into_iter()
+            .flatten()
+            .filter_map(|&i| self.records.get_index(i as usize))
+    }
 }
 
 /// Reads every sound `meta.json` under a prefix (a policy's, or `snapshots/` for all).
@@ -390,11 +426,12 @@ pub async fn read_metas(store: &dyn Store, prefix: &str, blobs: Blobs) -> Result
 
 /// Whether a listing keeps each snapshot's blob list. It is most of a meta.json (4,000 blobs
 /// for a 1 GB dump, so 400 daily snapshots hold about 280 MB of it), and only what decides
-/// which blobs are alive or sound (prune, check) needs every snapshot's: the rest drop it as
-/// each meta.json is parsed, and a restore reads its one snapshot's again.
+/// which blobs are alive or sound (prune, check) needs every snapshot's: they fold the lists
+/// into [`BlobLists`] as each meta.json is parsed. The rest drop them, and a restore reads its
+/// one snapshot's again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Blobs {
-    Keep,
+    Fold,
     Drop,
 }
 
@@ -416,8 +453,9 @@ pub async fn list_metas(store: &dyn Store, prefix: &str, blobs: Blobs) -> Result
     while let Some((key, body)) = bodies.try_next().await? {
         match body.and_then(|b| parse_meta(&key, &b)) {
             Some(Ok(mut m)) => {
-                if blobs == Blobs::Drop {
-                    m.blobs = Vec::new();
+                match blobs {
+                    Blobs::Fold => listing.blobs.fold(&mut m),
+                    Blobs::Drop => m.blobs = Vec::new(),
                 }
                 listing.snapshots.push(m)
             }
@@ -451,4 +489,40 @@ pub fn parse_meta(key: &str, body: &[u8]) -> Option<std::result::Result<Meta, Da
         ))),
         Err(e) => Err(damaged(format!("meta.json is not readable ({e})"))),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(id: &str, blobs: &[(u32, u32)]) -> Meta {
+        let blobs: Vec<_> = blobs
+            .iter()
+            .map(|(n, sha)| serde_json::json!({"id": format!("{n:064x}"), "size": n, "sha256": format!("{sha:064x}")}))
+            .collect();
+        let t = "2026-11-30T00:00:00Z";
+        serde_json::from_value(serde_json::json!({
+            "format": 1, "id": id, "policy": "p", "consistent_at": t, "started_at": t,
+            "finished_at": t, "tool_version": "0", "db": null, "storage": null,
+            "bytes_referenced": 0, "encryption": {"scheme": "age", "recipients": []},
+            "manifest": {"key": "k", "size": 0, "sha256": ""}, "blobs": blobs,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn folded_lists_hold_each_record_once_and_give_each_snapshot_its_own_in_order() {
+        let mut lists = BlobLists::default();
+        let mut a = meta("a", &[(3, 3), (1, 1), (2, 2)]);
+        // b shares two blobs with a, and records blob 2 with another SHA-256: kept apart.
+        let mut b = meta("b", &[(1, 1), (2, 9), (3, 3), (4, 4)]);
+        let (want_a, want_b) = (a.blobs.clone(), b.blobs.clone());
+        lists.fold(&mut a);
+        lists.fold(&mut b);
+        assert!(a.blobs.is_empty() && b.blobs.is_empty());
+        assert_eq!(lists.records.len(), 5);
+        assert_eq!(lists.of(&a).cloned().collect::<Vec<_>>(), want_a);
+        assert_eq!(lists.of(&b).cloned().collect::<Vec<_>>(), want_b);
+        assert_eq!(lists.of(&meta("c", &[])).count(), 0);
+    }
 }
