@@ -20,8 +20,10 @@
 #   backstop restore (empty database)     / pg_restore -j2 from a local file
 #   backstop backup of the documents      / restic backup       (apt-get install restic)
 #   backstop restore of the documents     / restic restore
-# It prints each round's times, peak RSS (GNU time's %M) and ratios, then the medians of the
-# ratios. Targets (issue 15): backup <= 1.1x pg_dump and <= 1.0x the pipeline, unchanged
+# It prints each round's times, peak RSS (GNU time's %M), the CPU-seconds the whole machine
+# spent during each case (from /proc/stat: backstop's work and the PostgreSQL server's alike)
+# and the ratios, then the medians of the ratios. Where a case and its baseline both keep every
+# core busy, the ratio of their CPU-seconds is the ratio of their times no scheduling can beat. Targets (issue 15): backup <= 1.1x pg_dump and <= 1.0x the pipeline, unchanged
 # backup <= 1.0x pg_dump, with 400 snapshots <= 1.1x the unchanged backup, restore <= 1.0x pg_restore -j2, documents <= 1.0x restic, peak RSS
 # <= 128 MiB. `CASES=metadata` runs the prune and report cases (scripts/bench-metadata.sh).
 set -euo pipefail
@@ -180,7 +182,9 @@ ORDER=(pg_dump pipeline "backstop_backup backstop_backup_again backstop_backup_h
 RATIOS=("backstop_backup pg_dump" "backstop_backup pipeline" "backstop_backup_again pg_dump"
         "backstop_backup_history backstop_backup_again"
         "backstop_restore pg_restore_j2" "docs_backup restic_backup" "docs_restore restic_restore")
-declare -A T M
+declare -A T M C
+# CPU-seconds the machine has spent busy (user, nice, system, irq, softirq) since boot.
+busy() { awk '/^cpu /{printf "%.2f", ($2 + $3 + $4 + $7 + $8) / 100}' /proc/stat; }
 for ((r = 1; r <= ROUNDS; r++)); do
   order=("${ORDER[@]}")
   if ((r % 2 == 0)); then
@@ -192,11 +196,12 @@ for ((r = 1; r <= ROUNDS; r++)); do
   for group in "${order[@]}"; do
     for c in $group; do
       prep "$c"
+      b0=$(busy)
       /usr/bin/time -f "%e %M" -o "$WORK/time" bash -c "$(declare -f run_case); $(declare -p BIN WORK PG_BIN RECIPIENT TARGET_URL); run_case $c" >/dev/null 2>"$WORK/err" \
         || { echo "case $c failed:"; cat "$WORK/err"; exit 1; }
       read -r t m < "$WORK/time"
-      T[$r.$c]=$t; M[$r.$c]=$((m / 1024))
-      printf '  %-24s %8ss  peak RSS %5s MiB\n' "$c" "$t" "${M[$r.$c]}" >&2
+      T[$r.$c]=$t; M[$r.$c]=$((m / 1024)); C[$r.$c]=$(awk -v a="$b0" -v b="$(busy)" 'BEGIN { printf "%.1f", b - a }')
+      printf '  %-24s %8ss  peak RSS %5s MiB  machine CPU %6s s\n' "$c" "$t" "${M[$r.$c]}" "${C[$r.$c]}" >&2
     done
   done
 done
@@ -216,9 +221,20 @@ for pair in "${RATIOS[@]}"; do
   printf '%9s\n' "$(printf '%s\n' "${vals[@]}" | median)"
 done
 echo
-printf '%-40s %12s %14s\n' case "median_s" "max_peak_MiB"
+printf '%-40s' "machine CPU-seconds ratio (same pairs)"
+for ((r = 1; r <= ROUNDS; r++)); do printf '%9s' "round$r"; done
+printf '%9s\n' median
+for pair in "${RATIOS[@]}"; do
+  read -r a b <<<"$pair"
+  printf '%-40s' "$a / $b"
+  vals=()
+  for ((r = 1; r <= ROUNDS; r++)); do v=$(ratio "${C[$r.$a]}" "${C[$r.$b]}"); vals+=("$v"); printf '%9s' "$v"; done
+  printf '%9s\n' "$(printf '%s\n' "${vals[@]}" | median)"
+done
+echo
+printf '%-40s %12s %14s %16s\n' case "median_s" "max_peak_MiB" "median_CPU_s"
 for c in pg_dump pipeline backstop_backup backstop_backup_again backstop_backup_history pg_restore_j2 backstop_restore restic_backup docs_backup restic_restore docs_restore; do
-  ts=(); mx=0
-  for ((r = 1; r <= ROUNDS; r++)); do ts+=("${T[$r.$c]}"); ((M[$r.$c] > mx)) && mx=${M[$r.$c]}; done
-  printf '%-40s %12s %14s\n' "$c" "$(printf '%s\n' "${ts[@]}" | median)" "$mx"
+  ts=(); cs=(); mx=0
+  for ((r = 1; r <= ROUNDS; r++)); do ts+=("${T[$r.$c]}"); cs+=("${C[$r.$c]}"); ((M[$r.$c] > mx)) && mx=${M[$r.$c]}; done
+  printf '%-40s %12s %14s %16s\n' "$c" "$(printf '%s\n' "${ts[@]}" | median)" "$mx" "$(printf '%s\n' "${cs[@]}" | median)"
 done

@@ -136,6 +136,22 @@ impl<F: FnMut() -> Option<Vec<u8>>> Read for ChannelReader<F> {
         self.pos += n;
         Ok(n)
     }
+
+    /// The parser reads a few bytes at a time, millions of times: most are in the batch at hand.
+    fn read_exact(&mut self, mut out: &mut [u8]) -> io::Result<()> {
+        if let Some(here) = self.buf.get(self.pos..self.pos + out.len()) {
+            out.copy_from_slice(here);
+            self.pos += out.len();
+            return Ok(());
+        }
+        while !out.is_empty() {
+            match self.read(out)? {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                n => out = &mut out[n..],
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A reader that can pass over bytes without copying them out.
@@ -458,16 +474,16 @@ impl<R: Read> Archive<R> {
     }
 
     /// A sign byte, then `int_size` bytes, least significant first.
+    /// Read in one call: a -Z0 dump has an int before every row.
     fn int(&mut self) -> Result<i64, String> {
-        let negative = self.byte()? != 0;
-        let mut value: i64 = 0;
-        for i in 0..self.int_size {
-            let b = self.byte()? as i64;
-            if i < 8 {
-                value |= b << (8 * i);
-            }
-        }
-        Ok(if negative { -value } else { value })
+        let mut b = [0u8; 9];
+        let b = &mut b[..1 + self.int_size];
+        self.exact(b)?;
+        let value = b[1..]
+            .iter()
+            .enumerate()
+            .fold(0i64, |v, (i, &x)| v | (x as i64) << (8 * i));
+        Ok(if b[0] != 0 { -value } else { value })
     }
 
     /// A length, then that many bytes; a negative length is a null string.
