@@ -20,6 +20,10 @@
 #   backstop restore (empty database)     / pg_restore -j2 from a local file
 #   backstop backup of the documents      / restic backup       (apt-get install restic)
 #   backstop restore of the documents     / restic restore
+#   backstop backup into S3 (new bucket)  / the backup into a new local repository above
+#   backstop restore from S3              / pg_restore -j2 from a local file
+#     (S3 is the moto server on loopback, from PyPI like the tests': its Python shares the
+#     machine's cores with everything else, which a real S3 endpoint would not)
 # It prints each round's times, peak RSS (GNU time's %M), the CPU-seconds the whole machine
 # spent during each case (from /proc/stat: backstop's work and the PostgreSQL server's alike)
 # and the ratios, then the medians of the ratios. Where a case and its baseline both keep every
@@ -31,6 +35,7 @@ cd "$(dirname "$0")/.."
 case "${CASES:-all}" in metadata | prune | report) exec bash scripts/bench-metadata.sh ;; esac
 . scripts/deps.sh
 ensure_deps age zstd jq runuser time restic
+ensure_moto
 . scripts/pg.sh
 
 DATASET=${DATASET:-app}
@@ -39,7 +44,8 @@ cargo build --release --quiet
 BIN=$PWD/target/release/backstop
 WORK=$(mktemp -d /var/tmp/backstop-bench.XXXXXX)
 chmod 755 "$WORK"
-cleanup() { pg_stop "$WORK/pg"; rm -rf "$WORK"; }
+MOTO_PID=
+cleanup() { [ -n "$MOTO_PID" ] && kill "$MOTO_PID" 2>/dev/null; pg_stop "$WORK/pg"; rm -rf "$WORK"; }
 trap cleanup EXIT
 
 PASSWORD=bench-$RANDOM
@@ -103,6 +109,22 @@ url = "$WORK/docrepo"
 [encryption]
 recipients = ["$RECIPIENT"]
 POLICY
+MOTO_PORT=$(free_port)
+"$BACKSTOP_MOTO_SERVER" -H 127.0.0.1 -p "$MOTO_PORT" >/dev/null 2>&1 &
+MOTO_PID=$!
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$MOTO_PORT") 2>/dev/null && break; sleep 0.2; done
+cat > "$WORK/policy-s3.toml" <<POLICY
+name = "bench"
+[database]
+url = "\${BENCH_DB_URL}"
+[repository]
+url = "\${BENCH_S3_URL}"
+endpoint = "http://127.0.0.1:$MOTO_PORT"
+region = "us-east-1"
+[encryption]
+recipients = ["$RECIPIENT"]
+POLICY
+export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret
 export BENCH_DB_URL=$DB_URL BENCH_REPO=$WORK/repo BACKSTOP_CACHE_DIR=$WORK/cache
 export RESTIC_PASSWORD=bench RESTIC_REPOSITORY=$WORK/restic
 TARGET_URL="postgres://postgres:$PASSWORD@127.0.0.1:$PG_PORT/target"
@@ -157,6 +179,12 @@ prep() {
     restic_backup) rm -rf "$WORK/restic"; restic init -q >/dev/null ;;
     docs_backup) rm -rf "$WORK/docrepo" "$WORK/cache/index"; "$BIN" init --policy "$WORK/policy-docs.toml" 2>/dev/null ;;
     restic_restore | docs_restore) rm -rf "$WORK/restored" ;;
+    s3_backup)
+      # A new bucket per round (moto keeps what it holds in memory).
+      export BENCH_S3_URL=s3://bench-round$r/repo
+      "${BACKSTOP_MOTO_SERVER%/*}/python" -c "import boto3; boto3.client('s3', endpoint_url='http://127.0.0.1:$MOTO_PORT', region_name='us-east-1').create_bucket(Bucket='bench-round$r')"
+      "$BIN" init --policy "$WORK/policy-s3.toml" 2>/dev/null ;;
+    s3_restore) fresh_target ;;
   esac
   sync
 }
@@ -173,15 +201,18 @@ run_case() {
     docs_backup) "$BIN" backup --policy "$WORK/policy-docs.toml" ;;
     restic_restore) restic restore -q latest --target "$WORK/restored" ;;
     docs_restore) "$BIN" restore --policy "$WORK/policy-docs.toml" --identity "$WORK/key.txt" --storage-dir "$WORK/restored" ;;
+    s3_backup) "$BIN" backup --policy "$WORK/policy-s3.toml" ;;
+    s3_restore) "$BIN" restore --policy "$WORK/policy-s3.toml" --identity "$WORK/key.txt" --db-url "$TARGET_URL" ;;
   esac
 }
 # Cases run in this order in even rounds and reversed in odd ones; a case that needs another
 # (the unchanged backup needs the first, the restores need the backups) is kept after it.
 ORDER=(pg_dump pipeline "backstop_backup backstop_backup_again backstop_backup_history" pg_restore_j2 backstop_restore
-       restic_backup docs_backup restic_restore docs_restore)
+       restic_backup docs_backup restic_restore docs_restore "s3_backup s3_restore")
 RATIOS=("backstop_backup pg_dump" "backstop_backup pipeline" "backstop_backup_again pg_dump"
         "backstop_backup_history backstop_backup_again"
-        "backstop_restore pg_restore_j2" "docs_backup restic_backup" "docs_restore restic_restore")
+        "backstop_restore pg_restore_j2" "docs_backup restic_backup" "docs_restore restic_restore"
+        "s3_backup backstop_backup" "s3_restore pg_restore_j2")
 declare -A T M C
 # CPU-seconds the machine has spent busy (user, nice, system, irq, softirq) since boot.
 busy() { awk '/^cpu /{printf "%.2f", ($2 + $3 + $4 + $7 + $8) / 100}' /proc/stat; }
@@ -189,7 +220,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
   order=("${ORDER[@]}")
   if ((r % 2 == 0)); then
     # Reversed, but a restore still after its backup: baselines and backstop swap places.
-    order=(restic_restore restic_backup docs_backup docs_restore backstop_restore
+    order=("s3_backup s3_restore" restic_restore restic_backup docs_backup docs_restore backstop_restore
            "backstop_backup backstop_backup_again backstop_backup_history" pg_restore_j2 pipeline pg_dump)
   fi
   echo "round $r: ${order[*]}" >&2
@@ -233,7 +264,7 @@ for pair in "${RATIOS[@]}"; do
 done
 echo
 printf '%-40s %12s %14s %16s\n' case "median_s" "max_peak_MiB" "median_CPU_s"
-for c in pg_dump pipeline backstop_backup backstop_backup_again backstop_backup_history pg_restore_j2 backstop_restore restic_backup docs_backup restic_restore docs_restore; do
+for c in pg_dump pipeline backstop_backup backstop_backup_again backstop_backup_history pg_restore_j2 backstop_restore restic_backup docs_backup restic_restore docs_restore s3_backup s3_restore; do
   ts=(); cs=(); mx=0
   for ((r = 1; r <= ROUNDS; r++)); do ts+=("${T[$r.$c]}"); cs+=("${C[$r.$c]}"); ((M[$r.$c] > mx)) && mx=${M[$r.$c]}; done
   printf '%-40s %12s %14s %16s\n' "$c" "$(printf '%s\n' "${ts[@]}" | median)" "$mx" "$(printf '%s\n' "${cs[@]}" | median)"
