@@ -241,27 +241,23 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo
 echo "dataset: $DATASET, database $SIZE, $TABLES tables, dump $((DUMP_BYTES / 1048576)) MiB; documents $DOCS files, $((DOCS_BYTES / 1048576)) MiB; rounds $ROUNDS; cores $(nproc)"
-printf '%-40s' "ratio (case / baseline, same round)"
-for ((r = 1; r <= ROUNDS; r++)); do printf '%9s' "round$r"; done
-printf '%9s\n' median
-for pair in "${RATIOS[@]}"; do
-  read -r a b <<<"$pair"
-  printf '%-40s' "$a / $b"
-  vals=()
-  for ((r = 1; r <= ROUNDS; r++)); do v=$(ratio "${T[$r.$a]}" "${T[$r.$b]}"); vals+=("$v"); printf '%9s' "$v"; done
-  printf '%9s\n' "$(printf '%s\n' "${vals[@]}" | median)"
-done
+# Each pair's ratio in every round and its median, of the times (T) or the CPU-seconds (C).
+ratio_table() {
+  local -n of=$2
+  printf '%-40s' "$1"
+  for ((r = 1; r <= ROUNDS; r++)); do printf '%9s' "round$r"; done
+  printf '%9s\n' median
+  for pair in "${RATIOS[@]}"; do
+    read -r a b <<<"$pair"
+    printf '%-40s' "$a / $b"
+    vals=()
+    for ((r = 1; r <= ROUNDS; r++)); do v=$(ratio "${of[$r.$a]}" "${of[$r.$b]}"); vals+=("$v"); printf '%9s' "$v"; done
+    printf '%9s\n' "$(printf '%s\n' "${vals[@]}" | median)"
+  done
+}
+ratio_table "ratio (case / baseline, same round)" T
 echo
-printf '%-40s' "machine CPU-seconds ratio (same pairs)"
-for ((r = 1; r <= ROUNDS; r++)); do printf '%9s' "round$r"; done
-printf '%9s\n' median
-for pair in "${RATIOS[@]}"; do
-  read -r a b <<<"$pair"
-  printf '%-40s' "$a / $b"
-  vals=()
-  for ((r = 1; r <= ROUNDS; r++)); do v=$(ratio "${C[$r.$a]}" "${C[$r.$b]}"); vals+=("$v"); printf '%9s' "$v"; done
-  printf '%9s\n' "$(printf '%s\n' "${vals[@]}" | median)"
-done
+ratio_table "machine CPU-seconds ratio (same pairs)" C
 echo
 printf '%-40s %12s %14s %16s\n' case "median_s" "max_peak_MiB" "median_CPU_s"
 for c in pg_dump pipeline backstop_backup backstop_backup_again backstop_backup_history pg_restore_j2 backstop_restore restic_backup docs_backup restic_restore docs_restore s3_backup s3_restore; do
