@@ -24,24 +24,24 @@ use super::{parse_meta, runs, Repo};
 use crate::error::Result;
 use crate::store::Store;
 use futures::{StreamExt, TryStreamExt};
+use indexmap::IndexSet;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-const FORMAT: u32 = 1;
+/// 2: `blobs` holds records (an `IndexSet`, as listings fold them in [`super::BlobLists`]).
+const FORMAT: u32 = 2;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct BlobIndex {
     format: u32,
     /// SHA-256 of the repository's address and backstop.json's salt and creation time.
     identity: String,
-    /// Distinct blobs: id, stored size, SHA-256 of the stored bytes.
-    blobs: Vec<(String, u64, String)>,
+    /// Distinct blob records: id, stored size, SHA-256 of the stored bytes.
+    blobs: IndexSet<BlobRef>,
     /// Folded meta.json files: key -> (size, positions in `blobs`).
     metas: BTreeMap<String, (u64, Vec<u32>)>,
-    #[serde(skip)]
-    positions: HashMap<String, u32>,
 }
 
 /// What bringing the index up to date took.
@@ -137,24 +137,11 @@ impl BlobIndex {
 
     /// Records a meta.json (its key, its size as stored, and the blobs it references).
     pub fn add(&mut self, key: String, size: u64, blobs: &[BlobRef]) {
-        if self.positions.is_empty() {
-            self.positions = self
-                .blobs
-                .iter()
-                .enumerate()
-                .map(|(i, b)| (b.0.clone(), i as u32))
-                .collect();
-        }
         let positions = blobs
             .iter()
-            .map(|b| match self.positions.get(&b.id) {
-                Some(&i) => i,
-                None => {
-                    let i = self.blobs.len() as u32;
-                    self.blobs.push((b.id.clone(), b.size, b.sha256.clone()));
-                    self.positions.insert(b.id.clone(), i);
-                    i
-                }
+            .map(|b| match self.blobs.get_index_of(b) {
+                Some(i) => i as u32,
+                None => self.blobs.insert_full(b.clone()).0 as u32,
             })
             .collect();
         self.metas.insert(key, (size, positions));
@@ -165,31 +152,20 @@ impl BlobIndex {
         self.add(repo.meta_key(&meta.id), size, &meta.blobs);
     }
 
-    /// The blobs the folded snapshots reference, by id. The lookup table by id is dropped
-    /// (it is rebuilt when a snapshot is added), so that the run holds the ids once less.
-    pub fn referenced(&mut self) -> HashMap<String, BlobRef> {
-        self.positions = HashMap::new();
+    /// The blobs the folded snapshots reference, by id (the first record of an id that
+    /// meta.json files record differently).
+    pub fn referenced(&self) -> HashMap<String, BlobRef> {
         let mut used = vec![false; self.blobs.len()];
         for (_, positions) in self.metas.values() {
             for &i in positions {
                 used[i as usize] = true;
             }
         }
-        self.blobs
-            .iter()
-            .zip(used)
-            .filter(|(_, u)| *u)
-            .map(|((id, size, sha256), _)| {
-                (
-                    id.clone(),
-                    BlobRef {
-                        id: id.clone(),
-                        size: *size,
-                        sha256: sha256.clone(),
-                    },
-                )
-            })
-            .collect()
+        let mut referenced = HashMap::new();
+        for (b, _) in self.blobs.iter().zip(used).filter(|(_, u)| *u) {
+            referenced.entry(b.id.clone()).or_insert_with(|| b.clone());
+        }
+        referenced
     }
 
     /// Saves the index without the blobs no folded snapshot references any more (a failure
@@ -205,19 +181,17 @@ impl BlobIndex {
     /// Renumbers the table to the blobs still referenced.
     fn compact(&mut self) {
         let mut new_position = vec![u32::MAX; self.blobs.len()];
-        let mut blobs = Vec::new();
+        let mut blobs = IndexSet::new();
         for (_, positions) in self.metas.values_mut() {
             for p in positions.iter_mut() {
                 let old = *p as usize;
                 if new_position[old] == u32::MAX {
-                    new_position[old] = blobs.len() as u32;
-                    blobs.push(std::mem::take(&mut self.blobs[old]));
+                    new_position[old] = blobs.insert_full(self.blobs[old].clone()).0 as u32;
                 }
                 *p = new_position[old];
             }
         }
         self.blobs = blobs;
-        self.positions.clear();
     }
 }
 
@@ -246,7 +220,7 @@ mod tests {
         index.compact();
         assert_eq!(index.blobs.len(), 2);
         assert!(index.consistent());
-        let mut round: BlobIndex =
+        let round: BlobIndex =
             serde_json::from_slice(&serde_json::to_vec(&index).unwrap()).unwrap();
         assert_eq!(round.referenced(), referenced);
     }

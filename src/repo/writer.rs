@@ -71,7 +71,7 @@ enum Sealed {
 
 impl BlobWriter {
     pub async fn new(repo: &Repo, sealer: Arc<Sealer>, concurrency: usize) -> Result<BlobWriter> {
-        let (mut index, synced) = BlobIndex::open(repo).await?;
+        let (index, synced) = BlobIndex::open(repo).await?;
         tracing::debug!(
             "blob index: {} meta.json read, {} dropped{}",
             synced.metas_read,

@@ -425,6 +425,14 @@ pub fn data_offsets<R: Skip>(r: R) -> Result<DataOffsets, String> {
     }
 }
 
+/// What a failed read of the archive means: cut short, or the reader's own error.
+fn read_error(e: io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof => "the archive ends early".to_string(),
+        _ => format!("reading the archive: {e}"),
+    }
+}
+
 struct Archive<R> {
     r: R,
     int_size: usize,
@@ -444,10 +452,7 @@ impl<R: Read> Archive<R> {
     }
 
     fn exact(&mut self, buf: &mut [u8]) -> Result<(), String> {
-        self.r.read_exact(buf).map_err(|e| match e.kind() {
-            io::ErrorKind::UnexpectedEof => "the archive ends early".to_string(),
-            _ => format!("reading the archive: {e}"),
-        })?;
+        self.r.read_exact(buf).map_err(read_error)?;
         self.pos += buf.len() as u64;
         Ok(())
     }
@@ -529,10 +534,7 @@ impl<R: Skip> Archive<R> {
                 return Ok(());
             }
             let len = u64::try_from(len).map_err(|_| format!("negative chunk length {len}"))?;
-            self.r.skip(len).map_err(|e| match e.kind() {
-                io::ErrorKind::UnexpectedEof => "the archive ends early".to_string(),
-                _ => format!("reading the archive: {e}"),
-            })?;
+            self.r.skip(len).map_err(read_error)?;
             self.pos += len;
         }
     }
