@@ -114,6 +114,9 @@ pub struct BackupArgs {
     /// textfile collector.
     #[arg(long, value_name = "FILE")]
     pub metrics_file: Option<PathBuf>,
+    /// Wait up to DURATION (e.g. `10m`) for a conflicting run's lock instead of exiting 4.
+    #[arg(long, value_name = "DURATION")]
+    pub wait: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -157,6 +160,9 @@ pub struct RestoreArgs {
     /// Print exactly one JSON document (the run record) on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Wait up to DURATION (e.g. `10m`) for a conflicting run's lock instead of exiting 4.
+    #[arg(long, value_name = "DURATION")]
+    pub wait: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -187,6 +193,9 @@ pub struct VerifyArgs {
     /// textfile collector.
     #[arg(long, value_name = "FILE")]
     pub metrics_file: Option<PathBuf>,
+    /// Wait up to DURATION (e.g. `10m`) for a conflicting run's lock instead of exiting 4.
+    #[arg(long, value_name = "DURATION")]
+    pub wait: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -275,6 +284,9 @@ pub struct PruneArgs {
     /// textfile collector.
     #[arg(long, value_name = "FILE")]
     pub metrics_file: Option<PathBuf>,
+    /// Wait up to DURATION (e.g. `10m`) for a conflicting run's lock instead of exiting 4.
+    #[arg(long, value_name = "DURATION")]
+    pub wait: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -291,6 +303,9 @@ pub struct CheckArgs {
     /// Print exactly one JSON document (the run record) on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Wait up to DURATION (e.g. `10m`) for a conflicting run's lock instead of exiting 4.
+    #[arg(long, value_name = "DURATION")]
+    pub wait: Option<String>,
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@
 //! a command knows neither's internals. README.md, "Architecture", has the map.
 
 pub mod cache;
+pub mod cancel;
+pub mod child;
 pub mod cli;
 pub mod commands;
 pub mod daemon;

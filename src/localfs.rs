@@ -1,7 +1,8 @@
 //! Local file helpers shared by the operations: atomic writes of restored files (a temporary
 //! file, fsync, rename, fsync of the directory), and the sweep of temporary files that
 //! interrupted writes left: a run that writes into a directory removes the `.tmp-*` or
-//! `.backstop-tmp-*` files there older than a day.
+//! `.backstop-tmp-*` files there whose owner process (named in them) is gone, or older than a
+//! day.
 //!
 //! A restore of many files writes them through one [`Writes`]: each file is still fsynced
 //! before its rename (a crash never leaves a short file under the real name), but the
@@ -63,7 +64,7 @@ impl Writes {
             )));
         }
         let dir = parent_dir(path);
-        if !crate::repo::writer::lock(&self.dirs).contains(dir) {
+        if !crate::util::lock(&self.dirs).contains(dir) {
             let mut changed = vec![dir.to_path_buf()];
             let mut at = dir;
             while at != Path::new("/") && !tokio::fs::try_exists(at).await.unwrap_or(true) {
@@ -73,12 +74,12 @@ impl Writes {
             tokio::fs::create_dir_all(dir)
                 .await
                 .map_err(|e| Error::failed(format!("creating {}: {e}", dir.display())))?;
-            crate::repo::writer::lock(&self.dirs).extend(changed);
+            crate::util::lock(&self.dirs).extend(changed);
             let d = dir.to_path_buf();
             let _ =
                 tokio::task::spawn_blocking(move || sweep_stale_tmp(&d, ".backstop-tmp-")).await;
         }
-        let tmp = dir.join(format!(".backstop-tmp-{:016x}", rand::random::<u64>()));
+        let tmp = dir.join(tmp_name(".backstop-tmp-"));
         let result = write_and_rename(&tmp, path, body, mode).await;
         if result.is_err() {
             let _ = tokio::fs::remove_file(&tmp).await;
@@ -151,14 +152,48 @@ async fn write_and_rename(
 /// flight can be.
 pub const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
+/// A host's tag in temporary names: a hash of its name (names may hold any character).
+fn host_tag() -> String {
+    format!(
+        "{:08x}",
+        xxhash_rust::xxh3::xxh3_64(crate::util::host().as_bytes()) as u32
+    )
+}
+
+/// A fresh temporary name `PREFIX<host tag>-<pid>-<random>`: its owner can be told dead.
+pub fn tmp_name(prefix: &str) -> String {
+    format!(
+        "{prefix}{}-{}-{:016x}",
+        host_tag(),
+        std::process::id(),
+        rand::random::<u64>()
+    )
+}
+
+/// Whether a temporary file named by [`tmp_name`] belongs to a process of this host that no
+/// longer runs (a run that was killed): its file is a leftover at once, whatever its age.
+fn owner_is_gone(rest: &str) -> bool {
+    let mut parts = rest.splitn(3, '-');
+    match (
+        parts.next(),
+        parts.next().and_then(|p| p.parse::<u32>().ok()),
+    ) {
+        (Some(tag), Some(pid)) => tag == host_tag() && !crate::util::process_alive(pid),
+        _ => false,
+    }
+}
+
 /// Removes, once per directory and process, the temporary files named `prefix*` in `dir`
-/// that are older than [`STALE_TMP`]: what interrupted writes left behind. Errors are only
-/// logged: a leftover is untidy, never a reason to fail a run. Returns how many were removed.
+/// that interrupted writes left behind: those whose owner (named in them by [`tmp_name`]) was
+/// a process of this host that no longer runs, and any older than [`STALE_TMP`] (another
+/// host's, or an older name). A partial restored file, which may hold plaintext, goes with
+/// the next run that writes into its directory. Errors are only logged: a leftover is untidy,
+/// never a reason to fail a run. Returns how many were removed.
 pub fn sweep_stale_tmp(dir: &Path, prefix: &str) -> usize {
     static SWEPT: std::sync::Mutex<Option<std::collections::HashSet<std::path::PathBuf>>> =
         std::sync::Mutex::new(None);
     {
-        let mut swept = crate::repo::writer::lock(&SWEPT);
+        let mut swept = crate::util::lock(&SWEPT);
         if !swept
             .get_or_insert_with(Default::default)
             .insert(dir.to_path_buf())
@@ -172,15 +207,16 @@ pub fn sweep_stale_tmp(dir: &Path, prefix: &str) -> usize {
     let mut removed = 0;
     for e in entries.flatten() {
         let name = e.file_name();
-        if !name.to_string_lossy().starts_with(prefix) {
+        let name = name.to_string_lossy();
+        let Some(rest) = name.strip_prefix(prefix) else {
             continue;
-        }
-        let old = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > STALE_TMP);
+        };
+        let old = owner_is_gone(rest)
+            || e.metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_TMP);
         if old {
             match std::fs::remove_file(e.path()) {
                 Ok(()) => removed += 1,
@@ -217,10 +253,7 @@ mod tests {
         let body = std::io::Cursor::new(Vec::new());
         let err = writes.write(&root.join("old/a"), body, false, None).await;
         assert!(err.unwrap_err().message.contains("exists"));
-        let dirs: Vec<PathBuf> = crate::repo::writer::lock(&writes.dirs)
-            .iter()
-            .cloned()
-            .collect();
+        let dirs: Vec<PathBuf> = crate::util::lock(&writes.dirs).iter().cloned().collect();
         let expected: Vec<PathBuf> = ["", "new", "new/deeper", "old"]
             .iter()
             .map(|d| root.join(d))
@@ -250,9 +283,15 @@ mod tests {
         make(".tmp-old", 30);
         make(".tmp-fresh", 1);
         make("kept-old", 30);
-        assert_eq!(sweep_stale_tmp(dir.path(), ".tmp-"), 1);
-        assert!(!dir.path().join(".tmp-old").exists());
+        // A fresh one of a process of this host that is gone, and one of this very process.
+        let dead = format!(".tmp-{}-{}-00", host_tag(), u32::MAX - 7);
+        make(&dead, 0);
+        let mine = tmp_name(".tmp-");
+        make(&mine, 0);
+        assert_eq!(sweep_stale_tmp(dir.path(), ".tmp-"), 2);
+        assert!(!dir.path().join(".tmp-old").exists() && !dir.path().join(&dead).exists());
         assert!(dir.path().join(".tmp-fresh").exists() && dir.path().join("kept-old").exists());
+        assert!(dir.path().join(&mine).exists());
         make(".tmp-old2", 30);
         assert_eq!(
             sweep_stale_tmp(dir.path(), ".tmp-"),

@@ -24,7 +24,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(backstop::commands::run(cli)) {
+    let result = runtime.block_on(backstop::commands::run(cli));
+    // No child outlives the run: the groups of cancelled children are gone before the exit,
+    // and no blocking thread keeps the process alive after its result is known.
+    backstop::child::wait_stopped(std::time::Duration::from_secs(5));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!(

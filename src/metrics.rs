@@ -222,6 +222,22 @@ pub fn render(policies: &[PolicyMetrics], now: DateTime<Utc>) -> String {
     out
 }
 
+/// The daemon's policy files that did not load (skipped at start, or kept at their previous
+/// version after a reload): `backstop_policy_load_errors{file} 1` each.
+pub fn render_load_errors<'a>(files: impl Iterator<Item = &'a str>) -> String {
+    let mut out = String::from(
+        "# HELP backstop_policy_load_errors Policy files that did not load (skipped, or kept at their previous version).\n# TYPE backstop_policy_load_errors gauge\n",
+    );
+    for f in files {
+        let _ = writeln!(
+            out,
+            "backstop_policy_load_errors{{file=\"{}\"}} 1",
+            escape(f)
+        );
+    }
+    out
+}
+
 /// Writes one policy's metrics to `path` atomically (for node_exporter's textfile collector).
 pub async fn write_file(path: &std::path::Path, policy: &Policy, repo: &Repo) -> Result<()> {
     let m = PolicyMetrics::from_repository(policy, repo).await?;

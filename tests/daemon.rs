@@ -488,3 +488,150 @@ fn sigterm_during_a_long_backup_exits_within_the_grace_period_and_commits_nothin
     let (code, _, stderr) = common::run(env.backstop().args(["backup", "--policy"]).arg(&path));
     assert_eq!(code, 0, "{stderr}");
 }
+
+/// SIGTERM, then waits at most `limit` for the daemon to exit (killing it and failing after
+/// that): its log and how long it took.
+fn stop_daemon_within(daemon: Daemon, limit: Duration) -> (String, Duration) {
+    let pid = daemon.child.id().to_string();
+    let t = Instant::now();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let mut child = daemon.child;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the daemon was still running {limit:?} after SIGTERM: {}",
+                daemon.log.lock().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let took = t.elapsed();
+    std::thread::sleep(Duration::from_millis(200));
+    let log = daemon.log.lock().unwrap().clone();
+    assert_eq!(status.code(), Some(0), "{log}");
+    (log, took)
+}
+
+/// A policy of `env` in `dir` whose backup runs every `every` seconds.
+fn frequent_policy(env: &Env, dir: &Path, every: u32) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("test.toml");
+    env.write_policy(&path, "");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "backup = \"0 3 * * *\"",
+        &format!("backup = \"*/{every} * * * * *\""),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn a_cancelled_backup_stops_a_wrapped_pg_dump_and_the_child_that_holds_its_pipe() {
+    let env = Env::new();
+    let dir = env.dir.path().join("policies");
+    let path = frequent_policy(&env, &dir, 2);
+    // The wrapper's `sleep` holds the dump pipe open, as a `docker exec` would.
+    let bindir = common::pg_wrapper(&env.dir.path().join("pgbin"), "pg_dump", "sleep 377.25");
+    let daemon = start_daemon(
+        &env,
+        &dir,
+        &[("BACKSTOP_PG_BINDIR", bindir.to_str().unwrap())],
+        "3s",
+    );
+    wait_for("the wrapper's sleep", 60, || {
+        !common::processes_with("sleep 377.25").is_empty()
+    });
+    let (log, took) = stop_daemon_within(daemon, Duration::from_secs(25));
+    assert!(
+        took < Duration::from_secs(13),
+        "the daemon took {took:?} to stop with a 3s grace: {log}"
+    );
+    assert!(log.contains("grace period over: cancelling"), "{log}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        common::processes_with("sleep 377.25"),
+        Vec::<String>::new(),
+        "the wrapper's child outlived the daemon"
+    );
+    assert!(env.meta_files().is_empty(), "a cancelled backup committed");
+    let (code, _, stderr) = common::run(env.backstop().args(["backup", "--policy"]).arg(&path));
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn a_prune_and_another_policys_backup_due_together_in_one_daemon_both_succeed() {
+    let env = Env::new();
+    let dir = env.dir.path().join("policies");
+    std::fs::create_dir_all(&dir).unwrap();
+    storage_policy(&env, &dir, "a", "*/4 * * * * *");
+    storage_policy(&env, &dir, "b", "0 3 * * *");
+    // b prunes at the very seconds a backs up, in the same repository.
+    let path = dir.join("b.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "backup = \"0 3 * * *\"",
+        "backup = \"0 3 * * *\"\nprune = \"*/4 * * * * *\"",
+    ) + "\n[retention]\nkeep_last = 1\n";
+    std::fs::write(&path, text).unwrap();
+    let daemon = start_daemon(&env, &dir, &[], "20s");
+    let records = |policy: &str, kind: &str| -> Vec<Value> {
+        common::files_under(&env.repo.join("runs").join(policy))
+            .iter()
+            .filter(|p| p.to_string_lossy().contains(&format!("-{kind}-")))
+            .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+            .collect()
+    };
+    wait_for("three backups of a and three prunes of b", 90, || {
+        records("a", "backup").len() >= 3 && records("b", "prune").len() >= 3
+    });
+    let log = stop_daemon(daemon);
+    for (policy, kind) in [("a", "backup"), ("b", "prune")] {
+        for r in records(policy, kind) {
+            assert_eq!(r["ok"], true, "{kind} of {policy} failed: {r}\n{log}");
+        }
+    }
+    assert!(!log.contains("locked by another run"), "{log}");
+}
+
+#[test]
+fn a_daemon_whose_only_policy_is_broken_exits_2_and_alerts() {
+    let env = Env::new();
+    let hooks = Receiver::start();
+    let dir = env.dir.path().join("policies");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("test.toml");
+    env.write_policy(
+        &path,
+        &format!(
+            "\n[notify]\nwebhook = \"{}\"\nwebhook_format = \"json\"\n\n[databse]\nurl = \"x\"\n",
+            hooks.url("/hook")
+        ),
+    );
+    let out = Command::new(assert_cmd::cargo::cargo_bin("backstop"))
+        .current_dir(env.dir.path())
+        .env("SOURCE_DB_URL", env.source.url(FIXTURE_DB))
+        .args(["daemon", "--policies"])
+        .arg(&dir)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("databse"), "{stderr}");
+    assert!(stderr.contains("nothing to run"), "{stderr}");
+    let hits = hooks.hits();
+    let alert = hits
+        .iter()
+        .find(|h| h.path == "/hook")
+        .unwrap_or_else(|| panic!("no alert: {stderr}"));
+    let body: Value = serde_json::from_str(&alert.body).unwrap();
+    assert_eq!(body["event"], "policy_load_error", "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("databse"),
+        "{body}"
+    );
+}

@@ -428,6 +428,14 @@ fn sigterm_and_sigint_during_backup_and_restore_leave_a_record_and_release_the_l
     });
     let (got, stdout, stderr) = signal_and_wait(child, "INT");
     assert_eq!(got, 130, "{stderr}");
+    // pg_restore and its workers stopped with the run: nothing writes into the target after
+    // backstop said it stopped.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        common::processes_with("pg_restore"),
+        Vec::<String>::new(),
+        "pg_restore outlived the interrupted restore"
+    );
     let rec: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON document");
     assert_eq!(rec["ok"], false);
     let error = rec["error"].as_str().unwrap();
@@ -443,4 +451,163 @@ fn sigterm_and_sigint_during_backup_and_restore_leave_a_record_and_release_the_l
     );
     let (code, rec, stderr) = env.restore_json(&target, &["--force"]);
     assert_eq!(code, 0, "{stderr}\n{rec}");
+}
+
+#[test]
+fn a_backup_whose_lock_is_removed_mid_dump_commits_nothing() {
+    let env = Env::new();
+    let bindir = common::pg_wrapper(&env.dir.path().join("pgbin"), "pg_dump", "sleep 10");
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("backstop"))
+        .current_dir(env.dir.path())
+        .env("SOURCE_DB_URL", env.source.url(common::FIXTURE_DB))
+        .env("BACKSTOP_PG_BINDIR", &bindir)
+        .args(["backup", "--json", "--policy"])
+        .arg(&env.policy)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let locks = || files_under(&env.repo.join("locks"));
+    wait_for("the backup's lock", &mut child, || !locks().is_empty());
+    std::thread::sleep(Duration::from_secs(2));
+    for l in locks() {
+        std::fs::remove_file(l).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let rec: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rec["ok"], false);
+    assert!(rec["snapshot_id"].is_null(), "{rec}");
+    assert!(
+        rec["error"].as_str().unwrap().contains("lock lost"),
+        "{rec}"
+    );
+    assert!(
+        env.meta_files().is_empty(),
+        "a backup without its lock committed"
+    );
+}
+
+#[test]
+fn no_plaintext_spool_or_partial_file_outlives_a_killed_restore_or_verify() {
+    let env = Env::new();
+    let spool = env.dir.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let docs = env.dir.path().join("bucket/documents");
+    std::fs::create_dir_all(&docs).unwrap();
+    // A large object, so that a restore is caught while writing it.
+    common::bash_ok(&format!(
+        "head -c 64000000 /dev/urandom > '{}/big.bin'",
+        docs.display()
+    ));
+    env.source.psql(
+        common::FIXTURE_DB,
+        "create table public.bulk as select i, md5(i::text) || repeat(md5((i * 7)::text), 8) as t from generate_series(1, 300000) i",
+    );
+    env.write_policy(
+        &env.policy,
+        &format!(
+            "\n[storage]\nkind = \"dir\"\npath = \"{}\"\nbuckets = [\"documents\"]\n\n\
+             [restore]\njobs = 2\nspool_dir = \"{}\"\n",
+            docs.parent().unwrap().display(),
+            spool.display()
+        ),
+    );
+    env.backup_json();
+    // A spool an older version left with a name (the campaign found them 0600 and plaintext).
+    std::fs::write(spool.join(".backstop-spool-old"), b"plaintext").unwrap();
+    let named = || std::fs::read_dir(&spool).unwrap().count();
+
+    for (i, args) in [
+        vec!["restore", "--only", "db", "--db-url"],
+        vec!["verify", "--scratch-url"],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let target = if i == 0 {
+            env.scratch.url("killed")
+        } else {
+            env.scratch.url("postgres")
+        };
+        let mut full = args.clone();
+        full.push(&target);
+        let mut child = spawn(&env, &full);
+        let pid = child.id();
+        // The spool is written and pg_restore reads it: only then is it worth killing.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !common::processes_with("pg_restore")
+            .iter()
+            .any(|c| c.contains("/dev/stdin"))
+        {
+            assert!(Instant::now() < deadline, "pg_restore never started");
+            if child.try_wait().unwrap().is_some() {
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "{} ended before pg_restore started: {}",
+                    args[0],
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            named(),
+            0,
+            "the spool (or an old one) has a name in {spool:?}"
+        );
+        std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+        let _ = child.wait();
+        assert_eq!(named(), 0, "a killed {} left a spool", args[0]);
+    }
+
+    // A restore of the documents killed mid-file leaves a partial file; the next restore into
+    // the same directory removes it.
+    let out_dir = env.dir.path().join("restored-docs");
+    let mut child = spawn(
+        &env,
+        &[
+            "restore",
+            "--only",
+            "storage",
+            "--storage-dir",
+            out_dir.to_str().unwrap(),
+        ],
+    );
+    let partial = || {
+        files_under(&out_dir)
+            .into_iter()
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(".backstop-tmp-")
+            })
+            .collect::<Vec<_>>()
+    };
+    wait_for("a partial file", &mut child, || !partial().is_empty());
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(!partial().is_empty());
+    let (code, _, stderr) = common::run(
+        env.backstop()
+            .args(["restore", "--only", "storage", "--force", "--storage-dir"])
+            .arg(&out_dir)
+            .arg("--policy")
+            .arg(&env.policy),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        partial(),
+        Vec::<std::path::PathBuf>::new(),
+        "a partial file was kept"
+    );
+    assert_eq!(
+        std::fs::read(out_dir.join("documents/big.bin")).unwrap(),
+        std::fs::read(docs.join("big.bin")).unwrap()
+    );
 }

@@ -170,6 +170,8 @@ async fn conformance(store: Arc<dyn Store>) {
                 operation,
                 run_id,
                 ttl,
+                wait: Duration::ZERO,
+                queue_own: false,
             },
             Cancel::new(),
         )

@@ -35,8 +35,23 @@ pub async fn run(cli: Cli) -> Result<()> {
             | Command::Check(_)
             | Command::Prune(_)
     );
+    let wait = match &cli.command {
+        Command::Backup(a) => a.wait.as_deref(),
+        Command::Restore(a) => a.wait.as_deref(),
+        Command::Verify(a) => a.wait.as_deref(),
+        Command::Check(a) => a.wait.as_deref(),
+        Command::Prune(a) => a.wait.as_deref(),
+        _ => None,
+    };
+    let lock_wait = match wait {
+        None => std::time::Duration::ZERO,
+        Some(w) => {
+            crate::util::parse_duration(w).map_err(|e| Error::input(format!("--wait {w}: {e}")))?
+        }
+    };
     let ctx = Ctx {
         progress: Arc::new(crate::progress::Terminal),
+        lock_wait,
         ..Ctx::default()
     };
     if long_running {
@@ -113,7 +128,7 @@ pub async fn record_run(
 /// the health-check start ping; returns the previous run's outcome, for notifications.
 pub async fn job_started(policy: &Policy, repo: &Repo, job: &str) -> Option<bool> {
     let previous = crate::ops::last_outcome(repo, job).await;
-    crate::notify::ping_start(policy).await;
+    crate::notify::ping_start(policy, job).await;
     previous
 }
 
@@ -193,6 +208,7 @@ fn cancel_on_signals(cancel: Cancel) {
             };
             if seen {
                 eprintln!("backstop: {name} again: exiting at once");
+                crate::child::kill_all();
                 std::process::exit(128 + n);
             }
             seen = true;

@@ -1,5 +1,5 @@
 //! The daemon's HTTP side, on `--listen` (give a loopback address unless a scraper elsewhere
-//! needs it): `GET /healthz` (200 while the daemon's loop is alive), `GET /metrics`
+//! needs it): `GET /healthz` (200 while the daemon's loop is alive and a policy is loaded, 503 otherwise), `GET /metrics`
 //! (Prometheus text format 0.0.4; recovery point ages computed at scrape time) and
 //! `GET /report` (the HTML compliance report of every policy over the last 30 days). A tiny
 //! HTTP/1.1 responder: one request per connection, GET only.
@@ -84,13 +84,27 @@ async fn answer(
         );
     }
     match path.split('?').next().unwrap_or("") {
-        "/healthz" => ("200 OK", "text/plain", b"ok\n".to_vec()),
+        "/healthz" => {
+            if crate::util::lock(&shared.policies).is_empty() {
+                (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    b"no policy is loaded\n".to_vec(),
+                )
+            } else {
+                ("200 OK", "text/plain", b"ok\n".to_vec())
+            }
+        }
         "/metrics" => {
-            let metrics: Vec<_> = crate::repo::writer::lock(&shared.metrics)
+            let metrics: Vec<_> = crate::util::lock(&shared.metrics)
                 .values()
                 .cloned()
                 .collect();
-            let text = crate::metrics::render(&metrics, chrono::Utc::now());
+            let mut text = crate::metrics::render(&metrics, chrono::Utc::now());
+            let errors = crate::util::lock(&shared.load_errors).clone();
+            text.push_str(&crate::metrics::render_load_errors(
+                errors.keys().map(String::as_str),
+            ));
             (
                 "200 OK",
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -98,7 +112,7 @@ async fn answer(
             )
         }
         "/report" => {
-            let policies: Vec<crate::policy::Policy> = crate::repo::writer::lock(&shared.policies)
+            let policies: Vec<crate::policy::Policy> = crate::util::lock(&shared.policies)
                 .iter()
                 .map(|p| (**p).clone())
                 .collect();

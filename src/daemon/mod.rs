@@ -54,6 +54,8 @@ pub struct Shared {
     /// Each (policy, job)'s last outcome in this process: what notifications compare with
     /// when the repository (and so its run records) cannot be read.
     pub last_ok: Mutex<HashMap<(String, &'static str), bool>>,
+    /// Policy files that did not load at the last (re)load, with their errors.
+    pub load_errors: Mutex<BTreeMap<String, String>>,
 }
 
 const JOBS: [&str; 3] = ["backup", "verify", "prune"];
@@ -126,9 +128,7 @@ async fn run_job(
     );
     tracing::info!("{job} of policy {} starts", policy.name);
     let key = (policy.name.clone(), job);
-    let remembered = crate::repo::writer::lock(&shared.last_ok)
-        .get(&key)
-        .copied();
+    let remembered = crate::util::lock(&shared.last_ok).get(&key).copied();
     let repo = match ops::open_repo(&policy).await {
         Ok(r) => r,
         Err(e) => {
@@ -140,12 +140,12 @@ async fn run_job(
             );
             let record = json!({"ok": false, "policy": policy.name, "started_at": started, "error": e.message});
             crate::notify::after_run(&policy, job, &record, remembered).await;
-            crate::repo::writer::lock(&shared.last_ok).insert(key, false);
+            crate::util::lock(&shared.last_ok).insert(key, false);
             return;
         }
     };
     let previous = ops::last_outcome(&repo, job).await.or(remembered);
-    crate::notify::ping_start(&policy).await;
+    crate::notify::ping_start(&policy, job).await;
     let (record, times) = match job {
         "backup" => {
             let out =
@@ -217,14 +217,14 @@ async fn run_job(
         json!({"event": "job_end", "policy": policy.name, "job": job, "ok": ok, "duration_s": times.duration_s, "snapshot_id": record["snapshot_id"], "error": record["error"]}),
     );
     crate::notify::after_run(&policy, job, &record, previous).await;
-    crate::repo::writer::lock(&shared.last_ok).insert(key, ok);
+    crate::util::lock(&shared.last_ok).insert(key, ok);
     refresh_metrics(&policy, &repo, &shared).await;
 }
 
 async fn refresh_metrics(policy: &Policy, repo: &crate::repo::Repo, shared: &Shared) {
     match PolicyMetrics::from_repository(policy, repo).await {
         Ok(m) => {
-            crate::repo::writer::lock(&shared.metrics).insert(policy.name.clone(), m);
+            crate::util::lock(&shared.metrics).insert(policy.name.clone(), m);
         }
         Err(e) => tracing::warn!("metrics of policy {}: {}", policy.name, e.message),
     }
@@ -247,23 +247,58 @@ fn identity_of(policy: &Policy) -> Option<std::path::PathBuf> {
         .or_else(|| policy.verify.identity.clone())
 }
 
+/// Records the files that did not load (for `/metrics`) and alerts about each: through its
+/// own `[notify]` when that table alone loads, else through its previous version's.
+async fn report_load_errors(
+    shared: &Shared,
+    broken: &[(PathBuf, Error)],
+    previous: &BTreeMap<String, Arc<Policy>>,
+    what: &str,
+) {
+    *crate::util::lock(&shared.load_errors) = broken
+        .iter()
+        .map(|(p, e)| (p.display().to_string(), e.message.clone()))
+        .collect();
+    for (path, e) in broken {
+        tracing::error!("policy {} {what}: {}", path.display(), e.message);
+        let old = previous.values().find(|p| &p.path == path);
+        let notify =
+            crate::policy::notify_of_broken(path).or_else(|| old.and_then(|p| p.notify.clone()));
+        let Some(notify) = notify else { continue };
+        let message = crate::notify::Message {
+            event: "policy_load_error".into(),
+            policy: old.map_or_else(|| path.display().to_string(), |p| p.name.clone()),
+            job: "daemon".into(),
+            id: None,
+            error: Some(format!("{} {what}: {}", path.display(), e.message)),
+            figures: Vec::new(),
+            record: json!({"kind": "daemon", "ok": false, "file": path, "error": e.message}),
+        };
+        crate::notify::send(&notify, &message).await;
+    }
+}
+
 pub async fn run(opts: Options) -> Result<()> {
     let (loaded, broken) = load_dir(&opts.dir);
-    for (path, e) in &broken {
-        tracing::error!("policy {} is skipped: {}", path.display(), e.message);
-    }
-    if loaded.is_empty() && broken.is_empty() {
-        return Err(Error::input(format!(
-            "no policies (*.toml) in {}",
-            opts.dir.display()
-        )));
-    }
     let shared = Arc::new(Shared::default());
+    report_load_errors(&shared, &broken, &BTreeMap::new(), "is skipped").await;
+    if loaded.is_empty() {
+        // A daemon with nothing to run would look healthy and back up nothing.
+        return Err(Error::input(if broken.is_empty() {
+            format!("no policies (*.toml) in {}", opts.dir.display())
+        } else {
+            format!(
+                "no policy in {} loads ({} skipped, named above): the daemon has nothing to run",
+                opts.dir.display(),
+                broken.len()
+            )
+        }));
+    }
     let mut policies: BTreeMap<String, Arc<Policy>> = loaded
         .into_iter()
         .map(|p| (p.name.clone(), Arc::new(p)))
         .collect();
-    *crate::repo::writer::lock(&shared.policies) = policies.values().cloned().collect();
+    *crate::util::lock(&shared.policies) = policies.values().cloned().collect();
     if let Some(addr) = &opts.listen {
         http::serve(addr, shared.clone()).await?;
     }
@@ -286,7 +321,7 @@ pub async fn run(opts: Options) -> Result<()> {
             if cron_of(p, job).is_none() {
                 continue;
             }
-            let last_success = crate::repo::writer::lock(&shared.metrics)
+            let last_success = crate::util::lock(&shared.metrics)
                 .get(&p.name)
                 .and_then(|m| m.jobs.get(job).and_then(|s| s.last_success));
             let late = match (last_success, interval(p, job, now)) {
@@ -344,6 +379,11 @@ pub async fn run(opts: Options) -> Result<()> {
             running.insert(name.clone());
             let ctx = Ctx {
                 cancel: root.child(),
+                lock_wait: p
+                    .schedule
+                    .as_ref()
+                    .map_or(Duration::from_secs(30 * 60), |s| s.lock_wait),
+                queue_own_locks: true,
                 ..Ctx::default()
             };
             let (p, shared, tx, json_log) =
@@ -362,7 +402,7 @@ pub async fn run(opts: Options) -> Result<()> {
         if tokio::time::Instant::now() >= next_rpo_check {
             let list: Vec<Arc<Policy>> = policies.values().cloned().collect();
             for p in &list {
-                let newest = crate::repo::writer::lock(&shared.metrics)
+                let newest = crate::util::lock(&shared.metrics)
                     .get(&p.name)
                     .and_then(|m| m.newest);
                 let age = newest.map(|n| (Utc::now() - n).to_std().unwrap_or_default());
@@ -409,9 +449,7 @@ pub async fn run(opts: Options) -> Result<()> {
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             _ = hup.recv() => {
                 let (fresh, broken) = load_dir(&opts.dir);
-                for (path, e) in &broken {
-                    tracing::error!("reload: policy {} does not load, its previous version (if any) keeps running: {}", path.display(), e.message);
-                }
+                report_load_errors(&shared, &broken, &policies, "does not load, its previous version (if any) keeps running").await;
                 let kept: BTreeSet<String> = broken.iter().filter_map(|(path, _)| {
                     policies.values().find(|p| &p.path == path).map(|p| p.name.clone())
                 }).collect();
@@ -430,7 +468,7 @@ pub async fn run(opts: Options) -> Result<()> {
                         }
                     }
                 }
-                *crate::repo::writer::lock(&shared.policies) = policies.values().cloned().collect();
+                *crate::util::lock(&shared.policies) = policies.values().cloned().collect();
                 tracing::info!("reloaded: {} policies", policies.len());
             }
             _ = term.recv() => { break; }

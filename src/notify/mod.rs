@@ -186,9 +186,22 @@ pub async fn send(notify: &Notify, message: &Message) {
     }
 }
 
+/// The health-check URL of one job: `healthcheck` for backups, `healthcheck_verify` and
+/// `healthcheck_prune` for the others, so that a passing verify never marks a failing
+/// backup's check "up".
+fn healthcheck_of<'a>(policy: &'a Policy, job: &str) -> Option<&'a secrecy::SecretString> {
+    let n = policy.notify.as_ref()?;
+    match job {
+        "backup" => n.healthcheck.as_ref(),
+        "verify" => n.healthcheck_verify.as_ref(),
+        "prune" => n.healthcheck_prune.as_ref(),
+        _ => None,
+    }
+}
+
 /// The health-check ping at a job's start.
-pub async fn ping_start(policy: &Policy) {
-    if let Some(url) = policy.notify.as_ref().and_then(|n| n.healthcheck.as_ref()) {
+pub async fn ping_start(policy: &Policy, job: &str) {
+    if let Some(url) = healthcheck_of(policy, job) {
         let url = format!("{}/start", url.expose_secret().trim_end_matches('/'));
         post(
             &url,
@@ -200,8 +213,8 @@ pub async fn ping_start(policy: &Policy) {
 }
 
 /// The health-check ping at a job's end, with its record.
-pub async fn ping_end(policy: &Policy, ok: bool, record: &Value) {
-    if let Some(url) = policy.notify.as_ref().and_then(|n| n.healthcheck.as_ref()) {
+pub async fn ping_end(policy: &Policy, job: &str, ok: bool, record: &Value) {
+    if let Some(url) = healthcheck_of(policy, job) {
         let base = url.expose_secret().trim_end_matches('/');
         let url = if ok {
             base.to_string()
@@ -221,7 +234,7 @@ pub async fn ping_end(policy: &Policy, ok: bool, record: &Value) {
 /// outcome of the same job) and the end ping.
 pub async fn after_run(policy: &Policy, job: &str, record: &Value, previous_ok: Option<bool>) {
     let ok = record["ok"] == true;
-    ping_end(policy, ok, record).await;
+    ping_end(policy, job, ok, record).await;
     let Some(notify) = &policy.notify else { return };
     let rto_met = record["rto_met"].as_bool();
     let mut figures = Vec::new();

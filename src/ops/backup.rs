@@ -410,8 +410,10 @@ async fn backup(
             out.blobs_reuploaded
         ));
     }
-    // The last point at which a cancellation or a lost lock stops the run.
+    // The last point at which a cancellation or a lost lock stops the run: the lock is read
+    // back, whenever its last refresh was.
     ctx.cancel.check()?;
+    crate::repo::lock::confirm(repo.store.as_ref(), snapshot_id).await?;
     let (meta, meta_size) = repo.commit(&manifest, &sealer, meta).await?;
     writer.committed(repo, &meta, meta_size);
     out.phases.push(Phase::since("commit", t));
@@ -450,14 +452,16 @@ async fn dump_database(
     // Roles are cluster-wide, outside any snapshot: capture them while the dump runs.
     let roles_sql = {
         let (url, password, major) = (url.clone(), password.clone(), session.server_major());
-        tokio::task::spawn_blocking(move || {
-            pgtools::find("pg_dumpall", major).and_then(|tool| {
-                let mut cmd = Command::new(&tool.path);
-                cmd.args(["--roles-only", "--no-role-passwords"]);
-                url.configure(&mut cmd);
-                pgtools::run_capture(cmd, "pg_dumpall --roles-only", &[&password])
-            })
-        })
+        // Aborted with the run: a cancelled backup stops pg_dumpall's group too.
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            let tool = tokio::task::spawn_blocking(move || pgtools::find("pg_dumpall", major))
+                .await
+                .map_err(|e| Error::failed(format!("looking for pg_dumpall: {e}")))??;
+            let mut cmd = Command::new(&tool.path);
+            cmd.args(["--roles-only", "--no-role-passwords"]);
+            url.configure(&mut cmd);
+            pgtools::run_capture(cmd, "pg_dumpall --roles-only", &[&password]).await
+        }))
     };
     out.phases.push(Phase::since("snapshot", t));
     tracing::info!(
@@ -608,19 +612,15 @@ async fn run_pg_dump(
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = Reap(
-        cmd.spawn()
-            .map_err(|e| Error::failed(format!("cannot start {}: {e}", pg_dump.display())))?,
-    );
+    // In a process group of its own: a cancelled run stops pg_dump with whatever it started
+    // (a wrapper's children), so the pipes close and nothing waits on them.
+    let mut child = crate::child::Child::spawn(cmd)
+        .map_err(|e| Error::failed(format!("cannot start {}: {e}", pg_dump.display())))?;
     let stdout = child
-        .0
-        .stdout
-        .take()
+        .take_stdout()
         .ok_or_else(|| Error::failed("pg_dump has no stdout"))?;
     let mut stderr = child
-        .0
-        .stderr
-        .take()
+        .take_stderr()
         .ok_or_else(|| Error::failed("pg_dump has no stderr"))?;
     let stderr_reader = std::thread::spawn(move || {
         let mut text = String::new();
@@ -641,10 +641,9 @@ async fn run_pg_dump(
         .await;
     progress.finish();
     if dumped.is_err() {
-        let _ = child.0.kill();
+        child.stop();
     }
     let status = child
-        .0
         .wait()
         .map_err(|e| Error::failed(format!("waiting for pg_dump: {e}")))?;
     let stderr_text = crate::util::scrub(&stderr_reader.join().unwrap_or_default(), &[&password]);
@@ -660,16 +659,4 @@ async fn run_pg_dump(
         .join()
         .unwrap_or_else(|_| Err("the scanning thread panicked".into()));
     Ok((dump, wstats, scanned))
-}
-
-/// Kills and reaps pg_dump when its run is dropped before it ended (a cancelled backup).
-struct Reap(std::process::Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }

@@ -90,7 +90,7 @@ pub async fn backup(
                     .map_err(|e| Error::failed(format!("{what}: {e}")))?;
                 finished?;
                 let (stream, stats) = written?;
-                let refs = git::parse_header(&crate::repo::writer::lock(&header))?;
+                let refs = git::parse_header(&crate::util::lock(&header))?;
                 (CachedBundle { stream, refs }, stats.bytes_stored)
             }
         };

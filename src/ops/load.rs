@@ -266,8 +266,8 @@ async fn watch(stderr: tokio::process::ChildStderr, start: Instant) -> Watched {
 enum Feed {
     /// Streamed into its stdin, one job.
     Stream,
-    /// A checked spool file, `-j jobs`.
-    Spool(tempfile::NamedTempFile, usize),
+    /// A checked spool file, `-j jobs`: unnamed (see [`spool_dump`]).
+    Spool(std::fs::File, usize),
 }
 
 /// Writes the dump to a spool file in `dir`, each chunk checked on arrival and the whole
@@ -280,6 +280,14 @@ enum Feed {
 /// the offsets are written into the spool's TOC once it is checked, as pg_dump does for a
 /// file: each parallel worker then seeks to its table instead of reading from the start.
 /// Without them pg_restore still works, only slower, so a failure to find them is logged.
+///
+/// The spool holds the plaintext dump, so it never has a name that could outlive the process:
+/// it is an unnamed file in `dir` (`O_TMPFILE`, or created and unlinked at once where the file
+/// system lacks it), and pg_restore reads it as its stdin under the name `/dev/stdin`, which
+/// it and each of its workers open again as a file of their own (`/proc/self/fd/0`), so they
+/// seek independently. A SIGKILL at any moment leaves nothing behind: the kernel frees the
+/// file with the last descriptor. Spools that older versions named `.backstop-spool-*` and
+/// left in `dir` are removed when a spool is made there.
 async fn spool_dump(
     reader: &Arc<BlobReader>,
     meta: &Meta,
@@ -287,16 +295,15 @@ async fn spool_dump(
     dir: &std::path::Path,
     ahead: usize,
     progress: &dyn crate::ops::Bar,
-) -> Result<std::result::Result<tempfile::NamedTempFile, String>> {
+) -> Result<std::result::Result<std::fs::File, String>> {
     let problem = |e: std::io::Error| format!("the spool in {} failed: {e}", dir.display());
-    let file = match tempfile::Builder::new()
-        .prefix(".backstop-spool-")
-        .tempfile_in(dir)
-    {
+    let d = dir.to_path_buf();
+    let _ = tokio::task::spawn_blocking(move || remove_named_spools(&d)).await;
+    let file = match tempfile::tempfile_in(dir) {
         Ok(f) => f,
         Err(e) => return Ok(Err(problem(e))),
     };
-    let handle = match file.reopen() {
+    let handle = match file.try_clone() {
         Ok(h) => h,
         Err(e) => return Ok(Err(problem(e))),
     };
@@ -344,7 +351,7 @@ async fn spool_dump(
         return Ok(Err(problem));
     }
     check_whole(meta, manifest, written, hasher)?;
-    let handle = file.as_file().try_clone();
+    let handle = file.try_clone();
     let filled = tokio::task::spawn_blocking(move || {
         let offsets = offsets?;
         let handle = handle.map_err(|e| e.to_string())?;
@@ -357,6 +364,28 @@ async fn spool_dump(
         Err(e) => tracing::warn!("could not fill in the spool's data offsets ({e}): pg_restore's workers will scan for their tables"),
     }
     Ok(Ok(file))
+}
+
+/// Removes the named spools (`.backstop-spool-*`) that versions before the unnamed spool left
+/// in `dir` when they were killed: each holds a plaintext dump.
+fn remove_named_spools(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with(".backstop-spool-")
+        {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => tracing::warn!(
+                    "removed {}, a plaintext spool an interrupted restore left behind",
+                    e.path().display()
+                ),
+                Err(err) => tracing::warn!("could not remove {}: {err}", e.path().display()),
+            }
+        }
+    }
 }
 
 /// The most of the spool handed to the blocking pool in one write: a chunk or more.
@@ -435,21 +464,27 @@ pub async fn load_dump(
         std_cmd.arg("--exit-on-error");
     }
     target.url.configure(&mut std_cmd);
-    if let Feed::Spool(file, jobs) = &feed {
-        std_cmd.arg(format!("--jobs={jobs}")).arg(file.path());
-        tracing::info!("pg_restore with {jobs} jobs from a checked spool");
-    }
-    let mut cmd = tokio::process::Command::from(std_cmd);
-    cmd.stdin(match feed {
+    let stdin = match &feed {
         Feed::Stream => Stdio::piped(),
-        Feed::Spool(..) => Stdio::null(),
-    })
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .kill_on_drop(true);
+        Feed::Spool(file, jobs) => {
+            std_cmd.arg(format!("--jobs={jobs}")).arg("/dev/stdin");
+            tracing::info!("pg_restore with {jobs} jobs from a checked spool");
+            let handle = file
+                .try_clone()
+                .map_err(|e| Error::failed(format!("handing the spool to pg_restore: {e}")))?;
+            Stdio::from(handle)
+        }
+    };
+    // Its own process group: a cancelled restore stops pg_restore and all its workers.
+    crate::child::prepare(&mut std_cmd);
+    let mut cmd = tokio::process::Command::from(std_cmd);
+    cmd.stdin(stdin)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     let mut child = cmd
         .spawn()
         .map_err(|e| Error::failed(format!("cannot start {}: {e}", tool.path.display())))?;
+    let mut group = crate::child::Group::of(child.id().unwrap_or(0));
     let stderr = child
         .stderr
         .take()
@@ -487,7 +522,7 @@ pub async fn load_dump(
             }
             drop(chunks);
             if let Some(e) = feed_error {
-                let _ = child.kill().await;
+                group.stop();
                 return Err(e.context(format!(
                     "restore into {} stopped; the target may hold a partial restore",
                     target.url.masked()
@@ -505,6 +540,7 @@ pub async fn load_dump(
         .wait()
         .await
         .map_err(|e| Error::failed(format!("waiting for pg_restore: {e}")))?;
+    group.finished();
     drop(feed);
     let elapsed = start.elapsed();
     let watched = watcher.await.unwrap_or_default();

@@ -139,6 +139,8 @@ pub(crate) async fn with_lock<T>(
             operation,
             run_id,
             ttl: ctx.lock_ttl,
+            wait: ctx.lock_wait,
+            queue_own: ctx.queue_own_locks,
         },
         ctx.cancel.clone(),
     )

@@ -238,7 +238,11 @@ async fn prune(
         return Ok(());
     }
 
-    // 1. meta.json of each removed snapshot.
+    // 1. meta.json of each removed snapshot. Before anything is deleted, and before each
+    // batch of blobs, the exclusive lock is read back: under a lost lock a backup may be
+    // reusing the very blobs this sweep would remove.
+    let run_id = out.times.run_id.clone();
+    crate::repo::lock::confirm(store.as_ref(), &run_id).await?;
     let t = Instant::now();
     let metas: Vec<String> = plan.remove.iter().map(|id| repo.meta_key(id)).collect();
     let done = store.remove(&metas).await?;
@@ -275,6 +279,7 @@ async fn prune(
     let bar = ctx.progress.bar("sweeping blobs", Some(keys.len() as u64));
     for batch in keys.chunks(1000) {
         ctx.cancel.check()?;
+        crate::repo::lock::confirm(store.as_ref(), &run_id).await?;
         let done = store.remove(batch).await?;
         bar.inc(batch.len() as u64);
         out.blobs_deleted += done.removed.len() as u64;

@@ -68,6 +68,9 @@ pub struct Schedule {
     pub timezone: Tz,
     /// Each start is delayed by a random amount up to this (`jitter = "5m"`; zero by default).
     pub jitter: Duration,
+    /// How long a scheduled job waits for a lock that another process holds before it fails
+    /// (`lock_wait = "30m"` by default). Jobs of one daemon always wait for each other.
+    pub lock_wait: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -179,8 +182,11 @@ pub struct Notify {
     pub webhook: Option<SecretString>,
     /// `slack` (default) or `json`.
     pub webhook_format: String,
-    /// healthchecks.io-style ping URL.
+    /// healthchecks.io-style ping URL of the backup job.
     pub healthcheck: Option<SecretString>,
+    /// The ping URLs of the verify and prune jobs; each job pings only its own check.
+    pub healthcheck_verify: Option<SecretString>,
+    pub healthcheck_prune: Option<SecretString>,
     pub email: Option<Email>,
     /// Events to send (see [`NOTIFY_EVENTS`]).
     pub on: Vec<String>,
@@ -194,7 +200,7 @@ pub struct Email {
 }
 
 /// Every event `[notify] on` may name.
-pub const NOTIFY_EVENTS: [&str; 7] = [
+pub const NOTIFY_EVENTS: [&str; 11] = [
     "failure",
     "recovered",
     "success",
@@ -202,16 +208,24 @@ pub const NOTIFY_EVENTS: [&str; 7] = [
     "rto_breach",
     "rpo_breach",
     "rpo_recovered",
+    "policy_load_error",
+    "stream_lag",
+    "stream_stopped",
+    "slot_dropped",
 ];
 
-/// Events sent when `on` is not given.
-pub const DEFAULT_EVENTS: [&str; 6] = [
+/// Events sent when `on` is not given: all but `success`.
+pub const DEFAULT_EVENTS: [&str; 10] = [
     "failure",
     "recovered",
     "verify_failure",
     "rpo_breach",
     "rpo_recovered",
     "rto_breach",
+    "policy_load_error",
+    "stream_lag",
+    "stream_stopped",
+    "slot_dropped",
 ];
 
 /// Finds a policy: a path as given, or a name looked up as `DIR/NAME.toml` where DIR is
@@ -280,6 +294,28 @@ pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> R
     } else {
         Err(Error::input(v.problems.join("\n")))
     }
+}
+
+/// The `[notify]` of a policy file that does not load as a whole (a typo elsewhere), so that
+/// the daemon can say so where the policy's own alerts go. `None` when that table itself does
+/// not load either.
+pub fn notify_of_broken(path: &Path) -> Option<Notify> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let table: toml::Table = toml::from_str(&text).ok()?;
+    let mut only = toml::Table::new();
+    only.insert("notify".into(), table.get("notify")?.clone());
+    let text = toml::to_string(&only).ok()?;
+    let raw: raw::RawNotifyOnly = toml::from_str(&text).ok()?;
+    let env = |name: &str| std::env::var(name).ok();
+    let file = path.display().to_string();
+    let mut v = Validator {
+        text: &text,
+        file: &file,
+        env: &env,
+        problems: Vec::new(),
+    };
+    let notify = v.notify(raw.notify?);
+    v.problems.is_empty().then_some(notify)
 }
 
 fn location(text: &str, offset: usize) -> (usize, usize) {
@@ -423,6 +459,8 @@ impl Validator<'_> {
             webhook: self.secret(&n.webhook, "notify.webhook"),
             webhook_format: format,
             healthcheck: self.secret(&n.healthcheck, "notify.healthcheck"),
+            healthcheck_verify: self.secret(&n.healthcheck_verify, "notify.healthcheck_verify"),
+            healthcheck_prune: self.secret(&n.healthcheck_prune, "notify.healthcheck_prune"),
             email,
             on,
         }
@@ -478,6 +516,7 @@ impl Validator<'_> {
                 prune: self.cron(&s.prune, "schedule.prune"),
                 timezone,
                 jitter: self.duration(&s.jitter, "schedule.jitter", 0),
+                lock_wait: self.duration(&s.lock_wait, "schedule.lock_wait", 30 * 60),
             }
         });
         let database = raw.database.map(|d| Database {

@@ -77,6 +77,7 @@ pub(super) struct RawSchedule {
     pub(super) prune: Option<S>,
     pub(super) timezone: Option<S>,
     pub(super) jitter: Option<S>,
+    pub(super) lock_wait: Option<S>,
 }
 
 #[derive(Deserialize)]
@@ -168,6 +169,8 @@ pub(super) struct RawNotify {
     pub(super) webhook: Option<S>,
     pub(super) webhook_format: Option<S>,
     pub(super) healthcheck: Option<S>,
+    pub(super) healthcheck_verify: Option<S>,
+    pub(super) healthcheck_prune: Option<S>,
     pub(super) email: Option<RawEmail>,
     pub(super) on: Option<Vec<S>>,
 }
@@ -178,4 +181,10 @@ pub(super) struct RawEmail {
     pub(super) smtp_url: S,
     pub(super) from: S,
     pub(super) to: Vec<S>,
+}
+
+/// A policy file that does not load, read for its `[notify]` table alone.
+#[derive(Deserialize)]
+pub(super) struct RawNotifyOnly {
+    pub(super) notify: Option<RawNotify>,
 }

@@ -31,8 +31,8 @@
 //! time-to-live can be taken over while it still runs; it notices at its next refresh and stops
 //! before committing, but a write it already had in flight can still land.
 
+use crate::cancel::{Cancel, Reason};
 use crate::error::{Error, Kind, Result};
-use crate::ops::{Cancel, Reason};
 use crate::store::{Put, PutMode, Store};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -111,7 +111,15 @@ pub struct LockRequest<'a> {
     pub operation: &'a str,
     pub run_id: &'a str,
     pub ttl: Duration,
+    /// How long to wait for a conflicting lock to go (zero: fail at once).
+    pub wait: Duration,
+    /// Wait without limit for a conflicting lock that this very process holds (another job of
+    /// the same daemon): jobs of one daemon queue, they never fail on each other.
+    pub queue_own: bool,
 }
+
+/// How often a waiting run looks at the locks again.
+const WAIT_POLL: Duration = Duration::from_secs(1);
 
 /// A held lock. Release it with [`RunLock::release`]; dropping it only stops the refresh.
 pub struct RunLock {
@@ -136,13 +144,53 @@ fn expiry(ttl: Duration) -> DateTime<Utc> {
 }
 
 impl RunLock {
-    /// Takes the lock, or fails with [`Kind::Locked`] naming a holder that conflicts. While
+    /// Takes the lock, or fails with [`Kind::Locked`] naming a holder that conflicts, after
+    /// waiting up to `req.wait` for it (without limit for this process's own locks when
+    /// `req.queue_own`). While
     /// held, the lock is refreshed; `cancel` is cancelled when it is lost.
     pub async fn acquire(
         store: Arc<dyn Store>,
         req: LockRequest<'_>,
         cancel: Cancel,
     ) -> Result<RunLock> {
+        let deadline = tokio::time::Instant::now() + req.wait;
+        let mut said = None;
+        loop {
+            let held = match Self::try_acquire(store.clone(), &req, cancel.clone()).await? {
+                Ok(lock) => return Ok(lock),
+                Err(held) => held,
+            };
+            let ours = req.queue_own
+                && held.info.host == crate::util::host()
+                && held.info.pid == std::process::id();
+            if !ours && tokio::time::Instant::now() >= deadline {
+                return Err(held.error);
+            }
+            if said.as_ref() != Some(&held.info.run_id) {
+                tracing::info!(
+                    "waiting for the lock: {}{}",
+                    held.info.describe(),
+                    if ours {
+                        " (a job of this process: it runs next)".to_string()
+                    } else {
+                        format!(" (at most {})", crate::util::format_duration(req.wait))
+                    }
+                );
+                said = Some(held.info.run_id.clone());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(WAIT_POLL) => {}
+                _ = cancel.cancelled() => return Err(cancel.error()),
+            }
+        }
+    }
+
+    /// One attempt: the lock, or the conflicting holder and the error that names it.
+    async fn try_acquire(
+        store: Arc<dyn Store>,
+        req: &LockRequest<'_>,
+        cancel: Cancel,
+    ) -> Result<std::result::Result<RunLock, Conflict>> {
         let key = format!("{PREFIX}{}.json", req.run_id);
         let now = Utc::now();
         let info = LockInfo {
@@ -174,9 +222,16 @@ impl RunLock {
                 ));
             }
         }
-        if let Err(e) = check_others(store.as_ref(), &info, &key).await {
-            let _ = store.delete(&key).await;
-            return Err(e);
+        match check_others(store.as_ref(), &info, &key).await {
+            Ok(None) => {}
+            Ok(Some(conflict)) => {
+                let _ = store.delete(&key).await;
+                return Ok(Err(conflict));
+            }
+            Err(e) => {
+                let _ = store.delete(&key).await;
+                return Err(e);
+            }
         }
         let refresher = tokio::spawn(refresh(
             store.clone(),
@@ -185,12 +240,12 @@ impl RunLock {
             req.ttl,
             cancel,
         ));
-        Ok(RunLock {
+        Ok(Ok(RunLock {
             store,
             key,
             info,
             refresher,
-        })
+        }))
     }
 
     /// Stops refreshing and removes the lock if it is still ours.
@@ -223,36 +278,69 @@ async fn read(
 /// own lock and give way, before it looks again.
 const SETTLE: Duration = Duration::from_secs(2);
 
-/// Fails when a live lock other than ours conflicts with it. Runs that see each other agree
-/// on the order of their locks (created_at, then run id, as written): a run gives way at once
-/// to an older conflicting lock; one that sees only newer ones waits [`SETTLE`] for them to
-/// give way and looks again, and gives way itself if any is still there (that run may have
-/// looked before our lock existed). Either way at most one of two conflicting runs proceeds.
-async fn check_others(store: &dyn Store, mine: &LockInfo, my_key: &str) -> Result<()> {
+/// A live lock that keeps a run from taking its own, and the error that names it.
+struct Conflict {
+    info: LockInfo,
+    error: Error,
+}
+
+/// The conflicting live lock, if any, that keeps ours from being taken. Runs that see each
+/// other agree on the order of their locks (created_at, then run id, as written): a run gives
+/// way at once to an older conflicting lock; one that sees only newer ones waits [`SETTLE`]
+/// for them to give way and looks again, and gives way itself if any is still there (that run
+/// may have looked before our lock existed). Either way at most one of two conflicting runs
+/// proceeds.
+async fn check_others(
+    store: &dyn Store,
+    mine: &LockInfo,
+    my_key: &str,
+) -> Result<Option<Conflict>> {
     let newer = match conflicting(store, mine, my_key).await? {
-        Some(held) if held.older_than(mine) => return Err(locked(store, mine, &held)),
+        Some(held) if held.older_than(mine) => return Ok(Some(locked(store, mine, held))),
         Some(held) => held,
-        None => return Ok(()),
+        None => return Ok(None),
     };
     tracing::info!("waiting for a newer run to give way: {}", newer.describe());
     tokio::time::sleep(SETTLE).await;
-    match conflicting(store, mine, my_key).await? {
-        Some(held) => Err(locked(store, mine, &held)),
-        None => Ok(()),
-    }
+    Ok(conflicting(store, mine, my_key)
+        .await?
+        .map(|held| locked(store, mine, held)))
 }
 
-fn locked(store: &dyn Store, mine: &LockInfo, held: &LockInfo) -> Error {
-    Error::new(
+fn locked(store: &dyn Store, mine: &LockInfo, held: LockInfo) -> Conflict {
+    let error = Error::new(
         Kind::Locked,
         format!(
-            "policy {} is locked by another run: {} (locks/{}.json in {}). Wait for it to finish; if it died, its lock expires by itself",
+            "policy {} is locked by another run: {} (locks/{}.json in {}). Wait for it to finish (or pass --wait DURATION); if it died, its lock expires by itself",
             mine.policy,
             held.describe(),
             held.run_id,
             store.describe()
         ),
-    )
+    );
+    Conflict { info: held, error }
+}
+
+/// Reads a run's own lock back at a commit point (just before a snapshot's meta.json, a
+/// segment's record, or a prune's first deletion): the refresh runs only every third of the
+/// lock's lifetime, so a lock removed or taken over since is noticed here, whatever the
+/// interval. An error of kind [`Kind::LockLost`] when the lock is gone, names another run or
+/// has expired: the run commits nothing.
+pub async fn confirm(store: &dyn Store, run_id: &str) -> Result<()> {
+    let key = format!("{PREFIX}{run_id}.json");
+    let how = match read(store, &key).await {
+        Ok(Some(Ok(held))) if held.run_id == run_id && held.pid == std::process::id() => {
+            if held.expires_at > Utc::now() {
+                return Ok(());
+            }
+            "it expired".to_string()
+        }
+        Ok(Some(Ok(held))) => format!("it was replaced by {}", held.describe()),
+        Ok(Some(Err(e))) => format!("it was replaced by something unreadable ({e})"),
+        Ok(None) => "it was removed".to_string(),
+        Err(e) => format!("it could not be read back ({})", e.message),
+    };
+    Err(crate::cancel::Reason::LockLost(format!("{key} in {}: {how}", store.describe())).error())
 }
 
 /// The oldest live lock that conflicts with ours; stale and unreadable locks are deleted.

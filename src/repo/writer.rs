@@ -20,6 +20,7 @@ use super::{blob_key, Repo};
 use crate::error::{Error, Result};
 use crate::seal::{sha256_hex, ChunkerParams, Sealer};
 use crate::store::{Put, Store};
+use crate::util::lock;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -282,10 +283,4 @@ impl BlobWriter {
             sha256: sha256_hex(&bytes),
         })
     }
-}
-
-/// Locks a mutex; a poisoned one still holds consistent data here (every critical section is a
-/// single map operation), so its contents are used.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -14,10 +14,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-/// `git` with prompts off, SSH in batch mode and messages in English.
+/// `git` with prompts off, SSH in batch mode and messages in English, in a process group of
+/// its own (see [`crate::child`]).
 pub fn command() -> Command {
     let mut c = Command::new("git");
-    c.env("GIT_TERMINAL_PROMPT", "0").env("LC_ALL", "C");
+    crate::child::prepare(&mut c);
+    c.env("GIT_TERMINAL_PROMPT", "0");
     if std::env::var_os("GIT_SSH_COMMAND").is_none() {
         c.env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes");
     }
@@ -26,23 +28,18 @@ pub fn command() -> Command {
 }
 
 /// Runs `cmd` to its end; its stdout, or an error naming `what` with git's message.
-pub async fn run(mut cmd: Command, what: &str) -> Result<String> {
-    let what = what.to_string();
-    tokio::task::spawn_blocking(move || {
-        let out = cmd
-            .output()
-            .map_err(|e| Error::input(format!("{what}: cannot run git: {e} (install git)")))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(Error::failed(format!(
-                "{what}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )))
-        }
-    })
-    .await
-    .map_err(|e| Error::failed(format!("git: {e}")))?
+pub async fn run(cmd: Command, what: &str) -> Result<String> {
+    let out = crate::child::output(cmd)
+        .await
+        .map_err(|e| Error::input(format!("{what}: cannot run git: {e} (install git)")))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(Error::failed(format!(
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
 }
 
 fn needs_credentials(message: &str) -> bool {
@@ -172,7 +169,7 @@ impl<R: Read> Read for HeaderTap<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         if !self.done && n > 0 {
-            let mut h = crate::repo::writer::lock(&self.header);
+            let mut h = crate::util::lock(&self.header);
             h.extend_from_slice(&buf[..n]);
             if let Some(end) = h.windows(2).position(|w| w == b"\n\n") {
                 h.truncate(end + 1);
@@ -214,12 +211,9 @@ pub fn bundle(git_dir: &Path, name: &str) -> Result<(std::process::ChildStdout, 
         .args(["bundle", "create", "--quiet", "-", "--all"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = c
-        .spawn()
+    let mut child = crate::child::Child::spawn(c)
         .map_err(|e| Error::input(format!("git repository `{name}`: cannot run git: {e}")))?;
-    let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        let _ = child.kill();
-        let _ = child.wait();
+    let (Some(stdout), Some(mut stderr)) = (child.take_stdout(), child.take_stderr()) else {
         return Err(Error::failed(format!(
             "git repository `{name}`: git bundle create has no output pipes"
         )));
@@ -239,8 +233,10 @@ pub fn bundle(git_dir: &Path, name: &str) -> Result<(std::process::ChildStdout, 
     ))
 }
 
+/// A running `git bundle create`; dropped before [`BundleChild::finish`], it is stopped with
+/// its whole process group.
 pub struct BundleChild {
-    child: std::process::Child,
+    child: crate::child::Child,
     errors: Option<std::thread::JoinHandle<String>>,
     name: String,
 }
@@ -261,15 +257,6 @@ impl BundleChild {
                 self.name,
                 errors.trim()
             ))),
-        }
-    }
-}
-
-impl Drop for BundleChild {
-    fn drop(&mut self) {
-        if self.errors.is_some() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 }

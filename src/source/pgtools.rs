@@ -51,7 +51,9 @@ pub fn find(name: &str, min_major: u32) -> Result<PgTool> {
     let mut found: Vec<PgTool> = candidates(name)
         .into_iter()
         .filter_map(|path| {
-            let out = Command::new(&path).arg("--version").output().ok()?;
+            let mut cmd = Command::new(&path);
+            crate::child::prepare(&mut cmd);
+            let out = cmd.arg("--version").output().ok()?;
             let (major, version) = parse_version(&String::from_utf8_lossy(&out.stdout))?;
             Some(PgTool {
                 path,
@@ -175,10 +177,11 @@ impl DbUrl {
     }
 }
 
-/// Runs a child to completion, capturing stdout; fails with its stderr (secrets scrubbed).
-pub fn run_capture(mut cmd: Command, what: &str, secrets: &[&str]) -> Result<String> {
-    let out = cmd
-        .output()
+/// Runs a child to completion in its own process group, capturing stdout; fails with its
+/// stderr (secrets scrubbed). Dropped before the end, the child's whole group is stopped.
+pub async fn run_capture(cmd: Command, what: &str, secrets: &[&str]) -> Result<String> {
+    let out = crate::child::output(cmd)
+        .await
         .map_err(|e| Error::failed(format!("cannot run {what}: {e}")))?;
     if !out.status.success() {
         let stderr = crate::util::scrub(&String::from_utf8_lossy(&out.stderr), secrets);

@@ -86,7 +86,7 @@ fn put_blocking(path: &Path, data: &[u8], mode: PutMode) -> Result<Put> {
         create_dirs_durably(dir)?;
     }
     crate::localfs::sweep_stale_tmp(dir, ".tmp-");
-    let tmp = dir.join(format!(".tmp-{:016x}", rand::random::<u64>()));
+    let tmp = dir.join(crate::localfs::tmp_name(".tmp-"));
     let result = (|| {
         let mut f = std::fs::OpenOptions::new()
             .write(true)

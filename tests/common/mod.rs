@@ -377,3 +377,42 @@ pub fn sequences(c: &Cluster, db: &str) -> String {
 pub fn policies(c: &Cluster, db: &str) -> String {
     c.psql(db, "select schemaname, tablename, policyname, roles::text, cmd, qual, with_check from pg_policies order by 1, 2, 3")
 }
+
+/// Live (not zombie) processes whose command line contains `needle`: their command lines.
+pub fn processes_with(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let p = e.path();
+        let Ok(cmdline) = std::fs::read(p.join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let zombie = std::fs::read_to_string(p.join("stat"))
+            .map(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
+            .unwrap_or(true);
+        if cmdline.contains(needle) && !zombie {
+            out.push(cmdline);
+        }
+    }
+    out
+}
+
+/// A `BACKSTOP_PG_BINDIR` in `dir` holding a wrapper `name` that runs the shell lines `before`
+/// and then the real program, as operators' wrappers (`docker exec`, `sudo -u postgres`) do;
+/// `--version` goes straight through. Returns the directory.
+pub fn pg_wrapper(dir: &Path, name: &str, before: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).unwrap();
+    let real = pg::bindir().join(name);
+    let script = dir.join(name);
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in --version) exec '{r}' --version;; esac\n{before}\nexec '{r}' \"$@\"\n",
+            r = real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir.to_path_buf()
+}
