@@ -157,6 +157,10 @@ pub struct RestoreArgs {
     /// Allow restoring over a non-empty target database (dropped and recreated) and existing files.
     #[arg(long)]
     pub force: bool,
+    /// Allow dropping and replacing the policy's own source database (same host, port and
+    /// name) when it is the non-empty target; --force alone never does.
+    #[arg(long)]
+    pub force_source: bool,
     /// Print exactly one JSON document (the run record) on stdout.
     #[arg(long)]
     pub json: bool,

@@ -31,6 +31,11 @@ pub enum Kind {
     /// The identity given matches none of the recipients an object was sealed to. Exit 1: the
     /// repository is fine, the key is not the one it needs.
     WrongKey,
+    /// The store (or a server) could not be read or reached: refused or dropped connections,
+    /// timeouts, name resolution, server errors after the retries, an unreadable disk. Says
+    /// nothing about the stored bytes, so verify and check never count it as damage: they
+    /// stop with "could not verify" (exit 1).
+    Unavailable,
     /// The run's repository lock was lost (gone, expired, taken over, or not refreshable): the
     /// run stopped and committed nothing.
     LockLost,
@@ -43,12 +48,27 @@ pub enum Kind {
 impl Kind {
     pub fn exit_code(self) -> i32 {
         match self {
-            Kind::Failed | Kind::Damaged | Kind::WrongKey | Kind::LockLost | Kind::Cancelled => 1,
+            Kind::Failed
+            | Kind::Damaged
+            | Kind::WrongKey
+            | Kind::Unavailable
+            | Kind::LockLost
+            | Kind::Cancelled => 1,
             Kind::Input => 2,
             Kind::Verification => 3,
             Kind::Locked => 4,
             Kind::Interrupted(signal) => 128 + signal,
         }
+    }
+}
+
+impl Kind {
+    /// Whether an error of this kind, met while proving a backup, is a finding about the
+    /// backup itself: stored data found damaged or missing, or a step that ran and failed on
+    /// it (a dump pg_restore refuses). Any other kind (the store unreachable, a cancellation,
+    /// a wrong key, bad input) means the proof could not be made.
+    pub fn is_finding(self) -> bool {
+        matches!(self, Kind::Damaged | Kind::Failed | Kind::Verification)
     }
 }
 
@@ -137,6 +157,7 @@ mod tests {
     fn exit_codes_follow_the_design() {
         assert_eq!(Kind::Failed.exit_code(), 1);
         assert_eq!(Kind::WrongKey.exit_code(), 1);
+        assert_eq!(Kind::Unavailable.exit_code(), 1);
         assert_eq!(Kind::LockLost.exit_code(), 1);
         assert_eq!(Kind::Input.exit_code(), 2);
         assert_eq!(Kind::Verification.exit_code(), 3);

@@ -8,7 +8,7 @@ use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
-use aws_sdk_s3::error::SdkError;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::upload_part::UploadPartError;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
@@ -94,6 +94,44 @@ pub async fn client(config: &ClientConfig) -> Result<(Client, bool)> {
     Ok((Client::from_conf(builder.build()), send_sha256))
 }
 
+/// A body's MD5, as the `Content-MD5` header wants it (base64) and as S3-compatible stores
+/// answer it in the ETag of a single-part write (hex).
+pub struct Md5 {
+    pub base64: String,
+    pub hex: String,
+}
+
+impl Md5 {
+    pub fn of(data: &[u8]) -> Md5 {
+        use base64::Engine;
+        use md5::Digest;
+        let digest = md5::Md5::digest(data);
+        Md5 {
+            base64: base64::engine::general_purpose::STANDARD.encode(digest),
+            hex: hex::encode(digest),
+        }
+    }
+
+    /// Whether the store's answer confirms the bytes sent. Every store checks `Content-MD5`
+    /// and refuses a body that fails it (`BadDigest`); the ETag is compared as well, where it
+    /// is an MD5 (S3, MinIO, R2, B2 and moto answer one for a single-part write), so that a
+    /// store that ignored the header is caught too. Another ETag (SSE-KMS) is not evidence
+    /// either way.
+    pub fn confirmed_by(&self, etag: Option<&str>) -> bool {
+        let etag = etag.unwrap_or("").trim_matches('"');
+        let is_md5 = etag.len() == 32 && etag.chars().all(|c| c.is_ascii_hexdigit());
+        !is_md5 || etag.eq_ignore_ascii_case(&self.hex)
+    }
+}
+
+/// Whether a write was refused because its body failed `Content-MD5` (damaged on its way).
+pub fn is_bad_digest<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+    matches!(e.code(), Some("BadDigest") | Some("InvalidDigest"))
+}
+
+/// How many times one write whose bytes arrived damaged is sent in all.
+pub const WRITE_ATTEMPTS: u32 = 3;
+
 /// An open multipart upload, the one part loop that the repository's S3 store and the S3
 /// storage source share. Parts go up one at a time from a stream, so at most one part is in
 /// memory. Dropped before [`Multipart::done`] or [`Multipart::abort`] (a failed or cancelled
@@ -154,18 +192,7 @@ impl Multipart {
             }
             let rest = buf.split_off(buf.len().min(part_size));
             let number = self.parts.len() as i32 + 1;
-            let mut req = self
-                .client
-                .upload_part()
-                .bucket(&self.bucket)
-                .key(&self.key)
-                .upload_id(self.upload_id())
-                .part_number(number)
-                .body(ByteStream::from(buf));
-            if self.sha256 {
-                req = req.checksum_algorithm(ChecksumAlgorithm::Sha256);
-            }
-            let out = req.send().await.map_err(&on_error)?;
+            let out = self.send_part(number, buf, &on_error).await?;
             self.parts.push(
                 CompletedPart::builder()
                     .part_number(number)
@@ -174,6 +201,58 @@ impl Multipart {
                     .build(),
             );
             buf = rest;
+        }
+    }
+
+    /// Sends one part with its `Content-MD5`; a part whose bytes arrived damaged (refused
+    /// with `BadDigest`, or answered with another MD5) is sent again, up to
+    /// [`WRITE_ATTEMPTS`] times.
+    async fn send_part(
+        &self,
+        number: i32,
+        buf: Vec<u8>,
+        on_error: &impl Fn(PartError) -> Error,
+    ) -> Result<aws_sdk_s3::operation::upload_part::UploadPartOutput> {
+        let md5 = Md5::of(&buf);
+        let body = bytes::Bytes::from(buf);
+        let mut attempt = 1;
+        loop {
+            let mut req = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(&self.key)
+                .upload_id(self.upload_id())
+                .part_number(number)
+                .content_md5(&md5.base64)
+                .body(ByteStream::from(body.clone()));
+            if self.sha256 {
+                req = req.checksum_algorithm(ChecksumAlgorithm::Sha256);
+            }
+            let damaged = match req.send().await {
+                Ok(out) if md5.confirmed_by(out.e_tag()) => return Ok(out),
+                Ok(out) => format!(
+                    "the store answered ETag {} for a part whose MD5 is {}",
+                    out.e_tag().unwrap_or("none"),
+                    md5.hex
+                ),
+                Err(e) if is_bad_digest(&e) => {
+                    "the store found its body damaged (BadDigest)".into()
+                }
+                Err(e) => return Err(on_error(e)),
+            };
+            if attempt >= WRITE_ATTEMPTS {
+                return Err(Error::failed(format!(
+                    "s3: upload part {number} of {}/{}: {damaged}, {attempt} times: the bytes are damaged on their way to the store",
+                    self.bucket, self.key
+                )));
+            }
+            tracing::warn!(
+                "s3: upload part {number} of {}/{}: {damaged}; sending it again",
+                self.bucket,
+                self.key
+            );
+            attempt += 1;
         }
     }
 

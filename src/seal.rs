@@ -76,8 +76,9 @@ pub fn sha256_hex(data: &[u8]) -> String {
 pub fn parse_recipient(text: &str) -> Result<age::x25519::Recipient> {
     age::x25519::Recipient::from_str(text.trim()).map_err(|e| {
         Error::input(format!(
-            "`{}` is not an age X25519 public key (age1...): {e}",
-            text.trim()
+            "`{}` is not an age X25519 public key (age1...): {}",
+            crate::util::preview(text),
+            crate::util::mask_age_secrets(e)
         ))
     })
 }

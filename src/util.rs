@@ -103,9 +103,72 @@ fn secret_param(name: &str) -> bool {
         .any(|s| n.contains(s))
 }
 
+/// The user part of a URL as it is written: `(start, at)` where `text[start..at]` lies between
+/// `://` and the `@` before the host. Read from the raw text, so that a password with an
+/// unencoded `@`, `#`, `/` or `?` (which a URL parser takes for the host, a fragment, a path or
+/// a query) cannot hide where it ends: the `@` chosen is the last one followed by something
+/// that looks like a host (and a port), then the end or one of `/?#`.
+pub fn raw_userinfo(text: &str) -> Option<(usize, usize)> {
+    let scheme_end = text.find("://")?;
+    let scheme = &text[..scheme_end];
+    if scheme.is_empty()
+        || !scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    {
+        return None;
+    }
+    let start = scheme_end + 3;
+    let looks_like_host = |rest: &str| {
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let hostport = &rest[..end];
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) if !h.starts_with('[') || h.ends_with(']') => (h, Some(p)),
+            _ => (hostport, None),
+        };
+        !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._~%[]:".contains(c))
+            && port.is_none_or(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+    };
+    text[start..]
+        .rmatch_indices('@')
+        .map(|(i, _)| start + i)
+        .find(|&at| looks_like_host(&text[at + 1..]))
+        .map(|at| (start, at))
+}
+
+/// The characters a URL's password holds unencoded that make it end early (`@`, `#`, `/`,
+/// `?`), in that order; empty when it has none (or no password).
+pub fn unencoded_in_password(text: &str) -> Vec<char> {
+    let Some((start, at)) = raw_userinfo(text) else {
+        return Vec::new();
+    };
+    let Some((_, password)) = text[start..at].split_once(':') else {
+        return Vec::new();
+    };
+    ['@', '#', '/', '?']
+        .into_iter()
+        .filter(|c| password.contains(*c))
+        .collect()
+}
+
 /// Replaces the password of a URL, and the values of query parameters that carry secrets,
-/// with `***`; leaves text that is no URL unchanged.
+/// with `***`; leaves text that is no URL unchanged. The password is found in the raw text
+/// (see [`raw_userinfo`]), so one with unencoded `@`, `#`, `/` or `?` is masked whole.
 pub fn mask_url(text: &str) -> String {
+    if let Some((start, at)) = raw_userinfo(text) {
+        if let Some(colon) = text[start..at].find(':') {
+            let masked = format!("{}***{}", &text[..start + colon + 1], &text[at..]);
+            return mask_params(&masked);
+        }
+    }
+    mask_params(text)
+}
+
+/// [`mask_url`] for a URL whose user part holds no unencoded separator.
+fn mask_params(text: &str) -> String {
     let Ok(mut u) = url::Url::parse(text) else {
         return text.to_string();
     };
@@ -136,23 +199,46 @@ pub fn mask_url(text: &str) -> String {
     u.to_string()
 }
 
-/// Replaces every age private key (`AGE-SECRET-KEY-1...`) in a text with a mask.
+/// Whether a text starts like an age private key, in any case (bech32 ignores case, so
+/// `age-secret-key-1...` is the same key).
+pub fn is_age_secret(text: &str) -> bool {
+    text.trim()
+        .get(..15)
+        .is_some_and(|p| p.eq_ignore_ascii_case("AGE-SECRET-KEY-"))
+}
+
+/// Replaces every age private key (`AGE-SECRET-KEY-1...`, in any case) in a text with a mask.
 pub fn mask_age_secrets(text: &str) -> String {
     const MARK: &str = "AGE-SECRET-KEY-";
+    // ASCII upper-casing keeps every byte offset, so positions found in `upper` hold in `text`.
+    let upper = text.to_ascii_uppercase();
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find(MARK) {
-        out.push_str(&rest[..i]);
+    let mut at = 0;
+    while let Some(i) = upper[at..].find(MARK) {
+        let start = at + i;
+        out.push_str(&text[at..start]);
         out.push_str(MARK);
         out.push_str("***");
-        let tail = &rest[i + MARK.len()..];
+        let tail = &text[start + MARK.len()..];
         let end = tail
             .find(|c: char| !c.is_ascii_alphanumeric())
             .unwrap_or(tail.len());
-        rest = &tail[end..];
+        at = start + MARK.len() + end;
     }
-    out.push_str(rest);
+    out.push_str(&text[at..]);
     out
+}
+
+/// The first 10 characters of a value that failed to parse, for an error message: enough to
+/// recognise it, never a whole secret that was put in the wrong place.
+pub fn preview(text: &str) -> String {
+    let t = text.trim();
+    let head: String = t.chars().take(10).collect();
+    if head.len() < t.len() {
+        format!("{head}...")
+    } else {
+        head
+    }
 }
 
 /// Everything but RFC 3986's unreserved characters gets percent-encoded.
@@ -296,6 +382,50 @@ mod tests {
             "{m}"
         );
         assert_eq!(mask_url("https://h/x?page=2"), "https://h/x?page=2");
+    }
+
+    #[test]
+    fn a_password_with_unencoded_separators_is_masked_whole_and_named() {
+        for (url, bad) in [
+            (
+                "postgres://postgres:p@ss#word@127.0.0.1:5432/db",
+                vec!['@', '#'],
+            ),
+            (
+                "postgres://u:a/b?c@db.example/app?sslmode=require",
+                vec!['/', '?'],
+            ),
+            ("postgres://u:p@ss@[::1]:5432/app", vec!['@']),
+            ("postgres://u:fine@db/app", vec![]),
+            ("postgres://db/app?application_name=x", vec![]),
+        ] {
+            let m = mask_url(url);
+            for secret in ["ss", "word", "a/b", "?c", "fine"] {
+                assert!(
+                    !m.contains(&format!(":{secret}")) && !m.contains(&format!("{secret}@")),
+                    "{url} -> {m}"
+                );
+            }
+            assert!(
+                m.contains("db") || m.contains("127.0.0.1") || m.contains("::1"),
+                "{m}"
+            );
+            assert_eq!(unencoded_in_password(url), bad, "{url}");
+        }
+        assert_eq!(
+            mask_url("postgres://postgres:p@ss#word@127.0.0.1:5432/db"),
+            "postgres://postgres:***@127.0.0.1:5432/db"
+        );
+    }
+
+    #[test]
+    fn lowercase_age_private_keys_are_masked_and_recognised() {
+        let key = "age-secret-key-1qyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqy";
+        let m = mask_age_secrets(&format!("`{key}` and {}", key.to_uppercase()));
+        assert!(!m.to_lowercase().contains("1qyqsz"), "{m}");
+        assert!(is_age_secret(key) && is_age_secret(&key.to_uppercase()));
+        assert!(!is_age_secret("age1xyz"));
+        assert_eq!(preview(key), "age-secret...");
     }
 
     #[test]

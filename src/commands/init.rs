@@ -9,9 +9,9 @@ pub async fn run(policy: &Policy, recover: Option<Option<&PathBuf>>) -> Result<(
     store.check().await?;
     if let Some(identity) = recover {
         let opener = super::opener(identity)?;
-        let config = Repo::recover(store.clone(), &opener, &policy.recipients).await?;
+        let (config, from) = Repo::recover(store.clone(), &opener, &policy.recipients).await?;
         eprintln!(
-            "recovered {}/backstop.json (repository created {}): its snapshots restore again",
+            "recovered {}/backstop.json from the manifest of snapshot {from} (repository created {}): its snapshots restore again",
             store.describe(),
             config.created_at.to_rfc3339()
         );

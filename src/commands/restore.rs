@@ -69,6 +69,7 @@ fn request(args: &RestoreArgs) -> Result<Request> {
         files,
         git_dir,
         force: args.force,
+        force_source: args.force_source,
         one_part: args.only.is_some(),
     })
 }

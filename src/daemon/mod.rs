@@ -58,13 +58,14 @@ pub struct Shared {
     pub load_errors: Mutex<BTreeMap<String, String>>,
 }
 
-const JOBS: [&str; 3] = ["backup", "verify", "prune"];
+const JOBS: [&str; 4] = ["backup", "verify", "prune", "check"];
 
 fn cron_of<'a>(policy: &'a Policy, job: &str) -> Option<&'a Cron> {
     let s = policy.schedule.as_ref()?;
     match job {
         "backup" => s.backup.as_ref(),
         "verify" => s.verify.as_ref(),
+        "check" => s.check.as_ref(),
         _ => s.prune.as_ref(),
     }
 }
@@ -180,6 +181,30 @@ async fn run_job(
             let out = ops::verify::run(&policy, &repo, &req, &ctx).await;
             (
                 serde_json::to_value(crate::record::VerifyRecord::from(&out)),
+                out.times,
+            )
+        }
+        "check" => {
+            // With the identity where this host has one: then every manifest is decrypted and
+            // compared with its meta.json, every week and not only by hand.
+            let key = match identity_of(&policy).map(|p| crate::seal::Opener::from_file(&p)) {
+                Some(Ok(o)) => Some(ops::check::Key {
+                    opener: Arc::new(o),
+                    dedup_key: policy.repository.dedup_key.clone(),
+                }),
+                Some(Err(e)) => {
+                    tracing::error!("check of policy {}: {}", policy.name, e.message);
+                    None
+                }
+                None => None,
+            };
+            let req = ops::check::Request {
+                key,
+                read_data: true,
+            };
+            let out = ops::check::run(&repo, &req, &ctx).await;
+            (
+                serde_json::to_value(crate::record::CheckRecord::from(&out)),
                 out.times,
             )
         }

@@ -68,6 +68,10 @@ pub struct BackupStorage {
     pub objects_new: u64,
     pub objects_reused: u64,
     pub mismatches: Mismatches,
+    /// Listed objects the source's protocol cannot fetch at all, each with why; every other
+    /// object is backed up.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unfetchable: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -280,6 +284,11 @@ async fn backup(
                 db_names.as_ref(),
             ))
             .await?;
+        for why in &done.figures.unfetchable {
+            let w = format!("storage object not backed up: {why}");
+            tracing::warn!("{w}");
+            out.warnings.push(w);
+        }
         let m = &done.figures.mismatches;
         if !m.missing_in_bucket.is_empty() || !m.missing_in_table.is_empty() {
             let text = format!(

@@ -110,6 +110,33 @@ pub async fn run(repo: &Repo, req: &Request, ctx: &Ctx) -> Outcome {
     out
 }
 
+/// The blobs a decrypted manifest uses that its meta.json does not list: prune keeps only
+/// what meta.json lists, so it would delete them and the snapshot would no longer restore,
+/// after checks that only read meta.json. Each is named as damage of the snapshot. (A blob
+/// meta.json lists that the manifest does not use is harmless, and happens: an object whose
+/// read failed after some of its chunks were stored is left out of the manifest.)
+fn unlisted_blobs<'a>(
+    manifest: &crate::repo::format::Manifest,
+    listed: impl Iterator<Item = &'a BlobRef>,
+    snapshot: &str,
+) -> Vec<Damaged> {
+    let listed: std::collections::BTreeSet<&str> = listed.map(|b| b.id.as_str()).collect();
+    let used: std::collections::BTreeSet<&str> = manifest.chunks().map(|c| c.id.as_str()).collect();
+    let damage = |id: &str, problem: &str| Damaged {
+        blob: id.to_string(),
+        problem: problem.to_string(),
+        snapshots: vec![snapshot.to_string()],
+    };
+    used.difference(&listed)
+        .map(|id| {
+            damage(
+                id,
+                "the snapshot's manifest uses this blob but its meta.json does not list it: prune would delete it",
+            )
+        })
+        .collect()
+}
+
 async fn check(repo: &Repo, req: &Request, ctx: &Ctx, rec: &mut Outcome) -> Result<()> {
     let (key, read_data) = (&req.key, req.read_data);
     let listing = repo.listing_with(Blobs::Fold).await?;
@@ -139,7 +166,6 @@ async fn check(repo: &Repo, req: &Request, ctx: &Ctx, rec: &mut Outcome) -> Resu
             sealed_by.entry(b.id.clone()).or_insert(n);
         }
     }
-    drop(lists);
     let sealed_to = |id: &str| sealed_by.get(id).map(|&n| &metas[n].encryption.recipients);
     let named = |snaps: &mut dyn Iterator<Item = &u32>| -> Vec<String> {
         snaps.map(|&n| metas[n as usize].id.clone()).collect()
@@ -209,17 +235,8 @@ async fn check(repo: &Repo, req: &Request, ctx: &Ctx, rec: &mut Outcome) -> Resu
             (Some(p), _) => Some(p),
             (None, Some(k)) => match repo.read_manifest(m, &k.opener).await {
                 Ok(manifest) => {
-                    let chunks = manifest
-                        .database
-                        .iter()
-                        .flat_map(|d| d.dump.chunks.iter())
-                        .chain(
-                            manifest
-                                .storage
-                                .iter()
-                                .flat_map(|s| s.objects.iter().flat_map(|o| o.chunks.iter())),
-                        );
-                    for ChunkRef { id, len } in chunks {
+                    damaged.extend(unlisted_blobs(&manifest, lists.of(m), &m.id));
+                    for ChunkRef { id, len } in manifest.chunks() {
                         plain_len.insert(id.clone(), *len);
                     }
                     rec.bytes_read += m.manifest.size;
@@ -247,6 +264,7 @@ async fn check(repo: &Repo, req: &Request, ctx: &Ctx, rec: &mut Outcome) -> Resu
             });
         }
     }
+    drop(lists);
     if read_data || key.is_some() {
         let total: u64 = intact.iter().map(|b| b.size).sum();
         let progress = ctx.progress.bar("check", Some(total));

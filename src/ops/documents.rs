@@ -68,6 +68,13 @@ pub async fn backup(
             missing_in_table: in_bucket.difference(rows).cloned().collect(),
         };
     }
+    let (listed, unfetchable): (Vec<_>, Vec<_>) = listed
+        .into_iter()
+        .partition(|o| source.unfetchable(o).is_none());
+    figures.unfetchable = unfetchable
+        .iter()
+        .filter_map(|o| source.unfetchable(o))
+        .collect();
     let results: Vec<(StorageObject, bool, u64, Option<String>)> = futures::stream::iter(listed)
         .map(|info| backup_one(source, writer, cache, info))
         .buffer_unordered(CONCURRENT_OBJECTS)

@@ -358,11 +358,14 @@ pub async fn restore(
 
 /// Reads every file back and compares its SHA-256 with the manifest's (each chunk is also
 /// checked against its blob id on the way). Returns the problems found, each naming the file.
+/// Reads every file back and compares it with the manifest: the number checked and the
+/// problems found; an error when a read could not be made (the store unreachable), which is no
+/// finding about the files.
 pub async fn verify(
     reader: &Arc<BlobReader>,
     manifest: &FilesManifest,
     ahead: usize,
-) -> (u64, Vec<String>) {
+) -> Result<(u64, Vec<String>)> {
     let entries: Vec<&FileEntry> = manifest
         .sets
         .iter()
@@ -370,7 +373,7 @@ pub async fn verify(
         .filter(|e| e.kind == "file")
         .collect();
     let checked = entries.len() as u64;
-    let problems: Vec<Option<String>> = futures::stream::iter(entries)
+    let problems: Vec<Result<Option<String>>> = futures::stream::iter(entries)
         .map(|e| async move {
             let mut hasher = Sha256::new();
             let mut stream = Box::pin(reader.stream(e.chunks.clone(), ahead));
@@ -381,20 +384,22 @@ pub async fn verify(
                         bytes += c.len() as u64;
                         hasher.update(&c);
                     }
-                    Err(err) => return Some(format!("file {}: {}", e.path, err.message)),
+                    Err(err) if !err.kind.is_finding() => return Err(err),
+                    Err(err) => return Ok(Some(format!("file {}: {}", e.path, err.message))),
                 }
             }
             let sha = hex::encode(hasher.finalize());
             if Some(&sha) != e.sha256.as_ref() || bytes != e.size {
-                return Some(format!(
+                return Ok(Some(format!(
                     "file {}: its content does not match the manifest (SHA-256 {sha}, {bytes} bytes)",
                     e.path
-                ));
+                )));
             }
-            None
+            Ok(None)
         })
         .buffer_unordered(CONCURRENT_FILES)
         .collect()
         .await;
-    (checked, problems.into_iter().flatten().collect())
+    let problems: Vec<Option<String>> = problems.into_iter().collect::<Result<_>>()?;
+    Ok((checked, problems.into_iter().flatten().collect()))
 }

@@ -172,7 +172,12 @@ pub async fn restore(
 
 /// Verifies each bundle in a temporary directory: `git bundle verify` in an empty
 /// repository, then its refs against the recorded ones. Returns the problems, each named.
-pub async fn verify(reader: &Arc<BlobReader>, manifest: &GitManifest, ahead: usize) -> Vec<String> {
+/// Verifies every bundle: the problems found; an error when a read could not be made.
+pub async fn verify(
+    reader: &Arc<BlobReader>,
+    manifest: &GitManifest,
+    ahead: usize,
+) -> Result<Vec<String>> {
     let mut problems = Vec::new();
     for b in &manifest.repositories {
         let scratch = match tempfile::Builder::new().prefix("backstop-git-").tempdir() {
@@ -186,9 +191,13 @@ pub async fn verify(reader: &Arc<BlobReader>, manifest: &GitManifest, ahead: usi
             }
         };
         let path = scratch.path().join("bundle");
-        if let Err(e) = write_bundle(reader, b, &path, ahead).await {
-            problems.push(format!("git repository {}: {}", b.name, e.message));
-            continue;
+        match write_bundle(reader, b, &path, ahead).await {
+            Err(e) if !e.kind.is_finding() => return Err(e),
+            Err(e) => {
+                problems.push(format!("git repository {}: {}", b.name, e.message));
+                continue;
+            }
+            Ok(_) => {}
         }
         match git::verify_bundle(&path, scratch.path()).await {
             Err(e) => problems.push(format!("git repository {}: {}", b.name, e.message)),
@@ -209,5 +218,5 @@ pub async fn verify(reader: &Arc<BlobReader>, manifest: &GitManifest, ahead: usi
             Ok(_) => {}
         }
     }
-    problems
+    Ok(problems)
 }

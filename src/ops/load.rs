@@ -29,6 +29,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 pub struct DbTarget {
     pub url: DbUrl,
     pub force: bool,
+    /// The target is the policy's own source database (same host, port and name): a
+    /// non-empty one is dropped only with `force_source`, never with `force` alone.
+    pub is_source: bool,
+    pub force_source: bool,
 }
 
 /// What makes a target database non-empty: any relation (table, view, sequence, foreign
@@ -79,7 +83,14 @@ pub async fn prepare_target(target: &DbTarget) -> Result<bool> {
     if rows.is_empty() {
         return Ok(false);
     }
-    if !target.force {
+    if target.is_source && !target.force_source {
+        return Err(Error::input(format!(
+            "target database {} is the policy's own source database, and it is not empty ({} objects): a restore never drops it with --force. Restore into another database and switch the application over, or, to replace the source with the snapshot, pass --force-source",
+            url.masked(),
+            rows.len()
+        )));
+    }
+    if !target.force && !target.is_source {
         let names: Vec<String> = rows
             .iter()
             .take(5)

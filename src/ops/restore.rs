@@ -43,6 +43,8 @@ pub struct Request {
     pub git_dir: Option<PathBuf>,
     /// Replace a non-empty target database, and existing files.
     pub force: bool,
+    /// Replace the policy's own source database when it is the (non-empty) target.
+    pub force_source: bool,
     /// The request names one part (`--only`): no notes about the parts it leaves out.
     pub one_part: bool,
 }
@@ -169,9 +171,16 @@ async fn restore(
             meta.consistent_at.to_rfc3339(),
             url.masked()
         );
+        let is_source = policy
+            .database
+            .as_ref()
+            .and_then(|d| DbUrl::parse(d.url.expose_secret()).ok())
+            .is_some_and(|source| source.same_database(url));
         let target = DbTarget {
             url: url.clone(),
             force: req.force,
+            is_source,
+            force_source: req.force_source,
         };
         let t = Instant::now();
         out.target = Some(url.masked());

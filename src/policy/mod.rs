@@ -65,6 +65,9 @@ pub struct Schedule {
     pub backup: Option<Cron>,
     pub verify: Option<Cron>,
     pub prune: Option<Cron>,
+    /// `check --read-data`, with the identity where `[verify] identity` (or
+    /// `BACKSTOP_IDENTITY`) gives one on the daemon's host.
+    pub check: Option<Cron>,
     pub timezone: Tz,
     /// Each start is delayed by a random amount up to this (`jitter = "5m"`; zero by default).
     pub jitter: Duration,
@@ -277,7 +280,7 @@ pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> R
         // The line itself names the key a wrong value belongs to.
         let line = at
             .and_then(|(l, _)| text.lines().nth(l.saturating_sub(1)))
-            .map(|l| format!(" (in `{}`)", l.trim()))
+            .map(|l| format!(" (in `{}`)", crate::util::mask_age_secrets(l.trim())))
             .unwrap_or_default();
         let (l, c) = at.unwrap_or((1, 1));
         Error::input(format!("{file}:{l}:{c}: {}{line}", e.message().trim()))
@@ -397,6 +400,26 @@ impl Validator<'_> {
         s.as_ref().map(|s| self.expand(s, key))
     }
 
+    /// A database URL: expanded, and refused (naming the characters, never the password) when
+    /// its password holds an unencoded `@`, `#`, `/` or `?`, which would end it early.
+    fn db_url(&mut self, s: &S, key: &str) -> String {
+        let url = self.expand(s, key);
+        let bad = crate::util::unencoded_in_password(&url);
+        if !bad.is_empty() {
+            let list: Vec<String> = bad.iter().map(|c| format!("`{c}`")).collect();
+            self.problem(
+                s.span(),
+                key,
+                format!(
+                    "the password in {} holds {} unencoded: percent-encode it (@ %40, # %23, / %2F, ? %3F)",
+                    crate::util::mask_url(&url),
+                    list.join(", ")
+                ),
+            );
+        }
+        url
+    }
+
     /// [`Validator::opt`] for a secret: it prints as `[REDACTED]` in `Debug`.
     fn secret(&mut self, s: &Option<S>, key: &str) -> Option<SecretString> {
         self.opt(s, key).map(SecretString::from)
@@ -514,13 +537,14 @@ impl Validator<'_> {
                 backup: self.cron(&s.backup, "schedule.backup"),
                 verify: self.cron(&s.verify, "schedule.verify"),
                 prune: self.cron(&s.prune, "schedule.prune"),
+                check: self.cron(&s.check, "schedule.check"),
                 timezone,
                 jitter: self.duration(&s.jitter, "schedule.jitter", 0),
                 lock_wait: self.duration(&s.lock_wait, "schedule.lock_wait", 30 * 60),
             }
         });
         let database = raw.database.map(|d| Database {
-            url: self.expand(&d.url, "database.url").into(),
+            url: self.db_url(&d.url, "database.url").into(),
             exclude_schemas: d
                 .exclude_schemas
                 .iter()
@@ -573,7 +597,10 @@ impl Validator<'_> {
         let verify = raw
             .verify
             .map(|v| Verify {
-                scratch_url: self.secret(&v.scratch_url, "verify.scratch_url"),
+                scratch_url: v
+                    .scratch_url
+                    .as_ref()
+                    .map(|u| self.db_url(u, "verify.scratch_url").into()),
                 identity: self.opt(&v.identity, "verify.identity").map(PathBuf::from),
                 read_data: v.read_data.as_ref().map(|s| s.get_ref().clone()),
                 queries: v
@@ -613,19 +640,21 @@ impl Validator<'_> {
     }
 
     fn storage(&mut self, s: RawStorage) -> StorageSource {
-        let kind = match s.kind.get_ref().as_str() {
-            "supabase" => StorageKind::Supabase,
-            "s3" => StorageKind::S3,
-            "dir" => StorageKind::Dir,
+        let known = match s.kind.get_ref().as_str() {
+            "supabase" => Some(StorageKind::Supabase),
+            "s3" => Some(StorageKind::S3),
+            "dir" => Some(StorageKind::Dir),
             other => {
                 self.problem(
                     s.kind.span(),
                     "storage.kind",
                     format!("`{other}` is not one of supabase, s3, dir"),
                 );
-                StorageKind::Dir
+                None
             }
         };
+        // An unknown kind is one problem: what another kind would need is not asked for.
+        let kind = known.unwrap_or(StorageKind::Dir);
         if s.buckets.is_empty() {
             self.problem(s.kind.span(), "storage.buckets", "list at least one bucket");
         }
@@ -645,13 +674,13 @@ impl Validator<'_> {
         let path = self.opt(&s.path, "storage.path").map(PathBuf::from);
         let url = self.opt(&s.url, "storage.url");
         let key = self.secret(&s.key, "storage.key");
-        match kind {
-            StorageKind::Supabase if url.is_none() || key.is_none() => self.problem(
+        match known {
+            Some(StorageKind::Supabase) if url.is_none() || key.is_none() => self.problem(
                 s.kind.span(),
                 "storage",
                 "kind = \"supabase\" needs url (the project URL) and key (a service-role key)",
             ),
-            StorageKind::Dir if path.is_none() => {
+            Some(StorageKind::Dir) if path.is_none() => {
                 self.problem(s.kind.span(), "storage.path", "kind = \"dir\" needs path")
             }
             _ => {}
@@ -772,7 +801,7 @@ impl Validator<'_> {
         }
         let mut out = Vec::new();
         for r in list.get_ref() {
-            if r.get_ref().trim().starts_with("AGE-SECRET-KEY-") {
+            if crate::util::is_age_secret(r.get_ref()) {
                 // Never echo it: it is the secret that decrypts every backup.
                 self.problem(
                     r.span(),
@@ -785,7 +814,7 @@ impl Validator<'_> {
             if value.is_empty() {
                 continue;
             }
-            if value.trim().starts_with("AGE-SECRET-KEY-") {
+            if crate::util::is_age_secret(&value) {
                 self.problem(
                     r.span(),
                     "encryption.recipients",

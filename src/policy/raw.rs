@@ -75,6 +75,7 @@ pub(super) struct RawSchedule {
     pub(super) backup: Option<S>,
     pub(super) verify: Option<S>,
     pub(super) prune: Option<S>,
+    pub(super) check: Option<S>,
     pub(super) timezone: Option<S>,
     pub(super) jitter: Option<S>,
     pub(super) lock_wait: Option<S>,

@@ -159,6 +159,28 @@ pub struct Manifest {
     pub git: Option<GitManifest>,
 }
 
+impl Manifest {
+    /// Every chunk the snapshot is made of: the dump, the storage objects, the files and the
+    /// git bundles. Its meta.json must list each of their blobs (prune keeps only those).
+    pub fn chunks(&self) -> impl Iterator<Item = &ChunkRef> {
+        let db = self.database.iter().flat_map(|d| d.dump.chunks.iter());
+        let storage = self
+            .storage
+            .iter()
+            .flat_map(|s| s.objects.iter().flat_map(|o| o.chunks.iter()));
+        let files = self
+            .files
+            .iter()
+            .flat_map(|f| f.sets.iter().flat_map(|s| s.entries.iter()))
+            .flat_map(|e| e.chunks.iter());
+        let git = self
+            .git
+            .iter()
+            .flat_map(|g| g.repositories.iter().flat_map(|r| r.bundle.chunks.iter()));
+        db.chain(storage).chain(files).chain(git)
+    }
+}
+
 /// The `[[files]]` sets of a snapshot.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct FilesManifest {

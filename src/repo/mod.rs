@@ -80,13 +80,15 @@ impl Repo {
         }
     }
 
-    /// Rebuilds a lost backstop.json from the newest manifest (of any policy) that records
-    /// the repository's salt and chunker; needs the identity that decrypts it.
+    /// Rebuilds a lost backstop.json from the newest manifest (of any policy) that the
+    /// identity opens and that records the repository's salt and chunker: after a key
+    /// rotation the newest manifests are sealed to the new key, and an older identity still
+    /// recovers from an older one. Returns the configuration and the snapshot it came from.
     pub async fn recover(
         store: Arc<dyn Store>,
         opener: &Opener,
         recipients: &[String],
-    ) -> Result<RepoConfig> {
+    ) -> Result<(RepoConfig, String)> {
         if store.stat(CONFIG_KEY).await?.is_some() {
             return Err(Error::input(format!(
                 "{} already has its {CONFIG_KEY}; there is nothing to recover",
@@ -95,10 +97,14 @@ impl Repo {
         }
         let metas = read_metas(store.as_ref(), "snapshots/", Blobs::Drop).await?;
         let mut last_error = None;
+        let mut other_keys = 0;
         for meta in metas.iter().rev() {
             let facts = match read_manifest(store.as_ref(), meta, opener).await {
                 Ok(m) => m.repository,
-                Err(e) if e.kind == crate::error::Kind::WrongKey => return Err(e),
+                Err(e) if e.kind == crate::error::Kind::WrongKey => {
+                    other_keys += 1;
+                    continue;
+                }
                 Err(e) => {
                     last_error = Some(e.message);
                     continue;
@@ -116,10 +122,25 @@ impl Repo {
             };
             config.chunker.validate()?;
             tracing::info!(
-                "recovered {CONFIG_KEY} from the manifest of snapshot {}",
-                meta.id
+                "recovered {CONFIG_KEY} from the manifest of snapshot {}{}",
+                meta.id,
+                if other_keys > 0 {
+                    format!(" ({other_keys} newer ones are sealed to other keys)")
+                } else {
+                    String::new()
+                }
             );
-            return Ok(Self::write_config(store, config).await?.0);
+            return Ok((Self::write_config(store, config).await?.0, meta.id.clone()));
+        }
+        if other_keys > 0 && other_keys == metas.len() {
+            return Err(Error::new(
+                crate::error::Kind::WrongKey,
+                format!(
+                    "cannot recover {CONFIG_KEY} of {}: the identity opens none of its {} manifests; use an identity the snapshots were sealed to",
+                    store.describe(),
+                    metas.len()
+                ),
+            ));
         }
         Err(Error::failed(format!(
             "cannot recover {CONFIG_KEY} of {}: none of its {} snapshots has a manifest that records the repository's salt{}",
@@ -313,10 +334,63 @@ impl Repo {
             .map_err(|e| Error::failed(format!("encoding meta.json: {e}")))?;
         let key = self.meta_key(&meta.id);
         let size = body.len() as u64;
-        self.put_once(&key, body).await?;
+        if let Err(e) = self.put_once(&key, body.clone()).await {
+            self.confirm_commit(&key, &body, &meta.id, e).await?;
+        }
         Ok((meta, size))
     }
+
+    /// After a meta.json write that was not confirmed (its answers lost, the store gone right
+    /// after, a directory fsync that failed), reads it back while the store comes back, within
+    /// [`COMMIT_CONFIRM`]: there with exactly these bytes, the snapshot is committed and the run
+    /// succeeded; absent, the write is made again; still unreadable at the end, the error says
+    /// "commit not confirmed" and names the snapshot, which the next listing shows either
+    /// committed or not. The record and the repository never disagree silently.
+    async fn confirm_commit(&self, key: &str, body: &[u8], id: &str, first: Error) -> Result<()> {
+        if first.kind == Kind::Input {
+            return Err(first); // refused credentials: nothing was written
+        }
+        tracing::warn!(
+            "the write of {key} was not confirmed ({}); reading it back",
+            first.message
+        );
+        let deadline = tokio::time::Instant::now() + COMMIT_CONFIRM;
+        let mut wait = std::time::Duration::from_millis(500);
+        loop {
+            let last;
+            match self.store.get_opt(key).await {
+                Ok(Some(present)) if present == body => {
+                    tracing::info!("{key} is stored with the bytes written: the commit holds");
+                    return Ok(());
+                }
+                Ok(Some(_)) => {
+                    return Err(Error::failed(format!(
+                        "{key} exists with other content in {}; refusing to overwrite it",
+                        self.store.describe()
+                    )))
+                }
+                Ok(None) => match self.put_once(key, body.to_vec()).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => last = e.message,
+                },
+                Err(e) => last = e.message,
+            }
+            if tokio::time::Instant::now() + wait > deadline {
+                return Err(Error::failed(format!(
+                    "commit not confirmed: snapshot {id} was written, but {key} could not be read back from {} within {}s ({last}); it is committed if `backstop snapshots` lists it",
+                    self.store.describe(),
+                    COMMIT_CONFIRM.as_secs()
+                )));
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(std::time::Duration::from_secs(8));
+        }
+    }
 }
+
+/// How long a backup reads an unconfirmed meta.json back before it says "commit not
+/// confirmed".
+const COMMIT_CONFIRM: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Repo {
     /// Writes a new object that must not exist yet. Finding it present with exactly these

@@ -90,6 +90,24 @@ impl std::fmt::Debug for DbUrl {
 
 impl DbUrl {
     pub fn parse(text: &str) -> Result<DbUrl> {
+        let bad = crate::util::unencoded_in_password(text);
+        if !bad.is_empty() {
+            let names: Vec<String> = bad
+                .iter()
+                .map(|c| {
+                    format!(
+                        "`{c}` (write {})",
+                        crate::util::percent_encode(&c.to_string())
+                    )
+                })
+                .collect();
+            return Err(Error::input(format!(
+                "the password in database URL {} holds {} unencoded, which ends it early: percent-encode {} in the password",
+                crate::util::mask_url(text),
+                names.join(", "),
+                if bad.len() == 1 { "it" } else { "them" }
+            )));
+        }
         let url = url::Url::parse(text).map_err(|e| {
             Error::input(format!(
                 "database URL {} is not a valid URL ({e}); write postgres://USER:PASSWORD@HOST:PORT/DBNAME",
@@ -133,6 +151,22 @@ impl DbUrl {
         } else {
             path
         }
+    }
+
+    /// Whether two URLs name the same database: host (loopback spellings alike, case
+    /// ignored), port (5432 when absent) and database name.
+    pub fn same_database(&self, other: &DbUrl) -> bool {
+        let host = |u: &url::Url| {
+            let h = u.host_str().unwrap_or("localhost").to_ascii_lowercase();
+            match h.as_str() {
+                "127.0.0.1" | "[::1]" | "::1" | "localhost" | "" => "localhost".to_string(),
+                _ => h,
+            }
+        };
+        let port = |u: &url::Url| u.port().unwrap_or(5432);
+        host(&self.url) == host(&other.url)
+            && port(&self.url) == port(&other.url)
+            && self.database() == other.database()
     }
 
     pub fn with_database(&self, db: &str) -> DbUrl {

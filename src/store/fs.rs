@@ -9,7 +9,7 @@
 //! the path and is never retried.
 
 use super::{Entry, Put, PutMode, Store};
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use async_trait::async_trait;
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
@@ -43,7 +43,13 @@ fn io_error(op: &str, path: &Path, e: std::io::Error) -> Error {
         ErrorKind::ReadOnlyFilesystem => ": the filesystem is read-only",
         _ => "",
     };
-    Error::failed(format!("local store: {op} {}: {e}{hint}", path.display()))
+    let message = format!("local store: {op} {}: {e}{hint}", path.display());
+    // A read that could not be made says nothing of the bytes stored: not damage.
+    if op == "read" || op == "stat" || op == "list" {
+        Error::new(Kind::Unavailable, message)
+    } else {
+        Error::failed(message)
+    }
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {

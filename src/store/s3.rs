@@ -259,11 +259,14 @@ impl S3Store {
     {
         let target = format!("{}/{}", self.config.bucket, self.key(key));
         match &e {
-            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => Error::failed(format!(
-                "s3: {op} {target}: cannot reach {}: {}; check the endpoint and the network",
-                self.config.endpoint.as_deref().unwrap_or("AWS S3"),
-                aws_sdk_s3::error::DisplayErrorContext(&e)
-            )),
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => Error::new(
+                Kind::Unavailable,
+                format!(
+                    "s3: {op} {target}: cannot reach {}: {}; check the endpoint and the network",
+                    self.config.endpoint.as_deref().unwrap_or("AWS S3"),
+                    aws_sdk_s3::error::DisplayErrorContext(&e)
+                ),
+            ),
             _ if e.code().is_none() && e.raw_response().map(|r| r.status().as_u16()) == Some(403) => Error::input(format!(
                 "s3: {op} {target}: HTTP 403: the credentials were refused or lack permission on {}; check access_key_id, secret_access_key and the bucket policy",
                 self.where_()
@@ -285,6 +288,17 @@ impl S3Store {
                         Kind::Input,
                         format!("access denied by {}; the credentials need s3:GetObject, s3:PutObject, s3:ListBucket and s3:DeleteObject on it", self.where_()),
                     ),
+                    // Server errors that outlived the SDK's retries, and throttling: the
+                    // store could not answer, which says nothing of what it holds.
+                    "InternalError" | "ServiceUnavailable" | "SlowDown" | "RequestTimeout" => {
+                        (Kind::Unavailable, String::new())
+                    }
+                    _ if e
+                        .raw_response()
+                        .is_some_and(|r| r.status().as_u16() >= 500) =>
+                    {
+                        (Kind::Unavailable, String::new())
+                    }
                     _ => (Kind::Failed, String::new()),
                 };
                 let detail = if code.is_empty() {
@@ -406,6 +420,22 @@ fn is_precondition_failed<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> boo
     )
 }
 
+/// Whether a body read failed its checksum validation (with `checksums = "always"`, the SDK
+/// checks what it reads against the checksum stored with the object).
+fn is_checksum_mismatch(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if err
+            .downcast_ref::<aws_smithy_checksums::body::validate::Error>()
+            .is_some()
+        {
+            return true;
+        }
+        next = err.source();
+    }
+    false
+}
+
 fn is_not_found<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
     matches!(e.code(), Some("NoSuchKey") | Some("NotFound"))
 }
@@ -463,31 +493,77 @@ impl Store for S3Store {
     }
 
     async fn put(&self, key: &str, data: Vec<u8>, mode: PutMode) -> Result<Put> {
-        let _p = self.permits.acquire().await;
         if data.len() > self.config.part_size {
+            let _p = self.permits.acquire().await;
             return self.put_multipart(key, data, mode).await;
         }
-        let mut req = self
-            .client
-            .put_object()
-            .bucket(&self.config.bucket)
-            .key(self.key(key))
-            .body(ByteStream::from(data));
-        if mode != PutMode::Replace {
-            req = req.if_none_match("*");
-        }
-        let retention = self.retention(mode);
-        // S3 requires a checksum on every write that sets object-lock retention.
-        if self.send_sha256 || retention.is_some() {
-            req = req.checksum_algorithm(ChecksumAlgorithm::Sha256);
-        }
-        if let Some((m, until)) = retention {
-            req = req.object_lock_mode(m).object_lock_retain_until_date(until);
-        }
-        match req.send().await {
-            Ok(_) => Ok(Put::Created),
-            Err(e) if is_precondition_failed(&e) => Ok(Put::Exists),
-            Err(e) => Err(self.error("put object", key, e)),
+        // Every write carries its Content-MD5 and is confirmed against the answer's ETag: a
+        // body damaged on its way is sent again, never committed as it arrived.
+        let md5 = crate::s3client::Md5::of(&data);
+        let body = bytes::Bytes::from(data);
+        let mut attempt = 1;
+        loop {
+            let permit = self.permits.acquire().await;
+            let mut req = self
+                .client
+                .put_object()
+                .bucket(&self.config.bucket)
+                .key(self.key(key))
+                .content_md5(&md5.base64)
+                .body(ByteStream::from(body.clone()));
+            if mode != PutMode::Replace {
+                req = req.if_none_match("*");
+            }
+            let retention = self.retention(mode);
+            // S3 requires a checksum on every write that sets object-lock retention.
+            if self.send_sha256 || retention.is_some() {
+                req = req.checksum_algorithm(ChecksumAlgorithm::Sha256);
+            }
+            if let Some((m, until)) = retention {
+                req = req.object_lock_mode(m).object_lock_retain_until_date(until);
+            }
+            let sent = req.send().await;
+            drop(permit);
+            let damaged = match sent {
+                Ok(out) if md5.confirmed_by(out.e_tag()) => return Ok(Put::Created),
+                Ok(out) => {
+                    // A store that ignored Content-MD5 kept the damaged bytes: remove them
+                    // (the object is this write's own, just created) before sending again.
+                    let removed = self.remove(&[key.to_string()]).await?;
+                    if !removed.locked.is_empty() {
+                        return Err(Error::failed(format!(
+                            "s3: put object {}/{}: the store kept a damaged body (ETag {}, MD5 {}) under object lock: it cannot be removed; its snapshot is never committed",
+                            self.config.bucket,
+                            self.key(key),
+                            out.e_tag().unwrap_or("none"),
+                            md5.hex
+                        )));
+                    }
+                    format!(
+                        "the store answered ETag {} for a body whose MD5 is {}",
+                        out.e_tag().unwrap_or("none"),
+                        md5.hex
+                    )
+                }
+                Err(e) if is_precondition_failed(&e) => return Ok(Put::Exists),
+                Err(e) if crate::s3client::is_bad_digest(&e) => {
+                    "the store found the body damaged (BadDigest)".to_string()
+                }
+                Err(e) => return Err(self.error("put object", key, e)),
+            };
+            if attempt >= crate::s3client::WRITE_ATTEMPTS {
+                return Err(Error::failed(format!(
+                    "s3: put object {}/{}: {damaged}, {attempt} times: the bytes are damaged on their way to the store",
+                    self.config.bucket,
+                    self.key(key)
+                )));
+            }
+            tracing::warn!(
+                "s3: put object {}/{}: {damaged}; sending it again",
+                self.config.bucket,
+                self.key(key)
+            );
+            attempt += 1;
         }
     }
 
@@ -515,12 +591,28 @@ impl Store for S3Store {
                     Err(e) => e,
                 }
             };
+            if attempt >= BODY_ATTEMPTS && is_checksum_mismatch(&cut) {
+                // Every read of it failed the checksum the store keeps with the object: the
+                // stored bytes are damaged, whoever reads them (one flipped in transit would
+                // have read right the next time).
+                return Err(Error::new(
+                    Kind::Damaged,
+                    format!(
+                        "s3: get object {}/{}: the stored bytes fail the object's checksum, {attempt} reads of {attempt} ({cut}): the object is damaged",
+                        self.config.bucket,
+                        self.key(key)
+                    ),
+                ));
+            }
             if attempt >= BODY_ATTEMPTS {
-                return Err(Error::failed(format!(
-                    "s3: get object {}/{}: reading the body failed {attempt} times, last: {cut}",
-                    self.config.bucket,
-                    self.key(key)
-                ))
+                return Err(Error::new(
+                    Kind::Unavailable,
+                    format!(
+                        "s3: get object {}/{}: reading the body failed {attempt} times, last: {cut}",
+                        self.config.bucket,
+                        self.key(key)
+                    ),
+                )
                 .with_source(cut));
             }
             tracing::debug!("s3: get object {key}: body cut off ({cut}); retrying");

@@ -263,6 +263,45 @@ pub struct Proxy {
     stop: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
     cutter: Arc<Cutter>,
+    faults: Arc<Faults>,
+}
+
+/// Faults that need to see the HTTP requests: one flipped byte in the body of every `flip`-th
+/// request whose body has at least 1 KiB, and the answers to writes (PUT) whose path ends with
+/// `drop_answers` lost (the connection closed when the answer arrives).
+#[derive(Default)]
+pub struct Faults {
+    flip_every: std::sync::atomic::AtomicUsize,
+    bodies: std::sync::atomic::AtomicUsize,
+    /// Request bodies flipped so far.
+    pub flipped: std::sync::atomic::AtomicUsize,
+    drop_answers: Mutex<Option<String>>,
+    /// Answers dropped so far.
+    pub dropped: std::sync::atomic::AtomicUsize,
+}
+
+impl Faults {
+    fn flip_this_body(&self, len: usize) -> bool {
+        let every = self.flip_every.load(Ordering::SeqCst);
+        if every == 0 || len < 1024 {
+            return false;
+        }
+        let n = self.bodies.fetch_add(1, Ordering::SeqCst) + 1;
+        n.is_multiple_of(every)
+    }
+
+    fn drops(&self, request_line: &str) -> bool {
+        if !request_line.starts_with("PUT ") {
+            return false;
+        }
+        let path = request_line.split(' ').nth(1).unwrap_or("");
+        let path = path.split('?').next().unwrap_or("");
+        self.drop_answers
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|suffix| path.ends_with(suffix.as_str()))
+    }
 }
 
 /// Bytes an answer carries before `cut_bodies` may cut it: past the headers, inside a blob.
@@ -305,9 +344,10 @@ impl Proxy {
             stop: Arc::new(AtomicBool::new(false)),
             conns: Arc::new(Mutex::new(Vec::new())),
             cutter: Arc::new(Cutter::default()),
+            faults: Arc::new(Faults::default()),
         };
         let (up, stop, conns) = (p.up.clone(), p.stop.clone(), p.conns.clone());
-        let cutter = p.cutter.clone();
+        let (cutter, faults) = (p.cutter.clone(), p.faults.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 match listener.accept() {
@@ -325,12 +365,14 @@ impl Proxy {
                             c.push(client.try_clone().unwrap());
                             c.push(server.try_clone().unwrap());
                         }
-                        pipe(
+                        let doomed = Arc::new(AtomicBool::new(false));
+                        requests(
                             client.try_clone().unwrap(),
                             server.try_clone().unwrap(),
-                            None,
+                            faults.clone(),
+                            doomed.clone(),
                         );
-                        pipe(server, client, Some(cutter.clone()));
+                        pipe(server, client, Some(cutter.clone()), doomed);
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
@@ -365,6 +407,84 @@ impl Proxy {
     pub fn cuts(&self) -> usize {
         self.cutter.cuts.load(Ordering::SeqCst)
     }
+
+    /// Flips one byte in the body of every `every`-th request body of 1 KiB or more (0: none).
+    pub fn flip_request_bodies(&self, every: usize) {
+        self.faults.flip_every.store(every, Ordering::SeqCst);
+    }
+
+    /// Loses every answer to a write (PUT) whose path ends with `suffix` (`None`: none).
+    pub fn drop_answers(&self, suffix: Option<&str>) {
+        *self.faults.drop_answers.lock().unwrap() = suffix.map(str::to_string);
+    }
+
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+}
+
+/// Forwards requests from the client to the server, reading each request's head and its
+/// `Content-Length` body so that faults can pick requests: a body to damage, an answer to
+/// lose (`doomed` tells the answering pipe). A chunked body is passed on as it comes.
+fn requests(from: TcpStream, mut to: TcpStream, faults: Arc<Faults>, doomed: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let mut reader = std::io::BufReader::new(from);
+        loop {
+            let mut head = Vec::new();
+            loop {
+                let mut line = Vec::new();
+                match std::io::BufRead::read_until(&mut reader, b'\n', &mut line) {
+                    Ok(0) | Err(_) => {
+                        let _ = to.shutdown(Shutdown::Both);
+                        return;
+                    }
+                    Ok(_) => {}
+                }
+                head.extend_from_slice(&line);
+                if line == b"\r\n" {
+                    break;
+                }
+            }
+            let text = String::from_utf8_lossy(&head).to_string();
+            let length: usize = text
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            let chunked = text
+                .to_ascii_lowercase()
+                .contains("transfer-encoding: chunked");
+            if faults.drops(text.lines().next().unwrap_or("")) {
+                faults.dropped.fetch_add(1, Ordering::SeqCst);
+                doomed.store(true, Ordering::SeqCst);
+            }
+            if to.write_all(&head).is_err() {
+                return;
+            }
+            if chunked {
+                // Pass the rest of the connection through untouched.
+                let _ = std::io::copy(&mut reader, &mut to);
+                let _ = to.shutdown(Shutdown::Both);
+                return;
+            }
+            let mut body = vec![0u8; length];
+            if reader.read_exact(&mut body).is_err() {
+                let _ = to.shutdown(Shutdown::Both);
+                return;
+            }
+            if faults.flip_this_body(body.len()) {
+                let at = body.len() / 2;
+                body[at] ^= 0x20;
+                faults.flipped.fetch_add(1, Ordering::SeqCst);
+            }
+            if to.write_all(&body).is_err() {
+                return;
+            }
+        }
+    });
 }
 
 impl Drop for Proxy {
@@ -374,13 +494,23 @@ impl Drop for Proxy {
     }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream, cutter: Option<Arc<Cutter>>) {
+fn pipe(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    cutter: Option<Arc<Cutter>>,
+    doomed: Arc<AtomicBool>,
+) {
     std::thread::spawn(move || {
         let mut buf = [0u8; 16 * 1024];
         let mut carried = 0;
         loop {
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
+                Ok(_) if doomed.load(Ordering::SeqCst) => {
+                    // The answer to a request whose answer is to be lost: close instead.
+                    let _ = from.shutdown(Shutdown::Both);
+                    break;
+                }
                 Ok(n) => {
                     let crossed = carried < CUT_AFTER && carried + n >= CUT_AFTER;
                     if crossed && cutter.as_ref().is_some_and(|c| c.doomed()) {

@@ -98,6 +98,8 @@ pub async fn examine(
         let target = DbTarget {
             url: url.clone(),
             force: false,
+            is_source: false,
+            force_source: false,
         };
         create_missing_roles(&target.url, db).await?;
         let load = LoadOptions {
@@ -108,6 +110,7 @@ pub async fn examine(
         };
         let loaded = load_dump(repo, meta, db, opener.clone(), ids.clone(), &target, &load);
         match loaded.await {
+            Err(e) if !e.kind.is_finding() => return Err(e),
             Err(e) => found
                 .problems
                 .push(format!("restore failed: {}", e.message)),
@@ -497,7 +500,7 @@ async fn check_objects(
             to_read.push(o.clone());
         }
     }
-    let results: Vec<Option<String>> = futures::stream::iter(to_read)
+    let results: Vec<Result<Option<String>>> = futures::stream::iter(to_read)
         .map(|o| {
             let reader = reader.clone();
             async move {
@@ -510,19 +513,21 @@ async fn check_objects(
                             size += plain.len() as u64;
                             hasher.update(&plain);
                         }
-                        Err(e) => return Some(format!("object {}/{}: {}", o.bucket, o.name, e.message)),
+                        Err(e) if !e.kind.is_finding() => return Err(e),
+                        Err(e) => return Ok(Some(format!("object {}/{}: {}", o.bucket, o.name, e.message))),
                     }
                 }
                 let sha = hex::encode(hasher.finalize());
-                (size != o.size || sha != o.sha256).then(|| {
+                Ok((size != o.size || sha != o.sha256).then(|| {
                     format!("object {}/{}: content has {size} bytes and SHA-256 {sha}, the snapshot records {} bytes and {}", o.bucket, o.name, o.size, o.sha256)
-                })
+                }))
             }
         })
         .buffer_unordered(4)
         .collect()
         .await;
     found.objects_read = results.len() as u64;
+    let results: Vec<Option<String>> = results.into_iter().collect::<Result<_>>()?;
     for problem in results.into_iter().flatten() {
         found.objects_failed += 1;
         found.problems.push(problem);

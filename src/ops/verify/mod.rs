@@ -142,7 +142,12 @@ pub async fn run(policy: &Policy, repo: &Repo, req: &Request, ctx: &Ctx) -> Outc
         ));
     }
     out.times.finish();
-    out.error = result.err();
+    // A proof that could not be made (the store unreachable, a cancellation) is no verdict on
+    // the backup: exit 1, and whatever was found before it is not reported as damage.
+    out.error = result.err().map(|e| match e.kind {
+        Kind::Unavailable => e.context("could not verify (nothing was found damaged)"),
+        _ => e,
+    });
     out
 }
 
@@ -158,7 +163,7 @@ async fn verify(
     let t = Instant::now();
     let manifest = match repo.read_manifest(&meta, &req.opener).await {
         Ok(m) => m,
-        Err(e) if e.kind == Kind::WrongKey => return Err(e),
+        Err(e) if !e.kind.is_finding() => return Err(e),
         Err(e) => {
             out.findings.problems.push(e.message);
             return Ok(());
@@ -219,7 +224,7 @@ async fn verify(
             .run(async {
                 if let Some(fm) = &manifest.files {
                     let t = Instant::now();
-                    let (checked, problems) = super::files::verify(&reader, fm, ahead).await;
+                    let (checked, problems) = super::files::verify(&reader, fm, ahead).await?;
                     findings.files_checked = checked;
                     findings.problems.extend(problems);
                     findings.phases.push(super::Phase::since("files", t));
@@ -228,7 +233,7 @@ async fn verify(
                     let t = Instant::now();
                     findings
                         .problems
-                        .extend(super::git::verify(&reader, gm, ahead).await);
+                        .extend(super::git::verify(&reader, gm, ahead).await?);
                     findings.git_checked = gm.repositories.len() as u64;
                     findings.phases.push(super::Phase::since("git", t));
                 }

@@ -87,6 +87,11 @@ pub trait StorageSource: Send + Sync {
     async fn check_buckets(&self, buckets: &[String]) -> Result<()>;
     /// Every object of a bucket; a missing bucket is an error naming it.
     async fn list(&self, bucket: &str) -> Result<Vec<ObjectInfo>>;
+    /// Why this source's protocol cannot fetch a listed object at all (a Supabase object
+    /// named exactly `.` or `..`, which no URL path can address); `None` for the others.
+    fn unfetchable(&self, _object: &ObjectInfo) -> Option<String> {
+        None
+    }
     /// The object's content as a stream.
     async fn read(&self, object: &ObjectInfo) -> Result<Download>;
     /// Creates the bucket when it does not exist.

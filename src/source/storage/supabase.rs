@@ -350,6 +350,15 @@ impl StorageSource for SupabaseSource {
         Ok(objects)
     }
 
+    fn unfetchable(&self, object: &ObjectInfo) -> Option<String> {
+        (object.name == "." || object.name == "..").then(|| {
+            format!(
+                "{}/{}: the Storage REST API cannot address an object named `{}` (every URL path collapses it); back it up through the S3 protocol ([storage] kind = \"s3\" with the project's S3 endpoint and keys), or rename it",
+                object.bucket, object.name, object.name
+            )
+        })
+    }
+
     async fn read(&self, object: &ObjectInfo) -> Result<Download> {
         let url = self.url(&format!(
             "object/authenticated/{}/{}",
