@@ -12,6 +12,7 @@ pub mod commands;
 pub mod daemon;
 pub mod error;
 pub mod expect;
+pub mod jobs;
 pub mod localfs;
 pub mod metrics;
 pub mod model;

@@ -6,13 +6,13 @@
 
 use crate::error::Result;
 use crate::policy::Policy;
+use crate::record::{BackupRecord, Header, Job};
 use crate::repo::{list_metas, runs, Blobs, Repo};
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-pub const JOBS: [&str; 3] = ["backup", "verify", "prune"];
+pub const JOBS: [Job; 4] = [Job::Backup, Job::Verify, Job::Prune, Job::Check];
 
 #[derive(Debug, Clone, Default)]
 pub struct JobStats {
@@ -33,34 +33,35 @@ pub struct PolicyMetrics {
     pub snapshots: u64,
     pub last_restore_s: Option<f64>,
     pub last_bytes_stored: Option<u64>,
-    pub jobs: BTreeMap<&'static str, JobStats>,
+    pub jobs: BTreeMap<Job, JobStats>,
 }
 
-fn time(v: &Value, key: &str) -> Option<DateTime<Utc>> {
-    v[key].as_str()?.parse().ok()
+/// When a run ended: its `finished_at`, or its start in a record without one.
+fn ended(r: &Header) -> DateTime<Utc> {
+    if r.finished_at > DateTime::<Utc>::default() {
+        r.finished_at
+    } else {
+        r.started_at
+    }
 }
 
 /// One job's figures from its records (any order).
-pub fn job_stats(records: &[Value]) -> JobStats {
-    let mut sorted: Vec<&Value> = records
-        .iter()
-        .filter(|r| time(r, "started_at").is_some())
-        .collect();
-    sorted.sort_by_key(|r| time(r, "started_at"));
+pub fn job_stats(records: &[Header]) -> JobStats {
+    let mut sorted: Vec<&Header> = records.iter().collect();
+    sorted.sort_by_key(|r| r.started_at);
     let mut s = JobStats::default();
     for r in &sorted {
-        let ok = r["ok"] == true;
-        if ok {
+        if r.ok {
             s.successes += 1;
-            s.last_success = time(r, "finished_at").or(time(r, "started_at"));
+            s.last_success = Some(ended(r));
         } else {
             s.failures += 1;
         }
     }
     if let Some(last) = sorted.last() {
-        s.last_run = time(last, "finished_at").or(time(last, "started_at"));
-        s.last_ok = Some(last["ok"] == true);
-        s.last_duration_s = last["duration_s"].as_f64();
+        s.last_run = Some(ended(last));
+        s.last_ok = Some(last.ok);
+        s.last_duration_s = Some(last.duration_s);
     }
     s
 }
@@ -79,22 +80,22 @@ impl PolicyMetrics {
             ..PolicyMetrics::default()
         };
         for job in JOBS {
-            let records = runs::read(store, &policy.name, job).await?;
+            let records: Vec<Header> = runs::read(store, &policy.name, job).await?;
             m.jobs.insert(job, job_stats(&records));
-            let last_ok = records
-                .iter()
-                .filter(|r| r["ok"] == true)
-                .max_by_key(|r| time(r, "started_at"));
-            match job {
-                "verify" => m.last_restore_s = last_ok.and_then(|r| r["restore_s"].as_f64()),
-                "backup" => {
-                    let db = last_ok.and_then(|r| r["db"]["bytes_stored"].as_u64());
-                    let st = last_ok.and_then(|r| r["storage"]["bytes_stored"].as_u64());
-                    m.last_bytes_stored = last_ok.map(|_| db.unwrap_or(0) + st.unwrap_or(0));
-                }
-                _ => {}
+            if job == Job::Verify {
+                m.last_restore_s = records
+                    .iter()
+                    .filter(|r| r.ok)
+                    .max_by_key(|r| r.started_at)
+                    .and_then(|r| r.restore_s);
             }
         }
+        let backups: Vec<BackupRecord> = runs::read(store, &policy.name, Job::Backup).await?;
+        m.last_bytes_stored = backups
+            .iter()
+            .filter(|r| r.ok)
+            .max_by_key(|r| r.started_at)
+            .map(BackupRecord::bytes_stored);
         Ok(m)
     }
 }
@@ -264,7 +265,11 @@ mod tests {
             ..Default::default()
         };
         p.newest = Some("2026-11-28T03:00:00Z".parse().unwrap());
-        p.jobs.insert("backup", job_stats(&records));
+        let records: Vec<Header> = records
+            .into_iter()
+            .map(|r| serde_json::from_value(r).unwrap())
+            .collect();
+        p.jobs.insert(Job::Backup, job_stats(&records));
         let text = render(&[p], "2026-11-29T03:00:00Z".parse().unwrap());
         assert!(
             text.contains(

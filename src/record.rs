@@ -8,9 +8,104 @@ use crate::ops::restore::{self, RestoreDb, RestoreStorage};
 use crate::ops::verify::{self, QueryCheck, TableCheck};
 use crate::ops::Phase;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What a run was: the `kind` of its record, and the segment of its key between the time and
+/// the run id (`runs/<policy>/<time>-<kind>-<id>.json`).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Job {
+    #[default]
+    Backup,
+    Restore,
+    Verify,
+    Check,
+    Prune,
+    Snapshots,
+    Report,
+    Stream,
+}
+
+impl Job {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Job::Backup => "backup",
+            Job::Restore => "restore",
+            Job::Verify => "verify",
+            Job::Check => "check",
+            Job::Prune => "prune",
+            Job::Snapshots => "snapshots",
+            Job::Report => "report",
+            Job::Stream => "stream",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Job> {
+        [
+            Job::Backup,
+            Job::Restore,
+            Job::Verify,
+            Job::Check,
+            Job::Prune,
+            Job::Snapshots,
+            Job::Report,
+            Job::Stream,
+        ]
+        .into_iter()
+        .find(|j| j.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What every run record holds, whatever its kind: read from any record (the other fields
+/// are ignored) by what judges runs alone (the last outcome, run counts and times).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Header {
+    pub kind: Job,
+    pub ok: bool,
+    pub policy: String,
+    pub run_id: String,
+    pub snapshot_id: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub duration_s: f64,
+    /// A verify's measured restore time and its verdict against the RTO.
+    pub restore_s: Option<f64>,
+    pub rto_met: Option<bool>,
+    pub error: Option<String>,
+}
+
+/// A `report` run record: one policy's verdict over a window, with its controls.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReportRecord {
+    pub kind: Job,
+    pub ok: bool,
+    pub policy: String,
+    pub run_id: String,
+    pub window: Option<ReportWindow>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub compliant: bool,
+    pub controls: Vec<serde_json::Value>,
+    pub tool_version: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReportWindow {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
 
 /// The error's message, with any age private key masked (defence in depth: validation
 /// already refuses one where a public key belongs).
@@ -19,12 +114,15 @@ fn error_text(e: &Option<crate::error::Error>) -> Option<String> {
         .map(|e| crate::util::mask_age_secrets(&e.message))
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BackupRecord {
-    pub kind: &'static str,
+    pub kind: Job,
     pub ok: bool,
     pub snapshot_id: Option<String>,
     pub policy: String,
+    /// The run's id: its record is `runs/<policy>/<time>-<kind>-<run id>.json`.
+    pub run_id: String,
     pub consistent_at: Option<DateTime<Utc>>,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
@@ -39,17 +137,28 @@ pub struct BackupRecord {
     pub warnings: Vec<String>,
     /// Blobs that older snapshots reference but the store had lost, uploaded again.
     pub blobs_reuploaded: u64,
-    pub tool_version: &'static str,
+    pub tool_version: String,
     pub error: Option<String>,
+}
+
+impl BackupRecord {
+    /// What the run newly stored, over every part: database, storage, files and git.
+    pub fn bytes_stored(&self) -> u64 {
+        self.db.as_ref().map_or(0, |d| d.bytes_stored)
+            + self.storage.as_ref().map_or(0, |s| s.bytes_stored)
+            + self.files.as_ref().map_or(0, |f| f.bytes_stored)
+            + self.git.as_ref().map_or(0, |g| g.bytes_stored)
+    }
 }
 
 impl From<&backup::Outcome> for BackupRecord {
     fn from(o: &backup::Outcome) -> Self {
         BackupRecord {
-            kind: "backup",
+            kind: Job::Backup,
             ok: o.ok(),
             snapshot_id: o.snapshot_id.clone(),
             policy: o.policy.clone(),
+            run_id: o.times.run_id.clone(),
             consistent_at: o.consistent_at,
             started_at: o.times.started_at,
             finished_at: o.times.finished_at,
@@ -61,18 +170,21 @@ impl From<&backup::Outcome> for BackupRecord {
             phases: o.phases.clone(),
             warnings: o.warnings.clone(),
             blobs_reuploaded: o.blobs_reuploaded,
-            tool_version: TOOL_VERSION,
+            tool_version: TOOL_VERSION.to_string(),
             error: error_text(&o.error),
         }
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RestoreRecord {
-    pub kind: &'static str,
+    pub kind: Job,
     pub ok: bool,
     pub snapshot_id: Option<String>,
     pub policy: String,
+    /// The run's id: its record is `runs/<policy>/<time>-<kind>-<run id>.json`.
+    pub run_id: String,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub duration_s: f64,
@@ -84,17 +196,18 @@ pub struct RestoreRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub git: Option<crate::ops::git::Restored>,
     pub phases: Vec<Phase>,
-    pub tool_version: &'static str,
+    pub tool_version: String,
     pub error: Option<String>,
 }
 
 impl From<&restore::Outcome> for RestoreRecord {
     fn from(o: &restore::Outcome) -> Self {
         RestoreRecord {
-            kind: "restore",
+            kind: Job::Restore,
             ok: o.error.is_none(),
             snapshot_id: o.snapshot_id.clone(),
             policy: o.policy.clone(),
+            run_id: o.times.run_id.clone(),
             started_at: o.times.started_at,
             finished_at: o.times.finished_at,
             duration_s: o.times.duration_s,
@@ -104,22 +217,24 @@ impl From<&restore::Outcome> for RestoreRecord {
             files: o.files.clone(),
             git: o.git.clone(),
             phases: o.phases.clone(),
-            tool_version: TOOL_VERSION,
+            tool_version: TOOL_VERSION.to_string(),
             error: error_text(&o.error),
         }
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SnapshotsRecord {
-    pub kind: &'static str,
+    pub kind: Job,
     pub policy: String,
     pub snapshots: Vec<SnapshotEntry>,
     /// Snapshots whose meta.json is damaged: listed, never used.
     pub damaged: Vec<crate::repo::DamagedMeta>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SnapshotEntry {
     pub id: String,
     pub consistent_at: DateTime<Utc>,
@@ -133,25 +248,30 @@ pub struct SnapshotEntry {
     pub bytes_referenced: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SnapshotDb {
     pub tables: u64,
     pub rows: u64,
     pub bytes_plain: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SnapshotStorage {
     pub objects: u64,
     pub bytes_plain: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct VerifyRecord {
-    pub kind: &'static str,
+    pub kind: Job,
     pub ok: bool,
     pub snapshot_id: Option<String>,
     pub policy: String,
+    /// The run's id: its record is `runs/<policy>/<time>-<kind>-<run id>.json`.
+    pub run_id: String,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub duration_s: f64,
@@ -177,7 +297,7 @@ pub struct VerifyRecord {
     /// Temporary databases of killed verifies that this one dropped.
     pub leftovers_dropped: Vec<String>,
     pub kept: bool,
-    pub tool_version: &'static str,
+    pub tool_version: String,
     pub error: Option<String>,
 }
 
@@ -185,10 +305,11 @@ impl From<&verify::Outcome> for VerifyRecord {
     fn from(o: &verify::Outcome) -> Self {
         let f = &o.findings;
         VerifyRecord {
-            kind: "verify",
+            kind: Job::Verify,
             ok: o.ok(),
             snapshot_id: o.snapshot_id.clone(),
             policy: o.policy.clone(),
+            run_id: o.times.run_id.clone(),
             started_at: o.times.started_at,
             finished_at: o.times.finished_at,
             duration_s: o.times.duration_s,
@@ -210,17 +331,20 @@ impl From<&verify::Outcome> for VerifyRecord {
             scratch_database: o.scratch_database.clone(),
             leftovers_dropped: o.leftovers_dropped.clone(),
             kept: o.kept,
-            tool_version: TOOL_VERSION,
+            tool_version: TOOL_VERSION.to_string(),
             error: error_text(&o.error),
         }
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct CheckRecord {
-    pub kind: &'static str,
+    pub kind: Job,
     pub ok: bool,
     pub policy: String,
+    /// The run's id: its record is `runs/<policy>/<time>-<kind>-<run id>.json`.
+    pub run_id: String,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub duration_s: f64,
@@ -230,16 +354,17 @@ pub struct CheckRecord {
     pub read_data: bool,
     pub decrypted: bool,
     pub damaged: Vec<Damaged>,
-    pub tool_version: &'static str,
+    pub tool_version: String,
     pub error: Option<String>,
 }
 
 impl From<&check::Outcome> for CheckRecord {
     fn from(o: &check::Outcome) -> Self {
         CheckRecord {
-            kind: "check",
+            kind: Job::Check,
             ok: o.ok(),
             policy: o.policy.clone(),
+            run_id: o.times.run_id.clone(),
             started_at: o.times.started_at,
             finished_at: o.times.finished_at,
             duration_s: o.times.duration_s,
@@ -249,29 +374,34 @@ impl From<&check::Outcome> for CheckRecord {
             read_data: o.read_data,
             decrypted: o.decrypted,
             damaged: o.damaged.clone(),
-            tool_version: TOOL_VERSION,
+            tool_version: TOOL_VERSION.to_string(),
             error: error_text(&o.error),
         }
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct KeptSnapshot {
     pub id: String,
     pub reasons: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LockedObject {
     pub key: String,
     pub until: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PruneRecord {
-    pub kind: &'static str,
+    pub kind: Job,
     pub ok: bool,
     pub policy: String,
+    /// The run's id: its record is `runs/<policy>/<time>-<kind>-<run id>.json`.
+    pub run_id: String,
     pub dry_run: bool,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
@@ -287,16 +417,17 @@ pub struct PruneRecord {
     pub locked_until: Vec<LockedObject>,
     pub notes: Vec<String>,
     pub phases: Vec<Phase>,
-    pub tool_version: &'static str,
+    pub tool_version: String,
     pub error: Option<String>,
 }
 
 impl From<&crate::ops::prune::Outcome> for PruneRecord {
     fn from(o: &crate::ops::prune::Outcome) -> Self {
         PruneRecord {
-            kind: "prune",
+            kind: Job::Prune,
             ok: o.error.is_none(),
             policy: o.policy.clone(),
+            run_id: o.times.run_id.clone(),
             dry_run: o.dry_run,
             started_at: o.times.started_at,
             finished_at: o.times.finished_at,
@@ -325,7 +456,7 @@ impl From<&crate::ops::prune::Outcome> for PruneRecord {
                 .collect(),
             notes: o.notes.clone(),
             phases: o.phases.clone(),
-            tool_version: TOOL_VERSION,
+            tool_version: TOOL_VERSION.to_string(),
             error: error_text(&o.error),
         }
     }

@@ -21,7 +21,7 @@ pub struct Facts {
     pub newest: Option<Meta>,
     pub snapshots: usize,
     /// The last verify record, if any.
-    pub last_verify: Option<serde_json::Value>,
+    pub last_verify: Option<crate::record::VerifyRecord>,
 }
 
 /// One block of the document, rendered as Markdown or HTML.
@@ -279,9 +279,9 @@ fn build(policy: &Policy, facts: &Facts) -> Doc {
     match facts.last_verify.as_ref() {
         Some(v) => facts_list.push(format!(
             "Expected restore time: {:.0} s, measured by the last verify at {} ({}); the RTO is {}.",
-            v["restore_s"].as_f64().unwrap_or(0.0),
-            v["finished_at"].as_str().unwrap_or("?"),
-            if v["ok"] == true { "verified" } else { "it FAILED: see its record under runs/" },
+            v.restore_s.unwrap_or(0.0),
+            v.finished_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            if v.ok { "verified" } else { "it FAILED: see its record under runs/" },
             format_duration(policy.objectives.rto)
         )),
         None => facts_list.push("No verify has run yet, so the restore time is not known: run `backstop verify` on a host with the identity.".into()),

@@ -1,13 +1,14 @@
-use super::{human_bytes, job_finished, job_started, open, record_run, result_of};
+use super::{human_bytes, result_of, run_job};
 use crate::cli::{self, BackupArgs};
 use crate::error::Result;
-use crate::ops::backup::{self, Only, Outcome, Request};
+use crate::jobs::{Outcome, Request};
+use crate::ops::backup::{self, Only};
 use crate::ops::Ctx;
-use crate::record::BackupRecord;
+use crate::record::Job;
 use std::path::Path;
 
 pub async fn run(args: BackupArgs, dir: Option<&Path>, ctx: &Ctx) -> Result<()> {
-    let req = Request {
+    let req = backup::Request {
         only: args.only.map(|o| match o {
             cli::Only::Db => Only::Db,
             cli::Only::Storage => Only::Storage,
@@ -15,28 +16,18 @@ pub async fn run(args: BackupArgs, dir: Option<&Path>, ctx: &Ctx) -> Result<()> 
             cli::Only::Git => Only::Git,
         }),
     };
-    let (opened, out) = match open(&args.policy, dir).await {
-        Ok((policy, repo)) => {
-            let previous = job_started(&policy, &repo, "backup").await;
-            let out = backup::run(&policy, &repo, &req, ctx).await;
-            (Some((policy, repo, previous)), out)
-        }
-        Err((name, e)) => (None, Outcome::not_started(&name, e)),
+    let done = run_job(
+        &args.policy,
+        dir,
+        Job::Backup,
+        |_| Ok(Request::Backup(req)),
+        ctx,
+        args.metrics_file.as_deref(),
+        args.json,
+    );
+    let Outcome::Backup(out) = done.await else {
+        return result_of(None);
     };
-    let rec = BackupRecord::from(&out);
-    let repo = opened.as_ref().map(|(_, r, _)| r);
-    record_run(repo, "backup", &out.times, &rec, args.json).await;
-    if let Some((policy, repo, previous)) = &opened {
-        job_finished(
-            policy,
-            repo,
-            "backup",
-            &rec,
-            *previous,
-            args.metrics_file.as_deref(),
-        )
-        .await;
-    }
     if let Some(id) = &out.snapshot_id {
         let db = out.db.clone().unwrap_or_default();
         eprintln!(

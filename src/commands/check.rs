@@ -1,48 +1,33 @@
-use super::{open, record_run, result_of};
+use super::{result_of, run_job};
 use crate::cli::CheckArgs;
 use crate::error::{Error, Kind, Result};
-use crate::ops::check::{self, Key, Outcome, Request};
+use crate::jobs;
+use crate::ops::check::{Key, Request};
 use crate::ops::Ctx;
-use crate::record::CheckRecord;
+use crate::record::Job;
 use crate::seal::Opener;
 use std::path::Path;
 use std::sync::Arc;
 
 pub async fn run(args: CheckArgs, dir: Option<&Path>, ctx: &Ctx) -> Result<()> {
-    let (repo, out) = match open(&args.policy, dir).await {
-        Ok((policy, repo)) => {
-            let key = args.identity.as_deref().map(Opener::from_file).transpose();
-            match key {
-                Ok(opener) => {
-                    let key = opener.map(|o| Key {
-                        opener: Arc::new(o),
-                        dedup_key: policy.repository.dedup_key.clone(),
-                    });
-                    let req = Request {
-                        key,
-                        read_data: args.read_data,
-                    };
-                    {
-                        let out = check::run(&repo, &req, ctx).await;
-                        (Some(repo), out)
-                    }
-                }
-                Err(e) => (
-                    Some(repo),
-                    Outcome::not_started(&policy.name, args.read_data, e),
-                ),
-            }
-        }
-        Err((name, e)) => (None, Outcome::not_started(&name, args.read_data, e)),
+    let request = |policy: &crate::policy::Policy| {
+        let opener = args
+            .identity
+            .as_deref()
+            .map(Opener::from_file)
+            .transpose()?;
+        Ok(jobs::Request::Check(Request {
+            key: opener.map(|o| Key {
+                opener: Arc::new(o),
+                dedup_key: policy.repository.dedup_key.clone(),
+            }),
+            read_data: args.read_data,
+        }))
     };
-    record_run(
-        repo.as_ref(),
-        "check",
-        &out.times,
-        &CheckRecord::from(&out),
-        args.json,
-    )
-    .await;
+    let done = run_job(&args.policy, dir, Job::Check, request, ctx, None, args.json);
+    let jobs::Outcome::Check(out) = done.await else {
+        return result_of(None);
+    };
     if out.error.is_some() {
         return result_of(out.error);
     }

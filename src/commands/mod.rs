@@ -21,6 +21,7 @@ use crate::cli::{Cli, Command, PolicyCommand};
 use crate::error::{Error, Result};
 use crate::ops::{Cancel, Ctx, Reason, RunTimes};
 use crate::policy::Policy;
+use crate::record::Job;
 use crate::repo::Repo;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -111,47 +112,51 @@ pub fn opener(identity: Option<&PathBuf>) -> Result<crate::seal::Opener> {
 /// `--json`.
 pub async fn record_run(
     repo: Option<&Repo>,
-    kind: &str,
+    job: Job,
     times: &RunTimes,
     record: &impl serde::Serialize,
     json: bool,
 ) {
     if let Some(repo) = repo {
-        crate::ops::save_record(repo, kind, times, record).await;
+        crate::ops::save_record(repo, job, times, record).await;
     }
     if json {
         print_json(record);
     }
 }
 
-/// A job (backup, verify, prune) started from the command line, as the daemon starts one:
-/// the health-check start ping; returns the previous run's outcome, for notifications.
-pub async fn job_started(policy: &Policy, repo: &Repo, job: &str) -> Option<bool> {
-    let previous = crate::ops::last_outcome(repo, job).await;
-    crate::notify::ping_start(policy, job).await;
-    previous
-}
-
-/// A job's end after its record is written: notifications and `--metrics-file`.
-pub async fn job_finished(
-    policy: &Policy,
-    repo: &Repo,
-    job: &str,
-    record: &impl serde::Serialize,
-    previous: Option<bool>,
+/// A job (backup, verify, prune, check) from the command line, through the same lifecycle as
+/// the daemon's ([`crate::jobs`]); `request` builds its request from the loaded policy. A
+/// policy that does not load ends the job at once: its record (named after the argument) is
+/// printed, nothing is saved or sent.
+pub async fn run_job(
+    arg: &str,
+    dir: Option<&Path>,
+    job: Job,
+    request: impl FnOnce(&Policy) -> Result<crate::jobs::Request>,
+    ctx: &Ctx,
     metrics_file: Option<&Path>,
-) {
-    let value = serde_json::to_value(record).unwrap_or_default();
-    crate::notify::after_run(policy, job, &value, previous).await;
-    if let Some(path) = metrics_file {
-        if let Err(e) = crate::metrics::write_file(path, policy, repo).await {
-            tracing::warn!(
-                "could not write the metrics file {}: {}",
-                path.display(),
-                e.message
-            );
+    json: bool,
+) -> crate::jobs::Outcome {
+    let policy = match load_policy(arg, dir) {
+        Ok(p) => p,
+        Err(e) => {
+            let outcome = crate::jobs::Outcome::not_started(job, arg, e);
+            if json {
+                print_json(&outcome.record());
+            }
+            return outcome;
         }
+    };
+    let options = crate::jobs::Options {
+        metrics_file,
+        remembered: None,
+    };
+    let done = crate::jobs::run(&policy, job, request(&policy), ctx, &options).await;
+    if json {
+        print_json(&done.record);
     }
+    done.outcome
 }
 
 /// The run's error, for the exit code; logs its cause chain at debug level.

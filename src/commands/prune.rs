@@ -1,9 +1,10 @@
-use super::{job_finished, job_started, open, record_run, result_of};
+use super::{result_of, run_job};
 use crate::cli::PruneArgs;
 use crate::error::Result;
-use crate::ops::prune::{self, Outcome, Request};
+use crate::jobs;
+use crate::ops::prune::{Outcome, Request};
 use crate::ops::Ctx;
-use crate::record::PruneRecord;
+use crate::record::Job;
 use std::path::Path;
 
 pub async fn run(args: PruneArgs, dir: Option<&Path>, ctx: &Ctx) -> Result<()> {
@@ -12,28 +13,18 @@ pub async fn run(args: PruneArgs, dir: Option<&Path>, ctx: &Ctx) -> Result<()> {
         snapshots: args.snapshots.clone(),
         force: args.force,
     };
-    let (opened, out) = match open(&args.policy, dir).await {
-        Ok((policy, repo)) => {
-            let previous = job_started(&policy, &repo, "prune").await;
-            let out = prune::run(&policy, &repo, &req, ctx).await;
-            (Some((policy, repo, previous)), out)
-        }
-        Err((name, e)) => (None, Outcome::not_started(&name, args.dry_run, e)),
+    let done = run_job(
+        &args.policy,
+        dir,
+        Job::Prune,
+        |_| Ok(jobs::Request::Prune(req)),
+        ctx,
+        args.metrics_file.as_deref(),
+        args.json,
+    );
+    let jobs::Outcome::Prune(out) = done.await else {
+        return result_of(None);
     };
-    let rec = PruneRecord::from(&out);
-    let repo = opened.as_ref().map(|(_, r, _)| r);
-    record_run(repo, "prune", &out.times, &rec, args.json).await;
-    if let Some((policy, repo, previous)) = &opened {
-        job_finished(
-            policy,
-            repo,
-            "prune",
-            &rec,
-            *previous,
-            args.metrics_file.as_deref(),
-        )
-        .await;
-    }
     print_plan(&out);
     result_of(out.error)
 }

@@ -53,14 +53,11 @@ pub async fn run(args: ReportArgs, dir: Option<&Path>) -> Result<()> {
         .iter()
         .map(|p| load_policy(p, dir))
         .collect::<Result<Vec<_>>>()?;
+    // The error keeps its kind: a repository that does not exist is the operator's to fix
+    // (exit 2), one that cannot be read is a failure (exit 1).
     let report = crate::ops::report::run(&policies, &window, true)
         .await
-        .map_err(|e| {
-            Error::new(
-                Kind::Failed,
-                format!("could not read the repository: {}", e.message),
-            )
-        })?;
+        .map_err(|e| e.context("could not read the repository"))?;
     let text = match args.format {
         ReportFormat::Text => render::text(&report),
         ReportFormat::Markdown => render::markdown(&report),

@@ -88,7 +88,7 @@ pub async fn run(args: RestoreArgs, dir: Option<&Path>, ctx: &Ctx) -> Result<()>
     };
     record_run(
         repo.as_ref(),
-        "restore",
+        crate::record::Job::Restore,
         &out.times,
         &RestoreRecord::from(&out),
         args.json,

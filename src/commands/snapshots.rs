@@ -30,7 +30,7 @@ pub async fn run(policy: &Policy, json: bool) -> Result<()> {
         .collect();
     if json {
         print_json(&SnapshotsRecord {
-            kind: "snapshots",
+            kind: crate::record::Job::Snapshots,
             policy: policy.name.clone(),
             snapshots,
             damaged: listing.damaged,

@@ -1,10 +1,11 @@
-use super::{job_finished, job_started, open, opener, record_run, result_of};
+use super::{opener, result_of, run_job};
 use crate::cli::VerifyArgs;
 use crate::error::{Error, Kind, Result};
-use crate::ops::verify::{self, Outcome, Request};
+use crate::jobs;
+use crate::ops::verify::Request;
 use crate::ops::Ctx;
 use crate::policy::Policy;
-use crate::record::VerifyRecord;
+use crate::record::Job;
 use crate::repo::Selector;
 use std::path::Path;
 use std::sync::Arc;
@@ -28,31 +29,18 @@ fn request(args: &VerifyArgs, policy: &Policy) -> Result<Request> {
 }
 
 pub async fn run(args: VerifyArgs, dir: Option<&Path>, ctx: &Ctx) -> Result<()> {
-    let (opened, out) = match open(&args.policy, dir).await {
-        Ok((policy, repo)) => match request(&args, &policy) {
-            Ok(req) => {
-                let previous = job_started(&policy, &repo, "verify").await;
-                let out = verify::run(&policy, &repo, &req, ctx).await;
-                (Some((policy, repo, previous)), out)
-            }
-            Err(e) => (None, Outcome::not_started(&policy.name, e)),
-        },
-        Err((name, e)) => (None, Outcome::not_started(&name, e)),
+    let done = run_job(
+        &args.policy,
+        dir,
+        Job::Verify,
+        |policy| request(&args, policy).map(jobs::Request::Verify),
+        ctx,
+        args.metrics_file.as_deref(),
+        args.json,
+    );
+    let jobs::Outcome::Verify(out) = done.await else {
+        return result_of(None);
     };
-    let rec = VerifyRecord::from(&out);
-    let repo = opened.as_ref().map(|(_, r, _)| r);
-    record_run(repo, "verify", &out.times, &rec, args.json).await;
-    if let Some((policy, repo, previous)) = &opened {
-        job_finished(
-            policy,
-            repo,
-            "verify",
-            &rec,
-            *previous,
-            args.metrics_file.as_deref(),
-        )
-        .await;
-    }
     if out.error.is_some() {
         return result_of(out.error);
     }

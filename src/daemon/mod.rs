@@ -25,10 +25,12 @@
 mod http;
 
 use crate::error::{Error, Result};
+use crate::jobs;
 use crate::metrics::PolicyMetrics;
 use crate::notify::RpoWatch;
 use crate::ops::{self, Cancel, Ctx, Reason};
 use crate::policy::Policy;
+use crate::record::Job;
 use crate::schedule::Cron;
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -53,25 +55,26 @@ pub struct Shared {
     pub policies: Mutex<Vec<Arc<Policy>>>,
     /// Each (policy, job)'s last outcome in this process: what notifications compare with
     /// when the repository (and so its run records) cannot be read.
-    pub last_ok: Mutex<HashMap<(String, &'static str), bool>>,
+    pub last_ok: Mutex<HashMap<(String, Job), bool>>,
     /// Policy files that did not load at the last (re)load, with their errors.
     pub load_errors: Mutex<BTreeMap<String, String>>,
 }
 
-const JOBS: [&str; 4] = ["backup", "verify", "prune", "check"];
+const JOBS: [Job; 4] = [Job::Backup, Job::Verify, Job::Prune, Job::Check];
 
-fn cron_of<'a>(policy: &'a Policy, job: &str) -> Option<&'a Cron> {
+fn cron_of(policy: &Policy, job: Job) -> Option<&Cron> {
     let s = policy.schedule.as_ref()?;
     match job {
-        "backup" => s.backup.as_ref(),
-        "verify" => s.verify.as_ref(),
-        "check" => s.check.as_ref(),
-        _ => s.prune.as_ref(),
+        Job::Backup => s.backup.as_ref(),
+        Job::Verify => s.verify.as_ref(),
+        Job::Check => s.check.as_ref(),
+        Job::Prune => s.prune.as_ref(),
+        _ => None,
     }
 }
 
 /// The next start of `job` after `after`, with the policy's jitter.
-fn next_start(policy: &Policy, job: &str, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+fn next_start(policy: &Policy, job: Job, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let s = policy.schedule.as_ref()?;
     let t = cron_of(policy, job)?.next_after(after, s.timezone)?;
     let jitter = s.jitter.as_millis() as i64;
@@ -84,7 +87,7 @@ fn next_start(policy: &Policy, job: &str, after: DateTime<Utc>) -> Option<DateTi
 }
 
 /// The schedule's interval around `at` (two consecutive starts).
-fn interval(policy: &Policy, job: &str, at: DateTime<Utc>) -> Option<chrono::Duration> {
+fn interval(policy: &Policy, job: Job, at: DateTime<Utc>) -> Option<chrono::Duration> {
     let s = policy.schedule.as_ref()?;
     let cron = cron_of(policy, job)?;
     let a = cron.next_after(at, s.timezone)?;
@@ -114,14 +117,50 @@ fn log_json(enabled: bool, value: serde_json::Value) {
     }
 }
 
-/// One job, start to end: ping, run, record, notify, metrics.
-async fn run_job(
-    policy: Arc<Policy>,
-    job: &'static str,
-    ctx: Ctx,
-    shared: Arc<Shared>,
-    json_log: bool,
-) {
+/// The request of a scheduled job, or why it cannot be made.
+fn request_of(policy: &Policy, job: Job) -> Result<jobs::Request> {
+    Ok(match job {
+        Job::Backup => jobs::Request::Backup(ops::backup::Request { only: None }),
+        Job::Verify => {
+            let identity = identity_of(policy).ok_or_else(|| {
+                Error::input(
+                    "no identity: neither BACKSTOP_IDENTITY nor [verify] identity names one",
+                )
+            })?;
+            let opener = Arc::new(crate::seal::Opener::from_file(&identity)?);
+            jobs::Request::Verify(ops::verify::Request::for_policy(
+                policy,
+                crate::repo::Selector::Latest,
+                opener,
+                None,
+                None,
+            )?)
+        }
+        Job::Check => {
+            // With the identity where this host has one: then every manifest is decrypted
+            // and compared with its meta.json, every week and not only by hand.
+            let key = identity_of(policy)
+                .map(|p| crate::seal::Opener::from_file(&p))
+                .transpose()?
+                .map(|o| ops::check::Key {
+                    opener: Arc::new(o),
+                    dedup_key: policy.repository.dedup_key.clone(),
+                });
+            jobs::Request::Check(ops::check::Request {
+                key,
+                read_data: true,
+            })
+        }
+        _ => jobs::Request::Prune(ops::prune::Request {
+            dry_run: false,
+            snapshots: Vec::new(),
+            force: false,
+        }),
+    })
+}
+
+/// One job, start to end, through the same lifecycle as the command line's.
+async fn run_job(policy: Arc<Policy>, job: Job, ctx: Ctx, shared: Arc<Shared>, json_log: bool) {
     let started = Utc::now();
     log_json(
         json_log,
@@ -130,120 +169,33 @@ async fn run_job(
     tracing::info!("{job} of policy {} starts", policy.name);
     let key = (policy.name.clone(), job);
     let remembered = crate::util::lock(&shared.last_ok).get(&key).copied();
-    let repo = match ops::open_repo(&policy).await {
-        Ok(r) => r,
-        Err(e) => {
-            // No repository, so no record: alert from what this process remembers.
-            tracing::error!("{job} of policy {}: {}", policy.name, e.message);
-            log_json(
-                json_log,
-                json!({"event": "job_end", "policy": policy.name, "job": job, "ok": false, "error": e.message}),
-            );
-            let record = json!({"ok": false, "policy": policy.name, "started_at": started, "error": e.message});
-            crate::notify::after_run(&policy, job, &record, remembered).await;
-            crate::util::lock(&shared.last_ok).insert(key, false);
-            return;
-        }
+    let options = jobs::Options {
+        metrics_file: None,
+        remembered,
     };
-    let previous = ops::last_outcome(&repo, job).await.or(remembered);
-    crate::notify::ping_start(&policy, job).await;
-    let (record, times) = match job {
-        "backup" => {
-            let out =
-                ops::backup::run(&policy, &repo, &ops::backup::Request { only: None }, &ctx).await;
-            (
-                serde_json::to_value(crate::record::BackupRecord::from(&out)),
-                out.times,
-            )
-        }
-        "verify" => {
-            let opener = match identity_of(&policy).map(|p| crate::seal::Opener::from_file(&p)) {
-                Some(Ok(o)) => Arc::new(o),
-                Some(Err(e)) => {
-                    tracing::error!("verify of policy {}: {}", policy.name, e.message);
-                    return;
-                }
-                None => return,
-            };
-            let req = match ops::verify::Request::for_policy(
-                &policy,
-                crate::repo::Selector::Latest,
-                opener,
-                None,
-                None,
-            ) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!("verify of policy {}: {}", policy.name, e.message);
-                    return;
-                }
-            };
-            let out = ops::verify::run(&policy, &repo, &req, &ctx).await;
-            (
-                serde_json::to_value(crate::record::VerifyRecord::from(&out)),
-                out.times,
-            )
-        }
-        "check" => {
-            // With the identity where this host has one: then every manifest is decrypted and
-            // compared with its meta.json, every week and not only by hand.
-            let key = match identity_of(&policy).map(|p| crate::seal::Opener::from_file(&p)) {
-                Some(Ok(o)) => Some(ops::check::Key {
-                    opener: Arc::new(o),
-                    dedup_key: policy.repository.dedup_key.clone(),
-                }),
-                Some(Err(e)) => {
-                    tracing::error!("check of policy {}: {}", policy.name, e.message);
-                    None
-                }
-                None => None,
-            };
-            let req = ops::check::Request {
-                key,
-                read_data: true,
-            };
-            let out = ops::check::run(&repo, &req, &ctx).await;
-            (
-                serde_json::to_value(crate::record::CheckRecord::from(&out)),
-                out.times,
-            )
-        }
-        _ => {
-            let req = ops::prune::Request {
-                dry_run: false,
-                snapshots: Vec::new(),
-                force: false,
-            };
-            let out = ops::prune::run(&policy, &repo, &req, &ctx).await;
-            (
-                serde_json::to_value(crate::record::PruneRecord::from(&out)),
-                out.times,
-            )
-        }
-    };
-    let record = record.unwrap_or_default();
-    ops::save_record(&repo, job, &times, &record).await;
-    let ok = record["ok"] == true;
-    if ok {
+    let done = jobs::run(&policy, job, request_of(&policy, job), &ctx, &options).await;
+    let h = &done.header;
+    if h.ok {
         tracing::info!(
             "{job} of policy {} succeeded in {:.1}s",
             policy.name,
-            times.duration_s
+            h.duration_s
         );
     } else {
         tracing::error!(
             "{job} of policy {} failed: {}",
             policy.name,
-            record["error"].as_str().unwrap_or("see its record")
+            h.error.as_deref().unwrap_or("see its record")
         );
     }
     log_json(
         json_log,
-        json!({"event": "job_end", "policy": policy.name, "job": job, "ok": ok, "duration_s": times.duration_s, "snapshot_id": record["snapshot_id"], "error": record["error"]}),
+        json!({"event": "job_end", "at": Utc::now(), "policy": policy.name, "job": job, "ok": h.ok, "duration_s": h.duration_s, "snapshot_id": h.snapshot_id, "error": h.error}),
     );
-    crate::notify::after_run(&policy, job, &record, previous).await;
-    crate::util::lock(&shared.last_ok).insert(key, ok);
-    refresh_metrics(&policy, &repo, &shared).await;
+    crate::util::lock(&shared.last_ok).insert(key, h.ok);
+    if let Some(repo) = &done.repo {
+        refresh_metrics(&policy, repo, &shared).await;
+    }
 }
 
 async fn refresh_metrics(policy: &Policy, repo: &crate::repo::Repo, shared: &Shared) {
@@ -329,8 +281,8 @@ pub async fn run(opts: Options) -> Result<()> {
     }
     let root = Cancel::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
-    let mut due: HashMap<(String, &'static str), DateTime<Utc>> = HashMap::new();
-    let mut waiting: Vec<(String, &'static str)> = Vec::new();
+    let mut due: HashMap<(String, Job), DateTime<Utc>> = HashMap::new();
+    let mut waiting: Vec<(String, Job)> = Vec::new();
     let mut running: BTreeSet<String> = BTreeSet::new();
     let mut tasks = tokio::task::JoinSet::new();
     let mut watches: HashMap<String, RpoWatch> = HashMap::new();
@@ -348,12 +300,12 @@ pub async fn run(opts: Options) -> Result<()> {
             }
             let last_success = crate::util::lock(&shared.metrics)
                 .get(&p.name)
-                .and_then(|m| m.jobs.get(job).and_then(|s| s.last_success));
+                .and_then(|m| m.jobs.get(&job).and_then(|s| s.last_success));
             let late = match (last_success, interval(p, job, now)) {
                 (Some(t), Some(i)) => now - t > i,
                 _ => true,
             };
-            if late && (job != "verify" || identity_of(p).is_some()) {
+            if late && (job != Job::Verify || identity_of(p).is_some()) {
                 tracing::info!(
                     "{job} of policy {} is overdue (last success {}): it runs now",
                     p.name,
@@ -381,13 +333,13 @@ pub async fn run(opts: Options) -> Result<()> {
         for ((name, job), t) in due.iter_mut() {
             if *t <= now {
                 let no_identity = policies.get(name).is_some_and(|p| identity_of(p).is_none());
-                if job == &"verify" && no_identity {
+                if *job == Job::Verify && no_identity {
                     tracing::info!("verify of policy {name} is skipped: neither BACKSTOP_IDENTITY nor [verify] identity names an identity on this host");
                 } else if !waiting.contains(&(name.clone(), *job)) {
-                    waiting.push((name.clone(), job));
+                    waiting.push((name.clone(), *job));
                 }
                 if let Some(p) = policies.get(name) {
-                    *t = next_start(p, job, now).unwrap_or(now + chrono::Duration::days(3650));
+                    *t = next_start(p, *job, now).unwrap_or(now + chrono::Duration::days(3650));
                 }
             }
         }

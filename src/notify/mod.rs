@@ -233,15 +233,13 @@ pub async fn ping_end(policy: &Policy, job: &str, ok: bool, record: &Value) {
 /// Everything a finished run sends: the events its outcome raises (given the previous run's
 /// outcome of the same job) and the end ping.
 pub async fn after_run(policy: &Policy, job: &str, record: &Value, previous_ok: Option<bool>) {
-    let ok = record["ok"] == true;
+    let header: crate::record::Header = serde_json::from_value(record.clone()).unwrap_or_default();
+    let ok = header.ok;
     ping_end(policy, job, ok, record).await;
     let Some(notify) = &policy.notify else { return };
-    let rto_met = record["rto_met"].as_bool();
-    let mut figures = Vec::new();
-    if let Some(d) = record["duration_s"].as_f64() {
-        figures.push(format!("duration {d:.1}s"));
-    }
-    if let Some(r) = record["restore_s"].as_f64() {
+    let rto_met = header.rto_met;
+    let mut figures = vec![format!("duration {:.1}s", header.duration_s)];
+    if let Some(r) = header.restore_s {
         figures.push(format!(
             "restore {r:.1}s (RTO {:.0}s)",
             policy.objectives.rto.as_secs_f64()
@@ -252,8 +250,8 @@ pub async fn after_run(policy: &Policy, job: &str, record: &Value, previous_ok: 
             event: event.to_string(),
             policy: policy.name.clone(),
             job: job.to_string(),
-            id: record["snapshot_id"].as_str().map(str::to_string),
-            error: record["error"].as_str().map(str::to_string),
+            id: header.snapshot_id.clone(),
+            error: header.error.clone(),
             figures: figures.clone(),
             record: record.clone(),
         };

@@ -48,7 +48,8 @@ pub struct Request {
     pub only: Option<Only>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct BackupDb {
     pub tables: u64,
     pub rows: u64,
@@ -60,7 +61,8 @@ pub struct BackupDb {
     pub pg_dump_version: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct BackupStorage {
     pub objects: u64,
     pub bytes_plain: u64,
@@ -74,7 +76,8 @@ pub struct BackupStorage {
     pub unfetchable: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Mismatches {
     pub missing_in_bucket: Vec<String>,
     pub missing_in_table: Vec<String>,

@@ -46,7 +46,8 @@ pub struct Request {
 }
 
 /// One damaged or missing object, and the snapshots that need it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Damaged {
     pub blob: String,
     pub problem: String,

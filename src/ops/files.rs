@@ -29,7 +29,8 @@ use std::sync::Arc;
 pub const CONCURRENT_FILES: usize = 4;
 
 /// The record's `files` section.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct FilesFigures {
     pub sets: u64,
     pub files: u64,
@@ -189,7 +190,8 @@ pub enum Target {
 }
 
 /// What a files restore did.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Restored {
     pub sets: u64,
     /// Regular files (directories and links are restored too, not counted).

@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The record's `git` section.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct GitFigures {
     pub repositories: Vec<GitSummary>,
     pub bytes_plain: u64,
@@ -126,7 +127,8 @@ async fn write_bundle(
 }
 
 /// What a git restore did.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Restored {
     pub repositories: Vec<GitSummary>,
     /// Bytes of the bundles written.

@@ -32,7 +32,8 @@ use serde::Serialize;
 use std::time::Instant;
 
 /// A named part of a run and how long it took.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Phase {
     pub name: String,
     pub duration_s: f64,
@@ -83,12 +84,17 @@ pub async fn open_repo(policy: &crate::policy::Policy) -> Result<Repo> {
 
 /// Writes a run's record under `runs/`. A record that cannot be written is logged: the run's
 /// outcome stands either way. Every caller (the command line, the daemon) ends a run with it.
-pub async fn save_record(repo: &Repo, kind: &str, times: &RunTimes, record: &impl Serialize) {
+pub async fn save_record(
+    repo: &Repo,
+    job: crate::record::Job,
+    times: &RunTimes,
+    record: &impl Serialize,
+) {
     let store = repo.store.as_ref();
     let written = crate::repo::runs::write(
         store,
         &repo.policy,
-        kind,
+        job,
         &times.run_id,
         times.started_at,
         record,
@@ -100,14 +106,13 @@ pub async fn save_record(repo: &Repo, kind: &str, times: &RunTimes, record: &imp
 
 /// Whether the last recorded run of `job` succeeded; `None` when there is none (or the
 /// records cannot be read: notifications then treat the run as a first one).
-pub async fn last_outcome(repo: &Repo, job: &str) -> Option<bool> {
-    let records = crate::repo::runs::read(repo.store.as_ref(), &repo.policy, job)
-        .await
-        .ok()?;
-    let last = records
-        .iter()
-        .max_by_key(|r| r["started_at"].as_str().map(str::to_string))?;
-    Some(last["ok"] == true)
+pub async fn last_outcome(repo: &Repo, job: crate::record::Job) -> Option<bool> {
+    let records: Vec<crate::record::Header> =
+        crate::repo::runs::read(repo.store.as_ref(), &repo.policy, job)
+            .await
+            .ok()?;
+    let last = records.iter().max_by_key(|r| r.started_at)?;
+    Some(last.ok)
 }
 
 /// Runs `work` under a shared lock of the repository, with `ctx`'s token cancelled (for this

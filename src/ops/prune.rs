@@ -112,11 +112,16 @@ fn rules(policy: &Policy) -> Rules {
 
 /// Snapshot ids of this policy that a verify run passed on.
 async fn verified(repo: &Repo) -> Result<HashSet<String>> {
-    let records = crate::repo::runs::read(repo.store.as_ref(), &repo.policy, "verify").await?;
+    let records: Vec<crate::record::Header> = crate::repo::runs::read(
+        repo.store.as_ref(),
+        &repo.policy,
+        crate::record::Job::Verify,
+    )
+    .await?;
     Ok(records
-        .iter()
-        .filter(|r| r["ok"] == true)
-        .filter_map(|r| r["snapshot_id"].as_str().map(str::to_string))
+        .into_iter()
+        .filter(|r| r.ok)
+        .filter_map(|r| r.snapshot_id)
         .collect())
 }
 

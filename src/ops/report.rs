@@ -6,6 +6,7 @@
 use super::RunTimes;
 use crate::error::Result;
 use crate::policy::Policy;
+use crate::record::{BackupRecord, Job, ReportRecord, ReportWindow, VerifyRecord};
 use crate::repo::{list_metas, runs, Blobs, Repo};
 use crate::report::{evaluate, render::Report, Input, PolicyReport, Window};
 use chrono::{DateTime, Utc};
@@ -21,8 +22,8 @@ pub async fn policy_report(policy: &Policy, window: &Window, now: DateTime<Utc>)
     let repo = super::open_repo(policy).await?;
     let store = repo.store.as_ref();
     let listing = list_metas(store, &format!("snapshots/{}/", policy.name), Blobs::Drop).await?;
-    let backups = runs::read(store, &policy.name, "backup").await?;
-    let verifies = runs::read(store, &policy.name, "verify").await?;
+    let backups: Vec<BackupRecord> = runs::read(store, &policy.name, Job::Backup).await?;
+    let verifies: Vec<VerifyRecord> = runs::read(store, &policy.name, Job::Verify).await?;
     let mut report = evaluate(&Input {
         policy,
         repo_created: repo.config.created_at,
@@ -66,12 +67,26 @@ pub async fn run(policies: &[Policy], window: &Window, record: bool) -> Result<R
     if record {
         for part in &parts {
             let r = &part.report;
-            let record = serde_json::json!({
-                "kind": "report", "ok": r.compliant, "policy": r.name,
-                "window": window, "started_at": times.started_at, "finished_at": times.finished_at,
-                "compliant": r.compliant, "controls": r.controls,
-            });
-            super::save_record(&part.repo, "report", &times, &record).await;
+            let record = ReportRecord {
+                kind: Job::Report,
+                ok: r.compliant,
+                policy: r.name.clone(),
+                run_id: times.run_id.clone(),
+                window: Some(ReportWindow {
+                    from: window.from,
+                    to: window.to,
+                }),
+                started_at: times.started_at,
+                finished_at: times.finished_at,
+                compliant: r.compliant,
+                controls: r
+                    .controls
+                    .iter()
+                    .filter_map(|c| serde_json::to_value(c).ok())
+                    .collect(),
+                tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            super::save_record(&part.repo, Job::Report, &times, &record).await;
         }
     }
     let policies: Vec<PolicyReport> = parts.into_iter().map(|p| p.report).collect();

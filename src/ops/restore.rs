@@ -49,7 +49,8 @@ pub struct Request {
     pub one_part: bool,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct RestoreDb {
     pub tables: u64,
     pub rows: u64,
@@ -58,7 +59,8 @@ pub struct RestoreDb {
     pub roles_created: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct RestoreStorage {
     pub objects: u64,
     pub bytes: u64,

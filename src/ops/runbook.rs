@@ -4,6 +4,7 @@
 
 use crate::error::Result;
 use crate::policy::Policy;
+use crate::record::{Job, VerifyRecord};
 use crate::repo::{list_metas, runs, Blobs};
 use crate::runbook::Facts;
 
@@ -11,7 +12,7 @@ pub async fn facts(policy: &Policy) -> Result<Facts> {
     let repo = super::open_repo(policy).await?;
     let store = repo.store.as_ref();
     let listing = list_metas(store, &format!("snapshots/{}/", policy.name), Blobs::Drop).await?;
-    let verifies = runs::read(store, &policy.name, "verify").await?;
+    let verifies: Vec<VerifyRecord> = runs::read(store, &policy.name, Job::Verify).await?;
     let snapshots = listing.snapshots.len();
     let newest = listing
         .snapshots
@@ -19,13 +20,8 @@ pub async fn facts(policy: &Policy) -> Result<Facts> {
         .max_by_key(|m| m.consistent_at);
     let last_verify = verifies
         .into_iter()
-        .filter(|v| v["restore_s"].as_f64().is_some())
-        .max_by(|a, b| {
-            a["finished_at"]
-                .as_str()
-                .unwrap_or("")
-                .cmp(b["finished_at"].as_str().unwrap_or(""))
-        });
+        .filter(|v| v.restore_s.is_some())
+        .max_by_key(|v| v.finished_at);
     Ok(Facts {
         newest,
         snapshots,

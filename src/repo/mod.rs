@@ -441,7 +441,8 @@ pub async fn read_manifest(store: &dyn Store, meta: &Meta, opener: &Opener) -> R
 }
 
 /// A snapshot whose meta.json exists but cannot be trusted.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct DamagedMeta {
     /// The snapshot id its key names.
     pub id: String,

@@ -1,41 +1,65 @@
 //! Run records: `runs/<policy>/<UTC time>-<kind>-<id>.json`, one per backup, restore, verify,
-//! prune or check, successful or not. They are the auditor's evidence, so they hold outcomes,
-//! times and figures only: no secrets, no plaintext.
+//! prune, check, report or stream event, successful or not. They are the auditor's evidence, so
+//! they hold outcomes, times and figures only: no secrets, no plaintext.
+//!
+//! Written and read as the types of [`crate::record`]: a record's kind is the segment of its
+//! own file name between the time and the run id, never a search of the whole key (a policy
+//! may be named `shop-backup-eu`).
 
 use crate::error::{Error, Result};
+use crate::record::Job;
 use crate::store::Store;
 use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+/// The key of a run record.
+pub fn key(policy: &str, job: Job, id: &str, at: DateTime<Utc>) -> String {
+    format!(
+        "runs/{policy}/{}-{}-{id}.json",
+        at.format("%Y%m%dT%H%M%SZ"),
+        job.as_str()
+    )
+}
+
+/// The kind a record's key names: `<time>-<kind>-<id>.json` in the policy's folder.
+pub fn kind_of(key: &str) -> Option<Job> {
+    let name = key.rsplit('/').next()?;
+    let (_time, rest) = name.split_once('-')?;
+    let (kind, _id) = rest.split_once('-')?;
+    Job::parse(kind)
+}
 
 pub async fn write(
     store: &dyn Store,
     policy: &str,
-    kind: &str,
+    job: Job,
     id: &str,
     at: DateTime<Utc>,
     record: &impl Serialize,
 ) -> Result<String> {
-    let key = format!(
-        "runs/{policy}/{}-{kind}-{id}.json",
-        at.format("%Y%m%dT%H%M%SZ")
-    );
+    let key = key(policy, job, id, at);
     let body = serde_json::to_vec_pretty(record)
         .map_err(|e| Error::failed(format!("encoding run record: {e}")))?;
     store.put_new(&key, body).await?;
     Ok(key)
 }
 
-/// Every run record of `kind` for `policy`, oldest first (by key, whose time leads), read
-/// [`READ_AHEAD`] at a time. A record that does not parse is skipped with a warning: records
-/// are evidence, not state.
-pub async fn read(store: &dyn Store, policy: &str, kind: &str) -> Result<Vec<serde_json::Value>> {
+/// Every run record of `job` for `policy`, oldest first (by key, whose time leads), read
+/// [`READ_AHEAD`] at a time, as `T` (a record type, or [`crate::record::Header`] for what
+/// every record holds). A record that does not parse is skipped with a warning: records are
+/// evidence, not state.
+pub async fn read<T: DeserializeOwned>(
+    store: &dyn Store,
+    policy: &str,
+    job: Job,
+) -> Result<Vec<T>> {
     use futures::{StreamExt, TryStreamExt};
-    let marker = format!("-{kind}-");
     let keys: Vec<String> = store
         .list(&format!("runs/{policy}/"))
         .await?
         .into_iter()
-        .filter(|e| e.key.contains(&marker))
+        .filter(|e| kind_of(&e.key) == Some(job))
         .map(|e| e.key)
         .collect();
     let bodies: Vec<(String, Option<Vec<u8>>)> = futures::stream::iter(keys)
@@ -56,3 +80,26 @@ pub async fn read(store: &dyn Store, policy: &str, kind: &str) -> Result<Vec<ser
 
 /// How many records are read at once.
 pub const READ_AHEAD: usize = 16;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kind_comes_from_the_file_name_not_the_policy() {
+        let at = chrono::DateTime::parse_from_rfc3339("2026-12-04T03:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let k = key("shop-backup-eu", Job::Verify, "20261204T030000Z-ab12cd", at);
+        assert_eq!(
+            k,
+            "runs/shop-backup-eu/20261204T030000Z-verify-20261204T030000Z-ab12cd.json"
+        );
+        assert_eq!(kind_of(&k), Some(Job::Verify));
+        assert_eq!(
+            kind_of("runs/p/20261204T030000Z-prune-x.json"),
+            Some(Job::Prune)
+        );
+        assert_eq!(kind_of("runs/p/garbage.json"), None);
+    }
+}

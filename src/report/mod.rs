@@ -23,11 +23,11 @@ pub mod render;
 
 use crate::objectives;
 use crate::policy::{Location, Policy};
+use crate::record::{BackupRecord, VerifyRecord};
 use crate::repo::format::Meta;
 use crate::util::format_duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::Value;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Serialize)]
@@ -93,14 +93,10 @@ pub struct Input<'a> {
     /// The policy's sound snapshots.
     pub snapshots: &'a [Meta],
     /// Run records of kind backup and verify (any order).
-    pub backups: &'a [Value],
-    pub verifies: &'a [Value],
+    pub backups: &'a [BackupRecord],
+    pub verifies: &'a [VerifyRecord],
     pub window: &'a Window,
     pub now: DateTime<Utc>,
-}
-
-fn time(v: &Value, key: &str) -> Option<DateTime<Utc>> {
-    v[key].as_str()?.parse().ok()
 }
 
 fn control(
@@ -172,15 +168,15 @@ pub fn evaluate(input: &Input) -> PolicyReport {
         .copied()
         .filter(|m| m.consistent_at >= w.from)
         .collect();
-    let backups: Vec<&Value> = input
+    let backups: Vec<&BackupRecord> = input
         .backups
         .iter()
-        .filter(|r| in_window(time(r, "started_at"), w))
+        .filter(|r| in_window(Some(r.started_at), w))
         .collect();
-    let verifies: Vec<&Value> = input
+    let verifies: Vec<&VerifyRecord> = input
         .verifies
         .iter()
-        .filter(|r| in_window(time(r, "started_at"), w))
+        .filter(|r| in_window(Some(r.started_at), w))
         .collect();
     let mut controls = Vec::new();
 
@@ -269,8 +265,8 @@ pub fn evaluate(input: &Input) -> PolicyReport {
     ));
 
     // restore_test_performed
-    let passed: Vec<&&Value> = verifies.iter().filter(|r| r["ok"] == true).collect();
-    let last_pass = passed.iter().filter_map(|r| time(r, "started_at")).max();
+    let passed: Vec<&&VerifyRecord> = verifies.iter().filter(|r| r.ok).collect();
+    let last_pass = passed.iter().map(|r| r.started_at).max();
     let interval = schedule_interval(p, w.to);
     let recent = match (last_pass, interval) {
         (Some(t), Some(i)) => {
@@ -302,12 +298,9 @@ pub fn evaluate(input: &Input) -> PolicyReport {
             .map(|r| {
                 format!(
                     "verify {} of snapshot {} passed at {}",
-                    r["run_id"]
-                        .as_str()
-                        .or(r["snapshot_id"].as_str())
-                        .unwrap_or("?"),
-                    r["snapshot_id"].as_str().unwrap_or("?"),
-                    r["started_at"].as_str().unwrap_or("?")
+                    or_unknown(&r.run_id),
+                    r.snapshot_id.as_deref().unwrap_or("?"),
+                    r.started_at.to_rfc3339()
                 )
             })
             .collect(),
@@ -318,9 +311,9 @@ pub fn evaluate(input: &Input) -> PolicyReport {
         .iter()
         .filter_map(|r| {
             Some((
-                time(r, "started_at")?,
-                r["restore_s"].as_f64()?,
-                r["snapshot_id"].as_str().unwrap_or("?").to_string(),
+                r.started_at,
+                r.restore_s?,
+                r.snapshot_id.clone().unwrap_or_else(|| "?".into()),
             ))
         })
         .collect();
@@ -351,7 +344,7 @@ pub fn evaluate(input: &Input) -> PolicyReport {
     ));
 
     // verification_success
-    let failed_verifies: Vec<&&Value> = verifies.iter().filter(|r| r["ok"] != true).collect();
+    let failed_verifies: Vec<&&VerifyRecord> = verifies.iter().filter(|r| !r.ok).collect();
     controls.push(control(
         "verification_success",
         "Every verify in the window passed",
@@ -372,16 +365,16 @@ pub fn evaluate(input: &Input) -> PolicyReport {
             .map(|r| {
                 format!(
                     "verify at {} of snapshot {} failed: {}",
-                    r["started_at"].as_str().unwrap_or("?"),
-                    r["snapshot_id"].as_str().unwrap_or("?"),
-                    failure(r)
+                    r.started_at.to_rfc3339(),
+                    r.snapshot_id.as_deref().unwrap_or("?"),
+                    failure(&r.error, &r.problems)
                 )
             })
             .collect(),
     ));
 
     // backup_success
-    let failed_backups: Vec<&&Value> = backups.iter().filter(|r| r["ok"] != true).collect();
+    let failed_backups: Vec<&&BackupRecord> = backups.iter().filter(|r| !r.ok).collect();
     controls.push(control(
         "backup_success",
         "Every backup in the window succeeded",
@@ -402,8 +395,8 @@ pub fn evaluate(input: &Input) -> PolicyReport {
             .map(|r| {
                 format!(
                     "backup at {} failed: {}",
-                    r["started_at"].as_str().unwrap_or("?"),
-                    failure(r)
+                    r.started_at.to_rfc3339(),
+                    failure(&r.error, &[])
                 )
             })
             .collect(),
@@ -506,11 +499,16 @@ pub fn evaluate(input: &Input) -> PolicyReport {
     let mismatched: Vec<String> = backups
         .iter()
         .filter_map(|r| {
-            let m = &r["storage"]["mismatches"];
-            let a = m["missing_in_bucket"].as_array().map_or(0, |v| v.len());
-            let b = m["missing_in_table"].as_array().map_or(0, |v| v.len());
-            (a + b > 0).then(|| {
-                format!("backup {} at {}: {a} storage.objects rows without an object, {b} objects without a row", r["snapshot_id"].as_str().unwrap_or("?"), r["started_at"].as_str().unwrap_or("?"))
+            let st = r.storage.as_ref()?;
+            let a = st.mismatches.missing_in_bucket.len();
+            let b = st.mismatches.missing_in_table.len();
+            let c = st.unfetchable.len();
+            (a + b + c > 0).then(|| {
+                format!(
+                    "backup {} at {}: {a} storage.objects rows without an object, {b} objects without a row, {c} objects the source could not fetch",
+                    r.snapshot_id.as_deref().unwrap_or("?"),
+                    r.started_at.to_rfc3339()
+                )
             })
         })
         .collect();
@@ -529,24 +527,30 @@ pub fn evaluate(input: &Input) -> PolicyReport {
 
     let mut runs: Vec<RunRow> = backups
         .iter()
-        .map(|r| ("backup", r))
-        .chain(verifies.iter().map(|r| ("verify", r)))
-        .filter_map(|(kind, r)| {
-            Some(RunRow {
-                kind: kind.into(),
-                at: time(r, "started_at")?,
-                ok: r["ok"] == true,
-                snapshot: r["snapshot_id"].as_str().unwrap_or("").into(),
-                summary: if r["ok"] == true {
-                    r["restore_s"]
-                        .as_f64()
-                        .map(|s| format!("restore {s:.1}s"))
-                        .unwrap_or_default()
-                } else {
-                    failure(r)
-                },
-            })
+        .map(|r| RunRow {
+            kind: "backup".into(),
+            at: r.started_at,
+            ok: r.ok,
+            snapshot: r.snapshot_id.clone().unwrap_or_default(),
+            summary: if r.ok {
+                String::new()
+            } else {
+                failure(&r.error, &[])
+            },
         })
+        .chain(verifies.iter().map(|r| RunRow {
+            kind: "verify".into(),
+            at: r.started_at,
+            ok: r.ok,
+            snapshot: r.snapshot_id.clone().unwrap_or_default(),
+            summary: if r.ok {
+                r.restore_s
+                    .map(|s| format!("restore {s:.1}s"))
+                    .unwrap_or_default()
+            } else {
+                failure(&r.error, &r.problems)
+            },
+        }))
         .collect();
     runs.sort_by_key(|r| std::cmp::Reverse(r.at));
     let timeline = Timeline {
@@ -557,18 +561,9 @@ pub fn evaluate(input: &Input) -> PolicyReport {
         gaps: gaps.to_vec(),
         verifies: verifies
             .iter()
-            .filter_map(|r| {
-                Some((
-                    time(r, "started_at")?,
-                    r["restore_s"].as_f64(),
-                    r["ok"] == true,
-                ))
-            })
+            .map(|r| (r.started_at, r.restore_s, r.ok))
             .collect(),
-        failed_backups: failed_backups
-            .iter()
-            .filter_map(|r| time(r, "started_at"))
-            .collect(),
+        failed_backups: failed_backups.iter().map(|r| r.started_at).collect(),
         rto_s: rto,
     };
     PolicyReport {
@@ -585,18 +580,28 @@ pub fn evaluate(input: &Input) -> PolicyReport {
 }
 
 /// A failed run's error, or its first problems.
-fn failure(r: &Value) -> String {
-    if let Some(e) = r["error"].as_str() {
+fn failure(error: &Option<String>, problems: &[String]) -> String {
+    if let Some(e) = error {
         return e.chars().take(300).collect();
     }
-    let problems: Vec<&str> = r["problems"]
-        .as_array()
-        .map(|p| p.iter().filter_map(|x| x.as_str()).take(3).collect())
-        .unwrap_or_default();
     if problems.is_empty() {
         "failed".into()
     } else {
-        problems.join("; ")
+        problems
+            .iter()
+            .take(3)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// A run id, or `?` for a record written before records carried one.
+fn or_unknown(id: &str) -> &str {
+    if id.is_empty() {
+        "?"
+    } else {
+        id
     }
 }
 

@@ -4,7 +4,11 @@
 use super::*;
 use crate::repo::format::{MetaEncryption, MetaLock, StoredObject};
 use chrono::{Datelike, TimeZone};
-use serde_json::json;
+use serde_json::{json, Value};
+
+fn time(v: &Value, key: &str) -> Option<DateTime<Utc>> {
+    v[key].as_str()?.parse().ok()
+}
 
 const DAY: i64 = 86_400;
 
@@ -106,8 +110,8 @@ fn report_for(p: &Policy, h: &History) -> PolicyReport {
         repo_created: h.created,
         repo_recipients: &["age1x".to_string()],
         snapshots: &h.snapshots,
-        backups: &h.backups,
-        verifies: &h.verifies,
+        backups: &typed(&h.backups),
+        verifies: &typed(&h.verifies),
         window: &window,
         now: now(),
     })
@@ -312,4 +316,12 @@ fn renders_name_every_control() {
         super::render::html(&r).matches(r#"class="point""#).count(),
         30
     );
+}
+
+/// The test's records as the report reads them.
+fn typed<T: serde::de::DeserializeOwned>(records: &[Value]) -> Vec<T> {
+    records
+        .iter()
+        .map(|r| serde_json::from_value(r.clone()).unwrap())
+        .collect()
 }

@@ -32,7 +32,8 @@ use sqlx::{Connection, Executor, Row};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct TableCheck {
     pub name: String,
     pub expected_rows: u64,
@@ -41,7 +42,8 @@ pub struct TableCheck {
     pub note: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct QueryCheck {
     pub sql: String,
     pub result: String,
