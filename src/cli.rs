@@ -63,6 +63,9 @@ pub enum Command {
     Runbook(RunbookArgs),
     /// Run every policy's schedule unattended, alert, and serve /healthz, /metrics, /report.
     Daemon(DaemonArgs),
+    /// Continuous protection: follow the database's committed transactions through a logical
+    /// replication slot and seal them into the repository (until SIGTERM or SIGINT).
+    Stream(StreamArgs),
     /// Print shell completions for bash, zsh, fish, elvish or powershell on stdout.
     Completions {
         /// The shell, e.g. `backstop completions bash > /etc/bash_completion.d/backstop`.
@@ -235,6 +238,25 @@ pub struct DaemonArgs {
     /// Log each job's start and end as one JSON object per line on stdout.
     #[arg(long)]
     pub json_log: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StreamArgs {
+    /// The policy: a path, or a name looked up as DIR/NAME.toml (see --policies).
+    #[arg(long, value_name = "P")]
+    pub policy: String,
+    /// Check the server, create the publication and the slot named in [stream], and exit.
+    #[arg(long, conflicts_with_all = ["status", "drop"])]
+    pub setup: bool,
+    /// Print the slot's state, the lag and the sealed segments, and exit.
+    #[arg(long, conflicts_with = "drop")]
+    pub status: bool,
+    /// Drop the slot (the primary then keeps no WAL for it), and exit.
+    #[arg(long)]
+    pub drop: bool,
+    /// Print exactly one JSON document (the stream record) on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

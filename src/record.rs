@@ -85,6 +85,34 @@ pub struct Header {
     pub error: Option<String>,
 }
 
+/// `stream --status --json` (and the record of a stream's end): the slot, its lag and the
+/// sealed segments.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StreamRecord {
+    pub kind: Job,
+    pub ok: bool,
+    pub policy: String,
+    pub slot: String,
+    /// The slot exists and a reader holds it (a backstop stream between its reads too).
+    pub active: bool,
+    pub exists: bool,
+    pub confirmed_lsn: Option<String>,
+    /// WAL the slot holds back on the primary.
+    pub lag_bytes: Option<i64>,
+    pub last_segment_at: Option<DateTime<Utc>>,
+    pub last_commit_at: Option<DateTime<Utc>>,
+    pub segments: u64,
+    pub unprotected_tables: Vec<String>,
+    /// `--setup`: whether the slot was created now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slot_created: Option<bool>,
+    /// `--setup`: the tables the publication holds.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<String>,
+    pub error: Option<String>,
+}
+
 /// A `report` run record: one policy's verdict over a window, with its controls.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -195,6 +223,9 @@ pub struct RestoreRecord {
     pub files: Option<crate::ops::files::Restored>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub git: Option<crate::ops::git::Restored>,
+    /// What the change stream's replay applied after the snapshot (`--before TIME`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<crate::ops::replay::Replayed>,
     pub phases: Vec<Phase>,
     pub tool_version: String,
     pub error: Option<String>,
@@ -216,6 +247,7 @@ impl From<&restore::Outcome> for RestoreRecord {
             storage: o.storage.clone(),
             files: o.files.clone(),
             git: o.git.clone(),
+            stream: o.stream.clone(),
             phases: o.phases.clone(),
             tool_version: TOOL_VERSION.to_string(),
             error: error_text(&o.error),

@@ -73,6 +73,9 @@ pub fn format_duration(d: Duration) -> String {
 /// or `YYYY-MM-DD` (midnight UTC).
 pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
     let t = text.trim();
+    if t == "now" {
+        return Ok(Utc::now());
+    }
     if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
         return Ok(dt.with_timezone(&Utc));
     }

@@ -15,6 +15,7 @@ mod report;
 mod restore;
 mod runbook;
 mod snapshots;
+mod stream;
 mod verify;
 
 use crate::cli::{Cli, Command, PolicyCommand};
@@ -35,6 +36,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             | Command::Verify(_)
             | Command::Check(_)
             | Command::Prune(_)
+            | Command::Stream(_)
     );
     let wait = match &cli.command {
         Command::Backup(a) => a.wait.as_deref(),
@@ -79,6 +81,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Report(args) => report::run(args, dir).await,
         Command::Runbook(args) => runbook::run(args, dir).await,
         Command::Daemon(args) => daemon::run(args, dir).await,
+        Command::Stream(args) => stream::run(args, dir, &ctx).await,
         Command::Completions { shell } => docs::completions(shell),
         Command::Man { out } => docs::man(out.as_deref()),
         Command::Policy {

@@ -230,6 +230,71 @@ pub async fn ping_end(policy: &Policy, job: &str, ok: bool, record: &Value) {
     }
 }
 
+/// A change-stream event: logged, and sent where `[notify]` says (`stream_lag`,
+/// `slot_dropped`; a sealed segment and a schema change are logged only).
+pub async fn stream_event(policy: &Policy, event: &crate::ops::stream::Event) {
+    use crate::ops::stream::Event;
+    let human = crate::util::human_bytes;
+    let (name, text) = match event {
+        Event::Sealed(_) => return,
+        Event::SchemaChanged(c) => {
+            tracing::warn!(
+                "stream of policy {}: table {} changed shape at {}: restores after it are refused until the next snapshot; take a backup",
+                policy.name,
+                c.table,
+                c.commit_at.to_rfc3339()
+            );
+            return;
+        }
+        Event::LagCleared { bytes } => {
+            tracing::info!(
+                "stream of policy {}: the slot holds {} again, under max_slot_lag",
+                policy.name,
+                human((*bytes).max(0) as u64)
+            );
+            return;
+        }
+        Event::Lag { bytes, limit } => (
+            "stream_lag",
+            format!(
+                "the slot holds {} of WAL on the primary, over max_slot_lag {}",
+                human((*bytes).max(0) as u64),
+                human(*limit)
+            ),
+        ),
+        Event::SlotDropped { bytes, limit } => (
+            "slot_dropped",
+            format!(
+                "the slot held {} of WAL, over drop_slot_at {}: it was dropped to protect the primary; run `backstop stream --setup` (the stream has a gap until the next backup)",
+                human((*bytes).max(0) as u64),
+                human(*limit)
+            ),
+        ),
+    };
+    tracing::warn!("stream of policy {}: {text}", policy.name);
+    send_stream(policy, name, text).await;
+}
+
+/// The stream stopped for another reason than a signal, while its slot may still hold WAL.
+pub async fn stream_stopped(policy: &Policy, why: &str) {
+    tracing::error!("stream of policy {} stopped: {why}", policy.name);
+    send_stream(policy, "stream_stopped", why.to_string()).await;
+}
+
+async fn send_stream(policy: &Policy, event: &str, text: String) {
+    let Some(notify) = &policy.notify else { return };
+    let message = Message {
+        event: event.to_string(),
+        policy: policy.name.clone(),
+        job: "stream".into(),
+        id: None,
+        error: Some(text.clone()),
+        figures: Vec::new(),
+        record: json!({"kind": "stream", "policy": policy.name, "event": event, "error": text}),
+    };
+    send(notify, &message).await;
+}
+
 /// Everything a finished run sends: the events its outcome raises (given the previous run's
 /// outcome of the same job) and the end ping.
 pub async fn after_run(policy: &Policy, job: &str, record: &Value, previous_ok: Option<bool>) {

@@ -245,6 +245,7 @@ async fn backup(
     let mut database = None;
     let mut meta_db = None;
     let mut db_names = None;
+    let mut stream_join = None;
     if let Some(db) = policy.database.as_ref().filter(|_| want_db) {
         let url = DbUrl::parse(db.url.expose_secret())?;
         let dumped = ctx.cancel.run(dump_database(
@@ -255,9 +256,17 @@ async fn backup(
             ctx.progress.as_ref(),
             out,
         ));
-        let (manifest, at, figures, names) = dumped.await?;
+        let Dumped {
+            manifest,
+            consistent_at: at,
+            consistent_lsn: lsn,
+            snapshot_xids: xids,
+            figures,
+            storage_rows: names,
+        } = dumped.await?;
         db_names = names;
         consistent_at = at;
+        stream_join = Some((lsn, xids));
         meta_db = Some(MetaDb {
             tables: figures.tables,
             rows: figures.rows,
@@ -414,6 +423,8 @@ async fn backup(
         }),
         files: meta_files,
         git: meta_git,
+        consistent_lsn: stream_join.as_ref().map(|j| j.0.clone()),
+        snapshot_xids: stream_join.map(|j| j.1),
     };
     out.blobs_reuploaded = writer.reuploaded();
     if out.blobs_reuploaded > 0 {
@@ -434,8 +445,19 @@ async fn backup(
     Ok(())
 }
 
-/// Dumps the database in one exported snapshot through the writer. Returns the manifest part,
-/// the snapshot's time, and the record figures.
+/// What the database dump gives the snapshot.
+struct Dumped {
+    manifest: DbManifest,
+    consistent_at: DateTime<Utc>,
+    /// Where the change stream joins the dump: its WAL position and the transactions it sees.
+    consistent_lsn: String,
+    snapshot_xids: String,
+    figures: BackupDb,
+    /// `bucket/name` of the storage.objects rows, read in the snapshot.
+    storage_rows: Option<BTreeSet<String>>,
+}
+
+/// Dumps the database in one exported snapshot through the writer.
 async fn dump_database(
     url: &DbUrl,
     exclude_schemas: &[String],
@@ -443,12 +465,7 @@ async fn dump_database(
     writer: &Arc<BlobWriter>,
     progress: &dyn ProgressSink,
     out: &mut Outcome,
-) -> Result<(
-    DbManifest,
-    chrono::DateTime<Utc>,
-    BackupDb,
-    Option<BTreeSet<String>>,
-)> {
+) -> Result<Dumped> {
     let t = Instant::now();
     let mut session = Session::begin(url).await?;
     let tables = session.tables(exclude_schemas).await?;
@@ -513,6 +530,8 @@ async fn dump_database(
     let (dump, wstats, scanned) = dumped?;
     let stats = table_stats(&mut session, &tables, scanned, &mut out.warnings).await?;
     let consistent_at = session.consistent_at;
+    let consistent_lsn = session.consistent_lsn.clone();
+    let snapshot_xids = session.snapshot_xids.clone();
     let server_version = session.server_version.clone();
     let server_version_num = session.server_version_num;
     let bytea_output = session.bytea_output.clone();
@@ -544,7 +563,14 @@ async fn dump_database(
         bytea_output: Some(bytea_output),
         lc_monetary: Some(lc_monetary),
     };
-    Ok((manifest, consistent_at, figures, storage_rows))
+    Ok(Dumped {
+        manifest,
+        consistent_at,
+        consistent_lsn,
+        snapshot_xids,
+        figures,
+        storage_rows,
+    })
 }
 
 /// Each table's row count and checksum: from the dump stream where the scan read the table's

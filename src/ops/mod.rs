@@ -17,9 +17,11 @@ pub mod files;
 pub mod git;
 pub mod load;
 pub mod prune;
+pub mod replay;
 pub mod report;
 pub mod restore;
 pub mod runbook;
+pub mod stream;
 pub mod verify;
 
 pub use context::{Bar, Cancel, Ctx, NoProgress, ProgressSink, Reason};

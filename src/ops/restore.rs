@@ -85,6 +85,8 @@ pub struct Outcome {
     /// What the operator should know (parts of the snapshot that were not restored).
     pub notes: Vec<String>,
     pub error: Option<Error>,
+    /// What the change stream's replay applied after the snapshot (`--before TIME`).
+    pub stream: Option<super::replay::Replayed>,
     /// Loading into the target database began and has not finished.
     loading: bool,
 }
@@ -103,6 +105,7 @@ impl Outcome {
             phases: Vec::new(),
             notes: Vec::new(),
             error: None,
+            stream: None,
             loading: false,
         }
     }
@@ -146,6 +149,21 @@ async fn restore(
 ) -> Result<()> {
     let meta = repo.find(&req.selector).await?;
     out.snapshot_id = Some(meta.id.clone());
+    // A restore to a moment replays the change stream after the snapshot: planned (and
+    // refused when it cannot be exact) before anything is written.
+    let stream_plan = match (&req.selector, &req.db_url) {
+        (Selector::Before(until), Some(_)) if policy.stream.is_some() => {
+            let segments = crate::repo::streams::list(repo.store.as_ref(), &policy.name).await?;
+            let next = repo.next_after(&meta).await?;
+            let chosen: Vec<crate::repo::streams::Segment> =
+                super::replay::plan(&meta, &segments, *until, next.as_ref())?
+                    .into_iter()
+                    .cloned()
+                    .collect();
+            Some((*until, chosen))
+        }
+        _ => None,
+    };
     let t = Instant::now();
     let manifest = repo.read_manifest(&meta, &req.opener).await?;
     out.phases.push(Phase::since("manifest", t));
@@ -205,6 +223,32 @@ async fn restore(
         figures.database_created = created;
         figures.roles_created = roles;
         out.db = Some(figures);
+        if let Some((until, segments)) = &stream_plan {
+            let t = Instant::now();
+            let chosen: Vec<&crate::repo::streams::Segment> = segments.iter().collect();
+            let dedup = policy
+                .repository
+                .dedup_key
+                .as_ref()
+                .map(|k| k.expose_secret());
+            let from = super::replay::Reading {
+                repo,
+                opener: req.opener.clone(),
+                dedup_key: dedup,
+                ahead,
+            };
+            let replayed = super::replay::replay(&from, &meta, &chosen, *until, url).await?;
+            tracing::info!(
+                "replayed {} transactions of {} segments, to {}",
+                replayed.transactions,
+                replayed.segments,
+                replayed
+                    .last_commit_at
+                    .map_or("the snapshot".into(), |t| t.to_rfc3339())
+            );
+            out.phases.push(Phase::since("stream", t));
+            out.stream = Some(replayed);
+        }
         out.loading = false;
     } else if manifest.storage.is_some() && req.storage.is_none() && !req.one_part {
         out.notes.push(

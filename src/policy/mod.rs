@@ -26,7 +26,7 @@ mod tuning;
 
 pub use app::{exclude_glob, FileSet, GitLocation, GitSource, Runbook};
 use raw::*;
-pub use tuning::{parse_size, RestoreSettings};
+pub use tuning::{parse_size, RestoreSettings, StreamSettings};
 
 /// A validated policy. Secrets (URLs with passwords, keys) are held here in full; print them
 /// only through [`crate::util::mask_url`].
@@ -51,6 +51,8 @@ pub struct Policy {
     pub runbook: Runbook,
     /// `[restore]`: parallel pg_restore and its spool.
     pub restore: RestoreSettings,
+    /// `[stream]`: continuous protection through a logical replication slot.
+    pub stream: Option<StreamSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -620,6 +622,15 @@ impl Validator<'_> {
         let git = self.git(raw.git);
         let runbook = self.runbook(raw.runbook);
         let restore = self.restore_settings(raw.restore);
+        let stream_span = raw.stream.as_ref().map(|s| s.slot.span());
+        let stream = self.stream_settings(raw.stream);
+        if let (Some(span), None) = (stream_span, &database) {
+            self.problem(
+                span,
+                "stream",
+                "[stream] follows the database's changes: the policy needs [database]",
+            );
+        }
         Policy {
             name,
             path: path.to_path_buf(),
@@ -636,6 +647,7 @@ impl Validator<'_> {
             git,
             runbook,
             restore,
+            stream,
         }
     }
 

@@ -26,6 +26,17 @@ pub(super) struct RawPolicy {
     pub(super) git: Vec<RawGit>,
     pub(super) runbook: Option<RawRunbook>,
     pub(super) restore: Option<RawRestore>,
+    pub(super) stream: Option<RawStream>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStream {
+    pub(super) slot: S,
+    pub(super) publication: S,
+    pub(super) seal_every: Option<S>,
+    pub(super) max_slot_lag: Option<S>,
+    pub(super) drop_slot_at: Option<S>,
 }
 
 #[derive(Deserialize)]

@@ -71,7 +71,77 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     Ok((n * scale) as u64)
 }
 
+/// `[stream]`: the change stream (see [`crate::ops::stream`]).
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// The logical replication slot (pgoutput) the stream follows.
+    pub slot: String,
+    /// The publication of the tables the stream protects.
+    pub publication: String,
+    /// While changes flow, a segment is sealed at least this often.
+    pub seal_every: std::time::Duration,
+    /// WAL the slot may hold on the primary before a `stream_lag` alert.
+    pub max_slot_lag: u64,
+    /// WAL held past which the slot is dropped to protect the primary (`slot_dropped`).
+    pub drop_slot_at: u64,
+}
+
 impl Validator<'_> {
+    pub(super) fn stream_settings(
+        &mut self,
+        raw: Option<super::raw::RawStream>,
+    ) -> Option<StreamSettings> {
+        let r = raw?;
+        let name = |v: &mut Self, s: &super::raw::S, key: &str| {
+            let n = v.expand(s, key);
+            let valid = !n.is_empty()
+                && n.len() <= 63
+                && n.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !valid {
+                v.problem(
+                    s.span(),
+                    key,
+                    format!("`{n}` is not a slot or publication name: lower-case letters, digits and `_`, at most 63"),
+                );
+            }
+            n
+        };
+        let slot = name(self, &r.slot, "stream.slot");
+        let publication = name(self, &r.publication, "stream.publication");
+        let seal_every = self.duration(&r.seal_every, "stream.seal_every", 60);
+        if seal_every.is_zero() {
+            if let Some(s) = &r.seal_every {
+                self.problem(s.span(), "stream.seal_every", "must be at least 1s");
+            }
+        }
+        let size = |v: &mut Self, s: &Option<super::raw::S>, key: &str, default: u64| match s {
+            None => default,
+            Some(s) => parse_size(s.get_ref()).unwrap_or_else(|e| {
+                v.problem(s.span(), key, e);
+                default
+            }),
+        };
+        let max_slot_lag = size(self, &r.max_slot_lag, "stream.max_slot_lag", 2 << 30);
+        let drop_slot_at = size(self, &r.drop_slot_at, "stream.drop_slot_at", 16 << 30);
+        if drop_slot_at <= max_slot_lag {
+            if let Some(s) = r.drop_slot_at.as_ref().or(r.max_slot_lag.as_ref()) {
+                self.problem(
+                    s.span(),
+                    "stream.drop_slot_at",
+                    "must be larger than max_slot_lag (the alert comes first, the drop later)",
+                );
+            }
+        }
+        Some(StreamSettings {
+            slot,
+            publication,
+            seal_every: seal_every.max(std::time::Duration::from_secs(1)),
+            max_slot_lag,
+            drop_slot_at,
+        })
+    }
+
     pub(super) fn restore_settings(&mut self, raw: Option<RawRestore>) -> RestoreSettings {
         let Some(r) = raw else {
             return RestoreSettings::default();

@@ -71,6 +71,16 @@ pub struct Meta {
     pub files: Option<MetaFiles>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git: Option<MetaGit>,
+    /// The WAL position the dump's snapshot was taken at (`16/B374D848`): where the change
+    /// stream joins it. Absent without a database, and in older snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_lsn: Option<String>,
+    /// The dump's snapshot as `txid_current_snapshot()` gives it (`xmin:xmax:xip,...`): a
+    /// streamed transaction is in the dump exactly when this snapshot sees it, so a replay
+    /// applies each transaction once, neither lost nor twice, whatever the commit order
+    /// around the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_xids: Option<String>,
 }
 
 /// Counts of a snapshot's `[[files]]` sets (plaintext, like the rest of meta.json: no names).
@@ -126,7 +136,7 @@ pub struct MetaStorage {
     pub bytes_plain: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct MetaEncryption {
     pub scheme: String,
     pub recipients: Vec<String>,

@@ -11,6 +11,7 @@ pub mod index;
 pub mod lock;
 pub mod reader;
 pub mod runs;
+pub mod streams;
 pub mod writer;
 
 use crate::error::{Error, Kind, Result};
@@ -245,6 +246,16 @@ impl Repo {
         list_metas(self.store.as_ref(), &self.snapshot_prefix(), blobs).await
     }
 
+    /// The first sound snapshot consistent after `meta`, if any.
+    pub async fn next_after(&self, meta: &Meta) -> Result<Option<Meta>> {
+        Ok(self
+            .listing()
+            .await?
+            .snapshots
+            .into_iter()
+            .find(|m| m.consistent_at > meta.consistent_at))
+    }
+
     pub async fn find(&self, selector: &Selector) -> Result<Meta> {
         let unusable = |d: &DamagedMeta| {
             Error::failed(format!(
@@ -334,10 +345,19 @@ impl Repo {
             .map_err(|e| Error::failed(format!("encoding meta.json: {e}")))?;
         let key = self.meta_key(&meta.id);
         let size = body.len() as u64;
-        if let Err(e) = self.put_once(&key, body.clone()).await {
-            self.confirm_commit(&key, &body, &meta.id, e).await?;
-        }
+        self.commit_object(&key, body, &format!("snapshot {}", meta.id))
+            .await?;
         Ok((meta, size))
+    }
+
+    /// Writes the object whose presence commits something (a snapshot's meta.json, a
+    /// segment's json): created once, and read back when its write cannot be confirmed (see
+    /// [`Repo::confirm_commit`]). `what` names what it commits, for the errors.
+    pub async fn commit_object(&self, key: &str, body: Vec<u8>, what: &str) -> Result<()> {
+        if let Err(e) = self.put_once(key, body.clone()).await {
+            self.confirm_commit(key, &body, what, e).await?;
+        }
+        Ok(())
     }
 
     /// After a meta.json write that was not confirmed (its answers lost, the store gone right
@@ -346,7 +366,7 @@ impl Repo {
     /// succeeded; absent, the write is made again; still unreadable at the end, the error says
     /// "commit not confirmed" and names the snapshot, which the next listing shows either
     /// committed or not. The record and the repository never disagree silently.
-    async fn confirm_commit(&self, key: &str, body: &[u8], id: &str, first: Error) -> Result<()> {
+    async fn confirm_commit(&self, key: &str, body: &[u8], what: &str, first: Error) -> Result<()> {
         if first.kind == Kind::Input {
             return Err(first); // refused credentials: nothing was written
         }
@@ -377,7 +397,7 @@ impl Repo {
             }
             if tokio::time::Instant::now() + wait > deadline {
                 return Err(Error::failed(format!(
-                    "commit not confirmed: snapshot {id} was written, but {key} could not be read back from {} within {}s ({last}); it is committed if `backstop snapshots` lists it",
+                    "commit not confirmed: {what} was written, but {key} could not be read back from {} within {}s ({last}); it is committed if `backstop snapshots` lists it",
                     self.store.describe(),
                     COMMIT_CONFIRM.as_secs()
                 )));

@@ -66,6 +66,8 @@ fn meta(at: DateTime<Utc>) -> Meta {
         }),
         files: None,
         git: None,
+        consistent_lsn: None,
+        snapshot_xids: None,
     }
 }
 

@@ -106,6 +106,10 @@ pub struct Session {
     conn: PgConnection,
     pub snapshot: String,
     pub consistent_at: DateTime<Utc>,
+    /// The WAL position at the snapshot (`pg_current_wal_lsn()`).
+    pub consistent_lsn: String,
+    /// `txid_current_snapshot()` of the snapshot: which transactions it sees.
+    pub snapshot_xids: String,
     pub server_version: String,
     pub server_version_num: i32,
     pub database: String,
@@ -136,7 +140,9 @@ impl Session {
         let row = sqlx::query(
             "select pg_export_snapshot(), (extract(epoch from now()) * 1000000)::int8, \
              current_setting('server_version'), current_setting('server_version_num')::int4, \
-             current_database()::text, current_user::text, current_setting('bytea_output'), current_setting('lc_monetary')",
+             current_database()::text, current_user::text, current_setting('bytea_output'), current_setting('lc_monetary'), \
+             (case when pg_is_in_recovery() then pg_last_wal_replay_lsn() else pg_current_wal_lsn() end)::text, \
+             txid_current_snapshot()::text",
         )
         .fetch_one(&mut conn)
         .await
@@ -155,6 +161,8 @@ impl Session {
             user: column(&row, 5, &at(5, "current_user"))?,
             bytea_output: column(&row, 6, &at(6, "bytea_output"))?,
             lc_monetary: column(&row, 7, &at(7, "lc_monetary"))?,
+            consistent_lsn: column(&row, 8, &at(8, "pg_current_wal_lsn()"))?,
+            snapshot_xids: column(&row, 9, &at(9, "txid_current_snapshot()"))?,
             conn,
         })
     }

@@ -64,10 +64,26 @@ impl Env {
         env
     }
 
+    /// [`Env::new`] with a source cluster that has `wal_level = logical`, for the change
+    /// stream.
+    pub fn logical(repo_spec: RepoSpec) -> Env {
+        let env = Self::uninitialized_with(repo_spec, Cluster::start_logical);
+        env.backstop()
+            .args(["init", "--policy"])
+            .arg(&env.policy)
+            .assert()
+            .success();
+        env
+    }
+
     /// Everything but `backstop init`.
     pub fn uninitialized(repo_spec: RepoSpec) -> Env {
+        Self::uninitialized_with(repo_spec, Cluster::start)
+    }
+
+    fn uninitialized_with(repo_spec: RepoSpec, source: fn() -> Cluster) -> Env {
         let (source, scratch) = std::thread::scope(|s| {
-            let a = s.spawn(Cluster::start);
+            let a = s.spawn(source);
             let b = s.spawn(Cluster::start);
             (a.join().unwrap(), b.join().unwrap())
         });

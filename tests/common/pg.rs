@@ -152,6 +152,15 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start() -> Cluster {
+        Self::start_with("")
+    }
+
+    /// A cluster for logical replication (`wal_level = logical`), as a change stream needs.
+    pub fn start_logical() -> Cluster {
+        Self::start_with("-c wal_level=logical -c max_replication_slots=8 -c max_wal_senders=8")
+    }
+
+    pub fn start_with(options: &str) -> Cluster {
         let template = template();
         let dir = tempfile::Builder::new()
             .prefix("pg-")
@@ -174,7 +183,7 @@ impl Cluster {
             .args(["-w", "-t", "60", "-l"])
             .arg(dir.path().join("log"));
         c.arg("-o")
-            .arg(format!("-p {port} -k {}", dir.path().display()));
+            .arg(format!("-p {port} -k {} {options}", dir.path().display()));
         c.arg("start");
         let cluster = Cluster {
             port,
