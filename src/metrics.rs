@@ -223,6 +223,45 @@ pub fn render(policies: &[PolicyMetrics], now: DateTime<Utc>) -> String {
     out
 }
 
+/// The change streams the daemon follows: the newest sealed commit, the WAL the slot holds,
+/// and the segments sealed (`backstop_stream_*{policy}`).
+pub fn render_streams<'a>(
+    streams: impl Iterator<Item = (&'a str, Option<DateTime<Utc>>, Option<i64>, u64)> + Clone,
+) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(&str, f64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (policy, v) in samples {
+            let _ = writeln!(out, "{name}{{policy=\"{}\"}} {v}", escape(policy));
+        }
+    };
+    family(
+        "backstop_stream_last_commit_timestamp_seconds",
+        "gauge",
+        "Commit time of the newest transaction the change stream sealed (Unix time).",
+        streams
+            .clone()
+            .filter_map(|(p, t, _, _)| t.map(|t| (p, t.timestamp_millis() as f64 / 1000.0)))
+            .collect(),
+    );
+    family(
+        "backstop_stream_lag_bytes",
+        "gauge",
+        "WAL the stream's slot holds on the primary.",
+        streams
+            .clone()
+            .filter_map(|(p, _, l, _)| l.map(|l| (p, l as f64)))
+            .collect(),
+    );
+    family(
+        "backstop_stream_segments_total",
+        "counter",
+        "Segments this daemon's stream sealed.",
+        streams.map(|(p, _, _, n)| (p, n as f64)).collect(),
+    );
+    out
+}
+
 /// The daemon's policy files that did not load (skipped at start, or kept at their previous
 /// version after a reload): `backstop_policy_load_errors{file} 1` each.
 pub fn render_load_errors<'a>(files: impl Iterator<Item = &'a str>) -> String {

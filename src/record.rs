@@ -440,6 +440,8 @@ pub struct PruneRecord {
     pub duration_s: f64,
     pub snapshots_kept: Vec<KeptSnapshot>,
     pub snapshots_removed: Vec<String>,
+    /// Change-stream segments removed (they end before every kept snapshot).
+    pub segments_removed: Vec<String>,
     /// What the plan found unreferenced (a dry run's "would free").
     pub blobs_unreferenced: u64,
     pub bytes_unreferenced: u64,
@@ -473,6 +475,7 @@ impl From<&crate::ops::prune::Outcome> for PruneRecord {
                 })
                 .collect(),
             snapshots_removed: o.removed.clone(),
+            segments_removed: o.segments_removed.clone(),
             blobs_unreferenced: o.blobs_unreferenced,
             bytes_unreferenced: o.bytes_unreferenced,
             blobs_deleted: o.blobs_deleted,

@@ -64,16 +64,42 @@ fn finish_workload(child: Child) {
 }
 
 fn start_stream(env: &Env) -> Child {
-    Command::new(assert_cmd::cargo::cargo_bin("backstop"))
-        .current_dir(env.dir.path())
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(env.dir.path().join("stream.log"))
+        .unwrap();
+    let mut c = Command::new(assert_cmd::cargo::cargo_bin("backstop"));
+    c.current_dir(env.dir.path())
         .env("SOURCE_DB_URL", env.source.url(FIXTURE_DB))
         .env("BACKSTOP_CACHE_DIR", env.dir.path().join("cache"))
+        .env("S3_KEY_ID", common::s3::KEY_ID)
+        .env("S3_SECRET", common::s3::SECRET)
         .args(["stream", "--policy"])
         .arg(&env.policy)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+        .stderr(log);
+    if let RepoSpec::S3 { endpoint, .. } = &env.repo_spec {
+        c.env("S3_ENDPOINT", endpoint);
+    }
+    c.spawn().unwrap()
+}
+
+fn stream_log(env: &Env) -> String {
+    std::fs::read_to_string(env.dir.path().join("stream.log")).unwrap_or_default()
+}
+
+/// Which tables differ between two fingerprints.
+fn differ(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Vec<String> {
+    a.iter()
+        .filter(|(k, v)| b.get(*k) != Some(v))
+        .map(|(k, v)| format!("{k}: {v} vs {:?}", b.get(k)))
+        .chain(
+            b.keys()
+                .filter(|k| !a.contains_key(*k))
+                .map(|k| format!("{k} only in one")),
+        )
+        .collect()
 }
 
 /// The source's tables (the unprotected one aside) and the ledger's sequence, at a moment the
@@ -89,18 +115,13 @@ fn fingerprint(env: &Env) -> (BTreeMap<String, String>, i64) {
     (t, max)
 }
 
-fn segments(env: &Env) -> Vec<Value> {
-    common::files_under(&env.repo.join("streams/test"))
-        .iter()
-        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
-        .collect()
-}
-
 /// Waits until the stream has sealed every transaction committed so far.
 fn wait_sealed(env: &Env) {
+    // The insert position: with synchronous_commit off (the test clusters), a commit may
+    // still be in the WAL buffers, past the write position.
     let target = env
         .source
-        .psql(FIXTURE_DB, "select pg_current_wal_lsn()::text");
+        .psql(FIXTURE_DB, "select pg_current_wal_insert_lsn()::text");
     let lsn = |t: &str| {
         let (a, b) = t.split_once('/').unwrap();
         (u64::from_str_radix(a, 16).unwrap() << 32) | u64::from_str_radix(b, 16).unwrap()
@@ -117,15 +138,35 @@ fn wait_sealed(env: &Env) {
         }
         assert!(
             Instant::now() < deadline,
-            "the stream did not seal up to {target} (confirmed {confirmed})"
+            "the stream did not seal up to {target} (confirmed {confirmed}): {}",
+            stream_log(env)
         );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
 fn restore_to(env: &Env, db: &str, before: &str) -> (BTreeMap<String, String>, i64, Value) {
-    let (code, rec, stderr) =
-        env.restore_json(&env.scratch.url(db), &["--before", before, "--only", "db"]);
+    let out = env
+        .backstop()
+        .env("RUST_LOG", "backstop=debug")
+        .args([
+            "restore", "--json", "--before", before, "--only", "db", "--policy",
+        ])
+        .arg(&env.policy)
+        .args(["--db-url", &env.scratch.url(db)])
+        .output()
+        .unwrap();
+    let (code, stderr) = (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
+    let mut rec: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    rec["debug_log"] = stderr
+        .lines()
+        .filter(|l| l.contains("transaction"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .into();
     assert_eq!(code, 0, "restore --before {before}: {stderr}\n{rec}");
     let mut t = table_contents(&env.scratch, db);
     t.remove("public.audit_nopk");
@@ -147,7 +188,22 @@ fn sigkill(child: &mut Child) {
 
 #[test]
 fn a_restore_to_any_moment_between_snapshots_equals_the_source_then() {
-    let env = Env::logical(RepoSpec::Local);
+    moments_round_trip(Env::logical(RepoSpec::Local));
+}
+
+#[test]
+fn the_same_with_an_s3_repository() {
+    let moto = common::s3::Moto::start();
+    moto.create_bucket("backups", false);
+    moments_round_trip(Env::logical(RepoSpec::S3 {
+        endpoint: moto.endpoint(),
+        bucket: "backups".into(),
+        prefix: "prod".into(),
+        object_lock_days: None,
+    }));
+}
+
+fn moments_round_trip(env: Env) {
     env.source.psql(FIXTURE_DB, APP);
     env.write_policy(&env.policy, STREAM);
     let (code, out, stderr) = common::run_json(
@@ -232,6 +288,217 @@ fn a_restore_to_any_moment_between_snapshots_equals_the_source_then() {
     assert_eq!(status["kind"], "stream");
     assert!(status["segments"].as_u64().unwrap() >= 3, "{status}");
     assert!(status["last_commit_at"].is_string(), "{status}");
-    assert!(!segments(&env).is_empty());
     sigkill(&mut stream);
+    // Prune keeps what the stream needs, check proves the segments.
+    let (code, _, stderr) =
+        common::run(env.backstop().args(["prune", "--policy"]).arg(&env.policy));
+    assert_eq!(code, 0, "{stderr}");
+    let (code, rec, stderr) = common::run_json(
+        env.backstop()
+            .args(["check", "--read-data", "--json", "--policy"])
+            .arg(&env.policy),
+    );
+    assert_eq!(code, 0, "{stderr}\n{rec}");
+    let (r4, _, _) = restore_to(&env, "after_prune", "now");
+    assert!(r4 == t3, "after prune, restore --before now differs");
+}
+
+#[test]
+fn a_schema_change_is_exact_before_it_and_refused_after_it() {
+    let env = Env::logical(RepoSpec::Local);
+    env.source.psql(FIXTURE_DB, APP);
+    env.write_policy(&env.policy, STREAM);
+    let (code, _, stderr) = common::run(
+        env.backstop()
+            .args(["stream", "--setup", "--policy"])
+            .arg(&env.policy),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let mut stream = start_stream(&env);
+    env.backup_json();
+    env.source.psql(
+        FIXTURE_DB,
+        "insert into public.ledger (account, amount) select g, g from generate_series(1, 50) g",
+    );
+    wait_sealed(&env);
+    let (before, _) = fingerprint(&env);
+    let at = chrono::Utc::now().to_rfc3339();
+    std::thread::sleep(Duration::from_millis(1100));
+    env.source.psql(
+        FIXTURE_DB,
+        "alter table public.ledger add column currency text default 'KRW'; \
+         insert into public.ledger (account, amount, currency) values (1, 1, 'EUR')",
+    );
+    wait_sealed(&env);
+    let (r, _, _) = restore_to(&env, "before_ddl", &at);
+    assert!(r == before, "a restore before the schema change differs");
+    let (code, rec, stderr) = env.restore_json(
+        &env.scratch.url("after_ddl"),
+        &["--before", "now", "--only", "db"],
+    );
+    assert_eq!(
+        code, 2,
+        "a restore after the schema change was not refused: {rec}"
+    );
+    assert!(
+        stderr.contains("public.ledger")
+            && stderr.contains("changed shape")
+            && stderr.contains("nearest exact"),
+        "{stderr}"
+    );
+    // A backup after the change is a new exact base.
+    env.backup_json();
+    env.source.psql(
+        FIXTURE_DB,
+        "insert into public.ledger (account, amount) values (2, 2)",
+    );
+    wait_sealed(&env);
+    let (now, _) = fingerprint(&env);
+    let (r, _, rec) = restore_to(&env, "after_new_base", "now");
+    let segs: Vec<String> = common::files_under(&env.repo.join("streams/test"))
+        .iter()
+        .map(|p| {
+            let v: Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+            format!(
+                "{} prev={} txns={} {}..{}",
+                v["id"],
+                v["previous_lsn"],
+                v["transactions"],
+                v["first_commit_at"],
+                v["last_commit_at"]
+            )
+        })
+        .collect();
+    assert!(
+        r == now,
+        "a restore after the new base differs: {:?}\n{} {}\n{segs:#?}\n{:?}\n{}",
+        differ(&r, &now),
+        rec["stream"],
+        rec["debug_log"],
+        env.meta_files()
+            .iter()
+            .map(|m| {
+                let v: Value = serde_json::from_slice(&std::fs::read(m).unwrap()).unwrap();
+                format!(
+                    "{} {} {} {}",
+                    v["id"], v["consistent_at"], v["consistent_lsn"], v["snapshot_xids"]
+                )
+            })
+            .collect::<Vec<_>>(),
+        stream_log(&env)
+    );
+    sigkill(&mut stream);
+}
+
+#[test]
+fn killed_at_spread_points_the_stream_loses_and_repeats_nothing() {
+    let env = Env::logical(RepoSpec::Local);
+    env.source.psql(FIXTURE_DB, APP);
+    env.write_policy(
+        &env.policy,
+        &STREAM.replace("seal_every = \"2s\"", "seal_every = \"1s\""),
+    );
+    let (code, _, stderr) = common::run(
+        env.backstop()
+            .args(["stream", "--setup", "--policy"])
+            .arg(&env.policy),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    env.backup_json();
+    let work = start_workload(&env, 40);
+    for i in 0..20u64 {
+        let mut stream = start_stream(&env);
+        // Spread over a seal's whole cycle: reading, sealing, writing the json, confirming.
+        std::thread::sleep(Duration::from_millis(300 + (i * 149) % 1700));
+        sigkill(&mut stream);
+    }
+    finish_workload(work);
+    let mut stream = start_stream(&env);
+    wait_sealed(&env);
+    sigkill(&mut stream);
+    let (source, max) = fingerprint(&env);
+    let (restored, seq, rec) = restore_to(&env, "after_kills", "now");
+    assert!(
+        restored == source,
+        "after 20 kills the restore differs from the source"
+    );
+    assert!(seq >= max);
+    assert!(rec["stream"]["segments"].as_u64().unwrap() > 1, "{rec}");
+}
+
+#[test]
+fn a_slot_that_holds_too_much_wal_raises_lag_then_is_dropped_and_the_primary_keeps_working() {
+    let env = Env::logical(RepoSpec::Local);
+    let hooks = common::hooks::Receiver::start();
+    env.source.psql(FIXTURE_DB, APP);
+    env.write_policy(
+        &env.policy,
+        &format!(
+            "{STREAM}max_slot_lag = \"1MiB\"\ndrop_slot_at = \"48MiB\"\n\n[notify]\nwebhook = \"{}\"\nwebhook_format = \"json\"\n",
+            hooks.url("/hook")
+        ),
+    );
+    let (code, _, stderr) = common::run(
+        env.backstop()
+            .args(["stream", "--setup", "--policy"])
+            .arg(&env.policy),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let bulk = |rows: u32| {
+        env.source.psql(
+            FIXTURE_DB,
+            &format!("insert into public.ledger (account, amount, big) select g % 200 + 1, 1, repeat(md5(g::text), 6) from generate_series(1, {rows}) g"),
+        )
+    };
+    // The stream is stopped while the application writes: past max_slot_lag.
+    bulk(20_000);
+    let mut stream = start_stream(&env);
+    let events = || {
+        hooks
+            .hits()
+            .iter()
+            .filter(|h| h.path == "/hook")
+            .map(|h| {
+                serde_json::from_str::<Value>(&h.body).unwrap()["event"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !events().iter().any(|e| e == "stream_lag") {
+        assert!(Instant::now() < deadline, "no stream_lag alert");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    sigkill(&mut stream);
+    // Stopped again, far past drop_slot_at.
+    bulk(400_000);
+    let out = Command::new(assert_cmd::cargo::cargo_bin("backstop"))
+        .current_dir(env.dir.path())
+        .env("SOURCE_DB_URL", env.source.url(FIXTURE_DB))
+        .args(["stream", "--policy"])
+        .arg(&env.policy)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("dropped to protect the primary"),
+        "{stderr}"
+    );
+    let seen = events();
+    let lag = seen.iter().position(|e| e == "stream_lag").unwrap();
+    let dropped = seen.iter().position(|e| e == "slot_dropped");
+    assert!(dropped.is_some_and(|d| d > lag), "{seen:?}");
+    assert_eq!(
+        env.source
+            .psql("postgres", "select count(*) from pg_replication_slots"),
+        "0"
+    );
+    // The primary keeps working, updates and deletes of published tables included.
+    env.source.psql(
+        FIXTURE_DB,
+        "update public.accounts set balance = 1 where id = 1; delete from public.ledger where id = 1",
+    );
 }

@@ -101,6 +101,12 @@ async fn answer(
                 .cloned()
                 .collect();
             let mut text = crate::metrics::render(&metrics, chrono::Utc::now());
+            let streams = crate::util::lock(&shared.streams).clone();
+            text.push_str(&crate::metrics::render_streams(
+                streams
+                    .iter()
+                    .map(|(p, s)| (p.as_str(), s.last_commit, s.lag_bytes, s.segments)),
+            ));
             let errors = crate::util::lock(&shared.load_errors).clone();
             text.push_str(&crate::metrics::render_load_errors(
                 errors.keys().map(String::as_str),

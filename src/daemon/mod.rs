@@ -23,6 +23,7 @@
 //!   stdout; everything else goes to stderr as usual.
 
 mod http;
+mod streams;
 
 use crate::error::{Error, Result};
 use crate::jobs;
@@ -58,6 +59,16 @@ pub struct Shared {
     pub last_ok: Mutex<HashMap<(String, Job), bool>>,
     /// Policy files that did not load at the last (re)load, with their errors.
     pub load_errors: Mutex<BTreeMap<String, String>>,
+    /// Each policy's change stream as this daemon follows it.
+    pub streams: Mutex<BTreeMap<String, StreamState>>,
+}
+
+/// What the daemon knows of a policy's change stream, for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct StreamState {
+    pub last_commit: Option<DateTime<Utc>>,
+    pub segments: u64,
+    pub lag_bytes: Option<i64>,
 }
 
 const JOBS: [Job; 4] = [Job::Backup, Job::Verify, Job::Prune, Job::Check];
@@ -326,6 +337,11 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|e| Error::failed(format!("SIGINT handler: {e}")))?;
     let mut next_rpo_check = tokio::time::Instant::now();
+    let mut followers = streams::Streams::default();
+    followers.reconcile(
+        &policies.values().cloned().collect::<Vec<_>>(),
+        shared.clone(),
+    );
     tracing::info!("daemon started with {} policies", policies.len());
     loop {
         let now = Utc::now();
@@ -446,12 +462,17 @@ pub async fn run(opts: Options) -> Result<()> {
                     }
                 }
                 *crate::util::lock(&shared.policies) = policies.values().cloned().collect();
+                let list: Vec<Arc<Policy>> = policies.values().cloned().collect();
+                tokio::task::block_in_place(|| followers.reconcile(&list, shared.clone()));
                 tracing::info!("reloaded: {} policies", policies.len());
             }
             _ = term.recv() => { break; }
             _ = int.recv() => { break; }
         }
     }
+    // The streams stop at once: each commits nothing after its stop, and the slot keeps
+    // whatever was not sealed for the next start.
+    tokio::task::block_in_place(|| followers.stop_all());
     tracing::info!(
         "stopping: no new jobs; {} running get {} to finish",
         running.len(),

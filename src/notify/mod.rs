@@ -236,7 +236,7 @@ pub async fn stream_event(policy: &Policy, event: &crate::ops::stream::Event) {
     use crate::ops::stream::Event;
     let human = crate::util::human_bytes;
     let (name, text) = match event {
-        Event::Sealed(_) => return,
+        Event::Sealed(_) | Event::Held { .. } => return,
         Event::SchemaChanged(c) => {
             tracing::warn!(
                 "stream of policy {}: table {} changed shape at {}: restores after it are refused until the next snapshot; take a backup",

@@ -248,6 +248,10 @@ async fn backup(
     let mut stream_join = None;
     if let Some(db) = policy.database.as_ref().filter(|_| want_db) {
         let url = DbUrl::parse(db.url.expose_secret())?;
+        if let Some(note) = super::stream::ensure_slot_before_backup(policy).await {
+            tracing::warn!("{note}");
+            out.warnings.push(note);
+        }
         let dumped = ctx.cancel.run(dump_database(
             &url,
             &db.exclude_schemas,

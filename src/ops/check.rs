@@ -348,7 +348,66 @@ async fn check(repo: &Repo, req: &Request, ctx: &Ctx, rec: &mut Outcome) -> Resu
             }
         }
     }
+    damaged.extend(check_segments(repo, &stored, read_data, rec).await?);
     damaged.sort_by(|a, b| a.blob.cmp(&b.blob));
     rec.damaged = damaged;
     Ok(())
+}
+
+/// The policy's change-stream segments: every blob present with its recorded size (and, with
+/// `read_data`, its SHA-256), and the chain without a hole: each segment begins where the one
+/// before it ended. A hole (a dropped slot) is damage of the segment after it.
+async fn check_segments(
+    repo: &Repo,
+    stored: &HashMap<String, u64>,
+    read_data: bool,
+    rec: &mut Outcome,
+) -> Result<Vec<Damaged>> {
+    let segments = crate::repo::streams::list(repo.store.as_ref(), &repo.policy).await?;
+    let mut out = Vec::new();
+    let name = |s: &crate::repo::streams::Segment| vec![format!("segment {}", s.id)];
+    for pair in segments.windows(2) {
+        if pair[1].previous_lsn.as_deref() != Some(pair[0].last_lsn.as_str()) {
+            out.push(Damaged {
+                blob: crate::repo::streams::key(&repo.policy, &pair[1].id),
+                problem: format!(
+                    "the change stream has a hole: segment {} ends at {}, the next begins after {} (was the slot dropped?)",
+                    pair[0].id,
+                    pair[0].last_lsn,
+                    pair[1].previous_lsn.as_deref().unwrap_or("an unknown point")
+                ),
+                snapshots: name(&pair[1]),
+            });
+        }
+    }
+    for seg in &segments {
+        rec.blobs_checked += seg.blobs.len() as u64;
+        for b in &seg.blobs {
+            let problem = match stored.get(&b.id) {
+                None => Some(format!("missing ({})", blob_key(&b.id))),
+                Some(size) if *size != b.size => Some(format!(
+                    "{size} bytes stored, the segment records {}",
+                    b.size
+                )),
+                Some(_) if read_data => match repo.store.get_opt(&blob_key(&b.id)).await? {
+                    None => Some("missing".into()),
+                    Some(bytes) => {
+                        rec.bytes_read += bytes.len() as u64;
+                        (sha256_hex(&bytes) != b.sha256).then(|| {
+                            "its stored bytes' SHA-256 differs from the segment's record".into()
+                        })
+                    }
+                },
+                Some(_) => None,
+            };
+            if let Some(problem) = problem {
+                out.push(Damaged {
+                    blob: b.id.clone(),
+                    problem,
+                    snapshots: name(seg),
+                });
+            }
+        }
+    }
+    Ok(out)
 }

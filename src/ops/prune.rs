@@ -44,6 +44,8 @@ pub struct Outcome {
     pub kept: Vec<(String, Vec<String>)>,
     /// Snapshots the plan removes, newest first.
     pub removed: Vec<String>,
+    /// Change-stream segments removed: they end before every kept snapshot.
+    pub segments_removed: Vec<String>,
     /// Blobs nothing references once the removed snapshots are gone, and their stored bytes.
     pub blobs_unreferenced: u64,
     pub bytes_unreferenced: u64,
@@ -65,6 +67,7 @@ impl Outcome {
             dry_run,
             kept: Vec::new(),
             removed: Vec::new(),
+            segments_removed: Vec::new(),
             blobs_unreferenced: 0,
             bytes_unreferenced: 0,
             blobs_deleted: 0,
@@ -216,6 +219,28 @@ async fn prune(
     let plan = plan(policy, &mine, req, &mut out.notes)?;
     out.kept = plan.keep.clone();
     out.removed = plan.remove.clone();
+    // Change-stream segments: this policy's that end before every kept snapshot's join point
+    // go with the snapshots; every other segment (of any policy) keeps its blobs.
+    let segments = crate::repo::streams::list_all(store.as_ref()).await?;
+    let oldest_kept = mine
+        .iter()
+        .filter(|c| out.kept.iter().any(|(id, _)| id == &c.id))
+        .map(|c| c.consistent_at)
+        .min();
+    let segment_gone = |s: &crate::repo::streams::Segment| {
+        s.policy == policy.name
+            && oldest_kept.is_some_and(|t| s.last_commit_at < t - crate::ops::replay::SCAN_MARGIN)
+    };
+    out.segments_removed = segments
+        .iter()
+        .filter(|s| segment_gone(s))
+        .map(|s| s.id.clone())
+        .collect();
+    let segment_blobs: HashSet<String> = segments
+        .iter()
+        .filter(|s| !segment_gone(s))
+        .flat_map(|s| s.blobs.iter().map(|b| b.id.clone()))
+        .collect();
     let removing: HashSet<&str> = plan.remove.iter().map(|s| s.as_str()).collect();
     let gone =
         |m: &crate::repo::format::Meta| m.policy == policy.name && removing.contains(m.id.as_str());
@@ -226,6 +251,7 @@ async fn prune(
             .iter()
             .filter(|m| alive(m))
             .flat_map(|m| all.blobs.of(m).map(|b| b.id.as_str()))
+            .chain(segment_blobs.iter().map(String::as_str))
             .collect();
         let mut ids: Vec<(String, u64)> = stored
             .iter()
@@ -243,11 +269,19 @@ async fn prune(
         return Ok(());
     }
 
-    // 1. meta.json of each removed snapshot. Before anything is deleted, and before each
-    // batch of blobs, the exclusive lock is read back: under a lost lock a backup may be
-    // reusing the very blobs this sweep would remove.
+    // Before anything is deleted, and before each batch of blobs, the exclusive lock is read
+    // back: under a lost lock a backup may be reusing the very blobs this sweep would remove.
     let run_id = out.times.run_id.clone();
     crate::repo::lock::confirm(store.as_ref(), &run_id).await?;
+    // 0. The json of each segment no kept snapshot needs (the segment is gone at once).
+    let keys: Vec<String> = out
+        .segments_removed
+        .iter()
+        .map(|id| crate::repo::streams::key(&policy.name, id))
+        .collect();
+    let done = store.remove(&keys).await?;
+    out.locked_until.extend(done.locked);
+    // 1. meta.json of each removed snapshot.
     let t = Instant::now();
     let metas: Vec<String> = plan.remove.iter().map(|id| repo.meta_key(id)).collect();
     let done = store.remove(&metas).await?;

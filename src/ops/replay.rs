@@ -36,7 +36,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// How long before a snapshot's time a transaction it does not see may have committed.
-const SCAN_MARGIN: chrono::Duration = chrono::Duration::minutes(10);
+pub const SCAN_MARGIN: chrono::Duration = chrono::Duration::minutes(10);
 
 /// What a replay applied (the restore record's `stream`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -349,6 +349,15 @@ impl State {
                     self.done = true;
                 }
                 self.in_txn = Some(!self.done && !self.visibility.sees(xid));
+                tracing::debug!(
+                    "transaction {xid} committed {}: {}",
+                    commit_time.to_rfc3339(),
+                    match self.in_txn {
+                        Some(true) => "applied",
+                        _ if self.done => "after the chosen time",
+                        _ => "in the base snapshot",
+                    }
+                );
             }
             Message::Commit {
                 end_lsn,

@@ -65,6 +65,10 @@ pub enum Event {
         limit: u64,
     },
     SchemaChanged(SchemaChange),
+    /// The WAL the slot holds, measured before each seal.
+    Held {
+        bytes: i64,
+    },
 }
 
 fn settings(policy: &Policy) -> Result<&StreamSettings> {
@@ -114,6 +118,33 @@ pub async fn setup(policy: &Policy) -> Result<Setup> {
         tables: publication.tables,
         unprotected: publication.unprotected,
     })
+}
+
+/// Before a backup of a policy with `[stream]`: re-creates the slot when it is missing (after
+/// `slot_dropped`), before the dump's snapshot, so that the stream covers everything after
+/// it. A failure is the backup's warning, never its failure.
+pub async fn ensure_slot_before_backup(policy: &Policy) -> Option<String> {
+    let s = policy.stream.as_ref()?;
+    let attempt = async {
+        let mut conn = connect(&db_url(policy)?).await?;
+        if slot::slot_state(&mut conn, &s.slot).await?.is_some() {
+            return Ok(false);
+        }
+        slot::check_server(&mut conn).await?;
+        slot::ensure_publication(&mut conn, &s.publication, &exclude(policy)).await?;
+        slot::ensure_slot(&mut conn, &s.slot).await
+    };
+    match attempt.await {
+        Ok(true) => Some(format!(
+            "slot {} was missing and was created again before the dump: the change stream covers this snapshot onwards",
+            s.slot
+        )),
+        Ok(false) => None,
+        Err(e) => Some(format!(
+            "slot {} could not be checked or created: {}",
+            s.slot, e.message
+        )),
+    }
 }
 
 /// Drops the slot (the publication stays: it costs nothing). True when there was one.
@@ -213,6 +244,7 @@ pub async fn follow(
             ))
         })?;
         let held = state.retained_bytes;
+        let _ = events.send(Event::Held { bytes: held });
         if held > s.drop_slot_at as i64 {
             slot::drop_slot(&mut conn, &s.slot).await?;
             let _ = events.send(Event::SlotDropped {
@@ -247,7 +279,7 @@ pub async fn follow(
         // Where this read starts: the chain's end, or for the first segment the slot's own
         // confirmed position (its creation point), so that a base snapshot taken after it is
         // known to be covered.
-        if chain.end.is_none() {
+        if chain.end.is_none() && chain.start.is_none() {
             chain.start = state.confirmed_lsn.as_deref().and_then(parse_lsn);
         }
         let sealing = seal_once(policy, s, repo, &mut conn, &mut chain, unprotected, &run_id);
@@ -326,6 +358,7 @@ struct Tally {
     tables: BTreeMap<String, TableDelta>,
     names: HashMap<u32, String>,
     schema_changes: Vec<SchemaChange>,
+    rows: u64,
 }
 
 /// Reads what the slot holds past the chain's end, seals it as one segment and confirms the
@@ -357,6 +390,9 @@ async fn seal_once(
     let reader = crate::source::archive::ChannelReader::new(move || rx.blocking_recv());
     let write = writer.write_stream(reader, "the change stream", &|_| {});
     let resume = chain.end;
+    // Everything committed before this position is in what the read below returns (it decodes
+    // up to the flushed WAL), unless the read stops at MAX_CHANGES.
+    let flushed = slot::flush_lsn(conn).await?;
     let mut tally = Tally::default();
     let known = &mut chain.relations;
     let last_before = chain.last_commit_at;
@@ -367,6 +403,7 @@ async fn seal_once(
         let mut txn: Option<(u64, DateTime<Utc>)> = None;
         let mut last_commit = last_before;
         while let Some(change) = rows.try_next().await? {
+            tally.rows += 1;
             let message = pgoutput::decode(&change.data)
                 .map_err(|e| Error::failed(format!("slot {}: {e}", s.slot)))?;
             let keep = match &message {
@@ -480,11 +517,17 @@ async fn seal_once(
     let (written, produced) = tokio::join!(write, produce);
     produced?;
     let (stream, _stats) = written?;
+    // A read that returned everything up to `flushed` lets the slot be confirmed that far,
+    // past WAL with no transaction of the publication (and past transactions in progress,
+    // which the slot still decodes whole when they commit), so that an idle database's slot
+    // holds no WAL.
+    let complete = tally.rows < MAX_CHANGES as u64;
     let Some(end) = tally.end else {
         // Nothing new. Transactions already sealed (a restart after the json was written but
         // before the slot was confirmed) are confirmed now.
-        if let (Some(r), true) = (resume, tally.skipped > 0) {
-            confirm(conn, &s.slot, r).await?;
+        let upto = if complete { Some(flushed) } else { resume };
+        if let Some(upto) = upto.filter(|u| resume.is_none_or(|r| *u >= r)) {
+            confirm(conn, &s.slot, upto).await?;
         }
         return Ok(None);
     };
@@ -522,7 +565,7 @@ async fn seal_once(
     let key = streams::key(&policy.name, &segment.id);
     repo.commit_object(&key, body, &format!("segment {}", segment.id))
         .await?;
-    confirm(conn, &s.slot, end).await?;
+    confirm(conn, &s.slot, if complete { end.max(flushed) } else { end }).await?;
     chain.end = Some(end);
     chain.last_commit_at = Some(segment.last_commit_at);
     tracing::info!(

@@ -90,9 +90,18 @@ pub fn key(policy: &str, id: &str) -> String {
 /// Every segment of `policy`, in WAL order. A json that does not parse is an error naming it:
 /// a segment is evidence and part of a chain.
 pub async fn list(store: &dyn Store, policy: &str) -> Result<Vec<Segment>> {
+    list_under(store, &format!("streams/{policy}/")).await
+}
+
+/// Every segment of every policy in the repository (what prune must keep the blobs of).
+pub async fn list_all(store: &dyn Store) -> Result<Vec<Segment>> {
+    list_under(store, "streams/").await
+}
+
+async fn list_under(store: &dyn Store, prefix: &str) -> Result<Vec<Segment>> {
     use futures::{StreamExt, TryStreamExt};
     let mut keys: Vec<String> = store
-        .list(&format!("streams/{policy}/"))
+        .list(prefix)
         .await?
         .into_iter()
         .map(|e| e.key)

@@ -282,9 +282,9 @@ pub async fn sequences(conn: &mut PgConnection) -> Result<Vec<(String, i64)>> {
         .collect()
 }
 
-/// The server's current WAL position.
-pub async fn current_lsn(conn: &mut PgConnection) -> Result<u64> {
-    let text: String = sqlx::query_scalar("select pg_current_wal_lsn()::text")
+/// The server's WAL position flushed to disk: what logical decoding can read.
+pub async fn flush_lsn(conn: &mut PgConnection) -> Result<u64> {
+    let text: String = sqlx::query_scalar("select pg_current_wal_flush_lsn()::text")
         .fetch_one(&mut *conn)
         .await
         .map_err(|e| db_error("reading the WAL position", e))?;
