@@ -136,7 +136,7 @@ pub async fn ensure_slot_before_backup(policy: &Policy) -> Option<String> {
     };
     match attempt.await {
         Ok(true) => Some(format!(
-            "slot {} was missing and was created again before the dump: the change stream covers this snapshot onwards",
+            "slot {} did not exist (never set up, or dropped) and was created before the dump: the change stream covers this snapshot onwards once `backstop stream` follows it",
             s.slot
         )),
         Ok(false) => None,
