@@ -6,6 +6,9 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = backstop::cli::Cli::parse();
+    if matches!(cli.command, backstop::cli::Command::Daemon(_)) {
+        backstop::daemon::bound_malloc_arenas();
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("backstop=info"));
     tracing_subscriber::fmt()

@@ -278,6 +278,20 @@ pub struct SnapshotEntry {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub git: Option<crate::repo::format::MetaGit>,
     pub bytes_referenced: u64,
+    /// What the change stream covers after this snapshot (until the next one): a restore to
+    /// any moment in it replays the stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamSpan>,
+}
+
+/// The sealed commits of the change stream that follow a snapshot.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StreamSpan {
+    pub segments: u64,
+    pub transactions: u64,
+    pub first_commit_at: Option<DateTime<Utc>>,
+    pub last_commit_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

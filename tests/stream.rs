@@ -288,6 +288,14 @@ fn moments_round_trip(env: Env) {
     assert_eq!(status["kind"], "stream");
     assert!(status["segments"].as_u64().unwrap() >= 3, "{status}");
     assert!(status["last_commit_at"].is_string(), "{status}");
+    let (_, list, _) = common::run_json(
+        env.backstop()
+            .args(["snapshots", "--json", "--policy"])
+            .arg(&env.policy),
+    );
+    let span = &list["snapshots"][0]["stream"];
+    assert!(span["transactions"].as_u64().unwrap() > 0, "{list}");
+    assert!(span["last_commit_at"].is_string(), "{list}");
     sigkill(&mut stream);
     // Prune keeps what the stream needs, check proves the segments.
     let (code, _, stderr) =
