@@ -336,6 +336,11 @@ pub struct VerifyRecord {
     pub names_mapped: Vec<String>,
     pub files_checked: u64,
     pub git_checked: u64,
+    /// The change stream replayed from the snapshot before to this one and compared with this
+    /// one's checksums: `{from, to, transactions, tables_equal}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_checked: Option<crate::ops::verify::stream::StreamChecked>,
+    pub notes: Vec<String>,
     pub missing_extensions: Vec<String>,
     pub expected_failures: Vec<String>,
     pub phases: Vec<Phase>,
@@ -371,6 +376,8 @@ impl From<&verify::Outcome> for VerifyRecord {
             names_mapped: f.names_mapped.clone(),
             files_checked: f.files_checked,
             git_checked: f.git_checked,
+            stream_checked: f.stream_checked.clone(),
+            notes: f.notes.clone(),
             missing_extensions: f.missing_extensions.clone(),
             expected_failures: f.expected_failures.clone(),
             phases: f.phases.clone(),

@@ -73,6 +73,7 @@ fn start_stream(env: &Env) -> Child {
     c.current_dir(env.dir.path())
         .env("SOURCE_DB_URL", env.source.url(FIXTURE_DB))
         .env("BACKSTOP_CACHE_DIR", env.dir.path().join("cache"))
+        .env("SCRATCH_URL", env.scratch.url("postgres"))
         .env("S3_KEY_ID", common::s3::KEY_ID)
         .env("S3_SECRET", common::s3::SECRET)
         .args(["stream", "--policy"])
@@ -509,4 +510,44 @@ fn a_slot_that_holds_too_much_wal_raises_lag_then_is_dropped_and_the_primary_kee
         FIXTURE_DB,
         "update public.accounts set balance = 1 where id = 1; delete from public.ledger where id = 1",
     );
+}
+
+#[test]
+fn verify_replays_the_stream_between_two_snapshots_and_compares() {
+    let env = Env::logical(RepoSpec::Local);
+    env.source.psql(FIXTURE_DB, APP);
+    env.write_policy(
+        &env.policy,
+        &format!("{STREAM}\n[verify]\nscratch_url = \"${{SCRATCH_URL}}\"\n"),
+    );
+    let (code, _, stderr) = common::run(
+        env.backstop()
+            .args(["stream", "--setup", "--policy"])
+            .arg(&env.policy),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let mut stream = start_stream(&env);
+    env.backup_json();
+    let work = start_workload(&env, 8);
+    std::thread::sleep(Duration::from_secs(3));
+    env.source.psql(FIXTURE_DB, "truncate public.audit_nopk");
+    finish_workload(work);
+    wait_sealed(&env);
+    env.backup_json();
+    let (code, rec, stderr) = common::run_json(
+        env.backstop()
+            .args(["verify", "--json", "--policy"])
+            .arg(&env.policy),
+    );
+    assert_eq!(code, 0, "{stderr}\n{rec}");
+    let checked = &rec["stream_checked"];
+    assert_eq!(checked["tables_equal"], true, "{rec}");
+    assert!(checked["transactions"].as_u64().unwrap() > 10, "{rec}");
+    assert!(
+        checked["tables_left_out"]
+            .to_string()
+            .contains("public.audit_nopk"),
+        "{rec}"
+    );
+    sigkill(&mut stream);
 }

@@ -205,12 +205,21 @@ pub struct Reading<'a> {
     pub ahead: usize,
 }
 
+/// Where a replay stops.
+pub enum Until {
+    /// Every transaction committed at or before this time.
+    Time(DateTime<Utc>),
+    /// Exactly the transactions a later snapshot sees (`snapshot_xids`): the database as that
+    /// snapshot was taken, which verify compares with its recorded checksums.
+    Snapshot(Visibility),
+}
+
 /// Applies the planned segments onto `target` (already holding the base snapshot).
 pub async fn replay(
     from: &Reading<'_>,
     base: &Meta,
     segments: &[&Segment],
-    until: DateTime<Utc>,
+    until: Until,
     target: &DbUrl,
 ) -> Result<Replayed> {
     let (repo, opener, dedup_key, ahead) = (from.repo, &from.opener, from.dedup_key, from.ahead);
@@ -235,8 +244,13 @@ pub async fn replay(
     conn.execute("BEGIN")
         .await
         .map_err(|e| sql_error(target, e))?;
+    let (until, upto) = match until {
+        Until::Time(t) => (t, None),
+        Until::Snapshot(v) => (DateTime::<Utc>::MAX_UTC, Some(v)),
+    };
     let mut state = State {
         visibility,
+        upto,
         until,
         relations: HashMap::new(),
         targets: HashMap::new(),
@@ -305,6 +319,8 @@ fn sql_error(target: &DbUrl, e: sqlx::Error) -> Error {
 
 struct State {
     visibility: Visibility,
+    /// With a later snapshot as the end: only the transactions it sees.
+    upto: Option<Visibility>,
     until: DateTime<Utc>,
     relations: HashMap<u32, Relation>,
     targets: HashMap<String, Target>,
@@ -348,7 +364,8 @@ impl State {
                 if commit_time > self.until {
                     self.done = true;
                 }
-                self.in_txn = Some(!self.done && !self.visibility.sees(xid));
+                let wanted = self.upto.as_ref().is_none_or(|u| u.sees(xid));
+                self.in_txn = Some(!self.done && wanted && !self.visibility.sees(xid));
                 tracing::debug!(
                     "transaction {xid} committed {}: {}",
                     commit_time.to_rfc3339(),

@@ -237,7 +237,8 @@ async fn restore(
                 dedup_key: dedup,
                 ahead,
             };
-            let replayed = super::replay::replay(&from, &meta, &chosen, *until, url).await?;
+            let end = super::replay::Until::Time(*until);
+            let replayed = super::replay::replay(&from, &meta, &chosen, end, url).await?;
             tracing::info!(
                 "replayed {} transactions of {} segments, to {}",
                 replayed.transactions,

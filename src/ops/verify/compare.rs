@@ -69,6 +69,10 @@ pub struct Findings {
     pub files_checked: u64,
     /// `[[git]]` bundles verified (`git bundle verify`, refs against the record).
     pub git_checked: u64,
+    /// The change stream replayed from the snapshot before to this one, and compared.
+    pub stream_checked: Option<super::stream::StreamChecked>,
+    /// What the operator should know that is no failure (a span the stream does not cover).
+    pub notes: Vec<String>,
 }
 
 /// What to compare, and where.
@@ -220,7 +224,7 @@ fn judge_errors(
     failed_tables
 }
 
-async fn compare_tables(
+pub(super) async fn compare_tables(
     url: &DbUrl,
     db: &crate::repo::format::DbManifest,
     failed: &HashMap<String, String>,

@@ -12,6 +12,7 @@
 //!   pg_restore's exit; [`crate::objectives::rto_met`] judges it against the policy's RTO.
 
 pub mod compare;
+pub mod stream;
 
 pub use compare::{Findings, QueryCheck, TableCheck};
 
@@ -229,6 +230,25 @@ async fn verify(
                     findings.problems.extend(problems);
                     findings.phases.push(super::Phase::since("files", t));
                 }
+                if let (Some(url), true) = (&req.scratch, manifest.database.is_some()) {
+                    let t = Instant::now();
+                    let proof = stream::prove(
+                        policy,
+                        repo,
+                        &meta,
+                        &manifest,
+                        req.opener.clone(),
+                        url,
+                        &policy.restore,
+                    )
+                    .await?;
+                    if let Some(p) = proof {
+                        findings.problems.extend(p.problems);
+                        findings.notes.extend(p.notes);
+                        findings.stream_checked = p.checked;
+                        findings.phases.push(super::Phase::since("stream", t));
+                    }
+                }
                 if let Some(gm) = &manifest.git {
                     let t = Instant::now();
                     findings
@@ -269,14 +289,14 @@ pub fn scratch_name(snapshot: &str) -> String {
 
 /// The temporary database: dropped by [`Scratch::drop_now`], kept by [`Scratch::keep`], and
 /// dropped in the background if the guard goes away without either (a dropped future).
-struct Scratch {
+pub(super) struct Scratch {
     server: DbUrl,
     name: String,
     armed: bool,
 }
 
 impl Scratch {
-    async fn create(server: &DbUrl, snapshot: &str) -> Result<Scratch> {
+    pub(super) async fn create(server: &DbUrl, snapshot: &str) -> Result<Scratch> {
         let name = scratch_name(snapshot);
         admin(server, &format!("CREATE DATABASE {}", quote_ident(&name))).await?;
         let scratch = Scratch {
@@ -300,7 +320,7 @@ impl Scratch {
         Ok(scratch)
     }
 
-    fn url(&self) -> DbUrl {
+    pub(super) fn url(&self) -> DbUrl {
         self.server.with_database(&self.name)
     }
 
@@ -313,7 +333,7 @@ impl Scratch {
         );
     }
 
-    async fn drop_now(mut self) -> Result<()> {
+    pub(super) async fn drop_now(mut self) -> Result<()> {
         self.armed = false;
         drop_database(&self.server, &self.name).await
     }
