@@ -549,5 +549,38 @@ fn verify_replays_the_stream_between_two_snapshots_and_compares() {
             .contains("public.audit_nopk"),
         "{rec}"
     );
+
+    // The report counts the stream's recovery points, and its own control.
+    let report = || {
+        let (_, r, _) = common::run_json(
+            env.backstop()
+                .args(["report", "--format", "json", "--window", "1d", "--policy"])
+                .arg(&env.policy),
+        );
+        r["policies"][0]["controls"].as_array().unwrap().clone()
+    };
+    let control = |controls: &[Value], id: &str| {
+        controls
+            .iter()
+            .find(|c| c["id"] == id)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let controls = report();
+    let cp = control(&controls, "continuous_protection");
+    assert_eq!(cp["compliant"], true, "{cp}");
+    assert!(cp["evidence"].to_string().contains("covered:"), "{cp}");
+    let age = control(&controls, "last_recovery_point_age");
+    assert!(age["observed"].as_str().unwrap().contains("s old"), "{age}");
+
+    // The stream stopped past twice seal_every while changes flow: a gap, named.
+    sigkill(&mut stream);
+    let work = start_workload(&env, 6);
+    finish_workload(work);
+    let mut stream = start_stream(&env);
+    wait_sealed(&env);
+    let cp = control(&report(), "continuous_protection");
+    assert_eq!(cp["compliant"], false, "{cp}");
+    assert!(cp["evidence"].to_string().contains("gap:"), "{cp}");
     sigkill(&mut stream);
 }

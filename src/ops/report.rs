@@ -24,6 +24,11 @@ pub async fn policy_report(policy: &Policy, window: &Window, now: DateTime<Utc>)
     let listing = list_metas(store, &format!("snapshots/{}/", policy.name), Blobs::Drop).await?;
     let backups: Vec<BackupRecord> = runs::read(store, &policy.name, Job::Backup).await?;
     let verifies: Vec<VerifyRecord> = runs::read(store, &policy.name, Job::Verify).await?;
+    let segments = if policy.stream.is_some() {
+        crate::repo::streams::list(store, &policy.name).await?
+    } else {
+        Vec::new()
+    };
     let mut report = evaluate(&Input {
         policy,
         repo_created: repo.config.created_at,
@@ -31,6 +36,7 @@ pub async fn policy_report(policy: &Policy, window: &Window, now: DateTime<Utc>)
         snapshots: &listing.snapshots,
         backups: &backups,
         verifies: &verifies,
+        segments: &segments,
         window,
         now,
     });

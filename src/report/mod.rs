@@ -95,6 +95,8 @@ pub struct Input<'a> {
     /// Run records of kind backup and verify (any order).
     pub backups: &'a [BackupRecord],
     pub verifies: &'a [VerifyRecord],
+    /// The policy's change-stream segments (empty without `[stream]`).
+    pub segments: &'a [crate::repo::streams::Segment],
     pub window: &'a Window,
     pub now: DateTime<Utc>,
 }
@@ -180,31 +182,61 @@ pub fn evaluate(input: &Input) -> PolicyReport {
         .collect();
     let mut controls = Vec::new();
 
+    // With a stream, every sealed commit after a snapshot is a recovery point too.
+    let sealed: Vec<&crate::repo::streams::Segment> = input
+        .segments
+        .iter()
+        .filter(|s| s.last_commit_at <= w.to)
+        .filter(|s| {
+            snaps
+                .first()
+                .is_some_and(|m| s.last_commit_at >= m.consistent_at)
+        })
+        .collect();
+    let newest_commit = sealed.iter().map(|s| s.last_commit_at).max();
+
     // last_recovery_point_age
     let newest = snaps.last();
-    let age = newest.map(|m| objectives::recovery_point_age(m.consistent_at, w.to));
+    let newest_point = newest.map(|m| m.consistent_at).max(newest_commit);
+    let age = newest_point.map(|t| objectives::recovery_point_age(t, w.to));
+    let mut age_evidence: Vec<String> = newest_commit
+        .filter(|c| newest.is_none_or(|m| *c > m.consistent_at))
+        .map(|c| {
+            vec![format!(
+                "the change stream's newest sealed commit at {}",
+                c.to_rfc3339()
+            )]
+        })
+        .unwrap_or_default();
     controls.push(control(
         "last_recovery_point_age",
         "Newest recovery point is within the RPO",
-        objectives::rpo_met(newest.map(|m| m.consistent_at), w.to, o.rpo),
+        objectives::rpo_met(newest_point, w.to, o.rpo),
         format!("at most {}", format_duration(o.rpo)),
         age.map_or("no recovery point".into(), |a| {
             format!("{} old at {}", format_duration(a), w.to.to_rfc3339())
         }),
-        newest
-            .map(|m| {
-                vec![format!(
+        {
+            age_evidence.extend(newest.map(|m| {
+                format!(
                     "snapshot {} consistent at {}",
                     m.id,
                     m.consistent_at.to_rfc3339()
-                )]
-            })
-            .unwrap_or_default(),
+                )
+            }));
+            age_evidence
+        },
     ));
 
     // max_recovery_point_gap
     let start = w.from.max(input.repo_created);
-    let points: Vec<DateTime<Utc>> = snaps.iter().map(|m| m.consistent_at).collect();
+    let mut points: Vec<DateTime<Utc>> = snaps.iter().map(|m| m.consistent_at).collect();
+    points.extend(
+        sealed
+            .iter()
+            .flat_map(|s| [s.first_commit_at, s.last_commit_at]),
+    );
+    points.sort();
     let all_gaps = if start < w.to {
         objectives::gaps_over(&points, start, w.to, o.rpo)
     } else {
@@ -495,6 +527,10 @@ pub fn evaluate(input: &Input) -> PolicyReport {
         }
     });
 
+    if let Some(c) = continuous_protection(p, &snaps, input.segments, w) {
+        controls.push(c);
+    }
+
     // storage_consistency
     let mismatched: Vec<String> = backups
         .iter()
@@ -577,6 +613,135 @@ pub fn evaluate(input: &Input) -> PolicyReport {
         timeline,
         runs,
     }
+}
+
+/// `continuous_protection` (only with `[stream]`): the change stream joins each snapshot of the
+/// window to the next without a hole in its LSN chain, seals what commits within twice
+/// `seal_every`, and leaves no window uncovered by a schema change. Its evidence lists the spans
+/// the stream covers and the tables it does not protect.
+fn continuous_protection(
+    p: &Policy,
+    snaps: &[&Meta],
+    segments: &[crate::repo::streams::Segment],
+    w: &Window,
+) -> Option<Control> {
+    let s = p.stream.as_ref()?;
+    let seal = chrono::Duration::from_std(s.seal_every).unwrap_or(chrono::Duration::MAX);
+    let in_win: Vec<&crate::repo::streams::Segment> = segments
+        .iter()
+        .filter(|g| g.last_commit_at >= w.from && g.first_commit_at <= w.to)
+        .collect();
+    let mut problems = Vec::new();
+    for pair in in_win.windows(2) {
+        if pair[1].previous_lsn.as_deref() != Some(pair[0].last_lsn.as_str()) {
+            problems.push(format!(
+                "hole in the stream after {} (segment {} ends at {}, the next begins after {}): the slot was dropped or recreated",
+                pair[0].last_commit_at.to_rfc3339(),
+                pair[0].id,
+                pair[0].last_lsn,
+                pair[1].previous_lsn.as_deref().unwrap_or("an unknown point")
+            ));
+        }
+    }
+    for g in &in_win {
+        let waited = g.sealed_at - g.first_commit_at;
+        if waited > seal * 2 {
+            problems.push(format!(
+                "gap: changes committed at {} were sealed only at {} ({}, over twice seal_every {})",
+                g.first_commit_at.to_rfc3339(),
+                g.sealed_at.to_rfc3339(),
+                format_duration(secs(waited)),
+                format_duration(s.seal_every)
+            ));
+        }
+        for c in &g.schema_changes {
+            let next = snaps.iter().find(|m| m.consistent_at > c.commit_at);
+            problems.push(format!(
+                "not covered: table {} changed shape at {}; restores are refused from then until {}",
+                c.table,
+                c.commit_at.to_rfc3339(),
+                next.map_or("the next snapshot".into(), |m| format!(
+                    "snapshot {} at {}",
+                    m.id,
+                    m.consistent_at.to_rfc3339()
+                ))
+            ));
+        }
+    }
+    // Each snapshot of the window must be followed by the stream: a snapshot taken after the
+    // newest sealed segment is fine (the stream resumes from it), one the stream began after
+    // is not covered.
+    for m in snaps.iter().filter(|m| m.consistent_at >= w.from) {
+        let after: Vec<&&crate::repo::streams::Segment> = in_win
+            .iter()
+            .filter(|g| g.last_commit_at > m.consistent_at)
+            .collect();
+        let (Some(first), Some(lsn)) = (
+            after.first(),
+            m.consistent_lsn
+                .as_deref()
+                .and_then(crate::source::pgoutput::parse_lsn),
+        ) else {
+            continue;
+        };
+        let began = first
+            .previous_lsn
+            .as_deref()
+            .and_then(crate::source::pgoutput::parse_lsn);
+        if began.is_none_or(|b| b > lsn) {
+            problems.push(format!(
+                "hole between snapshot {} ({}) and the stream, which resumes after {}",
+                m.id,
+                m.consistent_at.to_rfc3339(),
+                first.previous_lsn.as_deref().unwrap_or(&first.first_lsn)
+            ));
+        }
+    }
+    let transactions: u64 = in_win.iter().map(|g| g.transactions).sum();
+    let mut evidence = problems.clone();
+    if let (Some(a), Some(b)) = (in_win.first(), in_win.last()) {
+        evidence.push(format!(
+            "covered: {} → {} ({} segments, {} transactions)",
+            a.first_commit_at.to_rfc3339(),
+            b.last_commit_at.to_rfc3339(),
+            in_win.len(),
+            transactions
+        ));
+    }
+    let unprotected: std::collections::BTreeSet<&String> = in_win
+        .iter()
+        .flat_map(|g| g.unprotected_tables.iter())
+        .collect();
+    if !unprotected.is_empty() {
+        evidence.push(format!(
+            "tables the stream does not protect (restored as their snapshot had them): {}",
+            unprotected
+                .iter()
+                .map(|t| t.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    Some(control(
+        "continuous_protection",
+        "The change stream covers the time between snapshots",
+        problems.is_empty(),
+        format!(
+            "no LSN hole between a snapshot and the next, changes sealed within {}, no window left uncovered",
+            format_duration(s.seal_every * 2)
+        ),
+        if in_win.is_empty() {
+            "no sealed segment in the window".into()
+        } else {
+            format!(
+                "{} segments, {} transactions, {} problems",
+                in_win.len(),
+                transactions,
+                problems.len()
+            )
+        },
+        evidence,
+    ))
 }
 
 /// A failed run's error, or its first problems.

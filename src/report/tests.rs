@@ -114,6 +114,7 @@ fn report_for(p: &Policy, h: &History) -> PolicyReport {
         snapshots: &h.snapshots,
         backups: &typed(&h.backups),
         verifies: &typed(&h.verifies),
+        segments: &[],
         window: &window,
         now: now(),
     })
