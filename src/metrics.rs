@@ -33,6 +33,8 @@ pub struct PolicyMetrics {
     pub snapshots: u64,
     pub last_restore_s: Option<f64>,
     pub last_bytes_stored: Option<u64>,
+    /// The newer snapshot's time of the last passed verify whose stream proof held.
+    pub stream_verified_until: Option<DateTime<Utc>>,
     pub jobs: BTreeMap<Job, JobStats>,
 }
 
@@ -66,8 +68,62 @@ pub fn job_stats(records: &[Header]) -> JobStats {
     s
 }
 
+/// The headers of run records already read, by key: a long-running daemon reads each record
+/// once, not every record at every refresh (records are written once and never change).
+#[derive(Default)]
+pub struct RecordCache {
+    headers: std::sync::Mutex<std::collections::HashMap<String, Header>>,
+}
+
+impl RecordCache {
+    /// The headers of every record of `job`, in key order, reading only the new ones.
+    async fn headers(&self, repo: &Repo, job: Job) -> Result<Vec<(String, Header)>> {
+        let store = repo.store.as_ref();
+        let keys = runs::keys(store, &repo.policy, job).await?;
+        let missing: Vec<String> = {
+            let known = crate::util::lock(&self.headers);
+            keys.iter()
+                .filter(|k| !known.contains_key(*k))
+                .cloned()
+                .collect()
+        };
+        let fresh: Vec<(String, Header)> = runs::read_keys(store, missing).await?;
+        let mut known = crate::util::lock(&self.headers);
+        known.extend(fresh);
+        Ok(keys
+            .into_iter()
+            .filter_map(|k| known.get(&k).cloned().map(|h| (k, h)))
+            .collect())
+    }
+}
+
+/// The newest successful record of a job, read whole.
+async fn last_ok<T: serde::de::DeserializeOwned>(
+    repo: &Repo,
+    headers: &[(String, Header)],
+) -> Result<Option<T>> {
+    let Some((key, _)) = headers
+        .iter()
+        .filter(|(_, h)| h.ok)
+        .max_by_key(|(_, h)| h.started_at)
+    else {
+        return Ok(None);
+    };
+    let read = runs::read_keys::<T>(repo.store.as_ref(), vec![key.clone()]).await?;
+    Ok(read.into_iter().next().map(|(_, r)| r))
+}
+
 impl PolicyMetrics {
     pub async fn from_repository(policy: &Policy, repo: &Repo) -> Result<PolicyMetrics> {
+        Self::from_repository_with(policy, repo, &RecordCache::default()).await
+    }
+
+    /// [`PolicyMetrics::from_repository`], reading only the records `cache` has not seen.
+    pub async fn from_repository_with(
+        policy: &Policy,
+        repo: &Repo,
+        cache: &RecordCache,
+    ) -> Result<PolicyMetrics> {
         let store = repo.store.as_ref();
         let listing =
             list_metas(store, &format!("snapshots/{}/", policy.name), Blobs::Drop).await?;
@@ -80,22 +136,25 @@ impl PolicyMetrics {
             ..PolicyMetrics::default()
         };
         for job in JOBS {
-            let records: Vec<Header> = runs::read(store, &policy.name, job).await?;
+            let headers = cache.headers(repo, job).await?;
+            let records: Vec<Header> = headers.iter().map(|(_, h)| h.clone()).collect();
             m.jobs.insert(job, job_stats(&records));
-            if job == Job::Verify {
-                m.last_restore_s = records
-                    .iter()
-                    .filter(|r| r.ok)
-                    .max_by_key(|r| r.started_at)
-                    .and_then(|r| r.restore_s);
+            match job {
+                Job::Verify => {
+                    let last: Option<crate::record::VerifyRecord> = last_ok(repo, &headers).await?;
+                    m.last_restore_s = last.as_ref().and_then(|r| r.restore_s);
+                    m.stream_verified_until = last
+                        .and_then(|r| r.stream_checked)
+                        .filter(|c| c.tables_equal)
+                        .and_then(|c| c.to_consistent_at);
+                }
+                Job::Backup => {
+                    let last: Option<BackupRecord> = last_ok(repo, &headers).await?;
+                    m.last_bytes_stored = last.as_ref().map(BackupRecord::bytes_stored);
+                }
+                _ => {}
             }
         }
-        let backups: Vec<BackupRecord> = runs::read(store, &policy.name, Job::Backup).await?;
-        m.last_bytes_stored = backups
-            .iter()
-            .filter(|r| r.ok)
-            .max_by_key(|r| r.started_at)
-            .map(BackupRecord::bytes_stored);
         Ok(m)
     }
 }
@@ -213,6 +272,12 @@ pub fn render(policies: &[PolicyMetrics], now: DateTime<Utc>) -> String {
         "gauge",
         "Snapshots of the policy in the repository.",
         per_policy(&|p| Some(p.snapshots as f64)),
+    );
+    family(
+        "backstop_stream_verified_until_timestamp_seconds",
+        "gauge",
+        "Up to when a verify replayed the change stream and found every table equal (Unix time).",
+        per_policy(&|p| p.stream_verified_until.map(ts)),
     );
     family(
         "backstop_backup_bytes_stored",

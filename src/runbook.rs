@@ -471,6 +471,19 @@ fn build(policy: &Policy, facts: &Facts) -> Doc {
         path
     ));
 
+    if let Some(st) = &policy.stream {
+        d.h(3, "4.1 Restore to a moment (the change stream)");
+        d.p(format!(
+            "This policy follows its database's committed transactions through the slot `{}`: a restore can bring it back to any moment between two snapshots, sealed every {} (the last sealed commit is `last_commit_at` of `stream --status`). Find the last good moment before the incident: `snapshots` shows the span the stream covers after each snapshot; the application's own logs or `select max(created_at) from ...` on the damaged database give the time of the first bad change. Restore to just before it into a new database, check it, then switch the application over. `--before now` restores everything sealed.",
+            st.slot,
+            format_duration(st.seal_every)
+        ));
+        d.text(format!(
+            "backstop stream --status --policy {path}\nbackstop snapshots --policy {path}\nbackstop restore --policy {path} --before \"2026-01-31T21:59:30Z\" --only db --db-url \"$TARGET_DB_URL\"",
+        ));
+        d.p("If the moment falls after a table changed shape (a migration: DDL is not in the stream) and before the next snapshot, the restore refuses and names the nearest exact points: the last transaction before the change, and the next snapshot. Restore to one of them, and replay the missing changes by hand from the application's own records if needed. Tables named unprotected (no primary key) come back as their snapshot had them.");
+    }
+
     // 5. One object or one file.
     d.h(2, "5. Recovering one bucket object or one file");
     d.p("Restore the part into a scratch directory and copy out what is needed; nothing else is touched.");

@@ -83,6 +83,8 @@ pub struct Shared {
     pub last_ok: Mutex<HashMap<(String, Job), bool>>,
     /// Policy files that did not load at the last (re)load, with their errors.
     pub load_errors: Mutex<BTreeMap<String, String>>,
+    /// The run records' headers read so far (each is read once).
+    pub records: crate::metrics::RecordCache,
     /// Each policy's change stream as this daemon follows it.
     pub streams: Mutex<BTreeMap<String, StreamState>>,
 }
@@ -234,7 +236,7 @@ async fn run_job(policy: Arc<Policy>, job: Job, ctx: Ctx, shared: Arc<Shared>, j
 }
 
 async fn refresh_metrics(policy: &Policy, repo: &crate::repo::Repo, shared: &Shared) {
-    match PolicyMetrics::from_repository(policy, repo).await {
+    match PolicyMetrics::from_repository_with(policy, repo, &shared.records).await {
         Ok(m) => {
             crate::util::lock(&shared.metrics).insert(policy.name.clone(), m);
         }

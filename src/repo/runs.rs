@@ -45,6 +45,42 @@ pub async fn write(
     Ok(key)
 }
 
+/// The keys of `policy`'s run records of `job`, oldest first.
+pub async fn keys(store: &dyn Store, policy: &str, job: Job) -> Result<Vec<String>> {
+    let mut keys: Vec<String> = store
+        .list(&format!("runs/{policy}/"))
+        .await?
+        .into_iter()
+        .filter(|e| kind_of(&e.key) == Some(job))
+        .map(|e| e.key)
+        .collect();
+    keys.sort();
+    Ok(keys)
+}
+
+/// The records at `keys`, as `T`, each with its key; unreadable ones are skipped with a
+/// warning.
+pub async fn read_keys<T: DeserializeOwned>(
+    store: &dyn Store,
+    keys: Vec<String>,
+) -> Result<Vec<(String, T)>> {
+    use futures::{StreamExt, TryStreamExt};
+    let bodies: Vec<(String, Option<Vec<u8>>)> = futures::stream::iter(keys)
+        .map(|k| async move { store.get_opt(&k).await.map(|b| (k, b)) })
+        .buffered(READ_AHEAD)
+        .try_collect()
+        .await?;
+    let mut out = Vec::new();
+    for (key, body) in bodies {
+        let Some(body) = body else { continue };
+        match serde_json::from_slice(&body) {
+            Ok(v) => out.push((key, v)),
+            Err(e) => tracing::warn!("run record {key} is not readable: {e}"),
+        }
+    }
+    Ok(out)
+}
+
 /// Every run record of `job` for `policy`, oldest first (by key, whose time leads), read
 /// [`READ_AHEAD`] at a time, as `T` (a record type, or [`crate::record::Header`] for what
 /// every record holds). A record that does not parse is skipped with a warning: records are
