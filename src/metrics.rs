@@ -384,6 +384,6 @@ mod tests {
         assert!(text.contains("backstop_last_run_success{policy=\"food\\\"biz\",job=\"backup\"} 0"));
         assert!(text.contains("backstop_last_success_timestamp_seconds{policy=\"food\\\"biz\",job=\"backup\"} 1795834860"));
         assert!(text.contains("backstop_recovery_point_age_seconds{policy=\"food\\\"biz\"} 86400"));
-        assert_eq!(text.matches("# TYPE ").count(), 11);
+        assert_eq!(text.matches("# TYPE ").count(), 12);
     }
 }

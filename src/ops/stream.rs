@@ -525,7 +525,14 @@ async fn seal_once(
     let Some(end) = tally.end else {
         // Nothing new. Transactions already sealed (a restart after the json was written but
         // before the slot was confirmed) are confirmed now.
-        let upto = if complete { Some(flushed) } else { resume };
+        // Before the first segment the slot stays where it was created: that is where the
+        // chain begins, and a snapshot taken after it is covered (a restart would otherwise
+        // begin the chain later, past a snapshot taken in between).
+        let upto = if complete && resume.is_some() {
+            Some(flushed)
+        } else {
+            resume
+        };
         if let Some(upto) = upto.filter(|u| resume.is_none_or(|r| *u >= r)) {
             confirm(conn, &s.slot, upto).await?;
         }
