@@ -584,3 +584,131 @@ fn verify_replays_the_stream_between_two_snapshots_and_compares() {
     assert!(cp["evidence"].to_string().contains("gap:"), "{cp}");
     sigkill(&mut stream);
 }
+
+/// Re-seals a segment of the stream without one transaction that updates `public.accounts`,
+/// as only someone holding the identity could: every check of its bytes passes, and only the
+/// replay's comparison can tell. Returns whether a transaction was dropped.
+fn drop_one_accounts_update(env: &Env, segment: &std::path::Path) -> bool {
+    use backstop::repo::streams::frame;
+    use backstop::source::pgoutput::{decode, Message};
+    use sha2::Digest;
+    let mut seg: Value = serde_json::from_slice(&std::fs::read(segment).unwrap()).unwrap();
+    let mut plain = Vec::new();
+    for c in seg["chunks"].as_array().unwrap() {
+        let id = c["id"].as_str().unwrap();
+        plain.extend(common::bash_bytes(&format!(
+            "age -d -i '{}' '{}' | zstd -dc",
+            env.identity.display(),
+            env.repo.join("blobs").join(&id[..2]).join(id).display()
+        )));
+    }
+    let mut reader = frame::Reader::default();
+    reader.feed(&plain);
+    let mut frames = Vec::new();
+    while let Some(f) = reader.next_frame() {
+        frames.push(f);
+    }
+    // Relation oids of public.accounts, then the first transaction that updates it.
+    let mut accounts = std::collections::HashSet::new();
+    let (mut begin, mut drop_range) = (None, None);
+    for (i, (tag, payload)) in frames.iter().enumerate() {
+        if *tag != frame::MESSAGE {
+            continue;
+        }
+        let (_, _, data) = frame::split_message(payload).unwrap();
+        match decode(data).unwrap() {
+            Message::Relation(r) if r.name == "accounts" => {
+                accounts.insert(r.oid);
+            }
+            Message::Begin { .. } => begin = Some(i),
+            Message::Update { relation, .. } if accounts.contains(&relation) => {
+                if drop_range.is_none() {
+                    drop_range = begin.map(|b| (b, usize::MAX));
+                }
+            }
+            Message::Commit { .. } => {
+                if let Some((b, usize::MAX)) = drop_range {
+                    drop_range = Some((b, i));
+                }
+            }
+            _ => {}
+        }
+    }
+    let Some((from, to)) = drop_range.filter(|(_, to)| *to != usize::MAX) else {
+        return false;
+    };
+    // The transaction's changes go; the relations it described stay (later ones need them).
+    let mut altered = Vec::new();
+    for (i, (tag, payload)) in frames.iter().enumerate() {
+        let describes = *tag == frame::MESSAGE
+            && matches!(
+                decode(frame::split_message(payload).unwrap().2).unwrap(),
+                Message::Relation(_) | Message::Type { .. }
+            );
+        if i < from || i > to || describes {
+            frame::push(&mut altered, *tag, payload);
+        }
+    }
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(env.repo.join("backstop.json")).unwrap()).unwrap();
+    let mut h = sha2::Sha256::new();
+    h.update(hex::decode(config["dedup_salt"].as_str().unwrap()).unwrap());
+    h.update([0u8]);
+    h.update(env.recipient.trim().as_bytes());
+    let id = backstop::seal::BlobIds::new(&h.finalize()).id(&altered);
+    let plain_path = env.dir.path().join("altered.plain");
+    std::fs::write(&plain_path, &altered).unwrap();
+    let blob = env.repo.join("blobs").join(&id[..2]).join(&id);
+    std::fs::create_dir_all(blob.parent().unwrap()).unwrap();
+    common::bash_ok(&format!(
+        "zstd -qc '{}' | age -r '{}' > '{}'",
+        plain_path.display(),
+        env.recipient,
+        blob.display()
+    ));
+    let sealed = std::fs::read(&blob).unwrap();
+    seg["chunks"] = serde_json::json!([{"id": id, "len": altered.len()}]);
+    seg["blobs"] = serde_json::json!([{"id": id, "size": sealed.len(), "sha256": hex::encode(sha2::Sha256::digest(&sealed))}]);
+    seg["bytes_plain"] = altered.len().into();
+    std::fs::write(segment, serde_json::to_vec_pretty(&seg).unwrap()).unwrap();
+    true
+}
+
+#[test]
+fn a_segment_resealed_without_one_transaction_fails_verify_naming_the_table() {
+    let env = Env::logical(RepoSpec::Local);
+    env.source.psql(FIXTURE_DB, APP);
+    env.write_policy(
+        &env.policy,
+        &format!("{STREAM}\n[verify]\nscratch_url = \"${{SCRATCH_URL}}\"\n"),
+    );
+    let (code, _, stderr) = common::run(
+        env.backstop()
+            .args(["stream", "--setup", "--policy"])
+            .arg(&env.policy),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let mut stream = start_stream(&env);
+    env.backup_json();
+    let work = start_workload(&env, 5);
+    finish_workload(work);
+    wait_sealed(&env);
+    sigkill(&mut stream);
+    env.backup_json();
+    let dropped = common::files_under(&env.repo.join("streams/test"))
+        .into_iter()
+        .any(|s| drop_one_accounts_update(&env, &s));
+    assert!(dropped, "no segment held an update of public.accounts");
+    let (code, rec, stderr) = common::run_json(
+        env.backstop()
+            .args(["verify", "--json", "--policy"])
+            .arg(&env.policy),
+    );
+    assert_eq!(code, 3, "{stderr}\n{rec}");
+    assert_eq!(rec["stream_checked"]["tables_equal"], false, "{rec}");
+    let problems = rec["problems"].to_string();
+    assert!(
+        problems.contains("public.accounts") && problems.contains("stream"),
+        "{problems}"
+    );
+}

@@ -432,3 +432,18 @@ pub fn pg_wrapper(dir: &Path, name: &str, before: &str) -> PathBuf {
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     dir.to_path_buf()
 }
+
+/// Runs a bash script that must succeed; its stdout as bytes.
+pub fn bash_bytes(script: &str) -> Vec<u8> {
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("set -o pipefail; {script}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
