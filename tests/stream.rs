@@ -621,15 +621,13 @@ fn drop_one_accounts_update(env: &Env, segment: &std::path::Path) -> bool {
                 accounts.insert(r.oid);
             }
             Message::Begin { .. } => begin = Some(i),
-            Message::Update { relation, .. } if accounts.contains(&relation) => {
-                if drop_range.is_none() {
-                    drop_range = begin.map(|b| (b, usize::MAX));
-                }
+            Message::Update { relation, .. }
+                if accounts.contains(&relation) && drop_range.is_none() =>
+            {
+                drop_range = begin.map(|b| (b, usize::MAX));
             }
-            Message::Commit { .. } => {
-                if let Some((b, usize::MAX)) = drop_range {
-                    drop_range = Some((b, i));
-                }
+            Message::Commit { .. } if matches!(drop_range, Some((_, usize::MAX))) => {
+                drop_range = drop_range.map(|(b, _)| (b, i));
             }
             _ => {}
         }
