@@ -2,7 +2,7 @@
 # Benchmark of continuous protection (`CASES=stream bash scripts/bench.sh`, or run directly):
 # a throwaway cluster with wal_level = logical, pgbench initialised at SCALE (default 10), a
 # base backup, then `backstop stream` (seal_every SEAL, default 10s) while pgbench runs
-# unthrottled for SECONDS (default 60) with CLIENTS (default 4) clients: the highest rate this
+# unthrottled for DURATION seconds (default 60) with CLIENTS (default 4) clients: the highest rate this
 # machine sustains with the stream beside it. It prints:
 #   - the workload's rate (tps) and the WAL it wrote;
 #   - the stream's lag, sampled every second as now minus the newest sealed commit (median and
@@ -19,7 +19,7 @@ ensure_deps jq runuser
 . scripts/pg.sh
 
 SCALE=${SCALE:-10}
-SECONDS_RUN=${SECONDS:-60}
+SECONDS_RUN=${DURATION:-60}
 CLIENTS=${CLIENTS:-4}
 SEAL=${SEAL:-10s}
 cargo build --release --quiet
@@ -69,7 +69,7 @@ PGBENCH=$!
 while kill -0 "$PGBENCH" 2>/dev/null; do
   psql -X -At -d bench -c "select coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::int8 \
     from pg_replication_slots where slot_name = 'backstop_bench'" >>"$WORK/held" || true
-  last=$(for f in "$WORK"/repo/streams/bench/*.json; do [ -e "$f" ] && jq -r .last_commit_at "$f"; done 2>/dev/null | sort | tail -n 1)
+  last=$( (cat "$WORK"/repo/streams/bench/*.json 2>/dev/null || true) | jq -r .last_commit_at | sort | tail -n 1)
   if [ -n "$last" ]; then
     python3 -c "import sys, datetime as d; t = d.datetime.fromisoformat(sys.argv[1].replace('Z', '+00:00')); print((d.datetime.now(d.timezone.utc) - t).total_seconds())" "$last" >>"$WORK/lag"
   fi

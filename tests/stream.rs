@@ -608,9 +608,10 @@ fn drop_one_accounts_update(env: &Env, segment: &std::path::Path) -> bool {
     while let Some(f) = reader.next_frame() {
         frames.push(f);
     }
-    // Relation oids of public.accounts, then the first transaction that updates it.
+    // Relation oids of public.accounts, then the last transaction that updates it: an update
+    // carries the whole new row, so a later update of the same account would hide the loss.
     let mut accounts = std::collections::HashSet::new();
-    let (mut begin, mut drop_range) = (None, None);
+    let (mut begin, mut updates, mut drop_range) = (None, false, None);
     for (i, (tag, payload)) in frames.iter().enumerate() {
         if *tag != frame::MESSAGE {
             continue;
@@ -620,19 +621,13 @@ fn drop_one_accounts_update(env: &Env, segment: &std::path::Path) -> bool {
             Message::Relation(r) if r.name == "accounts" => {
                 accounts.insert(r.oid);
             }
-            Message::Begin { .. } => begin = Some(i),
-            Message::Update { relation, .. }
-                if accounts.contains(&relation) && drop_range.is_none() =>
-            {
-                drop_range = begin.map(|b| (b, usize::MAX));
-            }
-            Message::Commit { .. } if matches!(drop_range, Some((_, usize::MAX))) => {
-                drop_range = drop_range.map(|(b, _)| (b, i));
-            }
+            Message::Begin { .. } => (begin, updates) = (Some(i), false),
+            Message::Update { relation, .. } if accounts.contains(&relation) => updates = true,
+            Message::Commit { .. } if updates => drop_range = begin.map(|b| (b, i)),
             _ => {}
         }
     }
-    let Some((from, to)) = drop_range.filter(|(_, to)| *to != usize::MAX) else {
+    let Some((from, to)) = drop_range else {
         return false;
     };
     // The transaction's changes go; the relations it described stay (later ones need them).
@@ -693,8 +688,11 @@ fn a_segment_resealed_without_one_transaction_fails_verify_naming_the_table() {
     wait_sealed(&env);
     sigkill(&mut stream);
     env.backup_json();
-    let dropped = common::files_under(&env.repo.join("streams/test"))
+    let mut segments = common::files_under(&env.repo.join("streams/test"));
+    segments.sort();
+    let dropped = segments
         .into_iter()
+        .rev()
         .any(|s| drop_one_accounts_update(&env, &s));
     assert!(dropped, "no segment held an update of public.accounts");
     let (code, rec, stderr) = common::run_json(

@@ -10,11 +10,15 @@
 //!   the snapshot, or a table whose shape changed in between (DDL is not in the stream) ends the
 //!   plan with an error naming the nearest exact points; a relation whose shape differs from
 //!   the restored table stops the replay the same way.
-//! * **As it was.** The replay runs in one transaction with `session_replication_role =
-//!   replica`, so the application's triggers and foreign keys do not fire a second time (they
-//!   did on the primary, and their effects are in the stream), and identity columns keep their
-//!   values (`OVERRIDING SYSTEM VALUE`). Sequences are set forward to the values the stream
-//!   recorded when the last segment used was sealed: at least as far as any value used.
+//! * **As it was.** The replay runs with `session_replication_role = replica`, so the
+//!   application's triggers and foreign keys do not fire a second time (they did on the
+//!   primary, and their effects are in the stream), and identity columns keep their values
+//!   (`OVERRIDING SYSTEM VALUE`). It commits every batch of about a megabyte of statements, at
+//!   a transaction boundary: one transaction for hours of changes would make every update of a
+//!   hot row (a counter, a branch total) walk all its earlier versions, and a failed replay
+//!   leaves the target partial either way, which the error says, as a failed pg_restore does.
+//!   Sequences are set forward to the values the stream recorded when the last segment used
+//!   was sealed: at least as far as any value used.
 //! * Every chunk is checked (age's MAC, the keyed id) before a byte of it is applied.
 
 use crate::error::{Error, Result};
@@ -241,9 +245,6 @@ pub async fn replay(
                 target.masked()
             ))
         })?;
-    conn.execute("BEGIN")
-        .await
-        .map_err(|e| sql_error(target, e))?;
     let (until, upto) = match until {
         Until::Time(t) => (t, None),
         Until::Snapshot(v) => (DateTime::<Utc>::MAX_UTC, Some(v)),
@@ -303,16 +304,13 @@ pub async fn replay(
             .await
             .map_err(|e| sql_error(target, e))?;
     }
-    conn.execute("COMMIT")
-        .await
-        .map_err(|e| sql_error(target, e))?;
     let _ = conn.close().await;
     Ok(out)
 }
 
 fn sql_error(target: &DbUrl, e: sqlx::Error) -> Error {
     Error::failed(format!(
-        "replaying the change stream into {} failed: {e}; the target holds the base snapshot at most",
+        "replaying the change stream into {} failed: {e}; the target holds the base snapshot and part of the stream: restore again with --force",
         target.masked()
     ))
 }
