@@ -13,6 +13,16 @@ pub struct Cli {
     /// Directory where `--policy NAME` is looked up as NAME.toml (default: ./policies).
     #[arg(long, global = true, env = "BACKSTOP_POLICIES", value_name = "DIR")]
     pub policies: Option<PathBuf>,
+    /// No webhook, mail or health-check ping from this run (for a recovery host and the
+    /// runbook's commands).
+    #[arg(
+        long,
+        global = true,
+        env = "BACKSTOP_NO_NOTIFY",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    pub no_notify: bool,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -458,15 +458,22 @@ fn the_runbook_recovers_everything_when_run_as_written() {
     let a = app_with(
         "",
         &format!(
-            "\n[storage]\nkind = \"dir\"\npath = \"{}\"\nbuckets = [\"documents\"]\n\n[runbook]\nredeploy = \"\"\"\nsystemctl restart foodbiz-api\n\"\"\"\n# keep_database\n",
+            "\n[storage]\nkind = \"dir\"\npath = \"{}\"\nbuckets = [\"documents\"]\n\n[runbook]\nredeploy = \"\"\"\nsystemctl restart foodbiz-api\n\"\"\"\n# keep_database\n\n[verify]\nscratch_url = \"${{SCRATCH_URL}}\"\n\n[notify]\nwebhook = \"${{WEBHOOK_URL}}\"\nhealthcheck = \"${{HC_URL}}\"\nhealthcheck_verify = \"${{HC_URL}}\"\n",
             docs.path().display()
         ),
     );
     let env = &a.env;
+    let hooks = common::hooks::Receiver::start();
     let files = common::documents::write_tree(docs.path());
     common::documents::sync_rows(env, &files);
-    let (code, _, stderr) = run(env.backstop().args(["backup", "--policy"]).arg(&a.policy));
+    let (code, _, stderr) = run(env
+        .backstop()
+        .env("WEBHOOK_URL", hooks.url("/hook"))
+        .env("HC_URL", hooks.url("/hc"))
+        .args(["backup", "--policy"])
+        .arg(&a.policy));
     assert_eq!(code, 0, "{stderr}");
+    let sent_by_production = hooks.hits().len();
 
     let out = env.dir.path().join("runbook.md");
     let (code, _, stderr) = run(env
@@ -503,7 +510,7 @@ fn the_runbook_recovers_everything_when_run_as_written() {
     assert!(html.starts_with("<!doctype html>") && html.contains("<h2>3. Full disaster recovery"));
 
     // Run the disaster recovery as written, on a fresh database and an empty directory, with
-    // only the variables the runbook names.
+    // only the identity, the target and the directory: not the source's URL, not the webhook's.
     let script = disaster_recovery_blocks(&runbook);
     let restore_dir = env.dir.path().join("new-host");
     let bin_dir = assert_cmd::cargo::cargo_bin("backstop")
@@ -521,12 +528,11 @@ fn the_runbook_recovers_everything_when_run_as_written() {
         .args(["-euo", "pipefail", "-c", &script])
         .current_dir(work.path())
         .env_clear()
-        .env("PATH", path)
+        .env("PATH", &path)
         .env("HOME", work.path())
         .env("BACKSTOP_IDENTITY", &env.identity)
         .env("TARGET_DB_URL", env.scratch.url("recovered"))
         .env("RESTORE_DIR", &restore_dir)
-        .env("SOURCE_DB_URL", env.source.url(common::FIXTURE_DB))
         .output()
         .unwrap();
     let (stdout, stderr) = (
@@ -559,4 +565,50 @@ fn the_runbook_recovers_everything_when_run_as_written() {
         assert_eq!(refs(&clone, "refs/heads"), refs(original, "refs/heads"));
         assert_eq!(refs(&clone, "refs/tags"), refs(original, "refs/tags"));
     }
+
+    // Sections 5 and 7 as written (one object, one file, then verify), on the same host, with
+    // production's webhook and health-check URLs set: nothing reaches them.
+    let (object, bytes) = files.iter().next().unwrap();
+    let one = runbook
+        .split("\n## 5. ")
+        .nth(1)
+        .and_then(|s| s.split("```text\n").nth(1))
+        .and_then(|s| s.split("\n```").next())
+        .expect("section 5 has a command block")
+        .replace("PATH/OF/OBJECT", object);
+    let verify = runbook
+        .split("\n## 7. ")
+        .nth(1)
+        .and_then(|s| s.split('`').find(|c| c.starts_with("backstop verify")))
+        .expect("section 7 names the verify command")
+        .to_string();
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &format!("{one}\n{verify}\n")])
+        .current_dir(work.path())
+        .env_clear()
+        .env("PATH", &path)
+        .env("HOME", work.path())
+        .env("BACKSTOP_IDENTITY", &env.identity)
+        .env("RESTORE_DIR", &restore_dir)
+        .env("SCRATCH_DB_URL", env.scratch.url("postgres"))
+        .env("WEBHOOK_URL", hooks.url("/hook"))
+        .env("HC_URL", hooks.url("/hc"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sections 5 and 7 failed as written:\n{one}\n{verify}\n--- stderr\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let copied = work
+        .path()
+        .join(std::path::Path::new(object).file_name().unwrap());
+    assert_eq!(&std::fs::read(&copied).unwrap(), bytes);
+    assert!(restore_dir.join("one-file/config").is_dir());
+    assert_eq!(
+        hooks.hits().len(),
+        sent_by_production,
+        "the recovery host notified: {:?}",
+        hooks.hits()
+    );
 }

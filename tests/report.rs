@@ -214,25 +214,55 @@ fn the_html_report_renders_in_headless_chromium_with_every_control_and_one_mark_
         "one mark per recovery point"
     );
     assert_eq!(dom.matches(r#"class="verify""#).count(), 1);
+    // The summary table first, a labelled time axis, the restore time written beside its bar,
+    // and times to the second.
+    let summary = dom
+        .find(r#"<table class="summary">"#)
+        .expect("a summary table");
+    assert!(
+        summary < dom.find("control-id").unwrap(),
+        "the summary comes first"
+    );
+    assert!(dom[summary..].contains("<td><code>test</code></td>"));
+    assert!(dom.contains(r#"class="axis-label""#) && dom.contains("time (UTC, minutes)"));
+    assert_eq!(dom.matches(r#"class="tick""#).count(), 7);
+    assert_eq!(dom.matches(r#"class="verify-label""#).count(), 1);
+    let nanos = regex_lite_nanos(&dom);
+    assert!(nanos.is_none(), "a time shown below the second: {nanos:?}");
 
     let artifacts = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
-    let png = artifacts.join("report.png");
-    let _ = std::fs::remove_file(&png);
-    let shot = headless(&[
-        &format!("--screenshot={}", png.display()),
-        "--window-size=1240,1754",
-    ]);
-    assert!(
-        shot.status.success(),
-        "{}",
-        String::from_utf8_lossy(&shot.stderr)
-    );
-    let bytes = std::fs::read(&png).unwrap();
-    assert!(
-        bytes.starts_with(b"\x89PNG") && bytes.len() > 20_000,
-        "screenshot of {} bytes",
-        bytes.len()
-    );
-    eprintln!("screenshot kept at {}", png.display());
+    for (name, size) in [("report.png", "1280,1754"), ("report-390.png", "390,1754")] {
+        let png = artifacts.join(name);
+        let _ = std::fs::remove_file(&png);
+        let shot = headless(&[
+            &format!("--screenshot={}", png.display()),
+            &format!("--window-size={size}"),
+        ]);
+        assert!(
+            shot.status.success(),
+            "{}",
+            String::from_utf8_lossy(&shot.stderr)
+        );
+        let bytes = std::fs::read(&png).unwrap();
+        assert!(
+            bytes.starts_with(b"\x89PNG") && bytes.len() > 20_000,
+            "screenshot of {} bytes",
+            bytes.len()
+        );
+        eprintln!("screenshot kept at {}", png.display());
+    }
+}
+
+/// The first RFC 3339 time with a fraction of a second (`12:34:56.789`), if any.
+fn regex_lite_nanos(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    (8..b.len().saturating_sub(1)).find_map(|i| {
+        let time = &b[i - 8..i];
+        let shaped = time[2] == b':'
+            && time[5] == b':'
+            && [0, 1, 3, 4, 6, 7].iter().all(|&j| time[j].is_ascii_digit());
+        (shaped && b[i] == b'.' && b[i + 1].is_ascii_digit())
+            .then(|| String::from_utf8_lossy(&b[i - 8..(i + 10).min(b.len())]).into_owned())
+    })
 }

@@ -5,9 +5,8 @@ use crate::jobs::{Outcome, Request};
 use crate::ops::backup::{self, Only};
 use crate::ops::Ctx;
 use crate::record::Job;
-use std::path::Path;
 
-pub async fn run(args: BackupArgs, dir: Option<&Path>, ctx: &Ctx) -> Result<()> {
+pub async fn run(args: BackupArgs, dir: &super::Lookup<'_>, ctx: &Ctx) -> Result<()> {
     let req = backup::Request {
         only: args.only.map(|o| match o {
             cli::Only::Db => Only::Db,

@@ -6,10 +6,9 @@ use crate::ops::check::{Key, Request};
 use crate::ops::Ctx;
 use crate::record::Job;
 use crate::seal::Opener;
-use std::path::Path;
 use std::sync::Arc;
 
-pub async fn run(args: CheckArgs, dir: Option<&Path>, ctx: &Ctx) -> Result<()> {
+pub async fn run(args: CheckArgs, dir: &super::Lookup<'_>, ctx: &Ctx) -> Result<()> {
     let request = |policy: &crate::policy::Policy| {
         let opener = args
             .identity

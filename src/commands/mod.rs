@@ -21,14 +21,39 @@ mod verify;
 use crate::cli::{Cli, Command, PolicyCommand};
 use crate::error::{Error, Result};
 use crate::ops::{Cancel, Ctx, Reason, RunTimes};
-use crate::policy::Policy;
+use crate::policy::{Policy, Resolve};
 use crate::record::Job;
 use crate::repo::Repo;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+/// Where `--policy NAME` is looked up, and what loading a policy resolves for this command.
+#[derive(Debug, Clone, Copy)]
+pub struct Lookup<'a> {
+    pub dir: Option<&'a Path>,
+    /// Read-only commands and restore resolve only the `${VAR}`s they use (DESIGN.md).
+    pub resolve: Resolve,
+    /// `--no-notify`: the loaded policy has no `[notify]`.
+    pub no_notify: bool,
+}
+
 pub async fn run(cli: Cli) -> Result<()> {
-    let dir = cli.policies.as_deref();
+    let resolve = match &cli.command {
+        Command::Snapshots { .. }
+        | Command::Report(_)
+        | Command::Runbook(_)
+        | Command::Check(_)
+        | Command::Restore(_) => Resolve::OnlyUsed,
+        Command::Verify(_) if cli.no_notify => Resolve::OnlyUsed,
+        _ => Resolve::All,
+    };
+    let look = Lookup {
+        dir: cli.policies.as_deref(),
+        resolve,
+        no_notify: cli.no_notify,
+    };
+    let json = json_kind(&cli.command);
     let long_running = matches!(
         cli.command,
         Command::Backup(_)
@@ -38,7 +63,35 @@ pub async fn run(cli: Cli) -> Result<()> {
             | Command::Prune(_)
             | Command::Stream(_)
     );
-    let wait = match &cli.command {
+    let result = match lock_wait(&cli.command) {
+        Err(e) => Err(e),
+        Ok(lock_wait) => {
+            let ctx = Ctx {
+                progress: Arc::new(crate::progress::Terminal),
+                lock_wait,
+                ..Ctx::default()
+            };
+            if long_running {
+                cancel_on_signals(ctx.cancel.clone());
+            }
+            dispatch(cli.command, &look, &ctx).await
+        }
+    };
+    if let (Err(e), Some(kind)) = (&result, json) {
+        if !PRINTED.load(Ordering::SeqCst) {
+            print_json(&serde_json::json!({
+                "kind": kind,
+                "ok": false,
+                "error": crate::util::mask_age_secrets(&e.message),
+            }));
+        }
+    }
+    result
+}
+
+/// `--wait DURATION`, or no wait.
+fn lock_wait(command: &Command) -> Result<std::time::Duration> {
+    let wait = match command {
         Command::Backup(a) => a.wait.as_deref(),
         Command::Restore(a) => a.wait.as_deref(),
         Command::Verify(a) => a.wait.as_deref(),
@@ -46,21 +99,37 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Prune(a) => a.wait.as_deref(),
         _ => None,
     };
-    let lock_wait = match wait {
-        None => std::time::Duration::ZERO,
+    match wait {
+        None => Ok(std::time::Duration::ZERO),
         Some(w) => {
-            crate::util::parse_duration(w).map_err(|e| Error::input(format!("--wait {w}: {e}")))?
+            crate::util::parse_duration(w).map_err(|e| Error::input(format!("--wait {w}: {e}")))
         }
-    };
-    let ctx = Ctx {
-        progress: Arc::new(crate::progress::Terminal),
-        lock_wait,
-        ..Ctx::default()
-    };
-    if long_running {
-        cancel_on_signals(ctx.cancel.clone());
     }
-    match cli.command {
+}
+
+/// Set once the run's JSON document is on stdout: a failure after it prints no second one.
+static PRINTED: AtomicBool = AtomicBool::new(false);
+
+/// The record kind of a command run with `--json` (or `report --format json` to stdout).
+fn json_kind(command: &Command) -> Option<&'static str> {
+    match command {
+        Command::Backup(a) => a.json.then_some("backup"),
+        Command::Snapshots { json, .. } => json.then_some("snapshots"),
+        Command::Restore(a) => a.json.then_some("restore"),
+        Command::Verify(a) => a.json.then_some("verify"),
+        Command::Check(a) => a.json.then_some("check"),
+        Command::Prune(a) => a.json.then_some("prune"),
+        Command::Stream(a) => a.json.then_some("stream"),
+        Command::Report(a) => {
+            (a.format == crate::cli::ReportFormat::Json && a.out.is_none()).then_some("report")
+        }
+        _ => None,
+    }
+}
+
+async fn dispatch(command: Command, look: &Lookup<'_>, ctx: &Ctx) -> Result<()> {
+    let dir = look;
+    match command {
         Command::Keygen { out } => keygen::run(out.as_deref()),
         Command::Init {
             policy,
@@ -70,33 +139,52 @@ pub async fn run(cli: Cli) -> Result<()> {
             let identity = recover.then_some(identity.as_ref());
             init::run(&load_policy(&policy, dir)?, identity).await
         }
-        Command::Backup(args) => backup::run(args, dir, &ctx).await,
+        Command::Backup(args) => backup::run(args, dir, ctx).await,
         Command::Snapshots { policy, json } => {
             snapshots::run(&load_policy(&policy, dir)?, json).await
         }
-        Command::Restore(args) => restore::run(args, dir, &ctx).await,
-        Command::Verify(args) => verify::run(args, dir, &ctx).await,
-        Command::Check(args) => check::run(args, dir, &ctx).await,
-        Command::Prune(args) => prune::run(args, dir, &ctx).await,
+        Command::Restore(args) => restore::run(args, dir, ctx).await,
+        Command::Verify(args) => verify::run(args, dir, ctx).await,
+        Command::Check(args) => check::run(args, dir, ctx).await,
+        Command::Prune(args) => prune::run(args, dir, ctx).await,
         Command::Report(args) => report::run(args, dir).await,
         Command::Runbook(args) => runbook::run(args, dir).await,
-        Command::Daemon(args) => daemon::run(args, dir).await,
-        Command::Stream(args) => stream::run(args, dir, &ctx).await,
+        Command::Daemon(args) => daemon::run(args, look.dir).await,
+        Command::Stream(args) => stream::run(args, dir, ctx).await,
         Command::Completions { shell } => docs::completions(shell),
         Command::Man { out } => docs::man(out.as_deref()),
         Command::Policy {
             action: PolicyCommand::Validate { policy },
-        } => policy::validate(&policy, dir),
+        } => policy::validate(&policy, look.dir),
     }
 }
 
-pub fn load_policy(arg: &str, dir: Option<&Path>) -> Result<Policy> {
-    crate::policy::load(&crate::policy::resolve(arg, dir))
+pub fn load_policy(arg: &str, look: &Lookup) -> Result<Policy> {
+    let path = crate::policy::resolve(arg, look.dir);
+    let mut policy = crate::policy::load_resolving(&path, look.resolve)?;
+    if look.no_notify {
+        policy.notify = None;
+    }
+    for u in policy
+        .unresolved
+        .iter()
+        .filter(|u| u.key.starts_with("notify."))
+    {
+        if policy.notify.is_some() {
+            tracing::info!(
+                "{}: {}: environment variable {} is not set: nothing is sent there from this run",
+                path.display(),
+                u.key,
+                u.var
+            );
+        }
+    }
+    Ok(policy)
 }
 
 /// The policy and its repository; on failure, the name to record the run under (the policy's
 /// name when it loaded, else the argument) and the error.
-pub async fn open(arg: &str, dir: Option<&Path>) -> Result<(Policy, Repo), (String, Error)> {
+pub async fn open(arg: &str, dir: &Lookup<'_>) -> Result<(Policy, Repo), (String, Error)> {
     let policy = load_policy(arg, dir).map_err(|e| (arg.to_string(), e))?;
     match crate::ops::open_repo(&policy).await {
         Ok(repo) => Ok((policy, repo)),
@@ -134,7 +222,7 @@ pub async fn record_run(
 /// printed, nothing is saved or sent.
 pub async fn run_job(
     arg: &str,
-    dir: Option<&Path>,
+    dir: &Lookup<'_>,
     job: Job,
     request: impl FnOnce(&Policy) -> Result<crate::jobs::Request>,
     ctx: &Ctx,
@@ -189,7 +277,10 @@ pub async fn emit(text: String, out: Option<&Path>) -> Result<()> {
 /// Prints the one JSON document of `--json` on stdout.
 pub fn print_json(value: &impl serde::Serialize) {
     match serde_json::to_string_pretty(value) {
-        Ok(text) => println!("{text}"),
+        Ok(text) => {
+            println!("{text}");
+            PRINTED.store(true, Ordering::SeqCst);
+        }
         Err(e) => eprintln!("backstop: error: encoding the JSON record: {e}"),
     }
 }

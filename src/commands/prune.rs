@@ -5,9 +5,8 @@ use crate::jobs;
 use crate::ops::prune::{Outcome, Request};
 use crate::ops::Ctx;
 use crate::record::Job;
-use std::path::Path;
 
-pub async fn run(args: PruneArgs, dir: Option<&Path>, ctx: &Ctx) -> Result<()> {
+pub async fn run(args: PruneArgs, dir: &super::Lookup<'_>, ctx: &Ctx) -> Result<()> {
     let req = Request {
         dry_run: args.dry_run,
         snapshots: args.snapshots.clone(),

@@ -47,9 +47,9 @@ fn policy_files(args: &ReportArgs, dir: Option<&Path>) -> Result<Vec<String>> {
     Ok(files.iter().map(|p| p.display().to_string()).collect())
 }
 
-pub async fn run(args: ReportArgs, dir: Option<&Path>) -> Result<()> {
+pub async fn run(args: ReportArgs, dir: &super::Lookup<'_>) -> Result<()> {
     let window = window(&args)?;
-    let policies = policy_files(&args, dir)?
+    let policies = policy_files(&args, dir.dir)?
         .iter()
         .map(|p| load_policy(p, dir))
         .collect::<Result<Vec<_>>>()?;
@@ -62,9 +62,15 @@ pub async fn run(args: ReportArgs, dir: Option<&Path>) -> Result<()> {
         ReportFormat::Text => render::text(&report),
         ReportFormat::Markdown => render::markdown(&report),
         ReportFormat::Html => render::html(&report),
+        ReportFormat::Json if args.out.is_none() => {
+            super::print_json(&report);
+            String::new()
+        }
         ReportFormat::Json => serde_json::to_string_pretty(&report).unwrap_or_default() + "\n",
     };
-    super::emit(text, args.out.as_deref()).await?;
+    if !text.is_empty() {
+        super::emit(text, args.out.as_deref()).await?;
+    }
     if report.compliant {
         Ok(())
     } else {

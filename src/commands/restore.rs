@@ -8,7 +8,6 @@ use crate::record::RestoreRecord;
 use crate::repo::Selector;
 use crate::source::pgtools::DbUrl;
 use crate::util::parse_time;
-use std::path::Path;
 use std::sync::Arc;
 
 /// Which parts go where, from the flags; the combinations that make no sense are refused.
@@ -74,7 +73,7 @@ fn request(args: &RestoreArgs) -> Result<Request> {
     })
 }
 
-pub async fn run(args: RestoreArgs, dir: Option<&Path>, ctx: &Ctx) -> Result<()> {
+pub async fn run(args: RestoreArgs, dir: &super::Lookup<'_>, ctx: &Ctx) -> Result<()> {
     // The flags are judged before the repository is opened.
     let (repo, out) = match request(&args) {
         Err(e) => (None, Outcome::not_started(&args.policy, e)),

@@ -5,9 +5,8 @@ use crate::ops::stream;
 use crate::ops::Ctx;
 use crate::policy::Policy;
 use crate::record::{Job, StreamRecord};
-use std::path::Path;
 
-pub async fn run(args: StreamArgs, dir: Option<&Path>, ctx: &Ctx) -> Result<()> {
+pub async fn run(args: StreamArgs, dir: &super::Lookup<'_>, ctx: &Ctx) -> Result<()> {
     let policy = match load_policy(&args.policy, dir) {
         Ok(p) => p,
         Err(e) => return fail(&args, &args.policy, e),

@@ -7,7 +7,6 @@ use crate::ops::Ctx;
 use crate::policy::Policy;
 use crate::record::Job;
 use crate::repo::Selector;
-use std::path::Path;
 use std::sync::Arc;
 
 fn request(args: &VerifyArgs, policy: &Policy) -> Result<Request> {
@@ -28,7 +27,7 @@ fn request(args: &VerifyArgs, policy: &Policy) -> Result<Request> {
     Ok(req)
 }
 
-pub async fn run(args: VerifyArgs, dir: Option<&Path>, ctx: &Ctx) -> Result<()> {
+pub async fn run(args: VerifyArgs, dir: &super::Lookup<'_>, ctx: &Ctx) -> Result<()> {
     let done = run_job(
         &args.policy,
         dir,

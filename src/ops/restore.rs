@@ -286,6 +286,7 @@ async fn restore(
                 }
             }
             StorageTo::Source => {
+                policy.require("storage.")?;
                 let cfg = policy.storage.as_ref().ok_or_else(|| {
                     Error::input(format!(
                         "--storage-to-source: policy {} has no [storage] source",

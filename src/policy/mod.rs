@@ -53,6 +53,45 @@ pub struct Policy {
     pub restore: RestoreSettings,
     /// `[stream]`: continuous protection through a logical replication slot.
     pub stream: Option<StreamSettings>,
+    /// Keys left unresolved because their `${VAR}` is unset and the command does not use them
+    /// ([`Resolve::OnlyUsed`]); [`Policy::require`] names the variable when one is used after all.
+    pub unresolved: Vec<Unresolved>,
+}
+
+/// Which `${VAR}`s a load must resolve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Resolve {
+    /// Every one: a job that backs up, prunes or notifies needs them all.
+    #[default]
+    All,
+    /// Only those of the repository, the encryption and the objectives: read-only commands and
+    /// restore (DESIGN.md). An unset variable in `[notify]` turns that notification off (said
+    /// once on stderr); one in `[database] url`, `[storage]` or `[verify] scratch_url` is an
+    /// error only where that value is used.
+    OnlyUsed,
+}
+
+/// A key whose `${VAR}` was not set under [`Resolve::OnlyUsed`].
+#[derive(Debug, Clone)]
+pub struct Unresolved {
+    pub key: String,
+    pub var: String,
+}
+
+impl Policy {
+    /// Refuses, naming the variable, when a key under `prefix` (`database.url`, `storage.`,
+    /// `verify.scratch_url`) was left unresolved by the load.
+    pub fn require(&self, prefix: &str) -> Result<()> {
+        match self.unresolved.iter().find(|u| u.key.starts_with(prefix)) {
+            None => Ok(()),
+            Some(u) => Err(Error::input(format!(
+                "{}: {}: environment variable {} is not set (or is empty), and this command needs it",
+                self.path.display(),
+                u.key,
+                u.var
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -269,13 +308,27 @@ pub fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 pub fn load(path: &Path) -> Result<Policy> {
+    load_resolving(path, Resolve::All)
+}
+
+/// [`load`], resolving only the `${VAR}`s that `resolve` asks for.
+pub fn load_resolving(path: &Path, resolve: Resolve) -> Result<Policy> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::input(format!("cannot read policy {}: {e}", path.display())))?;
-    parse(&text, path, &|name| std::env::var(name).ok())
+    parse_resolving(&text, path, &|name| std::env::var(name).ok(), resolve)
 }
 
 /// Parses and validates a policy text; `env` looks up `${VAR}`s.
 pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Policy> {
+    parse_resolving(text, path, env, Resolve::All)
+}
+
+fn parse_resolving(
+    text: &str,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    resolve: Resolve,
+) -> Result<Policy> {
     let file = path.display().to_string();
     let raw: RawPolicy = toml::from_str(text).map_err(|e| {
         let at = e.span().map(|s| location(text, s.start));
@@ -292,8 +345,11 @@ pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> R
         file: &file,
         env,
         problems: Vec::new(),
+        resolve,
+        unresolved: Vec::new(),
     };
-    let policy = v.policy(raw, path);
+    let mut policy = v.policy(raw, path);
+    policy.unresolved = v.unresolved;
     if v.problems.is_empty() {
         Ok(policy)
     } else {
@@ -318,6 +374,8 @@ pub fn notify_of_broken(path: &Path) -> Option<Notify> {
         file: &file,
         env: &env,
         problems: Vec::new(),
+        resolve: Resolve::All,
+        unresolved: Vec::new(),
     };
     let notify = v.notify(raw.notify?);
     v.problems.is_empty().then_some(notify)
@@ -340,6 +398,8 @@ struct Validator<'a> {
     file: &'a str,
     env: &'a dyn Fn(&str) -> Option<String>,
     problems: Vec<String>,
+    resolve: Resolve,
+    unresolved: Vec<Unresolved>,
 }
 
 impl Validator<'_> {
@@ -349,7 +409,21 @@ impl Validator<'_> {
             .push(format!("{}:{l}:{c}: {key}: {}", self.file, msg.as_ref()));
     }
 
-    /// Expands `${VAR}`s; on a missing variable records a problem and returns an empty string.
+    /// Whether an unset variable in `key` can wait until the value is used.
+    fn may_defer(&self, key: &str) -> bool {
+        self.resolve == Resolve::OnlyUsed
+            && (key.starts_with("notify.")
+                || key.starts_with("storage.")
+                || key == "database.url"
+                || key == "verify.scratch_url")
+    }
+
+    fn deferred(&self, prefix: &str) -> bool {
+        self.unresolved.iter().any(|u| u.key.starts_with(prefix))
+    }
+
+    /// Expands `${VAR}`s; on a missing variable records a problem (or, where it may wait, an
+    /// unresolved key) and returns an empty string.
     fn expand(&mut self, s: &S, key: &str) -> String {
         let raw = s.get_ref();
         if raw.trim().is_empty() {
@@ -383,6 +457,13 @@ impl Validator<'_> {
             }
             match (self.env)(name).filter(|v| !v.is_empty()) {
                 Some(value) => out.push_str(&value),
+                None if self.may_defer(key) => {
+                    self.unresolved.push(Unresolved {
+                        key: key.to_string(),
+                        var: name.to_string(),
+                    });
+                    return String::new();
+                }
                 None => {
                     self.problem(
                         s.span(),
@@ -398,8 +479,11 @@ impl Validator<'_> {
         out
     }
 
+    /// An optional value; `None` also when its variable was left unresolved.
     fn opt(&mut self, s: &Option<S>, key: &str) -> Option<String> {
-        s.as_ref().map(|s| self.expand(s, key))
+        let before = self.unresolved.len();
+        let value = s.as_ref().map(|s| self.expand(s, key));
+        value.filter(|_| self.unresolved.len() == before)
     }
 
     /// A database URL: expanded, and refused (naming the characters, never the password) when
@@ -457,10 +541,8 @@ impl Validator<'_> {
                 list.iter().map(|e| e.get_ref().clone()).collect()
             }
         };
-        let email = n.email.map(|e| {
-            let smtp_url = self
-                .secret(&Some(e.smtp_url.clone()), "notify.email.smtp_url")
-                .unwrap_or_default();
+        let email = n.email.and_then(|e| {
+            let smtp_url = self.secret(&Some(e.smtp_url.clone()), "notify.email.smtp_url")?;
             if !smtp_url.expose_secret().is_empty() {
                 if let Err(problem) = crate::notify::email::check_url(smtp_url.expose_secret()) {
                     self.problem(e.smtp_url.span(), "notify.email.smtp_url", problem);
@@ -474,11 +556,11 @@ impl Validator<'_> {
             if e.to.is_empty() {
                 self.problem(e.from.span(), "notify.email.to", "names no recipient");
             }
-            Email {
+            Some(Email {
                 smtp_url,
                 from: e.from.get_ref().clone(),
                 to: e.to.iter().map(|t| t.get_ref().clone()).collect(),
-            }
+            })
         });
         Notify {
             webhook: self.secret(&n.webhook, "notify.webhook"),
@@ -648,6 +730,7 @@ impl Validator<'_> {
             runbook,
             restore,
             stream,
+            unresolved: Vec::new(),
         }
     }
 
@@ -687,6 +770,7 @@ impl Validator<'_> {
         let url = self.opt(&s.url, "storage.url");
         let key = self.secret(&s.key, "storage.key");
         match known {
+            _ if self.deferred("storage.") => {}
             Some(StorageKind::Supabase) if url.is_none() || key.is_none() => self.problem(
                 s.kind.span(),
                 "storage",

@@ -13,9 +13,12 @@
 //!   which every snapshot is kept) is listed as "thinned by retention" and does not count.
 //!   Every other gap counts, including the gaps prune leaves with no `[retention]` rule behind
 //!   them.
-//! * Each control judges one thing: with no verify (or backup) runs in the window,
-//!   `verification_success` and `restore_time` (or `backup_success`) have nothing to fail and
-//!   say so, while `restore_test_performed` (or the recovery-point controls) fail.
+//! * Each control judges one thing, and is green only for what happened: with no verify in
+//!   the window, `verification_success` and `restore_time` are `not_tested` (grey, not
+//!   compliant) and `restore_test_performed` fails; with no backup runs, `backup_success` has
+//!   nothing to fail while the recovery-point controls fail.
+//! * Times are shown to the second; an error cut for the evidence ends in `…` (the run record
+//!   holds it whole).
 //! * A control that cannot apply (object lock on a local directory) is `not_applicable`,
 //!   counts as compliant, and says why.
 
@@ -41,7 +44,7 @@ pub struct Control {
     pub id: &'static str,
     pub title: &'static str,
     pub compliant: bool,
-    /// `compliant`, `non_compliant` or `not_applicable`.
+    /// `compliant`, `non_compliant`, `not_applicable` or `not_tested`.
     pub status: &'static str,
     pub target: String,
     pub observed: String,
@@ -58,6 +61,16 @@ pub struct Timeline {
     pub verifies: Vec<(DateTime<Utc>, Option<f64>, bool)>,
     pub failed_backups: Vec<DateTime<Utc>>,
     pub rto_s: f64,
+    /// Where the axis starts: the window's start, or the repository's creation when later.
+    pub start: Option<DateTime<Utc>>,
+    /// The newest recovery point (a snapshot or the stream's newest sealed commit).
+    pub newest: Option<DateTime<Utc>>,
+    /// Spans the change stream covers: runs of segments chained by LSN.
+    pub covered: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+    /// Windows between those spans (a hole in the chain) and after schema changes.
+    pub uncovered: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+    /// Stream proofs of verify: (from snapshot's time, to snapshot's time, passed).
+    pub proofs: Vec<(DateTime<Utc>, DateTime<Utc>, bool)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -117,6 +130,30 @@ fn control(
         target,
         observed,
         evidence,
+    }
+}
+
+/// A control that nothing in the window could prove: grey, never green, and not compliant.
+fn not_tested(id: &'static str, title: &'static str, target: String, observed: String) -> Control {
+    Control {
+        status: "not_tested",
+        ..control(id, title, false, target, observed, Vec::new())
+    }
+}
+
+/// A time as the report shows it: RFC 3339, to the second.
+pub fn at(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_secs()
+}
+
+/// RFC 3339 to the second, for every time the report prints.
+pub trait ToSecs {
+    fn to_rfc3339_secs(&self) -> String;
+}
+
+impl ToSecs for DateTime<Utc> {
+    fn to_rfc3339_secs(&self) -> String {
+        self.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     }
 }
 
@@ -204,7 +241,7 @@ pub fn evaluate(input: &Input) -> PolicyReport {
         .map(|c| {
             vec![format!(
                 "the change stream's newest sealed commit at {}",
-                c.to_rfc3339()
+                c.to_rfc3339_secs()
             )]
         })
         .unwrap_or_default();
@@ -214,14 +251,14 @@ pub fn evaluate(input: &Input) -> PolicyReport {
         objectives::rpo_met(newest_point, w.to, o.rpo),
         format!("at most {}", format_duration(o.rpo)),
         age.map_or("no recovery point".into(), |a| {
-            format!("{} old at {}", format_duration(a), w.to.to_rfc3339())
+            format!("{} old at {}", format_duration(a), w.to.to_rfc3339_secs())
         }),
         {
             age_evidence.extend(newest.map(|m| {
                 format!(
                     "snapshot {} consistent at {}",
                     m.id,
-                    m.consistent_at.to_rfc3339()
+                    m.consistent_at.to_rfc3339_secs()
                 )
             }));
             age_evidence
@@ -269,8 +306,8 @@ pub fn evaluate(input: &Input) -> PolicyReport {
         .map(|(a, b)| {
             format!(
                 "gap {} → {} ({}): no recovery point",
-                a.to_rfc3339(),
-                b.to_rfc3339(),
+                a.to_rfc3339_secs(),
+                b.to_rfc3339_secs(),
                 format_duration(secs(*b - *a))
             )
         })
@@ -278,8 +315,8 @@ pub fn evaluate(input: &Input) -> PolicyReport {
     evidence.extend(thinned.iter().map(|(a, b)| {
         format!(
             "gap {} → {} ({}): thinned by retention, not counted",
-            a.to_rfc3339(),
-            b.to_rfc3339(),
+            a.to_rfc3339_secs(),
+            b.to_rfc3339_secs(),
             format_duration(secs(*b - *a))
         )
     }));
@@ -300,12 +337,13 @@ pub fn evaluate(input: &Input) -> PolicyReport {
     let passed: Vec<&&VerifyRecord> = verifies.iter().filter(|r| r.ok).collect();
     let last_pass = passed.iter().map(|r| r.started_at).max();
     let interval = schedule_interval(p, w.to);
-    let recent = match (last_pass, interval) {
-        (Some(t), Some(i)) => {
-            w.to - t
-                <= chrono::Duration::from_std(i).unwrap_or(chrono::Duration::MAX)
-                    + rpo_c.min(chrono::Duration::hours(1))
-        }
+    // A scheduled verify may start late and take a while: the interval plus the RPO (at most
+    // an hour) of slack, stated in the target as it is computed.
+    let slack = rpo_c.min(chrono::Duration::hours(1));
+    let tolerance =
+        interval.map(|i| chrono::Duration::from_std(i).unwrap_or(chrono::Duration::MAX) + slack);
+    let recent = match (last_pass, tolerance) {
+        (Some(t), Some(tol)) => w.to - t <= tol,
         (Some(_), None) => true,
         (None, _) => false,
     };
@@ -315,24 +353,32 @@ pub fn evaluate(input: &Input) -> PolicyReport {
         recent,
         match interval {
             Some(i) => format!(
-                "a passed verify within the window and within the [schedule] verify interval ({})",
-                format_duration(i)
+                "a passed verify within the window, at most {} old at its end (the [schedule] verify interval {} plus {} of slack)",
+                format_duration(secs(tolerance.unwrap_or(slack))),
+                format_duration(i),
+                format_duration(secs(slack))
             ),
             None => "a passed verify within the window".into(),
         },
         last_pass.map_or("no passed verify in the window".into(), |t| {
-            format!("last passed verify at {}", t.to_rfc3339())
+            format!("last passed verify at {}", t.to_rfc3339_secs())
         }),
         passed
             .iter()
             .rev()
             .take(5)
             .map(|r| {
+                let proof = r.stream_checked.as_ref().map_or(String::new(), |s| {
+                    format!(
+                        ", and proved the stream's replay from snapshot {} to {} ({} transactions)",
+                        s.from, s.to, s.transactions
+                    )
+                });
                 format!(
-                    "verify {} of snapshot {} passed at {}",
+                    "verify {} of snapshot {} passed at {}{proof}",
                     or_unknown(&r.run_id),
                     r.snapshot_id.as_deref().unwrap_or("?"),
-                    r.started_at.to_rfc3339()
+                    r.started_at.to_rfc3339_secs()
                 )
             })
             .collect(),
@@ -345,65 +391,79 @@ pub fn evaluate(input: &Input) -> PolicyReport {
             Some((
                 r.started_at,
                 r.restore_s?,
-                r.snapshot_id.clone().unwrap_or_else(|| "?".into()),
+                format!(
+                    "{} (snapshot {})",
+                    or_unknown(&r.run_id),
+                    r.snapshot_id.as_deref().unwrap_or("?")
+                ),
             ))
         })
         .collect();
     let last = measured.iter().max_by_key(|m| m.0);
     let worst = measured.iter().max_by(|a, b| a.1.total_cmp(&b.1));
     let rto = o.rto.as_secs_f64();
-    controls.push(control(
-        "restore_time",
-        "Measured restore times are within the RTO",
-        worst.is_none_or(|w| w.1 <= rto),
-        format!("at most {}", format_duration(o.rto)),
-        match (last, worst) {
-            (Some(l), Some(w)) => format!("last {:.1}s, worst {:.1}s", l.1, w.1),
-            _ => "no measured restore in the window (see restore_test_performed)".into(),
-        },
-        [last.map(|l| ("last", l)), worst.map(|w| ("worst", w))]
-            .into_iter()
-            .flatten()
-            .map(|(what, m)| {
-                format!(
-                    "{what}: {:.1}s restoring snapshot {} at {}",
-                    m.1,
-                    m.2,
-                    m.0.to_rfc3339()
-                )
-            })
-            .collect(),
-    ));
+    let title = "Measured restore times are within the RTO";
+    controls.push(if measured.is_empty() {
+        not_tested(
+            "restore_time",
+            title,
+            format!("at most {}", format_duration(o.rto)),
+            "no measured restore in the window: not tested (see restore_test_performed)".into(),
+        )
+    } else {
+        control(
+            "restore_time",
+            title,
+            worst.is_none_or(|w| w.1 <= rto),
+            format!("at most {}", format_duration(o.rto)),
+            match (last, worst) {
+                (Some(l), Some(w)) => format!("last {:.1}s, worst {:.1}s", l.1, w.1),
+                _ => "no measured restore in the window (see restore_test_performed)".into(),
+            },
+            [last.map(|l| ("last", l)), worst.map(|w| ("worst", w))]
+                .into_iter()
+                .flatten()
+                .map(|(what, m)| format!("{what}: {:.1}s in verify {} at {}", m.1, m.2, at(m.0)))
+                .collect(),
+        )
+    });
 
     // verification_success
     let failed_verifies: Vec<&&VerifyRecord> = verifies.iter().filter(|r| !r.ok).collect();
-    controls.push(control(
-        "verification_success",
-        "Every verify in the window passed",
-        failed_verifies.is_empty(),
-        "100% of verify runs passed".into(),
-        if verifies.is_empty() {
-            "no verify runs in the window (see restore_test_performed)".into()
-        } else {
+    let title = "Every verify in the window passed";
+    controls.push(if verifies.is_empty() {
+        not_tested(
+            "verification_success",
+            title,
+            "100% of verify runs passed".into(),
+            "no verify runs in the window: not tested (see restore_test_performed)".into(),
+        )
+    } else {
+        control(
+            "verification_success",
+            title,
+            failed_verifies.is_empty(),
+            "100% of verify runs passed".into(),
             format!(
                 "{} of {} passed ({:.0}%)",
                 passed.len(),
                 verifies.len(),
                 100.0 * passed.len() as f64 / verifies.len() as f64
-            )
-        },
-        failed_verifies
-            .iter()
-            .map(|r| {
-                format!(
-                    "verify at {} of snapshot {} failed: {}",
-                    r.started_at.to_rfc3339(),
-                    r.snapshot_id.as_deref().unwrap_or("?"),
-                    failure(&r.error, &r.problems)
-                )
-            })
-            .collect(),
-    ));
+            ),
+            failed_verifies
+                .iter()
+                .map(|r| {
+                    format!(
+                        "verify {} of snapshot {} at {} failed: {}",
+                        or_unknown(&r.run_id),
+                        r.snapshot_id.as_deref().unwrap_or("?"),
+                        at(r.started_at),
+                        failure(&r.error, &r.problems)
+                    )
+                })
+                .collect(),
+        )
+    });
 
     // backup_success
     let failed_backups: Vec<&&BackupRecord> = backups.iter().filter(|r| !r.ok).collect();
@@ -427,7 +487,7 @@ pub fn evaluate(input: &Input) -> PolicyReport {
             .map(|r| {
                 format!(
                     "backup at {} failed: {}",
-                    r.started_at.to_rfc3339(),
+                    r.started_at.to_rfc3339_secs(),
                     failure(&r.error, &[])
                 )
             })
@@ -443,13 +503,13 @@ pub fn evaluate(input: &Input) -> PolicyReport {
         "minimum_retention",
         "The oldest restorable recovery point reaches back the retention objective",
         oldest.is_some_and(|m| m.consistent_at <= needed),
-        format!("a recovery point at or before {} ({} back)", needed.to_rfc3339(), format_duration(o.retention)),
+        format!("a recovery point at or before {} ({} back)", needed.to_rfc3339_secs(), format_duration(o.retention)),
         match oldest {
-            Some(m) => format!("oldest recovery point {} ({} back)", m.consistent_at.to_rfc3339(), format_duration(secs(w.to - m.consistent_at))),
+            Some(m) => format!("oldest recovery point {} ({} back)", m.consistent_at.to_rfc3339_secs(), format_duration(secs(w.to - m.consistent_at))),
             None => "no recovery point".into(),
         },
         if young {
-            vec![format!("the repository was created {}: it is younger than the retention objective and complies from {} if its snapshots are kept", input.repo_created.to_rfc3339(), (input.repo_created + reach).to_rfc3339())]
+            vec![format!("the repository was created {}: it is younger than the retention objective and complies from {} if its snapshots are kept", input.repo_created.to_rfc3339_secs(), (input.repo_created + reach).to_rfc3339_secs())]
         } else {
             oldest.map(|m| vec![format!("snapshot {}", m.id)]).unwrap_or_default()
         },
@@ -505,7 +565,7 @@ pub fn evaluate(input: &Input) -> PolicyReport {
                     Some(l) => format!(
                         "snapshot {} is locked only until {}",
                         m.id,
-                        l.until.to_rfc3339()
+                        l.until.to_rfc3339_secs()
                     ),
                 })
                 .collect();
@@ -543,7 +603,7 @@ pub fn evaluate(input: &Input) -> PolicyReport {
                 format!(
                     "backup {} at {}: {a} storage.objects rows without an object, {b} objects without a row, {c} objects the source could not fetch",
                     r.snapshot_id.as_deref().unwrap_or("?"),
-                    r.started_at.to_rfc3339()
+                    r.started_at.to_rfc3339_secs()
                 )
             })
         })
@@ -589,6 +649,7 @@ pub fn evaluate(input: &Input) -> PolicyReport {
         }))
         .collect();
     runs.sort_by_key(|r| std::cmp::Reverse(r.at));
+    let (covered, uncovered) = stream_spans(&sealed);
     let timeline = Timeline {
         points: in_win
             .iter()
@@ -601,6 +662,11 @@ pub fn evaluate(input: &Input) -> PolicyReport {
             .collect(),
         failed_backups: failed_backups.iter().map(|r| r.started_at).collect(),
         rto_s: rto,
+        start: Some(start),
+        newest: newest_point,
+        covered,
+        uncovered,
+        proofs: stream_proofs(&snaps, &verifies),
     };
     PolicyReport {
         name: p.name.clone(),
@@ -613,6 +679,47 @@ pub fn evaluate(input: &Input) -> PolicyReport {
         timeline,
         runs,
     }
+}
+
+/// The spans the stream covers (segments chained by LSN joined into one) and the holes
+/// between them.
+type Spans = Vec<(DateTime<Utc>, DateTime<Utc>)>;
+fn stream_spans(sealed: &[&crate::repo::streams::Segment]) -> (Spans, Spans) {
+    let mut covered: Spans = Vec::new();
+    let mut holes = Vec::new();
+    let mut previous: Option<&crate::repo::streams::Segment> = None;
+    for g in sealed {
+        let chained = previous.is_some_and(|p| g.previous_lsn.as_deref() == Some(&p.last_lsn));
+        match covered.last_mut() {
+            Some(span) if chained => span.1 = g.last_commit_at,
+            _ => {
+                if let Some(p) = previous {
+                    holes.push((p.last_commit_at, g.first_commit_at));
+                }
+                covered.push((g.first_commit_at, g.last_commit_at));
+            }
+        }
+        for c in &g.schema_changes {
+            holes.push((c.commit_at, g.last_commit_at));
+        }
+        previous = Some(g);
+    }
+    (covered, holes)
+}
+
+/// The stream proofs of the window's verifies, as spans between the two snapshots' times.
+fn stream_proofs(
+    snaps: &[&Meta],
+    verifies: &[&VerifyRecord],
+) -> Vec<(DateTime<Utc>, DateTime<Utc>, bool)> {
+    let time = |id: &str| snaps.iter().find(|m| m.id == id).map(|m| m.consistent_at);
+    verifies
+        .iter()
+        .filter_map(|r| {
+            let s = r.stream_checked.as_ref()?;
+            Some((time(&s.from)?, time(&s.to)?, r.ok && s.tables_equal))
+        })
+        .collect()
 }
 
 /// `continuous_protection` (only with `[stream]`): the change stream joins each snapshot of the
@@ -636,7 +743,7 @@ fn continuous_protection(
         if pair[1].previous_lsn.as_deref() != Some(pair[0].last_lsn.as_str()) {
             problems.push(format!(
                 "hole in the stream after {} (segment {} ends at {}, the next begins after {}): the slot was dropped or recreated",
-                pair[0].last_commit_at.to_rfc3339(),
+                pair[0].last_commit_at.to_rfc3339_secs(),
                 pair[0].id,
                 pair[0].last_lsn,
                 pair[1].previous_lsn.as_deref().unwrap_or("an unknown point")
@@ -648,8 +755,8 @@ fn continuous_protection(
         if waited > seal * 2 {
             problems.push(format!(
                 "gap: changes committed at {} were sealed only at {} ({}, over twice seal_every {})",
-                g.first_commit_at.to_rfc3339(),
-                g.sealed_at.to_rfc3339(),
+                g.first_commit_at.to_rfc3339_secs(),
+                g.sealed_at.to_rfc3339_secs(),
                 format_duration(secs(waited)),
                 format_duration(s.seal_every)
             ));
@@ -659,11 +766,11 @@ fn continuous_protection(
             problems.push(format!(
                 "not covered: table {} changed shape at {}; restores are refused from then until {}",
                 c.table,
-                c.commit_at.to_rfc3339(),
+                c.commit_at.to_rfc3339_secs(),
                 next.map_or("the next snapshot".into(), |m| format!(
                     "snapshot {} at {}",
                     m.id,
-                    m.consistent_at.to_rfc3339()
+                    m.consistent_at.to_rfc3339_secs()
                 ))
             ));
         }
@@ -692,7 +799,7 @@ fn continuous_protection(
             problems.push(format!(
                 "hole between snapshot {} ({}) and the stream, which resumes after {}",
                 m.id,
-                m.consistent_at.to_rfc3339(),
+                m.consistent_at.to_rfc3339_secs(),
                 first.previous_lsn.as_deref().unwrap_or(&first.first_lsn)
             ));
         }
@@ -702,8 +809,8 @@ fn continuous_protection(
     if let (Some(a), Some(b)) = (in_win.first(), in_win.last()) {
         evidence.push(format!(
             "covered: {} → {} ({} segments, {} transactions)",
-            a.first_commit_at.to_rfc3339(),
-            b.last_commit_at.to_rfc3339(),
+            a.first_commit_at.to_rfc3339_secs(),
+            b.last_commit_at.to_rfc3339_secs(),
             in_win.len(),
             transactions
         ));
@@ -747,7 +854,11 @@ fn continuous_protection(
 /// A failed run's error, or its first problems.
 fn failure(error: &Option<String>, problems: &[String]) -> String {
     if let Some(e) = error {
-        return e.chars().take(300).collect();
+        const SHOWN: usize = 300;
+        if e.chars().count() <= SHOWN {
+            return e.clone();
+        }
+        return e.chars().take(SHOWN).collect::<String>() + "…";
     }
     if problems.is_empty() {
         "failed".into()

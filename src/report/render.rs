@@ -2,7 +2,7 @@
 //! audit ticket) and one self-contained HTML page (inline CSS and SVG, no scripts, legible on
 //! A4). JSON is the serde form of [`Report`].
 
-use super::{PolicyReport, Window};
+use super::{PolicyReport, ToSecs, Window};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::fmt::Write;
@@ -27,6 +27,7 @@ fn mark(status: &str) -> &'static str {
     match status {
         "compliant" => "ok ",
         "not_applicable" => "n/a",
+        "not_tested" => "NT",
         _ => "FAIL",
     }
 }
@@ -36,8 +37,8 @@ pub fn text(r: &Report) -> String {
     let _ = writeln!(
         out,
         "backstop compliance report, {} → {}: {}",
-        r.window.from.to_rfc3339(),
-        r.window.to.to_rfc3339(),
+        r.window.from.to_rfc3339_secs(),
+        r.window.to.to_rfc3339_secs(),
         verdict(r.compliant)
     );
     for p in &r.policies {
@@ -81,9 +82,9 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(
         out,
         "# Backup compliance report\n\nWindow: {} → {}  \nGenerated: {}  \nVerdict: **{}**",
-        r.window.from.to_rfc3339(),
-        r.window.to.to_rfc3339(),
-        r.generated_at.to_rfc3339(),
+        r.window.from.to_rfc3339_secs(),
+        r.window.to.to_rfc3339_secs(),
+        r.generated_at.to_rfc3339_secs(),
         verdict(r.compliant)
     );
     for p in &r.policies {
@@ -129,12 +130,15 @@ pub(crate) fn esc(s: &str) -> String {
 /// verify runs as bars whose height is restore_s against a dashed line at the RTO, failed
 /// runs in red.
 fn timeline(p: &PolicyReport, w: &Window) -> String {
-    let (width, height, top, base) = (1000.0, 200.0, 20.0, 150.0);
-    let span = (w.to - w.from).num_milliseconds().max(1) as f64;
-    let x = |t: DateTime<Utc>| {
-        40.0 + (t - w.from).num_milliseconds().clamp(0, span as i64) as f64 / span * (width - 60.0)
-    };
+    let (width, height, top, base) = (1000.0, 240.0, 20.0, 150.0);
     let t = &p.timeline;
+    // The axis starts at the repository's creation when that is inside the window: a young
+    // repository fills the width instead of a sliver at its right edge.
+    let from = t.start.unwrap_or(w.from).max(w.from);
+    let span = (w.to - from).num_milliseconds().max(1) as f64;
+    let x = |at: DateTime<Utc>| {
+        50.0 + (at - from).num_milliseconds().clamp(0, span as i64) as f64 / span * (width - 70.0)
+    };
     let max_s = t
         .verifies
         .iter()
@@ -149,24 +153,82 @@ fn timeline(p: &PolicyReport, w: &Window) -> String {
     );
     let _ = write!(
         svg,
-        r##"<rect x="40" y="{top}" width="{}" height="{}" fill="#f7f7f7"/>"##,
-        width - 60.0,
-        base - top
+        r##"<rect x="50" y="{top}" width="{}" height="{}" fill="#f7f7f7"/><text class="axis-label" x="12" y="{:.1}" font-size="11" transform="rotate(-90 12 {:.1})" text-anchor="middle">restore time (s)</text>"##,
+        width - 70.0,
+        base - top,
+        (top + base) / 2.0,
+        (top + base) / 2.0
     );
-    for (a, b) in &t.gaps {
+    let band = |svg: &mut String,
+                class: &str,
+                color: &str,
+                y0: f64,
+                h: f64,
+                a: DateTime<Utc>,
+                b: DateTime<Utc>,
+                what: &str| {
         let _ = write!(
             svg,
-            r##"<rect class="gap" x="{:.1}" y="{top}" width="{:.1}" height="{}" fill="#e53935" fill-opacity="0.25"><title>gap {} → {}</title></rect>"##,
-            x(*a),
-            (x(*b) - x(*a)).max(1.0),
+            r##"<rect class="{class}" x="{:.1}" y="{y0}" width="{:.1}" height="{h}" fill="{color}"><title>{what} {} → {}</title></rect>"##,
+            x(a),
+            (x(b) - x(a)).max(2.0),
+            a.to_rfc3339_secs(),
+            b.to_rfc3339_secs()
+        );
+    };
+    for (a, b) in &t.gaps {
+        band(
+            &mut svg,
+            "gap",
+            "#e53935\" fill-opacity=\"0.25",
+            top,
             base - top,
-            a.to_rfc3339(),
-            b.to_rfc3339()
+            *a,
+            *b,
+            "gap",
+        );
+    }
+    let lane = base + 36.0;
+    for (a, b) in &t.covered {
+        band(
+            &mut svg,
+            "stream-covered",
+            "#43a047",
+            lane,
+            8.0,
+            *a,
+            *b,
+            "stream covers",
+        );
+    }
+    for (a, b) in &t.uncovered {
+        band(
+            &mut svg,
+            "stream-uncovered",
+            "#fb8c00",
+            lane,
+            8.0,
+            *a,
+            *b,
+            "not covered",
+        );
+    }
+    for (a, b, ok) in &t.proofs {
+        let color = if *ok { "#1e88e5" } else { "#e53935" };
+        band(
+            &mut svg,
+            "stream-proof",
+            color,
+            lane + 10.0,
+            4.0,
+            *a,
+            *b,
+            "stream replay proven",
         );
     }
     let _ = write!(
         svg,
-        r##"<line class="rto" x1="40" x2="{}" y1="{:.1}" y2="{:.1}" stroke="#fb8c00" stroke-dasharray="6 4"/><text x="{}" y="{:.1}" font-size="11" text-anchor="end" fill="#fb8c00">RTO {:.0}s</text>"##,
+        r##"<line class="rto" x1="50" x2="{}" y1="{:.1}" y2="{:.1}" stroke="#fb8c00" stroke-dasharray="6 4"/><text x="{}" y="{:.1}" font-size="11" text-anchor="end" fill="#fb8c00">RTO {:.0}s</text>"##,
         width - 20.0,
         y(t.rto_s),
         y(t.rto_s),
@@ -174,6 +236,7 @@ fn timeline(p: &PolicyReport, w: &Window) -> String {
         y(t.rto_s) - 3.0,
         t.rto_s
     );
+    let label_each = t.verifies.len() <= 30;
     for (at, restore, ok) in &t.verifies {
         let h = restore.unwrap_or(0.0);
         let color = if *ok && h <= t.rto_s {
@@ -181,15 +244,25 @@ fn timeline(p: &PolicyReport, w: &Window) -> String {
         } else {
             "#e53935"
         };
+        let bar_top = y(h.max(max_s * 0.02));
         let _ = write!(
             svg,
-            r#"<rect class="verify" x="{:.1}" y="{:.1}" width="4" height="{:.1}" fill="{color}"><title>verify {}: {}</title></rect>"#,
+            r#"<rect class="verify" x="{:.1}" y="{bar_top:.1}" width="4" height="{:.1}" fill="{color}"><title>verify {}: {}</title></rect>"#,
             x(*at) - 2.0,
-            y(h.max(max_s * 0.02)),
-            base - y(h.max(max_s * 0.02)),
-            at.to_rfc3339(),
+            base - bar_top,
+            at.to_rfc3339_secs(),
             restore.map_or("no restore measured".into(), |s| format!("{s:.1}s"))
         );
+        // Restore times far below the RTO are a sliver of a bar: the figure says them.
+        if label_each {
+            let _ = write!(
+                svg,
+                r#"<text class="verify-label" x="{:.1}" y="{:.1}" font-size="10" text-anchor="middle" fill="{color}">{}</text>"#,
+                x(*at),
+                bar_top - 3.0,
+                restore.map_or("-".into(), |s| format!("{s:.1}s"))
+            );
+        }
     }
     for (id, at) in &t.points {
         let _ = write!(
@@ -199,7 +272,7 @@ fn timeline(p: &PolicyReport, w: &Window) -> String {
             base + 4.0,
             base + 22.0,
             esc(id),
-            at.to_rfc3339()
+            at.to_rfc3339_secs()
         );
     }
     for at in &t.failed_backups {
@@ -207,28 +280,102 @@ fn timeline(p: &PolicyReport, w: &Window) -> String {
             svg,
             r##"<circle class="failed" cx="{:.1}" cy="{}" r="4" fill="#e53935"><title>failed backup {}</title></circle>"##,
             x(*at),
-            base + 30.0,
-            at.to_rfc3339()
+            base + 28.0,
+            at.to_rfc3339_secs()
         );
     }
-    let _ = write!(
-        svg,
-        r##"<text x="40" y="{}" font-size="11">{}</text><text x="{}" y="{}" font-size="11" text-anchor="end">{}</text>"##,
-        height - 4.0,
-        w.from.format("%Y-%m-%d %H:%M"),
-        width - 20.0,
-        height - 4.0,
-        w.to.format("%Y-%m-%d %H:%M")
-    );
+    svg.push_str(&axis(from, w.to, &x, height - 22.0));
     svg.push_str("</svg>");
     svg
 }
 
+/// Tick marks and labels under the timeline: days beyond two days, hours beyond two hours,
+/// else minutes and seconds.
+fn axis(
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    x: &dyn Fn(DateTime<Utc>) -> f64,
+    y: f64,
+) -> String {
+    let (format, unit) = match (to - from).num_minutes() {
+        m if m > 48 * 60 => ("%Y-%m-%d", "days"),
+        m if m > 120 => ("%m-%d %H:%M", "hours"),
+        _ => ("%H:%M:%S", "minutes"),
+    };
+    let mut out = String::new();
+    let ticks = 6;
+    for i in 0..=ticks {
+        let at = from + (to - from) * i / ticks;
+        let anchor = match i {
+            0 => "start",
+            i if i == ticks => "end",
+            _ => "middle",
+        };
+        let _ = write!(
+            out,
+            r##"<line x1="{0:.1}" x2="{0:.1}" y1="{1}" y2="{2}" stroke="#999"/><text class="tick" x="{0:.1}" y="{3}" font-size="10" text-anchor="{anchor}">{4}</text>"##,
+            x(at),
+            y - 4.0,
+            y,
+            y + 10.0,
+            at.format(format)
+        );
+    }
+    let _ = write!(
+        out,
+        r#"<text class="axis-label" x="525" y="{}" font-size="11" text-anchor="middle">time (UTC, {unit})</text>"#,
+        y + 21.0
+    );
+    out
+}
+
 const CSS: &str = "body{font:13px/1.4 system-ui,sans-serif;margin:24px;color:#222}h1{font-size:20px}h2{font-size:16px;margin-top:28px}\
 table{border-collapse:collapse;width:100%;margin:8px 0}td,th{border:1px solid #ccc;padding:4px 6px;vertical-align:top;text-align:left}\
-.compliant{color:#2e7d32;font-weight:600}.non_compliant{color:#c62828;font-weight:600}.not_applicable{color:#777}\
+.compliant{color:#2e7d32;font-weight:600}.non_compliant{color:#c62828;font-weight:600}.not_applicable{color:#777}.not_tested{color:#616161;background:#eee;font-weight:600}\
 .verdict{padding:2px 8px;border-radius:3px;color:#fff}.ok{background:#2e7d32}.bad{background:#c62828}\
 ul{margin:0;padding-left:16px}@media print{body{margin:10mm}table{page-break-inside:auto}tr{page-break-inside:avoid}}@page{size:A4}";
+
+/// The worst control of a policy: a failure before an untested one before a pass.
+fn worst(p: &PolicyReport) -> Option<&super::Control> {
+    let rank = |s: &str| match s {
+        "non_compliant" => 0,
+        "not_tested" => 1,
+        _ => 2,
+    };
+    p.controls.iter().min_by_key(|c| rank(c.status))
+}
+
+/// One row per policy: its verdict, its worst control and its newest recovery point.
+fn summary(r: &Report) -> String {
+    let mut out = String::from(
+        r#"<table class="summary"><tr><th>Policy</th><th>Verdict</th><th>Worst control</th><th>Newest recovery point</th></tr>"#,
+    );
+    for p in &r.policies {
+        let worst = worst(p).filter(|c| !c.compliant);
+        let newest = p
+            .timeline
+            .newest
+            .map_or("none".into(), |t| t.to_rfc3339_secs());
+        let _ = write!(
+            out,
+            r#"<tr><td><code>{}</code></td><td class="{}">{}</td><td>{}</td><td>{newest}</td></tr>"#,
+            esc(&p.name),
+            if p.compliant {
+                "compliant"
+            } else {
+                "non_compliant"
+            },
+            verdict(p.compliant),
+            worst.map_or("none failing".into(), |c| format!(
+                "<code>{}</code> ({})",
+                c.id,
+                c.status.replace('_', " ")
+            ))
+        );
+    }
+    out.push_str("</table>");
+    out
+}
 
 pub fn html(r: &Report) -> String {
     let badge = |ok: bool| {
@@ -241,10 +388,11 @@ pub fn html(r: &Report) -> String {
     let mut out = format!(
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>backstop compliance report</title><style>{CSS}</style></head><body><h1>Backup compliance report {}</h1><p>Window {} → {}; generated {}.</p>"#,
         badge(r.compliant),
-        r.window.from.to_rfc3339(),
-        r.window.to.to_rfc3339(),
-        r.generated_at.to_rfc3339()
+        r.window.from.to_rfc3339_secs(),
+        r.window.to.to_rfc3339_secs(),
+        r.generated_at.to_rfc3339_secs()
     );
+    out.push_str(&summary(r));
     for p in &r.policies {
         let _ = write!(
             out,
@@ -277,12 +425,12 @@ pub fn html(r: &Report) -> String {
         }
         out.push_str("</table><h3>Timeline</h3>");
         out.push_str(&timeline(p, &r.window));
-        out.push_str(r#"<p>Green ticks: recovery points. Red shading: gaps longer than the RPO. Bars: verify runs, height = measured restore time against the dashed RTO line; red when failed or over the RTO. Red dots: failed backups.</p><h3>Runs</h3><table><tr><th>Time</th><th>Kind</th><th>Outcome</th><th>Snapshot</th><th>Detail</th></tr>"#);
+        out.push_str(r#"<p>Green ticks: recovery points. Red shading: gaps longer than the RPO. Bars: verify runs, height = measured restore time against the dashed RTO line, labelled in seconds; red when failed or over the RTO. Red dots: failed backups. Under them, with a change stream: green band, the span the stream covers; orange, a window it does not; blue line, a span whose replay verify proved.</p><h3>Runs</h3><table><tr><th>Time</th><th>Kind</th><th>Outcome</th><th>Snapshot</th><th>Detail</th></tr>"#);
         for run in p.runs.iter().take(500) {
             let _ = write!(
                 out,
                 r#"<tr><td>{}</td><td>{}</td><td class="{}">{}</td><td>{}</td><td>{}</td></tr>"#,
-                run.at.to_rfc3339(),
+                run.at.to_rfc3339_secs(),
                 run.kind,
                 if run.ok { "compliant" } else { "non_compliant" },
                 if run.ok { "ok" } else { "failed" },

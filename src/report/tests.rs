@@ -202,10 +202,82 @@ fn a_failed_verify_flips_only_verification_success() {
 }
 
 #[test]
-fn no_verify_in_the_window_flips_only_restore_test_performed() {
+fn no_verify_in_the_window_is_not_tested_never_green() {
     let mut h = clean();
     h.verifies.clear();
-    assert_eq!(failing(&report(&h)), vec!["restore_test_performed"]);
+    let r = report(&h);
+    assert_eq!(
+        failing(&r),
+        vec![
+            "restore_test_performed",
+            "restore_time",
+            "verification_success"
+        ]
+    );
+    assert!(!r.compliant);
+    let status = |id: &str| r.controls.iter().find(|c| c.id == id).unwrap().status;
+    assert_eq!(status("restore_time"), "not_tested");
+    assert_eq!(status("verification_success"), "not_tested");
+    assert_eq!(status("restore_test_performed"), "non_compliant");
+    let html = super::render::html(&super::render::Report {
+        window: Window {
+            from: now() - chrono::Duration::days(30),
+            to: now(),
+        },
+        generated_at: now(),
+        compliant: false,
+        policies: vec![r],
+    });
+    assert_eq!(html.matches(r#"<td class="not_tested">"#).count(), 2);
+}
+
+#[test]
+fn restore_test_performed_states_the_tolerance_it_applies() {
+    // Daily verify at 05:00, RPO 25h: the slack is min(RPO, 1h) = 1h, so 25h in all.
+    let target = |h: &History| {
+        let r = report(h);
+        let c = r.controls.iter().find(|c| c.id == "restore_test_performed");
+        (c.unwrap().compliant, c.unwrap().target.clone())
+    };
+    let (_, text) = target(&clean());
+    assert!(text.contains("at most 1d1h old"), "{text}");
+    assert!(text.contains("interval 1d plus 1h of slack"), "{text}");
+    // Every verify moved to the same moment: exactly at the stated tolerance, then 1s past it.
+    let mut h = clean();
+    for v in h.verifies.iter_mut() {
+        v["started_at"] = json!(now() - chrono::Duration::hours(25));
+    }
+    assert!(target(&h).0, "a pass 25h old is within 1d1h");
+    for v in h.verifies.iter_mut() {
+        v["started_at"] = json!(now() - chrono::Duration::hours(25) - chrono::Duration::seconds(1));
+    }
+    assert!(!target(&h).0, "a pass 25h 1s old is not");
+}
+
+#[test]
+fn evidence_names_run_ids_and_cuts_errors_with_an_ellipsis() {
+    let mut h = clean();
+    h.verifies[30]["ok"] = json!(false);
+    h.verifies[30]["run_id"] = json!("20261120T050000Z-abcdef");
+    h.verifies[30]["error"] = json!("x".repeat(400));
+    let r = report(&h);
+    let c = r
+        .controls
+        .iter()
+        .find(|c| c.id == "verification_success")
+        .unwrap();
+    assert!(c.evidence[0].starts_with("verify 20261120T050000Z-abcdef of snapshot"));
+    assert!(
+        c.evidence[0].ends_with(&format!("{}…", "x".repeat(300))),
+        "{}",
+        c.evidence[0]
+    );
+    // Times to the second.
+    assert!(
+        c.evidence[0].contains(" at 2026-11-20T05:00:00Z failed"),
+        "{}",
+        c.evidence[0]
+    );
 }
 
 #[test]

@@ -61,6 +61,9 @@ impl Request {
             .scratch_url
             .as_ref()
             .map(|s| s.expose_secret().to_string());
+        if scratch_url.is_none() {
+            policy.require("verify.scratch_url")?;
+        }
         let scratch = scratch_url.map(str::to_string).or(from_policy);
         let queries = policy.verify.queries.iter().map(|(sql, e)| {
             crate::expect::parse_expect(e)
