@@ -31,6 +31,10 @@ pub enum Kind {
     /// The identity given matches none of the recipients an object was sealed to. Exit 1: the
     /// repository is fine, the key is not the one it needs.
     WrongKey,
+    /// The identity file given is none of the repository's or the policy's recipients: the
+    /// operator's mistake at the command line (exit 2), not a verdict on any backup, so a
+    /// verify from the command line sends no alert for it (a scheduled one still does).
+    WrongIdentity,
     /// The store (or a server) could not be read or reached: refused or dropped connections,
     /// timeouts, name resolution, server errors after the retries, an unreadable disk. Says
     /// nothing about the stored bytes, so verify and check never count it as damage: they
@@ -54,7 +58,7 @@ impl Kind {
             | Kind::Unavailable
             | Kind::LockLost
             | Kind::Cancelled => 1,
-            Kind::Input => 2,
+            Kind::Input | Kind::WrongIdentity => 2,
             Kind::Verification => 3,
             Kind::Locked => 4,
             Kind::Interrupted(signal) => 128 + signal,

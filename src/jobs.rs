@@ -88,6 +88,9 @@ pub struct Options<'a> {
     /// The previous outcome of this job as the caller remembers it, for notifications when
     /// the repository's records cannot be read (the daemon's memory).
     pub remembered: Option<bool>,
+    /// An unattended job (the daemon's): it alerts even on the operator's mistakes (a wrong
+    /// identity file), which at the command line are said on the terminal only.
+    pub unattended: bool,
 }
 
 /// A finished job: its outcome, its record, and the repository it ran against when one could
@@ -116,7 +119,18 @@ pub async fn run(
         }
     };
     let previous = ops::last_outcome(&repo, job).await.or(options.remembered);
-    crate::notify::ping_start(policy, job.as_str()).await;
+    // The operator's own mistake at the command line (a wrong identity file) is said on the
+    // terminal: no start ping, no alert.
+    let request = request.and_then(|r| match &r {
+        Request::Verify(v) => ops::verify::check_identity(policy, &repo, v).map(|()| r),
+        _ => Ok(r),
+    });
+    let mistake = request
+        .as_ref()
+        .is_err_and(|e| e.kind == crate::error::Kind::WrongIdentity);
+    if options.unattended || !mistake {
+        crate::notify::ping_start(policy, job.as_str()).await;
+    }
     let outcome = match request {
         Err(e) => Outcome::not_started(job, &policy.name, e),
         Ok(Request::Backup(r)) => Outcome::Backup(ops::backup::run(policy, &repo, &r, ctx).await),
@@ -139,7 +153,12 @@ async fn finish(
     if let Some(repo) = &repo {
         ops::save_record(repo, job, outcome.times(), &record).await;
     }
-    crate::notify::after_run(policy, job.as_str(), &record, previous).await;
+    let mistake = outcome
+        .error()
+        .is_some_and(|e| e.kind == crate::error::Kind::WrongIdentity);
+    if options.unattended || !mistake {
+        crate::notify::after_run(policy, job.as_str(), &record, previous).await;
+    }
     if let (Some(path), Some(repo)) = (options.metrics_file, &repo) {
         if let Err(e) = crate::metrics::write_file(path, policy, repo).await {
             tracing::warn!(

@@ -200,6 +200,28 @@ impl Opener {
         })
     }
 
+    /// Refuses, as the operator's mistake, an identity whose public keys are none of
+    /// `recipients` (the repository's and the policy's): it can open nothing of theirs.
+    pub fn check_matches(&self, recipients: &[String]) -> Result<()> {
+        let public: Vec<String> = self
+            .identities
+            .iter()
+            .map(|i| i.to_public().to_string())
+            .collect();
+        if public.iter().any(|p| recipients.contains(p)) {
+            return Ok(());
+        }
+        Err(Error::new(
+            Kind::WrongIdentity,
+            format!(
+                "the identity in {} (public key {}) is not one of the recipients of this repository or policy ({}): use the key whose public key is in the policy's [encryption] recipients",
+                self.source,
+                public.join(", "),
+                recipients.join(", ")
+            ),
+        ))
+    }
+
     /// age-decrypts and zstd-decompresses a manifest (at most [`MANIFEST_MAX`] bytes).
     /// `what` names the object in errors.
     pub fn open(&self, sealed: &[u8], what: &str) -> Result<Vec<u8>> {

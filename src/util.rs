@@ -8,49 +8,87 @@
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use std::time::Duration;
 
-/// Parses `90m`, `24h`, `35d`, `2w`, `45s`, or a sum of them such as `1h30m`.
+/// Parses `90m`, `24h`, `35d`, `2w`, `45s`, or a sum of them such as `1h30m`. Months, years
+/// and units below a second are refused with what to write instead.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text.is_empty() {
         return Err("empty duration; write e.g. 90m, 24h or 35d".into());
     }
     let mut total: u64 = 0;
-    let mut digits = String::new();
-    for ch in text.chars() {
-        if ch.is_ascii_digit() {
-            digits.push(ch);
-            continue;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits_end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let (digits, after) = rest.split_at(digits_end);
+        let unit_end = after
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_end);
+        if unit.is_empty() {
+            return Err(format!(
+                "`{text}` is not a duration: `{digits}` has no unit (use s, m, h, d or w)"
+            ));
         }
-        let unit: u64 = match ch {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            'w' => 7 * 86_400,
+        let seconds: u64 = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            "w" => 7 * 86_400,
+            "mo" | "mon" | "month" | "months" | "M" => {
+                return Err(format!(
+                    "`{text}` is not a duration: months are not a unit (they differ in length); write days, e.g. 30d"
+                ))
+            }
+            "y" | "yr" | "year" | "years" => {
+                return Err(format!(
+                    "`{text}` is not a duration: years are not a unit; write days, e.g. 365d"
+                ))
+            }
+            "ms" | "us" | "µs" | "ns" => {
+                return Err(format!(
+                    "`{text}` is not a duration: backstop counts whole seconds; write e.g. 1s"
+                ))
+            }
             _ => {
                 return Err(format!(
-                    "`{text}` is not a duration: unknown unit `{ch}` (use s, m, h, d or w)"
+                    "`{text}` is not a duration: unknown unit `{unit}` (use s, m, h, d or w)"
                 ))
             }
         };
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("`{text}` is not a duration: a number must come before `{ch}`"))?;
-        digits.clear();
+        let n: u64 = digits.parse().map_err(|_| {
+            format!("`{text}` is not a duration: a number must come before `{unit}`")
+        })?;
         total = n
-            .checked_mul(unit)
+            .checked_mul(seconds)
             .and_then(|v| total.checked_add(v))
             .ok_or_else(|| format!("`{text}` is too long a duration"))?;
-    }
-    if !digits.is_empty() {
-        return Err(format!(
-            "`{text}` is not a duration: `{digits}` has no unit (use s, m, h, d or w)"
-        ));
+        rest = next;
     }
     if total == 0 {
         return Err(format!("`{text}` is a zero duration"));
     }
     Ok(Duration::from_secs(total))
+}
+
+/// Levenshtein distance in characters, for "did you mean" suggestions.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// Formats seconds the way policies write them (`1d2h`, `90m` stays `1h30m`).
@@ -354,6 +392,18 @@ mod tests {
         assert!(parse_duration("24x")
             .unwrap_err()
             .contains("unknown unit `x`"));
+        let months = parse_duration("1mo").unwrap_err();
+        assert!(
+            months.contains("months are not a unit") && months.contains("30d"),
+            "{months}"
+        );
+        let millis = parse_duration("1ms").unwrap_err();
+        assert!(millis.contains("whole seconds"), "{millis}");
+        assert!(parse_duration("1y").unwrap_err().contains("365d"));
+        assert!(
+            parse_duration("1h 30m").is_err(),
+            "spaces are not part of the dialect"
+        );
     }
 
     proptest! {

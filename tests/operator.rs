@@ -175,3 +175,97 @@ fn json_on_every_failure() {
         }
     }
 }
+
+/// A verify given an identity file that is none of the recipients is the operator's mistake:
+/// exit 2, said on the terminal, no `verify_failure` alert. The same key from the daemon, or a
+/// snapshot that the right key cannot open, still alerts (tests/failures.rs, tests/records.rs).
+#[test]
+fn verify_with_a_wrong_identity_file_exits_2_without_an_alert() {
+    let env = Env::new();
+    env.write_policy(&env.policy, NOTIFY);
+    let hooks = Receiver::start();
+    let p = env.policy.to_str().unwrap();
+    let (code, _, stderr) = run(notifying(&env, &hooks).args(["backup", "--policy", p]));
+    assert_eq!(code, 0, "{stderr}");
+    let before = hooks.hits().len();
+    let other = env.dir.path().join("other.txt");
+    bin()
+        .args(["keygen", "--out"])
+        .arg(&other)
+        .assert()
+        .success();
+    let (code, rec, stderr) = run_json(
+        notifying(&env, &hooks)
+            .args(["verify", "--json", "--policy", p, "--identity"])
+            .arg(&other),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(rec["ok"], false);
+    assert!(stderr.contains("is not one of the recipients"), "{stderr}");
+    assert_eq!(hooks.hits().len(), before, "{:?}", hooks.hits());
+}
+
+/// The messages a tired operator meets say what to do.
+#[test]
+fn messages_for_a_tired_operator() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.txt");
+    let out = bin().args(["keygen", "--out"]).arg(&key).output().unwrap();
+    let recipient = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(
+        dir.path().join("policies/dbonly.toml"),
+        format!(
+            "name = \"dbonly\"\n[database]\nurl = \"postgres://u@127.0.0.1:1/x\"\n[repository]\nurl = \"{}\"\n[encryption]\nrecipients = [\"{recipient}\"]\n",
+            dir.path().join("repo").display()
+        ),
+    )
+    .unwrap();
+    let backstop = |args: &[&str]| {
+        let mut c = bin();
+        c.current_dir(dir.path())
+            .env_remove("BACKSTOP_POLICIES")
+            .args(args);
+        run(&mut c)
+    };
+    // A mistyped name: the names there, the closest one, and where names are looked up.
+    let (code, _, stderr) = backstop(&["snapshots", "--policy", "dbonyl"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("did you mean `dbonly`?"), "{stderr}");
+    assert!(
+        stderr.contains("--policies DIR or BACKSTOP_POLICIES"),
+        "{stderr}"
+    );
+    // A repository that does not exist: init with the policy's real name.
+    let (code, _, stderr) = backstop(&["snapshots", "--policy", "dbonly"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("create it with `backstop init --policy dbonly`"),
+        "{stderr}"
+    );
+    // Durations: months and milliseconds are not units, and the message says what to write.
+    let (code, _, stderr) = backstop(&["prune", "--policy", "dbonly", "--wait", "1mo"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("months are not a unit") && stderr.contains("30d"),
+        "{stderr}"
+    );
+    let missing = dir.path().join("nowhere");
+    let (code, _, stderr) = backstop(&[
+        "daemon",
+        "--grace",
+        "1ms",
+        "--policies",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("whole seconds"), "{stderr}");
+    // The daemon on a directory that does not exist says so.
+    let (code, _, stderr) = backstop(&["daemon", "--policies", missing.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    // The usage line shows only what is required.
+    let (_, usage, _) = backstop(&["backup", "--help"]);
+    let line = usage.lines().find(|l| l.starts_with("Usage:")).unwrap();
+    assert!(!line.contains("--policies"), "{line}");
+}

@@ -161,6 +161,10 @@ async fn dispatch(command: Command, look: &Lookup<'_>, ctx: &Ctx) -> Result<()> 
 
 pub fn load_policy(arg: &str, look: &Lookup) -> Result<Policy> {
     let path = crate::policy::resolve(arg, look.dir);
+    let by_name = !arg.contains('/') && !arg.ends_with(".toml");
+    if by_name && !path.exists() {
+        return Err(crate::policy::unknown_name(arg, look.dir));
+    }
     let mut policy = crate::policy::load_resolving(&path, look.resolve)?;
     if look.no_notify {
         policy.notify = None;
@@ -242,6 +246,7 @@ pub async fn run_job(
     let options = crate::jobs::Options {
         metrics_file,
         remembered: None,
+        unattended: false,
     };
     let done = crate::jobs::run(&policy, job, request(&policy), ctx, &options).await;
     if json {

@@ -148,8 +148,12 @@ struct Done {
     policy: String,
 }
 
-fn log_json(enabled: bool, value: serde_json::Value) {
+/// One line of `--json-log` on stdout; every line carries its time as `at`.
+fn log_json(enabled: bool, mut value: serde_json::Value) {
     if enabled {
+        if let Some(map) = value.as_object_mut() {
+            map.entry("at").or_insert_with(|| json!(Utc::now()));
+        }
         println!("{value}");
     }
 }
@@ -209,6 +213,7 @@ async fn run_job(policy: Arc<Policy>, job: Job, ctx: Ctx, shared: Arc<Shared>, j
     let options = jobs::Options {
         metrics_file: None,
         remembered,
+        unattended: true,
     };
     let done = jobs::run(&policy, job, request_of(&policy, job), &ctx, &options).await;
     let h = &done.header;
@@ -293,6 +298,12 @@ async fn report_load_errors(
 }
 
 pub async fn run(opts: Options) -> Result<()> {
+    if !opts.dir.is_dir() {
+        return Err(Error::input(format!(
+            "the policies directory {} does not exist: pass --policies DIR (or set BACKSTOP_POLICIES) to the directory of the policy files",
+            opts.dir.display()
+        )));
+    }
     let (loaded, broken) = load_dir(&opts.dir);
     let shared = Arc::new(Shared::default());
     report_load_errors(&shared, &broken, &BTreeMap::new(), "is skipped").await;
@@ -424,12 +435,13 @@ pub async fn run(opts: Options) -> Result<()> {
                 let newest = crate::util::lock(&shared.metrics)
                     .get(&p.name)
                     .and_then(|m| m.newest);
-                let age = newest.map(|n| (Utc::now() - n).to_std().unwrap_or_default());
-                if let Some(event) = watches
-                    .entry(p.name.clone())
-                    .or_default()
-                    .observe(age, p.objectives.rpo)
-                {
+                let now = Utc::now();
+                let age = newest.map(|n| (now - n).to_std().unwrap_or_default());
+                if let Some(event) = watches.entry(p.name.clone()).or_default().observe_at(
+                    newest,
+                    now,
+                    p.objectives.rpo,
+                ) {
                     if let Some(notify) = p.notify.clone() {
                         let message = crate::notify::Message {
                             event: event.to_string(),

@@ -16,6 +16,7 @@
 pub mod email;
 
 use crate::policy::{Notify, Policy};
+use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -54,9 +55,25 @@ pub fn events_after_run(
 #[derive(Debug, Default, Clone)]
 pub struct RpoWatch {
     breached: bool,
+    /// When the watch first looked: a policy with no recovery point yet is judged from then,
+    /// so a new policy is not in breach before its first backup is due.
+    first_seen: Option<DateTime<Utc>>,
 }
 
 impl RpoWatch {
+    /// [`RpoWatch::observe`] at `now`, with the newest recovery point's time; without one,
+    /// the age counts from when the watch first looked.
+    pub fn observe_at(
+        &mut self,
+        newest: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        rpo: Duration,
+    ) -> Option<&'static str> {
+        let since = *self.first_seen.get_or_insert(now);
+        let age = (now - newest.unwrap_or(since)).to_std().unwrap_or_default();
+        self.observe(Some(age), rpo)
+    }
+
     /// `rpo_breach` when the age first passes the RPO, `rpo_recovered` when it first falls
     /// back under it; nothing otherwise.
     pub fn observe(&mut self, age: Option<Duration>, rpo: Duration) -> Option<&'static str> {
@@ -355,6 +372,22 @@ mod tests {
             events_after_run("verify", true, Some(true), Some(false)),
             vec!["success", "rto_breach"]
         );
+    }
+
+    #[test]
+    fn a_new_policy_is_not_in_breach_before_its_first_backup_is_due() {
+        let rpo = Duration::from_secs(3600);
+        let start = Utc::now();
+        let mut w = RpoWatch::default();
+        assert_eq!(w.observe_at(None, start, rpo), None);
+        let later = start + chrono::Duration::minutes(59);
+        assert_eq!(w.observe_at(None, later, rpo), None);
+        let first = later + chrono::Duration::seconds(30);
+        assert_eq!(w.observe_at(Some(first), first, rpo), None);
+        let never = start + chrono::Duration::minutes(61);
+        let mut w = RpoWatch::default();
+        w.observe_at(None, start, rpo);
+        assert_eq!(w.observe_at(None, never, rpo), Some("rpo_breach"));
     }
 
     #[test]

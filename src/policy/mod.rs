@@ -282,6 +282,38 @@ pub fn resolve(arg: &str, policies_dir: Option<&Path>) -> PathBuf {
     policies_dir_or_default(policies_dir).join(format!("{arg}.toml"))
 }
 
+/// The error for a policy name that names no file: the names the directory holds, the closest
+/// one as "did you mean", and where the directory is set when it is the default.
+pub fn unknown_name(arg: &str, policies_dir: Option<&Path>) -> Error {
+    let dir = policies_dir_or_default(policies_dir);
+    let names: Vec<String> = files_in(&dir)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .collect();
+    let mut message = format!("no policy named `{arg}` in {}", dir.display());
+    let closest = names
+        .iter()
+        .map(|n| (crate::util::edit_distance(arg, n), n))
+        .filter(|(d, n)| *d <= 2.max(n.len() / 3))
+        .min();
+    if let Some((_, n)) = closest {
+        message.push_str(&format!(": did you mean `{n}`?"));
+    }
+    if names.is_empty() {
+        message.push_str(" (it holds no *.toml)");
+    } else {
+        message.push_str(&format!(" (it holds: {})", names.join(", ")));
+    }
+    let default = policies_dir.is_none() && std::env::var_os("BACKSTOP_POLICIES").is_none();
+    if default {
+        message.push_str(
+            "; policies are looked up in ./policies unless --policies DIR or BACKSTOP_POLICIES names another directory, or pass the policy file's path",
+        );
+    }
+    Error::input(message)
+}
+
 /// The policies directory: `--policies`, else `BACKSTOP_POLICIES`, else `./policies`.
 pub fn policies_dir_or_default(given: Option<&Path>) -> PathBuf {
     given
@@ -293,11 +325,15 @@ pub fn policies_dir_or_default(given: Option<&Path>) -> PathBuf {
 /// Every `*.toml` in `dir`, sorted; an error when the directory cannot be read.
 pub fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| {
-            Error::input(format!(
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::input(format!(
+                "the policies directory {} does not exist",
+                dir.display()
+            )),
+            _ => Error::input(format!(
                 "cannot read the policies directory {}: {e}",
                 dir.display()
-            ))
+            )),
         })?
         .flatten()
         .map(|e| e.path())

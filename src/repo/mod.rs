@@ -77,7 +77,7 @@ impl Repo {
             .map_err(|e| Error::failed(format!("encoding backstop.json: {e}")))?;
         match store.put_new(CONFIG_KEY, body).await? {
             Put::Created => Ok((config, true)),
-            Put::Exists => Ok((Self::read_config(store.as_ref()).await?, false)),
+            Put::Exists => Ok((Self::read_config(store.as_ref(), "P").await?, false)),
         }
     }
 
@@ -151,10 +151,11 @@ impl Repo {
         )))
     }
 
-    async fn read_config(store: &dyn Store) -> Result<RepoConfig> {
+    /// backstop.json; when there is none, the error says how to create it for `policy`.
+    async fn read_config(store: &dyn Store, policy: &str) -> Result<RepoConfig> {
         let body = store.get_opt(CONFIG_KEY).await?.ok_or_else(|| {
             Error::input(format!(
-                "no repository at {}: create it with `backstop init --policy P`",
+                "no repository at {}: create it with `backstop init --policy {policy}`",
                 store.describe()
             ))
         })?;
@@ -176,7 +177,7 @@ impl Repo {
     }
 
     pub async fn open(store: Arc<dyn Store>, policy: &str) -> Result<Repo> {
-        let config = Self::read_config(store.as_ref()).await?;
+        let config = Self::read_config(store.as_ref(), policy).await?;
         Ok(Repo {
             store,
             config,

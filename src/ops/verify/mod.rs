@@ -130,13 +130,26 @@ impl Outcome {
     }
 }
 
+/// Refuses an identity that is none of the repository's or the policy's recipients
+/// ([`Kind::WrongIdentity`]): it could open nothing, and the proof would say nothing.
+pub fn check_identity(policy: &Policy, repo: &Repo, req: &Request) -> crate::error::Result<()> {
+    let mut recipients = repo.config.recipients.clone();
+    recipients.extend(policy.recipients.iter().cloned());
+    req.opener.check_matches(&recipients)
+}
+
 pub async fn run(policy: &Policy, repo: &Repo, req: &Request, ctx: &Ctx) -> Outcome {
     let ctx = ctx.for_run();
     let rto = policy.objectives.rto;
     let mut out = Outcome::new(&policy.name, rto.as_secs_f64(), req.keep);
     let run_id = out.times.run_id.clone();
-    let work = verify(policy, repo, req, &ctx, &mut out);
-    let result = with_shared_lock(repo, "verify", &run_id, &ctx, work).await;
+    let result = match check_identity(policy, repo, req) {
+        Err(e) => Err(e),
+        Ok(()) => {
+            let work = verify(policy, repo, req, &ctx, &mut out);
+            with_shared_lock(repo, "verify", &run_id, &ctx, work).await
+        }
+    };
     out.rto_met = crate::objectives::rto_met(out.findings.restore_s, rto);
     if out.rto_met == Some(false) {
         out.findings.problems.push(format!(
