@@ -6,6 +6,7 @@ ensure_deps() {
   for cmd in "$@"; do
     case "$cmd" in
       runuser) command -v runuser >/dev/null 2>&1 || need+=(util-linux) ;;
+      pdftoppm) command -v pdftoppm >/dev/null 2>&1 || need+=(poppler-utils) ;;
       *) command -v "$cmd" >/dev/null 2>&1 || need+=("$cmd") ;;
     esac
   done

@@ -7,6 +7,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
-ensure_deps age zstd jq runuser chromium git
+ensure_deps age zstd jq runuser chromium git pdftoppm
 ensure_moto
 cargo test --all-targets --no-fail-fast "$@"

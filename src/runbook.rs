@@ -38,6 +38,23 @@ impl Doc {
     fn h(&mut self, level: u8, t: impl Into<String>) {
         self.0.push(Block::Heading(level, t.into()));
     }
+    /// A numbered subsection of the current section ("3." gives 3.1, 3.2, ...): numbers stay
+    /// continuous whichever subsections the policy has.
+    fn sub(&mut self, t: impl AsRef<str>) {
+        let mut count = 1;
+        let mut section = String::new();
+        for b in self.0.iter().rev() {
+            match b {
+                Block::Heading(3, _) => count += 1,
+                Block::Heading(2, title) => {
+                    section = title.split(' ').next().unwrap_or_default().to_string();
+                    break;
+                }
+                _ => {}
+            }
+        }
+        self.h(3, format!("{section}{count} {}", t.as_ref()));
+    }
     fn p(&mut self, t: impl Into<String>) {
         self.0.push(Block::Para(t.into()));
     }
@@ -75,6 +92,22 @@ impl Doc {
         out
     }
 
+    /// The table of contents: every section and subsection, linked.
+    fn toc(&self, inline: &dyn Fn(&str) -> String) -> String {
+        let mut out = String::from("<nav class=\"toc\"><h2>Contents</h2><ul>");
+        for (i, b) in self.0.iter().enumerate() {
+            if let Block::Heading(l @ 2..=3, t) = b {
+                let _ = write!(
+                    out,
+                    "<li class=\"toc{l}\"><a href=\"#s{i}\">{}</a></li>",
+                    inline(t)
+                );
+            }
+        }
+        out.push_str("</ul></nav>");
+        out
+    }
+
     fn html(&self, title: &str) -> String {
         let inline = |t: &str| {
             // `code` spans, the only inline markup the runbook uses.
@@ -92,10 +125,13 @@ impl Doc {
             "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>{CSS}</style></head><body>",
             esc(title)
         );
-        for b in &self.0 {
+        for (i, b) in self.0.iter().enumerate() {
             match b {
                 Block::Heading(l, t) => {
-                    let _ = write!(out, "<h{l}>{}</h{l}>", inline(t));
+                    let _ = write!(out, "<h{l} id=\"s{i}\">{}</h{l}>", inline(t));
+                    if *l == 1 {
+                        out.push_str(&self.toc(&inline));
+                    }
                 }
                 Block::Para(t) => {
                     let _ = write!(out, "<p>{}</p>", inline(t));
@@ -121,8 +157,16 @@ impl Doc {
     }
 }
 
+/// Screen and print: commands wrap instead of running off the page (a long line breaks
+/// anywhere, as a terminal would show it), sections start on a page of their own in print,
+/// and code blocks are not split across pages where they fit on one.
 const CSS: &str = "body{font:14px/1.5 system-ui,sans-serif;margin:24px auto;max-width:60em;color:#222}\
-pre{background:#f4f4f4;padding:8px;overflow-x:auto}code{font:13px ui-monospace,monospace}h2{margin-top:32px}";
+pre{background:#f4f4f4;padding:8px;white-space:pre-wrap;overflow-wrap:anywhere}\
+code{font:13px ui-monospace,monospace}h2{margin-top:32px}\
+nav.toc ul{list-style:none;padding-left:0}nav.toc li.toc3{padding-left:1.5em}\
+@page{size:A4;margin:15mm}\
+@media print{body{margin:0;max-width:none;font-size:11pt}pre{page-break-inside:avoid}\
+h2,h3{page-break-after:avoid}nav.toc{page-break-after:always}a{color:inherit;text-decoration:none}}";
 
 /// Keys whose literal values are secrets: replaced by a `${...}` placeholder in the runbook.
 const SECRET_KEYS: [&str; 9] = [
@@ -377,7 +421,7 @@ fn build(policy: &Policy, facts: &Facts) -> Doc {
     // 3. Full disaster recovery.
     d.h(2, "3. Full disaster recovery on a new host");
     d.p("Run the blocks below in order, in one shell (`bash`), after setting the variables of step 3.1. `TARGET_DB_URL` names the new, empty database; `RESTORE_DIR` an empty directory where documents, files and code are written for inspection before they go live.");
-    d.h(3, "3.1 Environment");
+    d.sub("Environment");
     let mut env_block =
         String::from(": \"${BACKSTOP_IDENTITY:?set it to the identity file (section 1)}\"\n");
     if policy.database.is_some() {
@@ -391,13 +435,13 @@ fn build(policy: &Policy, facts: &Facts) -> Doc {
         "# No alert, mail or ping from the recovery host.\nexport BACKSTOP_NO_NOTIFY=1\nbackstop --version\nmkdir -p \"$RESTORE_DIR\"",
     );
     d.sh(env_block);
-    d.h(3, "3.2 The policy and the repository");
+    d.sub("The policy and the repository");
     d.p("The policy file, as it was when this runbook was made (secrets are `${VAR}` references):");
     d.sh(format!(
         "cat > {p} <<'BACKSTOP_POLICY'\n{embedded}\nBACKSTOP_POLICY\nbackstop snapshots --policy {p}"
     ));
     if facts.newest.is_some() && policy.database.is_some() {
-        d.h(3, "3.3 Database");
+        d.sub("Database");
         let mut text = format!(
             "The newest snapshot's database goes into `TARGET_DB_URL` (created if missing; it must be empty). Roles it refers to are created first (without passwords: set them afterwards){}.",
             facts
@@ -415,7 +459,7 @@ fn build(policy: &Policy, facts: &Facts) -> Doc {
         ));
     }
     if let (Some(st), Some(_)) = (&policy.storage, &facts.newest) {
-        d.h(3, "3.4 Buckets, and their consistency with storage.objects");
+        d.sub("Buckets, and their consistency with storage.objects");
         let dest = match st.kind {
             StorageKind::Dir => "their directory",
             StorageKind::S3 => "the S3 source",
@@ -452,7 +496,7 @@ fn build(policy: &Policy, facts: &Facts) -> Doc {
         d.sh(block);
     }
     if !policy.files.is_empty() && facts.newest.is_some() {
-        d.h(3, "3.5 Configuration files");
+        d.sub("Configuration files");
         d.p(format!(
             "The sets {} are written under `$RESTORE_DIR/files/<set>/<original path>` with their modes and mtimes (and owners, as root). Review them, then put them in place with `backstop restore --policy {p} --only files --files-to-source` (it refuses to replace an existing file without `--force`).",
             policy.files.iter().map(|f| format!("`{}` ({})", f.name, f.paths.join(", "))).collect::<Vec<_>>().join(", ")
@@ -462,14 +506,14 @@ fn build(policy: &Policy, facts: &Facts) -> Doc {
         ));
     }
     if !policy.git.is_empty() && facts.newest.is_some() {
-        d.h(3, "3.6 Code");
+        d.sub("Code");
         d.p("Each repository is cloned from its bundle into `$RESTORE_DIR/git/<name>`, every branch and tag at its recorded commit, `origin` pointing where it came from; the bundle stays beside it.");
         d.sh(format!(
             "backstop restore --policy {p} --only git --git-dir \"$RESTORE_DIR/git\""
         ));
     }
     if let Some(m) = &facts.newest {
-        d.h(3, "3.7 Checks");
+        d.sub("Checks");
         let mut block = String::new();
         if let (Some(db), Some(_)) = (&m.db, &policy.database) {
             let _ = write!(
@@ -503,7 +547,7 @@ fn build(policy: &Policy, facts: &Facts) -> Doc {
     ));
 
     if let Some(st) = &policy.stream {
-        d.h(3, "4.1 Restore to a moment (the change stream)");
+        d.sub("Restore to a moment (the change stream)");
         d.p(format!(
             "This policy follows its database's committed transactions through the slot `{}`: a restore can bring it back to any moment between two snapshots, sealed every {} (the last sealed commit is `last_commit_at` of `stream --status`). Find the last good moment before the incident: `snapshots` shows the span the stream covers after each snapshot; the application's own logs or `select max(created_at) from ...` on the damaged database give the time of the first bad change. Restore to just before it into a new database, check it, then switch the application over. `--before now` restores everything sealed.",
             st.slot,
