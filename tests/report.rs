@@ -352,7 +352,12 @@ fn the_runbook_prints_to_pdf_with_a_table_of_contents_and_no_cut_line() {
             lines += 1;
             let near: String = printed_text
                 .find(&line[..line.len().min(24)])
-                .map(|i| printed_text[i..].chars().take(line.chars().count() + 20).collect())
+                .map(|i| {
+                    printed_text[i..]
+                        .chars()
+                        .take(line.chars().count() + 20)
+                        .collect()
+                })
                 .unwrap_or_default();
             assert!(
                 printed_text.contains(&line),

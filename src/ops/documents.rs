@@ -174,6 +174,22 @@ async fn backup_one(
     Ok((object, stats.blobs_new > 0, stats.bytes_stored, fingerprint))
 }
 
+/// One object fetched by name (the change stream's documents), downloaded and stored through
+/// `writer` with the same retries as a backup's.
+pub async fn fetch_object(
+    source: &dyn StorageSource,
+    writer: &Arc<BlobWriter>,
+    bucket: &str,
+    name: &str,
+) -> Result<StorageObject> {
+    let info = ObjectInfo::new(bucket, name);
+    if let Some(why) = source.unfetchable(&info) {
+        return Err(Error::failed(why));
+    }
+    let (object, ..) = backup_one(source, writer, &Index::default(), info).await?;
+    Ok(object)
+}
+
 /// How many times one object's download is made in all.
 const DOWNLOAD_ATTEMPTS: u32 = 3;
 

@@ -50,6 +50,16 @@ pub struct Replayed {
     pub transactions: u64,
     pub replayed_to_lsn: Option<String>,
     pub last_commit_at: Option<DateTime<Utc>>,
+    /// Storage objects the applied transactions' `storage.objects` rows named, in commit
+    /// order (a later one replaces an earlier one of the same name).
+    #[serde(skip)]
+    pub documents: Vec<crate::repo::format::StorageObject>,
+    /// Objects those transactions named that could not be fetched when sealed.
+    #[serde(skip)]
+    pub documents_failed: Vec<String>,
+    /// The blobs of the segments read, which the documents' chunks are in.
+    #[serde(skip)]
+    pub blobs: Vec<BlobRef>,
 }
 
 /// A snapshot's `txid_current_snapshot()`: which transactions it sees.
@@ -263,6 +273,9 @@ pub async fn replay(
     for seg in segments {
         let key = repo.blob_id_key(dedup_key, &seg.encryption.recipients)?;
         let refs: Vec<BlobRef> = seg.blobs.clone();
+        if seg.documents > 0 || !seg.documents_failed.is_empty() {
+            out.blobs.extend(refs.iter().cloned());
+        }
         let reader = Arc::new(BlobReader::from_refs(
             repo.store.clone(),
             opener.clone(),
@@ -343,6 +356,24 @@ impl State {
         payload: &[u8],
         out: &mut Replayed,
     ) -> Result<()> {
+        if tag == frame::DOCUMENT {
+            if self.in_txn == Some(true) {
+                let d: crate::repo::streams::Document =
+                    serde_json::from_slice(payload).map_err(|e| {
+                        Error::failed(format!("a stream document is not readable: {e}"))
+                    })?;
+                match (d.object, d.error) {
+                    (Some(object), _) => out.documents.push(object),
+                    (None, error) => out.documents_failed.push(format!(
+                        "{}/{}: {}",
+                        d.bucket,
+                        d.name,
+                        error.unwrap_or_default()
+                    )),
+                }
+            }
+            return Ok(());
+        }
         if tag == frame::SEQUENCES {
             self.sequences = serde_json::from_slice(payload).map_err(|e| {
                 Error::failed(format!("the stream's sequences are not readable: {e}"))

@@ -259,17 +259,38 @@ async fn restore(
     }
 
     if let Some(to) = &req.storage {
-        let objects = &manifest
+        let snapshot_objects = &manifest
             .storage
             .as_ref()
             .ok_or_else(|| Error::input(format!("snapshot {} holds no storage objects", meta.id)))?
             .objects;
         let t = Instant::now();
-        let reader = Arc::new(BlobReader::new(
+        let mut refs = meta.blobs.clone();
+        let objects = match out.stream.as_ref() {
+            Some(replayed) => {
+                refs.extend(replayed.blobs.iter().cloned());
+                let target = req.db_url.as_ref().filter(|_| out.db.is_some());
+                let (objects, notes) = objects_at(snapshot_objects, replayed, target).await;
+                out.notes.extend(notes);
+                objects
+            }
+            None => {
+                if policy.stream.is_some() && matches!(req.selector, Selector::Before(_)) {
+                    out.notes.push(format!(
+                        "the storage objects are snapshot {}'s: the change stream's documents are replayed with the database (restore the database in the same run)",
+                        meta.id
+                    ));
+                }
+                snapshot_objects.clone()
+            }
+        };
+        let objects = &objects;
+        let reader = Arc::new(BlobReader::from_refs(
             repo.store.clone(),
             req.opener.clone(),
             ids.clone(),
-            &meta,
+            refs,
+            &meta.id,
         ));
         let source;
         let destination = match to {
@@ -378,4 +399,64 @@ async fn restore(
         (None, _) => {}
     }
     Ok(())
+}
+
+/// The bucket as it was at the replay's end: the snapshot's objects, replaced or joined by the
+/// documents of the replayed transactions (in commit order), and, when the database was
+/// restored in the same run, only the objects its restored `storage.objects` rows name (a
+/// deleted row means the object is gone at that point). Documents that could not be fetched
+/// when sealed are named in the notes.
+async fn objects_at(
+    snapshot: &[crate::repo::format::StorageObject],
+    replayed: &super::replay::Replayed,
+    db: Option<&DbUrl>,
+) -> (Vec<crate::repo::format::StorageObject>, Vec<String>) {
+    let mut notes = Vec::new();
+    let mut by_name: std::collections::BTreeMap<(String, String), _> = snapshot
+        .iter()
+        .map(|o| ((o.bucket.clone(), o.name.clone()), o.clone()))
+        .collect();
+    for d in &replayed.documents {
+        by_name.insert((d.bucket.clone(), d.name.clone()), d.clone());
+    }
+    if !replayed.documents.is_empty() {
+        notes.push(format!(
+            "{} storage object versions came from the change stream",
+            replayed.documents.len()
+        ));
+    }
+    for failed in &replayed.documents_failed {
+        notes.push(format!(
+            "a storage object of the change stream could not be fetched when sealed: {failed}"
+        ));
+    }
+    let rows = match db {
+        Some(url) => rows_of_storage_objects(url).await,
+        None => None,
+    };
+    if let Some(rows) = rows {
+        let before = by_name.len();
+        by_name.retain(|k, _| rows.contains(k));
+        if by_name.len() < before {
+            notes.push(format!(
+                "{} storage objects whose rows no longer existed at that moment were left out",
+                before - by_name.len()
+            ));
+        }
+    }
+    (by_name.into_values().collect(), notes)
+}
+
+/// The (bucket, name) of every `storage.objects` row of the restored database; `None` where
+/// there is no such table (not a Supabase-shaped database).
+async fn rows_of_storage_objects(
+    url: &DbUrl,
+) -> Option<std::collections::HashSet<(String, String)>> {
+    let mut conn = crate::source::postgres::connect(url).await.ok()?;
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT bucket_id::text, name::text FROM storage.objects")
+            .fetch_all(&mut conn)
+            .await
+            .ok()?;
+    Some(rows.into_iter().collect())
 }

@@ -15,6 +15,10 @@
 //! * **Schema changes are named, never hidden.** A relation whose shape changes is recorded in
 //!   the segment (`schema_changes`): a restore into the window after it and before the next
 //!   snapshot is refused, naming the nearest exact points.
+//! * **Documents follow.** With `[storage]`, each object a transaction's `storage.objects` row
+//!   inserts or updates is fetched into the segment as a DOCUMENT frame placed before that
+//!   transaction's commit, so a replay takes it exactly when it applies the transaction; a
+//!   fetch that fails is recorded in the frame and the segment's `documents_failed`.
 //!
 //! Why the SQL functions and not the replication protocol: `pg_logical_slot_peek_binary_changes`
 //! and `pg_replication_slot_advance` run over the same ordinary, TLS-capable session as the
@@ -359,6 +363,82 @@ struct Tally {
     names: HashMap<u32, String>,
     schema_changes: Vec<SchemaChange>,
     rows: u64,
+    documents: u64,
+    documents_failed: Vec<String>,
+}
+
+/// Where `storage.objects` keeps an object's bucket and name: its relation and the columns'
+/// positions, once the stream has described it.
+struct ObjectsRelation {
+    oid: u32,
+    bucket: usize,
+    name: usize,
+}
+
+impl ObjectsRelation {
+    fn of(r: &pgoutput::Relation) -> Option<ObjectsRelation> {
+        if r.schema != "storage" || r.name != "objects" {
+            return None;
+        }
+        let at = |col: &str| r.columns.iter().position(|c| c.name == col);
+        Some(ObjectsRelation {
+            oid: r.oid,
+            bucket: at("bucket_id")?,
+            name: at("name")?,
+        })
+    }
+
+    /// The bucket and name a new row names.
+    fn names(&self, relation: u32, row: &[pgoutput::Value]) -> Option<(String, String)> {
+        let text = |i: usize| match row.get(i) {
+            Some(pgoutput::Value::Text(t)) => Some(t.clone()),
+            _ => None,
+        };
+        (relation == self.oid).then_some(())?;
+        Some((text(self.bucket)?, text(self.name)?))
+    }
+}
+
+/// Fetches the objects a transaction's `storage.objects` rows name into the segment, as
+/// DOCUMENT frames placed before its commit (so a replay takes them exactly when it applies
+/// the transaction). A fetch that fails after the retries is recorded, never skipped silently.
+async fn fetch_documents(
+    source: &dyn crate::source::storage::StorageSource,
+    writer: &Arc<BlobWriter>,
+    names: Vec<(String, String)>,
+    batch: &mut Vec<u8>,
+    tally: &mut Tally,
+) -> Result<()> {
+    for (bucket, name) in names {
+        let fetched = super::documents::fetch_object(source, writer, &bucket, &name).await;
+        let document = match fetched {
+            Ok(object) => {
+                tally.documents += 1;
+                streams::Document {
+                    bucket,
+                    name,
+                    object: Some(object),
+                    error: None,
+                }
+            }
+            Err(e) => {
+                tracing::warn!("storage object {bucket}/{name}: {}", e.message);
+                tally
+                    .documents_failed
+                    .push(format!("{bucket}/{name}: {}", e.message));
+                streams::Document {
+                    bucket,
+                    name,
+                    object: None,
+                    error: Some(e.message),
+                }
+            }
+        };
+        let json = serde_json::to_vec(&document)
+            .map_err(|e| Error::failed(format!("encoding a stream document: {e}")))?;
+        frame::push(batch, frame::DOCUMENT, &json);
+    }
+    Ok(())
 }
 
 /// Reads what the slot holds past the chain's end, seals it as one segment and confirms the
@@ -386,6 +466,11 @@ async fn seal_once(
         policy.repository.zstd_level,
     )?);
     let writer = Arc::new(BlobWriter::new(repo, sealer, policy.repository.connections).await?);
+    // Documents follow at the stream's pace where the policy backs up a bucket.
+    let documents = match &policy.storage {
+        Some(cfg) => Some(crate::source::storage::open(cfg).await?),
+        None => None,
+    };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
     let reader = crate::source::archive::ChannelReader::new(move || rx.blocking_recv());
     let write = writer.write_stream(reader, "the change stream", &|_| {});
@@ -402,6 +487,8 @@ async fn seal_once(
         let mut skipping = false;
         let mut txn: Option<(u64, DateTime<Utc>)> = None;
         let mut last_commit = last_before;
+        let mut objects: Option<ObjectsRelation> = None;
+        let mut txn_documents: Vec<(String, String)> = Vec::new();
         while let Some(change) = rows.try_next().await? {
             tally.rows += 1;
             let message = pgoutput::decode(&change.data)
@@ -435,16 +522,24 @@ async fn seal_once(
                     }
                     known.insert(name.clone(), now);
                     tally.names.insert(r.oid, name);
+                    if let Some(o) = ObjectsRelation::of(r) {
+                        objects = Some(o);
+                    }
                     true
                 }
                 Message::Type { .. } => true,
                 _ if skipping => false,
-                Message::Insert { relation, .. } => {
-                    delta(&mut tally, *relation).inserted += 1;
-                    true
-                }
-                Message::Update { relation, .. } => {
-                    delta(&mut tally, *relation).updated += 1;
+                Message::Insert { relation, new } | Message::Update { relation, new, .. } => {
+                    let d = delta(&mut tally, *relation);
+                    if matches!(message, Message::Insert { .. }) {
+                        d.inserted += 1;
+                    } else {
+                        d.updated += 1;
+                    }
+                    let named = objects.as_ref().and_then(|o| o.names(*relation, new));
+                    if let Some(n) = named.filter(|n| !txn_documents.contains(n)) {
+                        txn_documents.push(n);
+                    }
                     true
                 }
                 Message::Delete { relation, .. } => {
@@ -462,6 +557,10 @@ async fn seal_once(
                     commit_time,
                     ..
                 } => {
+                    let names = std::mem::take(&mut txn_documents);
+                    if let Some(source) = documents.as_deref().filter(|_| !names.is_empty()) {
+                        fetch_documents(source, &writer, names, &mut batch, &mut tally).await?;
+                    }
                     tally.transactions += 1;
                     tally.end = Some(*end_lsn);
                     tally.first_commit_at.get_or_insert(*commit_time);
@@ -564,6 +663,8 @@ async fn seal_once(
             scheme: "age-x25519".into(),
             recipients: policy.recipients.clone(),
         },
+        documents: tally.documents,
+        documents_failed: tally.documents_failed,
     };
     let body = serde_json::to_vec_pretty(&segment)
         .map_err(|e| Error::failed(format!("encoding segment {}: {e}", segment.id)))?;

@@ -76,6 +76,25 @@ pub struct Segment {
     pub chunks: Vec<ChunkRef>,
     pub blobs: Vec<BlobRef>,
     pub encryption: MetaEncryption,
+    /// Storage objects fetched because their `storage.objects` row was inserted or updated in
+    /// this segment (their content is in the segment's blobs, their names only in its sealed
+    /// stream).
+    #[serde(default)]
+    pub documents: u64,
+    /// Objects whose fetch failed after the retries, as `bucket/name: error` (a
+    /// `storage_consistency` problem of this span).
+    #[serde(default)]
+    pub documents_failed: Vec<String>,
+}
+
+/// A storage object whose `storage.objects` row a transaction inserted or updated: its content
+/// as fetched when the segment was sealed, or why it could not be.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Document {
+    pub bucket: String,
+    pub name: String,
+    pub object: Option<crate::repo::format::StorageObject>,
+    pub error: Option<String>,
 }
 
 /// `<first>-<last>`, each LSN in 16 hex digits.
@@ -131,6 +150,8 @@ async fn list_under(store: &dyn Store, prefix: &str) -> Result<Vec<Segment>> {
 pub mod frame {
     pub const MESSAGE: u8 = b'M';
     pub const SEQUENCES: u8 = b'Q';
+    /// A storage object of the transaction it is in ([`super::Document`], JSON).
+    pub const DOCUMENT: u8 = b'D';
 
     /// Appends one frame to `out`.
     pub fn push(out: &mut Vec<u8>, tag: u8, payload: &[u8]) {
