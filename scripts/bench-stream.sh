@@ -3,7 +3,8 @@
 # a throwaway cluster with wal_level = logical, pgbench initialised at SCALE (default 10), a
 # base backup, then `backstop stream` (seal_every SEAL, default 10s) while pgbench runs
 # unthrottled for DURATION seconds (default 60) with CLIENTS (default 4) clients: the highest rate this
-# machine sustains with the stream beside it. It prints:
+# machine sustains with the stream beside it; RATE=TPS throttles it instead (pgbench -R), for an
+# application's rate rather than the machine's limit. It prints:
 #   - the workload's rate (tps) and the WAL it wrote;
 #   - the stream's lag, sampled every second as now minus the newest sealed commit (median and
 #     worst), and the WAL the slot held (worst), against seal_every;
@@ -21,6 +22,7 @@ ensure_deps jq runuser
 SCALE=${SCALE:-10}
 SECONDS_RUN=${DURATION:-60}
 CLIENTS=${CLIENTS:-4}
+RATE=${RATE:-}
 SEAL=${SEAL:-10s}
 cargo build --release --quiet
 BIN=$PWD/target/release/backstop
@@ -63,7 +65,7 @@ sleep 2
 
 wal0=$(psql -X -At -d bench -c "select pg_current_wal_lsn()")
 start=$(date +%s.%N)
-"$PG_BIN/pgbench" -n -c "$CLIENTS" -j 2 -T "$SECONDS_RUN" bench >"$WORK/pgbench.out" 2>&1 &
+"$PG_BIN/pgbench" -n -c "$CLIENTS" -j 2 -T "$SECONDS_RUN" ${RATE:+-R "$RATE"} bench >"$WORK/pgbench.out" 2>&1 &
 PGBENCH=$!
 : >"$WORK/lag"
 while kill -0 "$PGBENCH" 2>/dev/null; do
@@ -110,7 +112,7 @@ duration=$(awk -v a="$start" -v b="$end" 'BEGIN {printf "%.1f", b - a}')
 echo
 echo "| figure | value |"
 echo "|---|---|"
-echo "| workload | pgbench scale $SCALE, $CLIENTS clients, unthrottled, ${duration}s: $tps tps, $wal of WAL |"
+echo "| workload | pgbench scale $SCALE, $CLIENTS clients, $(if [ -n "$RATE" ]; then echo "throttled to $RATE tps"; else echo unthrottled; fi), ${duration}s: $tps tps, $wal of WAL |"
 echo "| stream lag (now - newest sealed commit), median / worst | $(median <"$WORK/lag")s / $(worst <"$WORK/lag")s (seal_every $SEAL) |"
 echo "| WAL held by the slot, worst | $(awk -v b="$held_worst" 'BEGIN {printf "%.1f MiB", b / 1048576}') |"
 echo "| stream peak RSS | $((rss / 1024)) MiB |"
