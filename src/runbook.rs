@@ -182,8 +182,23 @@ const SECRET_KEYS: [&str; 9] = [
 ];
 
 /// The policy file as the runbook embeds it: literal secrets replaced, URL passwords masked.
+/// Every value the policy loads as a secret ([`Policy::secrets`]) is replaced by a `${...}`
+/// placeholder wherever it is written, inline tables included; the key list below catches
+/// the rest (an access key id, a credentialed URL) line by line.
 fn policy_text(policy: &Policy) -> String {
-    let text = std::fs::read_to_string(&policy.path).unwrap_or_default();
+    let mut text = std::fs::read_to_string(&policy.path).unwrap_or_default();
+    // The file as loaded again with every section (a `--no-notify` load has no [notify]).
+    let whole = crate::policy::load_resolving(&policy.path, crate::policy::Resolve::OnlyUsed);
+    let secrets = whole.as_ref().unwrap_or(policy).secrets();
+    for (key, value) in secrets {
+        let placeholder = format!("{}_{}", policy.name, key.replace('.', "_"))
+            .to_uppercase()
+            .replace('-', "_");
+        for quote in ['"', '\''] {
+            let literal = format!("{quote}{value}{quote}");
+            text = text.replace(&literal, &format!("\"${{{placeholder}}}\""));
+        }
+    }
     text.lines()
         .map(|line| {
             let Some((key, value)) = line.split_once('=') else {

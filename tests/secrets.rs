@@ -139,3 +139,69 @@ fn no_command_prints_or_stores_a_secret_even_when_it_fails() {
         }
     }
 }
+
+/// Secrets written as literals in every secret-bearing key, an inline `email` table included,
+/// are masked by what they are, not by where they sit: the runbook (Markdown and HTML), the
+/// report, the records and the logs show none of them.
+#[test]
+fn literal_secrets_in_every_secret_key_never_show() {
+    let env = Env::new();
+    let receiver = common::hooks::Receiver::start();
+    let db_url = env.source.url(common::FIXTURE_DB);
+    let scratch = env.scratch.url("postgres");
+    let secrets = [
+        ("webhook", receiver.url("/hook/Webhook-Literal-1111")),
+        ("healthcheck", receiver.url("/ping/Ping-Literal-2222")),
+        ("dedup", "Dedup-Literal-3333".to_string()),
+        ("smtp", "Smtp-Literal-4444".to_string()),
+    ];
+    env.write_policy(
+        &env.policy,
+        &format!(
+            "\n[verify]\nscratch_url = \"{scratch}\"\n\n[notify]\nwebhook = \"{}\"\nhealthcheck = \"{}\"\nemail = {{ smtp_url = \"smtps://ops:{}@127.0.0.1:1\", from = \"backstop@foodbiz.example\", to = [\"ops@foodbiz.example\"] }}\n",
+            secrets[0].1, secrets[1].1, secrets[3].1
+        ),
+    );
+    let text = std::fs::read_to_string(&env.policy)
+        .unwrap()
+        .replace("${SOURCE_DB_URL}", &db_url)
+        .replace(
+            "\n[encryption]",
+            &format!("dedup_key = \"{}\"\n\n[encryption]", secrets[2].1),
+        );
+    std::fs::write(&env.policy, text).unwrap();
+    let password = common::pg::PASSWORD;
+    let mut seen = String::new();
+    let p = env.policy.to_str().unwrap();
+    let runs: [&[&str]; 6] = [
+        &["backup", "--json", "--policy", p],
+        &["runbook", "--policy", p],
+        &["runbook", "--format", "html", "--policy", p],
+        &["report", "--format", "markdown", "--policy", p],
+        &["report", "--format", "html", "--policy", p],
+        &["snapshots", "--json", "--policy", p],
+    ];
+    for args in runs {
+        let (code, out, err) = common::run(env.backstop().args(args));
+        assert!(code == 0 || code == 3, "{args:?}: {err}");
+        seen.push_str(&out);
+        seen.push_str(&err);
+    }
+    for f in files_under(&env.repo.join("runs")) {
+        seen.push_str(&std::fs::read_to_string(f).unwrap());
+    }
+    assert!(
+        seen.contains("Recovery runbook"),
+        "the runbook was not made"
+    );
+    for (what, secret) in secrets
+        .iter()
+        .map(|(w, s)| (*w, s.rsplit('/').next().unwrap().to_string()))
+        .chain([("the database password", password.to_string())])
+    {
+        assert!(
+            !seen.contains(&secret),
+            "{what} ({secret}) is shown:\n{seen}"
+        );
+    }
+}

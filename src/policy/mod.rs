@@ -79,6 +79,37 @@ pub struct Unresolved {
 }
 
 impl Policy {
+    /// Every value the policy loads as a secret, with its key: what must never be shown,
+    /// wherever in the file it was written (an inline table included).
+    pub fn secrets(&self) -> Vec<(&'static str, &str)> {
+        let mut out: Vec<(&'static str, Option<&SecretString>)> = Vec::new();
+        if let Some(d) = &self.database {
+            out.push(("database.url", Some(&d.url)));
+        }
+        if let Some(st) = &self.storage {
+            out.push(("storage.key", st.key.as_ref()));
+            out.push(("storage.secret_access_key", st.secret_access_key.as_ref()));
+        }
+        let r = &self.repository;
+        out.push(("repository.secret_access_key", r.secret_access_key.as_ref()));
+        out.push(("repository.dedup_key", r.dedup_key.as_ref()));
+        out.push(("verify.scratch_url", self.verify.scratch_url.as_ref()));
+        if let Some(n) = &self.notify {
+            out.push(("notify.webhook", n.webhook.as_ref()));
+            out.push(("notify.healthcheck", n.healthcheck.as_ref()));
+            out.push(("notify.healthcheck_verify", n.healthcheck_verify.as_ref()));
+            out.push(("notify.healthcheck_prune", n.healthcheck_prune.as_ref()));
+            out.push((
+                "notify.email.smtp_url",
+                n.email.as_ref().map(|e| &e.smtp_url),
+            ));
+        }
+        out.into_iter()
+            .filter_map(|(k, v)| Some((k, v?.expose_secret())))
+            .filter(|(_, v)| !v.is_empty())
+            .collect()
+    }
+
     /// Refuses, naming the variable, when a key under `prefix` (`database.url`, `storage.`,
     /// `verify.scratch_url`) was left unresolved by the load.
     pub fn require(&self, prefix: &str) -> Result<()> {
