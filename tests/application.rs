@@ -507,7 +507,10 @@ fn the_runbook_recovers_everything_when_run_as_written() {
         .args(["runbook", "--format", "html", "--policy"])
         .arg(&a.policy));
     assert_eq!(code, 0);
-    assert!(html.starts_with("<!doctype html>") && html.contains("<h2>3. Full disaster recovery"));
+    assert!(
+        html.starts_with("<!doctype html>")
+            && html.contains(">3. Full disaster recovery on a new host</h2>")
+    );
 
     // Run the disaster recovery as written, on a fresh database and an empty directory, with
     // only the identity, the target and the directory: not the source's URL, not the webhook's.
