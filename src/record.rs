@@ -10,7 +10,7 @@ use crate::ops::Phase;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub(crate) const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// What a run was: the `kind` of its record, and the segment of its key between the time and
 /// the run id (`runs/<policy>/<time>-<kind>-<id>.json`).
@@ -137,7 +137,7 @@ pub struct ReportWindow {
 
 /// The error's message, with any age private key masked (defence in depth: validation
 /// already refuses one where a public key belongs).
-fn error_text(e: &Option<crate::error::Error>) -> Option<String> {
+pub(crate) fn error_text(e: &Option<crate::error::Error>) -> Option<String> {
     e.as_ref()
         .map(|e| crate::util::mask_age_secrets(&e.message))
 }
@@ -474,46 +474,4 @@ pub struct PruneRecord {
     pub phases: Vec<Phase>,
     pub tool_version: String,
     pub error: Option<String>,
-}
-
-impl From<&crate::ops::prune::Outcome> for PruneRecord {
-    fn from(o: &crate::ops::prune::Outcome) -> Self {
-        PruneRecord {
-            kind: Job::Prune,
-            ok: o.error.is_none(),
-            policy: o.policy.clone(),
-            run_id: o.times.run_id.clone(),
-            dry_run: o.dry_run,
-            started_at: o.times.started_at,
-            finished_at: o.times.finished_at,
-            duration_s: o.times.duration_s,
-            snapshots_kept: o
-                .kept
-                .iter()
-                .map(|(id, reasons)| KeptSnapshot {
-                    id: id.clone(),
-                    reasons: reasons.clone(),
-                })
-                .collect(),
-            snapshots_removed: o.removed.clone(),
-            segments_removed: o.segments_removed.clone(),
-            blobs_unreferenced: o.blobs_unreferenced,
-            bytes_unreferenced: o.bytes_unreferenced,
-            blobs_deleted: o.blobs_deleted,
-            bytes_freed: o.bytes_freed,
-            manifests_deleted: o.manifests_deleted,
-            locked_until: o
-                .locked_until
-                .iter()
-                .map(|(key, until)| LockedObject {
-                    key: key.clone(),
-                    until: *until,
-                })
-                .collect(),
-            notes: o.notes.clone(),
-            phases: o.phases.clone(),
-            tool_version: TOOL_VERSION.to_string(),
-            error: error_text(&o.error),
-        }
-    }
 }

@@ -13,64 +13,20 @@ use super::{Message as Note, TIMEOUT};
 use crate::policy::Email;
 use lettre::message::{header::ContentType, Mailbox};
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
 
 type Transport = AsyncSmtpTransport<Tokio1Executor>;
 
-/// What is wrong with an `smtp_url`, if anything; never quotes the URL.
-pub fn check_url(url: &str) -> Result<(), String> {
-    transport(url).map(|_| ())
-}
-
-/// What is wrong with an address, if anything.
-pub fn check_address(address: &str) -> Result<(), String> {
-    address
-        .parse::<Mailbox>()
-        .map(|_| ())
-        .map_err(|e| format!("`{address}` is not an email address: {e}"))
-}
-
+/// The transport an `smtp_url` chooses ([`crate::policy::smtp`] parses and checks it).
 fn transport(url: &str) -> Result<Transport, String> {
-    let url = url::Url::parse(url).map_err(|e| format!("the SMTP URL does not parse: {e}"))?;
-    let host = url
-        .host_str()
-        .ok_or("the SMTP URL has no host")?
-        .trim_matches(['[', ']'])
-        .to_string();
-    let required = url
-        .query_pairs()
-        .any(|(k, v)| k == "tls" && v == "required");
-    let loopback = host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    let params =
-        || TlsParameters::new(host.clone()).map_err(|e| format!("TLS for the SMTP server: {e}"));
-    let (port, tls) = match url.scheme() {
-        "smtps" => (465, Tls::Wrapper(params()?)),
-        "smtp" if required || (url.password().is_some() && !loopback) => {
-            (587, Tls::Required(params()?))
-        }
-        "smtp" => (587, Tls::Opportunistic(params()?)),
-        other => {
-            return Err(format!(
-                "the SMTP URL's scheme is `{other}`; use smtp:// or smtps://"
-            ))
-        }
-    };
-    let mut builder = Transport::builder_dangerous(host.as_str())
-        .port(url.port().unwrap_or(port))
-        .tls(tls)
+    let smtp = crate::policy::smtp::parse_url(url)?;
+    let mut builder = Transport::builder_dangerous(smtp.host.as_str())
+        .port(smtp.port)
+        .tls(smtp.tls)
         .timeout(Some(TIMEOUT));
-    if let Some(password) = url.password() {
-        let decode = |s: &str| {
-            percent_encoding::percent_decode_str(s)
-                .decode_utf8_lossy()
-                .into_owned()
-        };
-        builder = builder.credentials(Credentials::new(decode(url.username()), decode(password)));
+    if let Some((user, password)) = smtp.credentials {
+        builder = builder.credentials(Credentials::new(user, password));
     }
     Ok(builder.build())
 }

@@ -61,27 +61,7 @@ pub struct BackupDb {
     pub pg_dump_version: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct BackupStorage {
-    pub objects: u64,
-    pub bytes_plain: u64,
-    pub bytes_stored: u64,
-    pub objects_new: u64,
-    pub objects_reused: u64,
-    pub mismatches: Mismatches,
-    /// Listed objects the source's protocol cannot fetch at all, each with why; every other
-    /// object is backed up.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub unfetchable: Vec<String>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct Mismatches {
-    pub missing_in_bucket: Vec<String>,
-    pub missing_in_table: Vec<String>,
-}
+pub use super::documents::{BackupStorage, Mismatches};
 
 /// What a backup run did. `snapshot_id` is set iff a snapshot was committed.
 #[derive(Debug)]

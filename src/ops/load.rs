@@ -9,7 +9,6 @@
 //! damaged blob stops the restore with the blob named; pg_restore reporting any error fails
 //! the restore with its messages. A failed restore may leave a partly loaded target: say so.
 
-use super::restore::RestoreDb;
 use super::{Phase, ProgressSink};
 use crate::error::{Error, Result};
 use crate::repo::format::{DbManifest, Meta};
@@ -33,6 +32,17 @@ pub struct DbTarget {
     /// non-empty one is dropped only with `force_source`, never with `force` alone.
     pub is_source: bool,
     pub force_source: bool,
+}
+
+/// What a restore loaded into the database (the record's `db`).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct RestoreDb {
+    pub tables: u64,
+    pub rows: u64,
+    pub bytes: u64,
+    pub database_created: bool,
+    pub roles_created: Vec<String>,
 }
 
 /// What makes a target database non-empty: any relation (table, view, sequence, foreign

@@ -19,6 +19,7 @@
 use super::{with_lock, Ctx, Phase, RunTimes};
 use crate::error::{Error, Kind, Result};
 use crate::policy::Policy;
+use crate::record::PruneRecord;
 use crate::repo::lock::Mode;
 use crate::repo::{blob_key, list_metas, Blobs, Repo};
 use crate::retention::{self, Candidate, Rules};
@@ -327,4 +328,47 @@ async fn prune(
     }
     out.phases.push(Phase::since("sweep", t));
     Ok(())
+}
+
+/// The run record of a prune.
+impl From<&Outcome> for PruneRecord {
+    fn from(o: &Outcome) -> Self {
+        PruneRecord {
+            kind: crate::record::Job::Prune,
+            ok: o.error.is_none(),
+            policy: o.policy.clone(),
+            run_id: o.times.run_id.clone(),
+            dry_run: o.dry_run,
+            started_at: o.times.started_at,
+            finished_at: o.times.finished_at,
+            duration_s: o.times.duration_s,
+            snapshots_kept: o
+                .kept
+                .iter()
+                .map(|(id, reasons)| crate::record::KeptSnapshot {
+                    id: id.clone(),
+                    reasons: reasons.clone(),
+                })
+                .collect(),
+            snapshots_removed: o.removed.clone(),
+            segments_removed: o.segments_removed.clone(),
+            blobs_unreferenced: o.blobs_unreferenced,
+            bytes_unreferenced: o.bytes_unreferenced,
+            blobs_deleted: o.blobs_deleted,
+            bytes_freed: o.bytes_freed,
+            manifests_deleted: o.manifests_deleted,
+            locked_until: o
+                .locked_until
+                .iter()
+                .map(|(key, until)| crate::record::LockedObject {
+                    key: key.clone(),
+                    until: *until,
+                })
+                .collect(),
+            notes: o.notes.clone(),
+            phases: o.phases.clone(),
+            tool_version: crate::record::TOOL_VERSION.to_string(),
+            error: crate::record::error_text(&o.error),
+        }
+    }
 }

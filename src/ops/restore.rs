@@ -49,15 +49,7 @@ pub struct Request {
     pub one_part: bool,
 }
 
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct RestoreDb {
-    pub tables: u64,
-    pub rows: u64,
-    pub bytes: u64,
-    pub database_created: bool,
-    pub roles_created: Vec<String>,
-}
+pub use super::load::RestoreDb;
 
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 #[serde(default)]

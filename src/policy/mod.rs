@@ -22,6 +22,7 @@ use toml::Spanned;
 
 mod app;
 mod raw;
+pub mod smtp;
 mod tuning;
 
 pub use app::{exclude_glob, FileSet, GitLocation, GitSource, Runbook};
@@ -611,12 +612,12 @@ impl Validator<'_> {
         let email = n.email.and_then(|e| {
             let smtp_url = self.secret(&Some(e.smtp_url.clone()), "notify.email.smtp_url")?;
             if !smtp_url.expose_secret().is_empty() {
-                if let Err(problem) = crate::notify::email::check_url(smtp_url.expose_secret()) {
+                if let Err(problem) = smtp::check_url(smtp_url.expose_secret()) {
                     self.problem(e.smtp_url.span(), "notify.email.smtp_url", problem);
                 }
             }
             for address in std::iter::once(&e.from).chain(&e.to) {
-                if let Err(problem) = crate::notify::email::check_address(address.get_ref()) {
+                if let Err(problem) = smtp::check_address(address.get_ref()) {
                     self.problem(address.span(), "notify.email", problem);
                 }
             }

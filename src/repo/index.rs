@@ -8,7 +8,7 @@
 //! distinct blobs. A backup lists `snapshots/` (keys only), reads just the meta.json files the
 //! index lacks (new snapshots, from any host or policy), drops those that are gone (pruned),
 //! and after its commit adds its own. The blob listing that finds lost blobs and leftovers of
-//! interrupted runs stays as it was ([`super::writer`]), so what the store really holds still
+//! interrupted runs stays as it was (see the writer module), so what the store really holds still
 //! decides what is reused.
 //!
 //! The index is a cache: it lives in the cache directory ([`crate::cache::dir`]), keyed by the

@@ -70,9 +70,25 @@ pub struct Findings {
     /// `[[git]]` bundles verified (`git bundle verify`, refs against the record).
     pub git_checked: u64,
     /// The change stream replayed from the snapshot before to this one, and compared.
-    pub stream_checked: Option<super::stream::StreamChecked>,
+    pub stream_checked: Option<StreamChecked>,
     /// What the operator should know that is no failure (a span the stream does not cover).
     pub notes: Vec<String>,
+}
+
+/// The record's `stream_checked`.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct StreamChecked {
+    /// The older snapshot (restored) and the newer one (compared with).
+    pub from: String,
+    pub to: String,
+    /// The newer snapshot's time: the stream is proven up to here.
+    pub to_consistent_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub transactions: u64,
+    pub tables_equal: bool,
+    /// The tables compared, and those the stream does not carry (left out).
+    pub tables_compared: u64,
+    pub tables_left_out: Vec<String>,
 }
 
 /// What to compare, and where.

@@ -20,25 +20,10 @@ use crate::repo::Repo;
 use crate::seal::Opener;
 use crate::source::pgtools::DbUrl;
 use secrecy::ExposeSecret;
-use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-/// The record's `stream_checked`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct StreamChecked {
-    /// The older snapshot (restored) and the newer one (compared with).
-    pub from: String,
-    pub to: String,
-    /// The newer snapshot's time: the stream is proven up to here.
-    pub to_consistent_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub transactions: u64,
-    pub tables_equal: bool,
-    /// The tables compared, and those the stream does not carry (left out).
-    pub tables_compared: u64,
-    pub tables_left_out: Vec<String>,
-}
+pub use super::compare::StreamChecked;
 
 /// What the proof found: the record part, and each difference as a problem.
 pub struct Proof {
