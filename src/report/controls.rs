@@ -444,7 +444,7 @@ pub(super) fn recovery_points_immutable(s: &Scope) -> Control {
             id: "recovery_points_immutable",
             title: "Recovery points are under object lock for the retention objective",
             compliant: true,
-            status: "not_applicable",
+            status: Status::NotApplicable,
             target: "object lock retention reaching past objectives.retention".into(),
             observed: "not applicable: a local directory repository cannot enforce object lock"
                 .into(),

@@ -47,11 +47,39 @@ pub struct Control {
     pub id: &'static str,
     pub title: &'static str,
     pub compliant: bool,
-    /// `compliant`, `non_compliant`, `not_applicable` or `not_tested`.
-    pub status: &'static str,
+    pub status: Status,
     pub target: String,
     pub observed: String,
     pub evidence: Vec<String>,
+}
+
+/// A control's verdict (DESIGN.md): `not_applicable` counts as compliant and says why;
+/// `not_tested` (nothing in the window could prove it) is shown grey and is not compliant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    NonCompliant,
+    NotTested,
+    Compliant,
+    NotApplicable,
+}
+
+impl Status {
+    /// The JSON spelling, also the HTML class.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Compliant => "compliant",
+            Status::NonCompliant => "non_compliant",
+            Status::NotApplicable => "not_applicable",
+            Status::NotTested => "not_tested",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What the HTML timeline draws.
@@ -129,7 +157,11 @@ fn control(
         id,
         title,
         compliant: ok,
-        status: if ok { "compliant" } else { "non_compliant" },
+        status: if ok {
+            Status::Compliant
+        } else {
+            Status::NonCompliant
+        },
         target,
         observed,
         evidence,
@@ -139,7 +171,7 @@ fn control(
 /// A control that nothing in the window could prove: grey, never green, and not compliant.
 fn not_tested(id: &'static str, title: &'static str, target: String, observed: String) -> Control {
     Control {
-        status: "not_tested",
+        status: Status::NotTested,
         ..control(id, title, false, target, observed, Vec::new())
     }
 }

@@ -2,7 +2,7 @@
 //! audit ticket) and one self-contained HTML page (inline CSS and SVG, no scripts, legible on
 //! A4). JSON is the serde form of [`Report`].
 
-use super::{PolicyReport, ToSecs, Window};
+use super::{PolicyReport, Status, ToSecs, Window};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::fmt::Write;
@@ -23,12 +23,12 @@ fn verdict(ok: bool) -> &'static str {
     }
 }
 
-fn mark(status: &str) -> &'static str {
+fn mark(status: Status) -> &'static str {
     match status {
-        "compliant" => "ok ",
-        "not_applicable" => "n/a",
-        "not_tested" => "NT",
-        _ => "FAIL",
+        Status::Compliant => "ok ",
+        Status::NotApplicable => "n/a",
+        Status::NotTested => "NT",
+        Status::NonCompliant => "FAIL",
     }
 }
 
@@ -337,12 +337,7 @@ ul{margin:0;padding-left:16px}@media print{body{margin:10mm}table{page-break-ins
 
 /// The worst control of a policy: a failure before an untested one before a pass.
 fn worst(p: &PolicyReport) -> Option<&super::Control> {
-    let rank = |s: &str| match s {
-        "non_compliant" => 0,
-        "not_tested" => 1,
-        _ => 2,
-    };
-    p.controls.iter().min_by_key(|c| rank(c.status))
+    p.controls.iter().min_by_key(|c| c.status)
 }
 
 /// One row per policy: its verdict, its worst control and its newest recovery point.
@@ -369,7 +364,7 @@ fn summary(r: &Report) -> String {
             worst.map_or("none failing".into(), |c| format!(
                 "<code>{}</code> ({})",
                 c.id,
-                c.status.replace('_', " ")
+                c.status.as_str().replace('_', " ")
             ))
         );
     }
@@ -418,7 +413,7 @@ pub fn html(r: &Report) -> String {
                 c.id,
                 esc(c.title),
                 c.status,
-                c.status.replace('_', " "),
+                c.status.as_str().replace('_', " "),
                 esc(&c.target),
                 esc(&c.observed)
             );

@@ -216,9 +216,12 @@ fn no_verify_in_the_window_is_not_tested_never_green() {
     );
     assert!(!r.compliant);
     let status = |id: &str| r.controls.iter().find(|c| c.id == id).unwrap().status;
-    assert_eq!(status("restore_time"), "not_tested");
-    assert_eq!(status("verification_success"), "not_tested");
-    assert_eq!(status("restore_test_performed"), "non_compliant");
+    assert_eq!(status("restore_time"), super::Status::NotTested);
+    assert_eq!(status("verification_success"), super::Status::NotTested);
+    assert_eq!(
+        status("restore_test_performed"),
+        super::Status::NonCompliant
+    );
     let html = super::render::html(&super::render::Report {
         window: Window {
             from: now() - chrono::Duration::days(30),
