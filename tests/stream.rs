@@ -76,6 +76,7 @@ fn start_stream(env: &Env) -> Child {
         .env("SCRATCH_URL", env.scratch.url("postgres"))
         .env("S3_KEY_ID", common::s3::KEY_ID)
         .env("S3_SECRET", common::s3::SECRET)
+        .env("SUPABASE_KEY", common::supabase::KEY)
         .args(["stream", "--policy"])
         .arg(&env.policy)
         .stdout(Stdio::null())
@@ -717,6 +718,31 @@ fn a_segment_resealed_without_one_transaction_fails_verify_naming_the_table() {
 fn documents_follow_the_stream_and_a_restore_to_a_moment_brings_back_that_bucket() {
     let env = Env::logical(RepoSpec::Local);
     let docs = env.dir.path().join("docs");
+    let storage = format!(
+        "\n[storage]\nkind = \"dir\"\npath = \"{}\"\nbuckets = [\"documents\"]\n",
+        docs.display()
+    );
+    documents_round_trip(&env, &docs, &storage);
+}
+
+/// The same through the Supabase Storage double (its objects live under the same kind of
+/// tree, read over its REST API).
+#[test]
+fn documents_follow_the_stream_from_supabase_storage() {
+    let env = Env::logical(RepoSpec::Local);
+    let docs = env.dir.path().join("docs");
+    std::fs::create_dir_all(docs.join("documents")).unwrap();
+    let sb = common::supabase::Supabase::start(&docs);
+    let storage = format!(
+        "\n[storage]\nkind = \"supabase\"\nurl = \"{}\"\nkey = \"${{SUPABASE_KEY}}\"\nbuckets = [\"documents\"]\n",
+        sb.url()
+    );
+    documents_round_trip(&env, &docs, &storage);
+}
+
+/// Objects uploaded, replaced and deleted under `docs` (each with its `storage.objects` row)
+/// while the stream runs, then restored at a moment between two seals.
+fn documents_round_trip(env: &Env, docs: &std::path::Path, storage: &str) {
     let bucket = docs.join("documents");
     std::fs::create_dir_all(&bucket).unwrap();
     let put = |name: &str, body: &str, row: &str| {
@@ -729,20 +755,14 @@ fn documents_follow_the_stream_and_a_restore_to_a_moment_brings_back_that_bucket
         "v1",
         "insert into storage.objects (id, bucket_id, name) values (gen_random_uuid(), 'documents', 'menu.txt')",
     );
-    env.write_policy(
-        &env.policy,
-        &format!(
-            "{STREAM}\n[storage]\nkind = \"dir\"\npath = \"{}\"\nbuckets = [\"documents\"]\n",
-            docs.display()
-        ),
-    );
+    env.write_policy(&env.policy, &format!("{STREAM}{storage}"));
     let (code, _, stderr) = common::run(
         env.backstop()
             .args(["stream", "--setup", "--policy"])
             .arg(&env.policy),
     );
     assert_eq!(code, 0, "{stderr}");
-    let mut stream = start_stream(&env);
+    let mut stream = start_stream(env);
     env.backup_json();
 
     // First upload: a new object, and the menu replaced.
@@ -756,7 +776,7 @@ fn documents_follow_the_stream_and_a_restore_to_a_moment_brings_back_that_bucket
         "v2",
         "update storage.objects set metadata = '{\"v\": 2}' where name = 'menu.txt'",
     );
-    wait_sealed(&env);
+    wait_sealed(env);
     std::thread::sleep(Duration::from_millis(1100));
     let between = chrono::Utc::now().to_rfc3339();
     std::thread::sleep(Duration::from_millis(1100));
@@ -777,7 +797,7 @@ fn documents_follow_the_stream_and_a_restore_to_a_moment_brings_back_that_bucket
         "hello",
         "insert into storage.objects (id, bucket_id, name) values (gen_random_uuid(), 'documents', 'note.txt')",
     );
-    wait_sealed(&env);
+    wait_sealed(env);
     sigkill(&mut stream);
 
     // Each object was in the repository within 2 × seal_every (2 s) of its row's commit.
