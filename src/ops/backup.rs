@@ -11,6 +11,7 @@ use super::{with_shared_lock, Ctx, Phase, ProgressSink, RunTimes};
 use crate::error::{Error, Result};
 use crate::model::TableStat;
 use crate::policy::Policy;
+pub use crate::record::figures::BackupDb;
 use crate::repo::format::StreamRef;
 use crate::repo::format::{
     DbManifest, FilesManifest, GitManifest, Manifest, ManifestRepo, Meta, MetaDb, MetaEncryption,
@@ -25,7 +26,6 @@ use crate::source::pgtools::{self, DbUrl};
 use crate::source::postgres::{Session, TableRef};
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
-use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -46,19 +46,6 @@ pub enum Only {
 pub struct Request {
     /// Only one part; every part the policy names when `None`.
     pub only: Option<Only>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct BackupDb {
-    pub tables: u64,
-    pub rows: u64,
-    pub bytes_plain: u64,
-    pub bytes_stored: u64,
-    pub blobs_new: u64,
-    pub blobs_reused: u64,
-    pub server_version: String,
-    pub pg_dump_version: String,
 }
 
 pub use super::documents::{BackupStorage, Mismatches};
@@ -681,4 +668,30 @@ async fn run_pg_dump(
         .join()
         .unwrap_or_else(|_| Err("the scanning thread panicked".into()));
     Ok((dump, wstats, scanned))
+}
+
+/// The run record of this operation.
+impl From<&Outcome> for crate::record::BackupRecord {
+    fn from(o: &Outcome) -> Self {
+        crate::record::BackupRecord {
+            kind: crate::record::Job::Backup,
+            ok: o.ok(),
+            snapshot_id: o.snapshot_id.clone(),
+            policy: o.policy.clone(),
+            run_id: o.times.run_id.clone(),
+            consistent_at: o.consistent_at,
+            started_at: o.times.started_at,
+            finished_at: o.times.finished_at,
+            duration_s: o.times.duration_s,
+            db: o.db.clone(),
+            storage: o.storage.clone(),
+            files: o.files.clone(),
+            git: o.git.clone(),
+            phases: o.phases.clone(),
+            warnings: o.warnings.clone(),
+            blobs_reuploaded: o.blobs_reuploaded,
+            tool_version: crate::record::TOOL_VERSION.to_string(),
+            error: crate::record::error_text(&o.error),
+        }
+    }
 }

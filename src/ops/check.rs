@@ -8,6 +8,7 @@
 
 use super::{with_shared_lock, Ctx, RunTimes};
 use crate::error::{Error, Kind, Result};
+pub use crate::record::figures::Damaged;
 use crate::repo::blob_key;
 use crate::repo::format::{BlobRef, ChunkRef};
 use crate::repo::reader::BlobReader;
@@ -43,15 +44,6 @@ pub struct Request {
     pub key: Option<Key>,
     /// Re-hash every stored byte.
     pub read_data: bool,
-}
-
-/// One damaged or missing object, and the snapshots that need it.
-#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct Damaged {
-    pub blob: String,
-    pub problem: String,
-    pub snapshots: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -410,4 +402,27 @@ async fn check_segments(
         }
     }
     Ok(out)
+}
+
+/// The run record of this operation.
+impl From<&Outcome> for crate::record::CheckRecord {
+    fn from(o: &Outcome) -> Self {
+        crate::record::CheckRecord {
+            kind: crate::record::Job::Check,
+            ok: o.ok(),
+            policy: o.policy.clone(),
+            run_id: o.times.run_id.clone(),
+            started_at: o.times.started_at,
+            finished_at: o.times.finished_at,
+            duration_s: o.times.duration_s,
+            snapshots_checked: o.snapshots_checked,
+            blobs_checked: o.blobs_checked,
+            bytes_read: o.bytes_read,
+            read_data: o.read_data,
+            decrypted: o.decrypted,
+            damaged: o.damaged.clone(),
+            tool_version: crate::record::TOOL_VERSION.to_string(),
+            error: crate::record::error_text(&o.error),
+        }
+    }
 }

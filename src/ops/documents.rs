@@ -20,6 +20,8 @@
 use crate::cache::{Cached, Index};
 use crate::error::{Error, Kind, Result};
 use crate::localfs::write_file_atomically;
+pub use crate::record::figures::BackupStorage;
+pub use crate::record::figures::Mismatches;
 use crate::repo::format::StorageObject;
 use crate::repo::format::StreamRef;
 use crate::repo::reader::BlobReader;
@@ -32,29 +34,6 @@ use std::sync::Arc;
 use tokio::io::AsyncBufRead;
 
 pub const CONCURRENT_OBJECTS: usize = 4;
-
-/// What a backup stored of the buckets (the record's `storage`).
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct BackupStorage {
-    pub objects: u64,
-    pub bytes_plain: u64,
-    pub bytes_stored: u64,
-    pub objects_new: u64,
-    pub objects_reused: u64,
-    pub mismatches: Mismatches,
-    /// Listed objects the source's protocol cannot fetch at all, each with why; every other
-    /// object is backed up.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub unfetchable: Vec<String>,
-}
-
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct Mismatches {
-    pub missing_in_bucket: Vec<String>,
-    pub missing_in_table: Vec<String>,
-}
 
 /// Objects restored at once. Higher than for backups: each restored file waits on its own
 /// fsync (and its directory's), so the disk's queue, not the CPU, is what parallelism fills.

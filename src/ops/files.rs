@@ -15,28 +15,19 @@
 use crate::cache::{Cached, Index};
 use crate::error::{Error, Result};
 use crate::policy::FileSet;
+pub use crate::record::figures::FilesFigures;
+pub use crate::record::figures::FilesRestored as Restored;
 use crate::repo::format::{FileEntry, FileSetManifest, FilesManifest, StreamRef};
 use crate::repo::reader::BlobReader;
 use crate::repo::writer::BlobWriter;
 use crate::source::files::{self, Planned};
 use futures::{StreamExt, TryStreamExt};
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 pub const CONCURRENT_FILES: usize = 4;
-
-/// The record's `files` section.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct FilesFigures {
-    pub sets: u64,
-    pub files: u64,
-    pub bytes_plain: u64,
-    pub bytes_stored: u64,
-}
 
 pub struct BackedUp {
     pub manifest: FilesManifest,
@@ -187,22 +178,6 @@ pub enum Target {
     Dir { root: PathBuf, force: bool },
     /// The original paths.
     Source { force: bool },
-}
-
-/// What a files restore did.
-#[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct Restored {
-    pub sets: u64,
-    /// Regular files (directories and links are restored too, not counted).
-    pub files: u64,
-    pub bytes: u64,
-    /// The same bytes, under the name backup records use (DESIGN.md's `files` section).
-    pub bytes_plain: u64,
-    /// What this run wrote to the store: nothing, for a restore.
-    pub bytes_stored: u64,
-    /// Entries that could not be restored, each with why; the others were.
-    pub failed: Vec<String>,
 }
 
 /// Where `entry` of `set` goes; refuses a path outside the set's roots (to the source) or

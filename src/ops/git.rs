@@ -8,24 +8,16 @@
 use crate::cache::{CachedBundle, Index};
 use crate::error::{Error, Result};
 use crate::policy::GitSource;
+pub use crate::record::figures::GitFigures;
+pub use crate::record::figures::GitRestored as Restored;
 use crate::repo::format::{GitBundle, GitManifest, GitSummary};
 use crate::repo::reader::BlobReader;
 use crate::repo::writer::BlobWriter;
 use crate::source::git;
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// The record's `git` section.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct GitFigures {
-    pub repositories: Vec<GitSummary>,
-    pub bytes_plain: u64,
-    pub bytes_stored: u64,
-}
 
 pub struct BackedUp {
     pub manifest: GitManifest,
@@ -124,17 +116,6 @@ async fn write_bundle(
 ) -> Result<()> {
     let body = super::documents::chunks_reader(reader, b.bundle.chunks.clone(), ahead);
     crate::localfs::write_file_atomically(path, body, true).await
-}
-
-/// What a git restore did.
-#[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct Restored {
-    pub repositories: Vec<GitSummary>,
-    /// Bytes of the bundles written.
-    pub bytes_plain: u64,
-    /// What this run wrote to the store: nothing, for a restore.
-    pub bytes_stored: u64,
 }
 
 /// Restores each bundle as `DIR/<name>.bundle` and clones it into `DIR/<name>`, every ref of

@@ -11,6 +11,7 @@
 
 use super::{Phase, ProgressSink};
 use crate::error::{Error, Result};
+pub use crate::record::figures::RestoreDb;
 use crate::repo::format::{DbManifest, Meta};
 use crate::repo::reader::BlobReader;
 use crate::repo::Repo;
@@ -32,17 +33,6 @@ pub struct DbTarget {
     /// non-empty one is dropped only with `force_source`, never with `force` alone.
     pub is_source: bool,
     pub force_source: bool,
-}
-
-/// What a restore loaded into the database (the record's `db`).
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct RestoreDb {
-    pub tables: u64,
-    pub rows: u64,
-    pub bytes: u64,
-    pub database_created: bool,
-    pub roles_created: Vec<String>,
 }
 
 /// What makes a target database non-empty: any relation (table, view, sequence, foreign

@@ -27,19 +27,12 @@ pub mod verify;
 pub use context::{Bar, Cancel, Ctx, NoProgress, ProgressSink, Reason};
 
 use crate::error::Result;
+pub use crate::record::figures::Phase;
 use crate::repo::lock::{LockRequest, Mode, RunLock};
 use crate::repo::Repo;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::time::Instant;
-
-/// A named part of a run and how long it took.
-#[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct Phase {
-    pub name: String,
-    pub duration_s: f64,
-}
 
 impl Phase {
     pub fn since(name: &str, start: Instant) -> Phase {

@@ -11,12 +11,12 @@ use super::load::{create_missing_roles, load_dump, prepare_target, DbTarget, Loa
 use super::{with_shared_lock, Ctx, Phase, RunTimes};
 use crate::error::{Error, Kind, Result};
 use crate::policy::Policy;
+pub use crate::record::figures::RestoreStorage;
 use crate::repo::reader::BlobReader;
 use crate::repo::{Repo, Selector};
 use crate::seal::Opener;
 use crate::source::pgtools::DbUrl;
 use secrecy::ExposeSecret;
-use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -50,17 +50,6 @@ pub struct Request {
 }
 
 pub use super::load::RestoreDb;
-
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct RestoreStorage {
-    pub objects: u64,
-    pub bytes: u64,
-    /// Objects whose names were written under a mapped path (`restore-names.tsv`).
-    pub names_mapped: u64,
-    /// Objects that could not be restored, each with why.
-    pub failed: Vec<String>,
-}
 
 #[derive(Debug)]
 pub struct Outcome {
@@ -451,4 +440,34 @@ async fn rows_of_storage_objects(
             .await
             .ok()?;
     Some(rows.into_iter().collect())
+}
+
+/// The run record of this operation.
+impl From<&Outcome> for crate::record::RestoreRecord {
+    fn from(o: &Outcome) -> Self {
+        crate::record::RestoreRecord {
+            kind: crate::record::Job::Restore,
+            ok: o.error.is_none(),
+            snapshot_id: o.snapshot_id.clone(),
+            policy: o.policy.clone(),
+            run_id: o.times.run_id.clone(),
+            started_at: o.times.started_at,
+            finished_at: o.times.finished_at,
+            duration_s: o.times.duration_s,
+            target: o.target.clone(),
+            db: o.db.clone(),
+            storage: o.storage.clone(),
+            files: o.files.clone(),
+            git: o.git.clone(),
+            stream: o.stream.as_ref().map(|r| crate::record::ReplayFigures {
+                segments: r.segments,
+                transactions: r.transactions,
+                replayed_to_lsn: r.replayed_to_lsn.clone(),
+                last_commit_at: r.last_commit_at,
+            }),
+            phases: o.phases.clone(),
+            tool_version: crate::record::TOOL_VERSION.to_string(),
+            error: crate::record::error_text(&o.error),
+        }
+    }
 }

@@ -17,6 +17,9 @@ use crate::error::{Error, Result};
 use crate::expect::{evaluate, Expect};
 use crate::ops::load::{create_missing_roles, load_dump, DbTarget, LoadOptions, RestoreIssue};
 use crate::ops::{Phase, ProgressSink};
+pub use crate::record::figures::QueryCheck;
+pub use crate::record::figures::StreamChecked;
+pub use crate::record::figures::TableCheck;
 use crate::repo::format::{Manifest, Meta};
 use crate::repo::reader::BlobReader;
 use crate::repo::Repo;
@@ -31,24 +34,6 @@ use sha2::{Digest, Sha256};
 use sqlx::{Connection, Executor, Row};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-
-#[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct TableCheck {
-    pub name: String,
-    pub expected_rows: u64,
-    pub restored_rows: Option<u64>,
-    pub checksum_ok: bool,
-    pub note: Option<String>,
-}
-
-#[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct QueryCheck {
-    pub sql: String,
-    pub result: String,
-    pub ok: bool,
-}
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Findings {
@@ -73,22 +58,6 @@ pub struct Findings {
     pub stream_checked: Option<StreamChecked>,
     /// What the operator should know that is no failure (a span the stream does not cover).
     pub notes: Vec<String>,
-}
-
-/// The record's `stream_checked`.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct StreamChecked {
-    /// The older snapshot (restored) and the newer one (compared with).
-    pub from: String,
-    pub to: String,
-    /// The newer snapshot's time: the stream is proven up to here.
-    pub to_consistent_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub transactions: u64,
-    pub tables_equal: bool,
-    /// The tables compared, and those the stream does not carry (left out).
-    pub tables_compared: u64,
-    pub tables_left_out: Vec<String>,
 }
 
 /// What to compare, and where.

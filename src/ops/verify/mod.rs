@@ -433,3 +433,42 @@ async fn admin(server: &DbUrl, sql: &str) -> Result<()> {
         .map(|_| ())
         .map_err(|e| Error::failed(format!("{sql} on {}: {e}", server.masked())).with_source(e))
 }
+
+/// The run record of this operation.
+impl From<&Outcome> for crate::record::VerifyRecord {
+    fn from(o: &Outcome) -> Self {
+        let f = &o.findings;
+        crate::record::VerifyRecord {
+            kind: crate::record::Job::Verify,
+            ok: o.ok(),
+            snapshot_id: o.snapshot_id.clone(),
+            policy: o.policy.clone(),
+            run_id: o.times.run_id.clone(),
+            started_at: o.times.started_at,
+            finished_at: o.times.finished_at,
+            duration_s: o.times.duration_s,
+            restore_s: f.restore_s,
+            rto_s: o.rto_s,
+            rto_met: o.rto_met,
+            tables: f.tables.clone(),
+            objects_checked: f.objects_checked,
+            objects_read: f.objects_read,
+            objects_failed: f.objects_failed,
+            queries: f.queries.clone(),
+            problems: f.problems.clone(),
+            names_mapped: f.names_mapped.clone(),
+            files_checked: f.files_checked,
+            git_checked: f.git_checked,
+            stream_checked: f.stream_checked.clone(),
+            notes: f.notes.clone(),
+            missing_extensions: f.missing_extensions.clone(),
+            expected_failures: f.expected_failures.clone(),
+            phases: f.phases.clone(),
+            scratch_database: o.scratch_database.clone(),
+            leftovers_dropped: o.leftovers_dropped.clone(),
+            kept: o.kept,
+            tool_version: crate::record::TOOL_VERSION.to_string(),
+            error: crate::record::error_text(&o.error),
+        }
+    }
+}

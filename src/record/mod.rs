@@ -1,13 +1,13 @@
-//! The `--json` documents and run records (DESIGN.md, "Records"), built from the operations'
-//! outcomes. Serialization only. Fields may be added, never renamed. No secrets: URLs appear
-//! with their password masked.
+//! The `--json` documents and run records (DESIGN.md, "Records"): plain data below the
+//! operations, which build them from their outcomes (each `From<&Outcome>` lives with its
+//! operation), and which the report, metrics, notifications and the daemon read back as these
+//! types. Fields may be added, never renamed. No secrets: URLs appear with their password
+//! masked.
 
-use crate::ops::backup::{self, BackupDb, BackupStorage};
-use crate::ops::check::{self, Damaged};
-use crate::ops::restore::{self, RestoreDb, RestoreStorage};
-use crate::ops::verify::{self, QueryCheck, TableCheck};
-use crate::ops::Phase;
+pub mod figures;
+
 use chrono::{DateTime, Utc};
+pub use figures::*;
 use serde::{Deserialize, Serialize};
 
 pub(crate) const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -158,9 +158,9 @@ pub struct BackupRecord {
     pub db: Option<BackupDb>,
     pub storage: Option<BackupStorage>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub files: Option<crate::ops::files::FilesFigures>,
+    pub files: Option<FilesFigures>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub git: Option<crate::ops::git::GitFigures>,
+    pub git: Option<GitFigures>,
     pub phases: Vec<Phase>,
     pub warnings: Vec<String>,
     /// Blobs that older snapshots reference but the store had lost, uploaded again.
@@ -176,31 +176,6 @@ impl BackupRecord {
             + self.storage.as_ref().map_or(0, |s| s.bytes_stored)
             + self.files.as_ref().map_or(0, |f| f.bytes_stored)
             + self.git.as_ref().map_or(0, |g| g.bytes_stored)
-    }
-}
-
-impl From<&backup::Outcome> for BackupRecord {
-    fn from(o: &backup::Outcome) -> Self {
-        BackupRecord {
-            kind: Job::Backup,
-            ok: o.ok(),
-            snapshot_id: o.snapshot_id.clone(),
-            policy: o.policy.clone(),
-            run_id: o.times.run_id.clone(),
-            consistent_at: o.consistent_at,
-            started_at: o.times.started_at,
-            finished_at: o.times.finished_at,
-            duration_s: o.times.duration_s,
-            db: o.db.clone(),
-            storage: o.storage.clone(),
-            files: o.files.clone(),
-            git: o.git.clone(),
-            phases: o.phases.clone(),
-            warnings: o.warnings.clone(),
-            blobs_reuploaded: o.blobs_reuploaded,
-            tool_version: TOOL_VERSION.to_string(),
-            error: error_text(&o.error),
-        }
     }
 }
 
@@ -220,39 +195,15 @@ pub struct RestoreRecord {
     pub db: Option<RestoreDb>,
     pub storage: Option<RestoreStorage>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub files: Option<crate::ops::files::Restored>,
+    pub files: Option<FilesRestored>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub git: Option<crate::ops::git::Restored>,
+    pub git: Option<GitRestored>,
     /// What the change stream's replay applied after the snapshot (`--before TIME`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub stream: Option<crate::ops::replay::Replayed>,
+    pub stream: Option<ReplayFigures>,
     pub phases: Vec<Phase>,
     pub tool_version: String,
     pub error: Option<String>,
-}
-
-impl From<&restore::Outcome> for RestoreRecord {
-    fn from(o: &restore::Outcome) -> Self {
-        RestoreRecord {
-            kind: Job::Restore,
-            ok: o.error.is_none(),
-            snapshot_id: o.snapshot_id.clone(),
-            policy: o.policy.clone(),
-            run_id: o.times.run_id.clone(),
-            started_at: o.times.started_at,
-            finished_at: o.times.finished_at,
-            duration_s: o.times.duration_s,
-            target: o.target.clone(),
-            db: o.db.clone(),
-            storage: o.storage.clone(),
-            files: o.files.clone(),
-            git: o.git.clone(),
-            stream: o.stream.clone(),
-            phases: o.phases.clone(),
-            tool_version: TOOL_VERSION.to_string(),
-            error: error_text(&o.error),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -339,7 +290,7 @@ pub struct VerifyRecord {
     /// The change stream replayed from the snapshot before to this one and compared with this
     /// one's checksums: `{from, to, transactions, tables_equal}`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub stream_checked: Option<crate::ops::verify::stream::StreamChecked>,
+    pub stream_checked: Option<StreamChecked>,
     pub notes: Vec<String>,
     pub missing_extensions: Vec<String>,
     pub expected_failures: Vec<String>,
@@ -350,44 +301,6 @@ pub struct VerifyRecord {
     pub kept: bool,
     pub tool_version: String,
     pub error: Option<String>,
-}
-
-impl From<&verify::Outcome> for VerifyRecord {
-    fn from(o: &verify::Outcome) -> Self {
-        let f = &o.findings;
-        VerifyRecord {
-            kind: Job::Verify,
-            ok: o.ok(),
-            snapshot_id: o.snapshot_id.clone(),
-            policy: o.policy.clone(),
-            run_id: o.times.run_id.clone(),
-            started_at: o.times.started_at,
-            finished_at: o.times.finished_at,
-            duration_s: o.times.duration_s,
-            restore_s: f.restore_s,
-            rto_s: o.rto_s,
-            rto_met: o.rto_met,
-            tables: f.tables.clone(),
-            objects_checked: f.objects_checked,
-            objects_read: f.objects_read,
-            objects_failed: f.objects_failed,
-            queries: f.queries.clone(),
-            problems: f.problems.clone(),
-            names_mapped: f.names_mapped.clone(),
-            files_checked: f.files_checked,
-            git_checked: f.git_checked,
-            stream_checked: f.stream_checked.clone(),
-            notes: f.notes.clone(),
-            missing_extensions: f.missing_extensions.clone(),
-            expected_failures: f.expected_failures.clone(),
-            phases: f.phases.clone(),
-            scratch_database: o.scratch_database.clone(),
-            leftovers_dropped: o.leftovers_dropped.clone(),
-            kept: o.kept,
-            tool_version: TOOL_VERSION.to_string(),
-            error: error_text(&o.error),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -409,28 +322,6 @@ pub struct CheckRecord {
     pub damaged: Vec<Damaged>,
     pub tool_version: String,
     pub error: Option<String>,
-}
-
-impl From<&check::Outcome> for CheckRecord {
-    fn from(o: &check::Outcome) -> Self {
-        CheckRecord {
-            kind: Job::Check,
-            ok: o.ok(),
-            policy: o.policy.clone(),
-            run_id: o.times.run_id.clone(),
-            started_at: o.times.started_at,
-            finished_at: o.times.finished_at,
-            duration_s: o.times.duration_s,
-            snapshots_checked: o.snapshots_checked,
-            blobs_checked: o.blobs_checked,
-            bytes_read: o.bytes_read,
-            read_data: o.read_data,
-            decrypted: o.decrypted,
-            damaged: o.damaged.clone(),
-            tool_version: TOOL_VERSION.to_string(),
-            error: error_text(&o.error),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
