@@ -114,17 +114,6 @@ fn a_pause_longer_than_the_rpo_turns_the_report_non_compliant_naming_the_gap() {
         .any(|p| p.to_string_lossy().contains("-report-")));
 }
 
-fn chromium() -> PathBuf {
-    for name in ["chromium", "chromium-browser", "google-chrome"] {
-        if let Ok(out) = std::process::Command::new("which").arg(name).output() {
-            if out.status.success() {
-                return PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-            }
-        }
-    }
-    panic!("headless Chromium is needed for the HTML report test: run scripts/test.sh, which installs Debian's `chromium` package (apt-get install chromium)");
-}
-
 #[test]
 fn the_html_report_renders_in_headless_chromium_with_every_control_and_one_mark_per_point() {
     let env = Env::new();
@@ -163,7 +152,7 @@ fn the_html_report_renders_in_headless_chromium_with_every_control_and_one_mark_
     );
     assert!(code == 0 || code == 3, "{stderr}");
 
-    let browser = chromium();
+    let browser = common::chromium();
     let profile = tempfile::tempdir().unwrap();
     let headless = |extra: &[&str]| {
         std::process::Command::new(&browser)
@@ -305,7 +294,7 @@ fn the_runbook_prints_to_pdf_with_a_table_of_contents_and_no_cut_line() {
 
     let pdf = env.dir.path().join("runbook.pdf");
     let profile = tempfile::tempdir().unwrap();
-    let printed = std::process::Command::new(chromium())
+    let printed = std::process::Command::new(common::chromium())
         .args([
             "--headless",
             "--no-sandbox",

@@ -584,6 +584,55 @@ fn verify_replays_the_stream_between_two_snapshots_and_compares() {
     assert_eq!(cp["compliant"], false, "{cp}");
     assert!(cp["evidence"].to_string().contains("gap:"), "{cp}");
     sigkill(&mut stream);
+
+    // The HTML timeline draws the covered band, the gap and the proof, in headless Chromium
+    // at a desktop and a phone width (the screenshots are kept as artifacts).
+    let html = env.dir.path().join("report.html");
+    let (code, _, stderr) = common::run(
+        env.backstop()
+            .args(["report", "--format", "html", "--window", "1d", "--out"])
+            .arg(&html)
+            .arg("--policy")
+            .arg(&env.policy),
+    );
+    assert!(code == 0 || code == 3, "{stderr}");
+    let profile = tempfile::tempdir().unwrap();
+    let artifacts = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    for width in [1280, 390] {
+        let png = artifacts.join(format!("report-stream-{width}.png"));
+        let out = Command::new(common::chromium())
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(format!("--window-size={width},1600"))
+            .arg(format!("--screenshot={}", png.display()))
+            .arg("--dump-dom")
+            .arg(format!("file://{}", html.display()))
+            .output()
+            .unwrap();
+        let dom = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for class in ["stream-covered", "stream-uncovered", "stream-proof"] {
+            assert!(
+                dom.contains(&format!(r#"class="{class}""#)),
+                "{class} is not drawn at {width} px"
+            );
+        }
+        assert!(
+            std::fs::metadata(&png).unwrap().len() > 20_000,
+            "{}",
+            png.display()
+        );
+    }
 }
 
 /// Re-seals a segment of the stream without one transaction that updates `public.accounts`,

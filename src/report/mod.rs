@@ -295,7 +295,8 @@ fn run_rows(s: &Scope) -> Vec<RunRow> {
 
 /// What the HTML timeline draws for the window.
 fn timeline(s: &Scope, gaps: Spans, newest: Option<DateTime<Utc>>) -> Timeline {
-    let (covered, uncovered) = stream_spans(&s.sealed);
+    let seal_every = s.p.stream.as_ref().map(|st| st.seal_every);
+    let (covered, uncovered) = stream_spans(&s.sealed, seal_every);
     Timeline {
         points: s
             .in_win
@@ -323,10 +324,17 @@ fn timeline(s: &Scope, gaps: Spans, newest: Option<DateTime<Utc>>) -> Timeline {
     }
 }
 
-/// The spans the stream covers (segments chained by LSN joined into one) and the holes
-/// between them.
+/// The spans the stream covers (segments chained by LSN joined into one) and the windows it
+/// did not: holes between them, changes that waited over twice `seal_every` to be sealed
+/// (from their first commit to the seal), and the time after a schema change.
 type Spans = Vec<(DateTime<Utc>, DateTime<Utc>)>;
-fn stream_spans(sealed: &[&crate::repo::streams::Segment]) -> (Spans, Spans) {
+fn stream_spans(
+    sealed: &[&crate::repo::streams::Segment],
+    seal_every: Option<Duration>,
+) -> (Spans, Spans) {
+    let late = seal_every
+        .and_then(|d| chrono::Duration::from_std(d * 2).ok())
+        .unwrap_or(chrono::Duration::MAX);
     let mut covered: Spans = Vec::new();
     let mut holes = Vec::new();
     let mut previous: Option<&crate::repo::streams::Segment> = None;
@@ -340,6 +348,9 @@ fn stream_spans(sealed: &[&crate::repo::streams::Segment]) -> (Spans, Spans) {
                 }
                 covered.push((g.first_commit_at, g.last_commit_at));
             }
+        }
+        if g.sealed_at - g.first_commit_at > late {
+            holes.push((g.first_commit_at, g.sealed_at));
         }
         for c in &g.schema_changes {
             holes.push((c.commit_at, g.last_commit_at));

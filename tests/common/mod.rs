@@ -447,3 +447,15 @@ pub fn bash_bytes(script: &str) -> Vec<u8> {
     );
     out.stdout
 }
+
+/// Headless Chromium's path; a test that needs it fails saying how to install it.
+pub fn chromium() -> PathBuf {
+    for name in ["chromium", "chromium-browser", "google-chrome"] {
+        if let Ok(out) = std::process::Command::new("which").arg(name).output() {
+            if out.status.success() {
+                return PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            }
+        }
+    }
+    panic!("headless Chromium is needed for the HTML report test: run scripts/test.sh, which installs Debian's `chromium` package (apt-get install chromium)");
+}
