@@ -158,183 +158,245 @@ async fn restore(
             .map(|k| k.expose_secret()),
     )?;
     let ahead = policy.repository.connections;
-
-    if let Some(url) = &req.db_url {
-        let db = manifest.database.as_ref().ok_or_else(|| {
-            Error::input(format!(
-                "snapshot {} holds no database (restore it with --only storage)",
-                meta.id
-            ))
-        })?;
-        tracing::info!(
-            "restoring the database of snapshot {} (consistent at {}) into {}",
-            meta.id,
-            meta.consistent_at.to_rfc3339(),
-            url.masked()
-        );
-        let is_source = policy
-            .database
-            .as_ref()
-            .and_then(|d| DbUrl::parse(d.url.expose_secret()).ok())
-            .is_some_and(|source| source.same_database(url));
-        let target = DbTarget {
-            url: url.clone(),
-            force: req.force,
-            is_source,
-            force_source: req.force_source,
-        };
-        let t = Instant::now();
-        out.target = Some(url.masked());
-        let created = prepare_target(&target).await?;
-        out.loading = true;
-        let roles = create_missing_roles(&target.url, db).await?;
-        out.phases.push(Phase::since("prepare", t));
-        let t = Instant::now();
-        let options = LoadOptions {
-            stop_on_error: true,
-            ahead,
-            progress: ctx.progress.as_ref(),
-            restore: policy.restore.clone(),
-        };
-        let opener = req.opener.clone();
-        let loaded = load_dump(repo, &meta, db, opener, ids.clone(), &target, &options).await?;
-        out.phases.push(Phase::since("load", t));
-        out.phases.extend(loaded.phases);
-        let mut figures = loaded.figures;
-        figures.database_created = created;
-        figures.roles_created = roles;
-        out.db = Some(figures);
-        if let Some((until, segments)) = &stream_plan {
-            let t = Instant::now();
-            let chosen: Vec<&crate::repo::streams::Segment> = segments.iter().collect();
-            let dedup = policy
-                .repository
-                .dedup_key
-                .as_ref()
-                .map(|k| k.expose_secret());
-            let from = super::replay::Reading {
-                repo,
-                opener: req.opener.clone(),
-                dedup_key: dedup,
-                ahead,
-            };
-            let end = super::replay::Until::Time(*until);
-            let replayed = super::replay::replay(&from, &meta, &chosen, end, url).await?;
-            tracing::info!(
-                "replayed {} transactions of {} segments, to {}",
-                replayed.transactions,
-                replayed.segments,
-                replayed
-                    .last_commit_at
-                    .map_or("the snapshot".into(), |t| t.to_rfc3339())
-            );
-            out.phases.push(Phase::since("stream", t));
-            out.stream = Some(replayed);
+    let snap = Snapshot {
+        meta,
+        manifest,
+        ids,
+        ahead,
+        stream_plan,
+    };
+    match &req.db_url {
+        Some(url) => restore_database(policy, repo, req, ctx, &snap, url, out).await?,
+        None if snap.manifest.storage.is_some() && req.storage.is_none() && !req.one_part => {
+            out.notes.push(
+        "the snapshot's storage objects were not restored: pass --storage-dir DIR or --storage-to-source"
+            .into(),
+    );
         }
-        out.loading = false;
-    } else if manifest.storage.is_some() && req.storage.is_none() && !req.one_part {
-        out.notes.push(
-            "the snapshot's storage objects were not restored: pass --storage-dir DIR or --storage-to-source"
-                .into(),
-        );
+        None => {}
     }
-
     if let Some(to) = &req.storage {
-        let snapshot_objects = &manifest
-            .storage
-            .as_ref()
-            .ok_or_else(|| Error::input(format!("snapshot {} holds no storage objects", meta.id)))?
-            .objects;
-        let t = Instant::now();
-        let mut refs = meta.blobs.clone();
-        let objects = match out.stream.as_ref() {
-            Some(replayed) => {
-                refs.extend(replayed.blobs.iter().cloned());
-                let target = req.db_url.as_ref().filter(|_| out.db.is_some());
-                let (objects, notes) = objects_at(snapshot_objects, replayed, target).await;
-                out.notes.extend(notes);
-                objects
-            }
-            None => {
-                if policy.stream.is_some() && matches!(req.selector, Selector::Before(_)) {
-                    out.notes.push(format!(
-                        "the storage objects are snapshot {}'s: the change stream's documents are replayed with the database (restore the database in the same run)",
-                        meta.id
-                    ));
-                }
-                snapshot_objects.clone()
-            }
-        };
-        let objects = &objects;
-        let reader = Arc::new(BlobReader::from_refs(
-            repo.store.clone(),
-            req.opener.clone(),
-            ids.clone(),
-            refs,
-            &meta.id,
-        ));
-        let source;
-        let destination = match to {
-            StorageTo::Dir(dir) => {
-                tracing::info!(
-                    "restoring {} storage objects of snapshot {} into {}",
-                    objects.len(),
-                    meta.id,
-                    dir.display()
-                );
-                documents::Target::Dir {
-                    root: dir.clone(),
-                    force: req.force,
-                }
-            }
-            StorageTo::Source => {
-                policy.require("storage.")?;
-                let cfg = policy.storage.as_ref().ok_or_else(|| {
-                    Error::input(format!(
-                        "--storage-to-source: policy {} has no [storage] source",
-                        policy.name
-                    ))
-                })?;
-                source = crate::source::storage::open(cfg).await?;
-                tracing::info!(
-                    "restoring {} storage objects of snapshot {} to {}",
-                    objects.len(),
-                    meta.id,
-                    source.describe()
-                );
-                documents::Target::Source(source.as_ref())
-            }
-        };
-        let done = documents::restore(&reader, objects, destination, ahead).await?;
-        out.phases.push(Phase::since("storage", t));
-        if let (false, StorageTo::Dir(dir)) = (done.mapped.is_empty(), to) {
-            out.notes.push(format!(
-                "{} object names are not safe file paths and were written under mapped names, listed in {}",
-                done.mapped.len(),
-                dir.join(documents::NAMES_FILE).display()
-            ));
-        }
-        out.storage = Some(RestoreStorage {
-            objects: done.objects,
-            bytes: done.bytes,
-            names_mapped: done.mapped.len() as u64,
-            failed: done.failed.clone(),
-        });
-        if !done.failed.is_empty() {
-            return Err(Error::failed(format!(
-                "{} of {} storage objects could not be restored (the others were): {}",
-                done.failed.len(),
-                objects.len(),
-                done.failed.join("; ")
-            )));
-        }
+        restore_storage(policy, repo, req, &snap, to, out).await?;
     }
+    restore_files_and_git(repo, req, &snap, out).await
+}
 
+/// What every part of a restore reads: the snapshot, its manifest and how to check its blobs.
+struct Snapshot {
+    meta: crate::repo::format::Meta,
+    manifest: crate::repo::format::Manifest,
+    ids: crate::seal::BlobIds,
+    /// Blobs fetched ahead.
+    ahead: usize,
+    /// With `--before` and a stream: the time, and the segments to replay up to it.
+    stream_plan: Option<(
+        chrono::DateTime<chrono::Utc>,
+        Vec<crate::repo::streams::Segment>,
+    )>,
+}
+
+/// The database part: the target prepared, the dump loaded, then (`--before` with a stream)
+/// the change stream replayed onto it.
+async fn restore_database(
+    policy: &Policy,
+    repo: &Repo,
+    req: &Request,
+    ctx: &Ctx,
+    snap: &Snapshot,
+    url: &DbUrl,
+    out: &mut Outcome,
+) -> Result<()> {
+    let (meta, manifest, ids, ahead) = (&snap.meta, &snap.manifest, &snap.ids, snap.ahead);
+    let db = manifest.database.as_ref().ok_or_else(|| {
+        Error::input(format!(
+            "snapshot {} holds no database (restore it with --only storage)",
+            meta.id
+        ))
+    })?;
+    tracing::info!(
+        "restoring the database of snapshot {} (consistent at {}) into {}",
+        meta.id,
+        meta.consistent_at.to_rfc3339(),
+        url.masked()
+    );
+    let is_source = policy
+        .database
+        .as_ref()
+        .and_then(|d| DbUrl::parse(d.url.expose_secret()).ok())
+        .is_some_and(|source| source.same_database(url));
+    let target = DbTarget {
+        url: url.clone(),
+        force: req.force,
+        is_source,
+        force_source: req.force_source,
+    };
+    let t = Instant::now();
+    out.target = Some(url.masked());
+    let created = prepare_target(&target).await?;
+    out.loading = true;
+    let roles = create_missing_roles(&target.url, db).await?;
+    out.phases.push(Phase::since("prepare", t));
+    let t = Instant::now();
+    let options = LoadOptions {
+        stop_on_error: true,
+        ahead,
+        progress: ctx.progress.as_ref(),
+        restore: policy.restore.clone(),
+    };
+    let opener = req.opener.clone();
+    let loaded = load_dump(repo, meta, db, opener, ids.clone(), &target, &options).await?;
+    out.phases.push(Phase::since("load", t));
+    out.phases.extend(loaded.phases);
+    let mut figures = loaded.figures;
+    figures.database_created = created;
+    figures.roles_created = roles;
+    out.db = Some(figures);
+    if let Some((until, segments)) = &snap.stream_plan {
+        let t = Instant::now();
+        let chosen: Vec<&crate::repo::streams::Segment> = segments.iter().collect();
+        let dedup = policy
+            .repository
+            .dedup_key
+            .as_ref()
+            .map(|k| k.expose_secret());
+        let from = super::replay::Reading {
+            repo,
+            opener: req.opener.clone(),
+            dedup_key: dedup,
+            ahead,
+        };
+        let end = super::replay::Until::Time(*until);
+        let replayed = super::replay::replay(&from, meta, &chosen, end, url).await?;
+        tracing::info!(
+            "replayed {} transactions of {} segments, to {}",
+            replayed.transactions,
+            replayed.segments,
+            replayed
+                .last_commit_at
+                .map_or("the snapshot".into(), |t| t.to_rfc3339())
+        );
+        out.phases.push(Phase::since("stream", t));
+        out.stream = Some(replayed);
+    }
+    out.loading = false;
+    Ok(())
+}
+
+/// The storage part: into a directory or back to the source; with a replayed stream, the
+/// bucket as it was at the replay's end.
+async fn restore_storage(
+    policy: &Policy,
+    repo: &Repo,
+    req: &Request,
+    snap: &Snapshot,
+    to: &StorageTo,
+    out: &mut Outcome,
+) -> Result<()> {
+    let (meta, manifest, ids, ahead) = (&snap.meta, &snap.manifest, &snap.ids, snap.ahead);
+    let snapshot_objects = &manifest
+        .storage
+        .as_ref()
+        .ok_or_else(|| Error::input(format!("snapshot {} holds no storage objects", meta.id)))?
+        .objects;
+    let t = Instant::now();
+    let mut refs = meta.blobs.clone();
+    let objects = match out.stream.as_ref() {
+        Some(replayed) => {
+            refs.extend(replayed.blobs.iter().cloned());
+            let target = req.db_url.as_ref().filter(|_| out.db.is_some());
+            let (objects, notes) = objects_at(snapshot_objects, replayed, target).await;
+            out.notes.extend(notes);
+            objects
+        }
+        None => {
+            if policy.stream.is_some() && matches!(req.selector, Selector::Before(_)) {
+                out.notes.push(format!(
+                    "the storage objects are snapshot {}'s: the change stream's documents are replayed with the database (restore the database in the same run)",
+                    meta.id
+                ));
+            }
+            snapshot_objects.clone()
+        }
+    };
+    let objects = &objects;
+    let reader = Arc::new(BlobReader::from_refs(
+        repo.store.clone(),
+        req.opener.clone(),
+        ids.clone(),
+        refs,
+        &meta.id,
+    ));
+    let source;
+    let destination = match to {
+        StorageTo::Dir(dir) => {
+            tracing::info!(
+                "restoring {} storage objects of snapshot {} into {}",
+                objects.len(),
+                meta.id,
+                dir.display()
+            );
+            documents::Target::Dir {
+                root: dir.clone(),
+                force: req.force,
+            }
+        }
+        StorageTo::Source => {
+            policy.require("storage.")?;
+            let cfg = policy.storage.as_ref().ok_or_else(|| {
+                Error::input(format!(
+                    "--storage-to-source: policy {} has no [storage] source",
+                    policy.name
+                ))
+            })?;
+            source = crate::source::storage::open(cfg).await?;
+            tracing::info!(
+                "restoring {} storage objects of snapshot {} to {}",
+                objects.len(),
+                meta.id,
+                source.describe()
+            );
+            documents::Target::Source(source.as_ref())
+        }
+    };
+    let done = documents::restore(&reader, objects, destination, ahead).await?;
+    out.phases.push(Phase::since("storage", t));
+    if let (false, StorageTo::Dir(dir)) = (done.mapped.is_empty(), to) {
+        out.notes.push(format!(
+            "{} object names are not safe file paths and were written under mapped names, listed in {}",
+            done.mapped.len(),
+            dir.join(documents::NAMES_FILE).display()
+        ));
+    }
+    out.storage = Some(RestoreStorage {
+        objects: done.objects,
+        bytes: done.bytes,
+        names_mapped: done.mapped.len() as u64,
+        failed: done.failed.clone(),
+    });
+    if !done.failed.is_empty() {
+        return Err(Error::failed(format!(
+            "{} of {} storage objects could not be restored (the others were): {}",
+            done.failed.len(),
+            objects.len(),
+            done.failed.join("; ")
+        )));
+    }
+    Ok(())
+}
+
+/// The files and git parts, each only where asked for (and named when left out).
+async fn restore_files_and_git(
+    repo: &Repo,
+    req: &Request,
+    snap: &Snapshot,
+    out: &mut Outcome,
+) -> Result<()> {
+    let (meta, manifest, ids, ahead) = (&snap.meta, &snap.manifest, &snap.ids, snap.ahead);
     let reader = Arc::new(BlobReader::new(
         repo.store.clone(),
         req.opener.clone(),
         ids.clone(),
-        &meta,
+        meta,
     ));
     match (&req.files, &manifest.files) {
         (Some(target), Some(fm)) => {
