@@ -431,8 +431,14 @@ fn sigterm_and_sigint_during_backup_and_restore_leave_a_record_and_release_the_l
     // pg_restore and its workers stopped with the run: nothing writes into the target after
     // backstop said it stopped.
     std::thread::sleep(Duration::from_secs(1));
+    // Only this test's pg_restore (its target's port): tests run side by side.
+    let target = format!("127.0.0.1:{}/", env.scratch.port);
+    let ours: Vec<String> = common::processes_with("pg_restore")
+        .into_iter()
+        .filter(|c| c.contains(&target))
+        .collect();
     assert_eq!(
-        common::processes_with("pg_restore"),
+        ours,
         Vec::<String>::new(),
         "pg_restore outlived the interrupted restore"
     );
@@ -537,9 +543,11 @@ fn no_plaintext_spool_or_partial_file_outlives_a_killed_restore_or_verify() {
         let pid = child.id();
         // The spool is written and pg_restore reads it: only then is it worth killing.
         let deadline = Instant::now() + Duration::from_secs(60);
+        // This test's pg_restore (its target's port): tests run side by side.
+        let ours = format!("127.0.0.1:{}/", env.scratch.port);
         while !common::processes_with("pg_restore")
             .iter()
-            .any(|c| c.contains("/dev/stdin"))
+            .any(|c| c.contains("/dev/stdin") && c.contains(&ours))
         {
             assert!(Instant::now() < deadline, "pg_restore never started");
             if child.try_wait().unwrap().is_some() {
