@@ -432,10 +432,10 @@ fn sigterm_and_sigint_during_backup_and_restore_leave_a_record_and_release_the_l
     // backstop said it stopped.
     std::thread::sleep(Duration::from_secs(1));
     // Only this test's pg_restore (its target's port): tests run side by side.
-    let target = format!("127.0.0.1:{}/", env.scratch.port);
+    let port = format!("127.0.0.1:{}/", env.scratch.port);
     let ours: Vec<String> = common::processes_with("pg_restore")
         .into_iter()
-        .filter(|c| c.contains(&target))
+        .filter(|c| c.contains(&port))
         .collect();
     assert_eq!(
         ours,
