@@ -569,8 +569,16 @@ fn the_runbook_recovers_everything_when_run_as_written() {
         assert_eq!(refs(&clone, "refs/tags"), refs(original, "refs/tags"));
     }
 
-    // Sections 5 and 7 as written (one object, one file, then verify), on the same host, with
-    // production's webhook and health-check URLs set: nothing reaches them.
+    // Sections 4, 5 and 7 as written (a rollback to a point, one object, one file, then
+    // verify), on the same host, with production's webhook and health-check URLs set: nothing
+    // reaches them. Section 4's example time becomes now.
+    let rollback = runbook
+        .split("\n## 4. ")
+        .nth(1)
+        .and_then(|s| s.split("```text\n").nth(1))
+        .and_then(|s| s.split("\n```").next())
+        .expect("section 4 has a command block")
+        .replace("2026-01-31 03:00", "now");
     let (object, bytes) = files.iter().next().unwrap();
     let one = runbook
         .split("\n## 5. ")
@@ -586,7 +594,12 @@ fn the_runbook_recovers_everything_when_run_as_written() {
         .expect("section 7 names the verify command")
         .to_string();
     let out = Command::new("bash")
-        .args(["-euo", "pipefail", "-c", &format!("{one}\n{verify}\n")])
+        .args([
+            "-euo",
+            "pipefail",
+            "-c",
+            &format!("{rollback}\n{one}\n{verify}\n"),
+        ])
         .current_dir(work.path())
         .env_clear()
         .env("PATH", &path)
@@ -594,14 +607,19 @@ fn the_runbook_recovers_everything_when_run_as_written() {
         .env("BACKSTOP_IDENTITY", &env.identity)
         .env("RESTORE_DIR", &restore_dir)
         .env("SCRATCH_DB_URL", env.scratch.url("postgres"))
+        .env("TARGET_DB_URL", env.scratch.url("rolled_back"))
         .env("WEBHOOK_URL", hooks.url("/hook"))
         .env("HC_URL", hooks.url("/hc"))
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "sections 5 and 7 failed as written:\n{one}\n{verify}\n--- stderr\n{}",
+        "sections 4, 5 and 7 failed as written:\n{rollback}\n{one}\n{verify}\n--- stderr\n{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        common::table_contents(&env.source, common::FIXTURE_DB),
+        common::table_contents(&env.scratch, "rolled_back")
     );
     let copied = work
         .path()

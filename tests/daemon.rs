@@ -635,3 +635,61 @@ fn a_daemon_whose_only_policy_is_broken_exits_2_and_alerts() {
         "{body}"
     );
 }
+
+/// `--json-log`: every line on stdout is one JSON object with its time (`at`).
+#[test]
+fn every_json_log_line_carries_its_time() {
+    let env = Env::new();
+    let dir = env.dir.path().join("policies");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("test.toml");
+    env.write_policy(&path, "");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("backup = \"0 3 * * *\"", "backup = \"*/2 * * * * *\"");
+    std::fs::write(&path, text).unwrap();
+    let mut child = Command::new(assert_cmd::cargo::cargo_bin("backstop"))
+        .current_dir(env.dir.path())
+        .env("SOURCE_DB_URL", env.source.url(FIXTURE_DB))
+        .args(["daemon", "--json-log", "--grace", "5s", "--policies"])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !lines.iter().any(|l: &String| l.contains("job_end")) {
+        assert!(Instant::now() < deadline, "no job ended: {lines:?}");
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            lines.push(line);
+        }
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    lines.extend(rx.try_iter());
+    for line in &lines {
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not one JSON object ({e}): {line}"));
+        let at = v["at"].as_str().unwrap_or_default();
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(at).is_ok(),
+            "no time in: {line}"
+        );
+    }
+}
