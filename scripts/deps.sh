@@ -18,6 +18,24 @@ ensure_deps() {
   fi
 }
 
+# Generates the named locales (e.g. ko_KR.UTF-8) if the machine lacks them: the locale test runs
+# PostgreSQL's programs as a host in that locale would, with their translations.
+ensure_locales() {
+  local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  local loc
+  for loc in "$@"; do
+    local want
+    want=$(echo "$loc" | sed 's/UTF-8/utf8/')
+    locale -a 2>/dev/null | grep -qx "$want" && continue
+    if ! command -v localedef >/dev/null 2>&1 || [ ! -d /usr/share/i18n/locales ]; then
+      $sudo apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends locales >/dev/null
+    fi
+    echo "generating the locale $loc" >&2
+    $sudo localedef -i "${loc%%.*}" -f UTF-8 "$loc"
+  done
+}
+
 # Installs the test servers from PyPI into one virtual environment, once per machine: the moto
 # S3 server and aiosmtpd (the SMTP server the email tests start). Exports BACKSTOP_MOTO_SERVER
 # for the tests and the benchmark; the tests find aiosmtpd's python beside it.

@@ -299,6 +299,9 @@ fn damage_failing_queries_and_altered_data_fail_verification() {
     assert_eq!(databases(&env), before);
 }
 
+/// The locale of the locale test (scripts/test.sh generates it).
+const KOREAN: &str = "ko_KR.UTF-8";
+
 #[test]
 fn a_missing_extension_is_named_and_passes_only_when_allowed() {
     // An extension that exists while the source is set up and is gone before the restore,
@@ -341,8 +344,39 @@ fn a_missing_extension_is_named_and_passes_only_when_allowed() {
         problems(&rec)
     );
 
+    // The same triage on a host whose locale is Korean, with PostgreSQL's translations
+    // installed: pg_restore's messages must still be read as they are meant.
+    let korean = [
+        ("LANG", KOREAN),
+        ("LC_ALL", KOREAN),
+        ("LC_MESSAGES", KOREAN),
+        ("LANGUAGE", "ko"),
+    ];
+    let mut help = Command::new(common::pg::bindir().join("pg_restore"));
+    help.arg("--help").envs(korean);
+    let help = String::from_utf8_lossy(&help.output().unwrap().stdout).into_owned();
+    assert!(
+        help.chars().any(|c| ('\u{AC00}'..='\u{D7A3}').contains(&c)),
+        "pg_restore does not speak Korean here, so this test would prove nothing: generate the \
+         locale with `localedef -i ko_KR -f UTF-8 ko_KR.UTF-8` (scripts/test.sh does) and keep \
+         PostgreSQL's translations (/usr/share/locale/ko/LC_MESSAGES/pg_dump-*.mo); it said:\n{help}"
+    );
+    let mut cmd = env.backstop();
+    cmd.envs(korean);
+    let (code, rec, stderr) = run(cmd
+        .env("SCRATCH_URL", env.scratch.url("postgres"))
+        .args(["verify", "--json", "--policy"])
+        .arg(&env.policy));
+    assert_eq!(code, 3, "{stderr}");
+    assert_eq!(rec["missing_extensions"], serde_json::json!([name]));
+
     env.write_policy(&env.policy, &format!("\n[verify]\nscratch_url = \"${{SCRATCH_URL}}\"\nallow_missing_extensions = [\"{name}\"]\n"));
-    let (code, rec, stderr) = verify(&env, &[]);
+    let mut cmd = env.backstop();
+    cmd.envs(korean);
+    let (code, rec, stderr) = run(cmd
+        .env("SCRATCH_URL", env.scratch.url("postgres"))
+        .args(["verify", "--json", "--policy"])
+        .arg(&env.policy));
     assert_eq!(code, 0, "{stderr}\n{}", problems(&rec));
     assert_eq!(rec["missing_extensions"], serde_json::json!([name]));
     let prices = rec["tables"]

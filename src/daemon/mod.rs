@@ -298,174 +298,44 @@ async fn report_load_errors(
 }
 
 pub async fn run(opts: Options) -> Result<()> {
-    if !opts.dir.is_dir() {
-        return Err(Error::input(format!(
-            "the policies directory {} does not exist: pass --policies DIR (or set BACKSTOP_POLICIES) to the directory of the policy files",
-            opts.dir.display()
-        )));
-    }
-    let (loaded, broken) = load_dir(&opts.dir);
     let shared = Arc::new(Shared::default());
-    report_load_errors(&shared, &broken, &BTreeMap::new(), "is skipped").await;
-    if loaded.is_empty() {
-        // A daemon with nothing to run would look healthy and back up nothing.
-        return Err(Error::input(if broken.is_empty() {
-            format!("no policies (*.toml) in {}", opts.dir.display())
-        } else {
-            format!(
-                "no policy in {} loads ({} skipped, named above): the daemon has nothing to run",
-                opts.dir.display(),
-                broken.len()
-            )
-        }));
-    }
-    let mut policies: BTreeMap<String, Arc<Policy>> = loaded
-        .into_iter()
-        .map(|p| (p.name.clone(), Arc::new(p)))
-        .collect();
-    *crate::util::lock(&shared.policies) = policies.values().cloned().collect();
+    let policies = first_load(&opts, &shared).await?;
     if let Some(addr) = &opts.listen {
         http::serve(addr, shared.clone()).await?;
     }
-    let root = Cancel::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
-    let mut due: HashMap<(String, Job), DateTime<Utc>> = HashMap::new();
-    let mut waiting: Vec<(String, Job)> = Vec::new();
-    let mut running: BTreeSet<String> = BTreeSet::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut watches: HashMap<String, RpoWatch> = HashMap::new();
-
-    // Catch-up and first starts.
-    let now = Utc::now();
-    for p in policies.values() {
-        let repo = ops::open_repo(p).await;
-        if let Ok(repo) = &repo {
-            refresh_metrics(p, repo, &shared).await;
-        }
-        for job in JOBS {
-            if cron_of(p, job).is_none() {
-                continue;
-            }
-            let last_success = crate::util::lock(&shared.metrics)
-                .get(&p.name)
-                .and_then(|m| m.jobs.get(&job).and_then(|s| s.last_success));
-            let late = match (last_success, interval(p, job, now)) {
-                (Some(t), Some(i)) => now - t > i,
-                _ => true,
-            };
-            if late && (job != Job::Verify || identity_of(p).is_some()) {
-                tracing::info!(
-                    "{job} of policy {} is overdue (last success {}): it runs now",
-                    p.name,
-                    last_success.map_or("never".into(), |t| t.to_rfc3339())
-                );
-                waiting.push((p.name.clone(), job));
-            }
-            if let Some(t) = next_start(p, job, now) {
-                due.insert((p.name.clone(), job), t);
-            }
-        }
-    }
-
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| Error::failed(format!("SIGHUP handler: {e}")))?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| Error::failed(format!("SIGTERM handler: {e}")))?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .map_err(|e| Error::failed(format!("SIGINT handler: {e}")))?;
+    let mut sched = Scheduler {
+        policies,
+        shared: shared.clone(),
+        root: Cancel::new(),
+        done_tx,
+        due: HashMap::new(),
+        waiting: Vec::new(),
+        running: BTreeSet::new(),
+        tasks: tokio::task::JoinSet::new(),
+        watches: HashMap::new(),
+    };
+    sched.catch_up().await;
+    let signal = |kind: tokio::signal::unix::SignalKind, name: &str| {
+        tokio::signal::unix::signal(kind).map_err(|e| Error::failed(format!("{name} handler: {e}")))
+    };
+    use tokio::signal::unix::SignalKind;
+    let mut hup = signal(SignalKind::hangup(), "SIGHUP")?;
+    let mut term = signal(SignalKind::terminate(), "SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt(), "SIGINT")?;
     let mut next_rpo_check = tokio::time::Instant::now();
     let mut followers = streams::Streams::default();
-    followers.reconcile(
-        &policies.values().cloned().collect::<Vec<_>>(),
-        shared.clone(),
-    );
-    tracing::info!("daemon started with {} policies", policies.len());
+    followers.reconcile(&sched.list(), shared.clone());
+    tracing::info!("daemon started with {} policies", sched.policies.len());
     loop {
         let now = Utc::now();
-        // Due jobs join the queue (once).
-        for ((name, job), t) in due.iter_mut() {
-            if *t <= now {
-                let no_identity = policies.get(name).is_some_and(|p| identity_of(p).is_none());
-                if *job == Job::Verify && no_identity {
-                    tracing::info!("verify of policy {name} is skipped: neither BACKSTOP_IDENTITY nor [verify] identity names an identity on this host");
-                } else if !waiting.contains(&(name.clone(), *job)) {
-                    waiting.push((name.clone(), *job));
-                }
-                if let Some(p) = policies.get(name) {
-                    *t = next_start(p, *job, now).unwrap_or(now + chrono::Duration::days(3650));
-                }
-            }
-        }
-        // Start what may start.
-        let mut still = Vec::new();
-        for (name, job) in waiting.drain(..) {
-            let Some(p) = policies.get(&name) else {
-                continue;
-            };
-            if running.contains(&name) || running.len() >= opts.max_parallel.max(1) {
-                still.push((name, job));
-                continue;
-            }
-            running.insert(name.clone());
-            let ctx = Ctx {
-                cancel: root.child(),
-                lock_wait: p
-                    .schedule
-                    .as_ref()
-                    .map_or(Duration::from_secs(30 * 60), |s| s.lock_wait),
-                queue_own_locks: true,
-                ..Ctx::default()
-            };
-            let (p, shared, tx, json_log) =
-                (p.clone(), shared.clone(), done_tx.clone(), opts.json_log);
-            // The operations' futures are not `Send` in general (they borrow across awaits),
-            // so each job drives its own on a blocking thread; what it spawns still runs on
-            // the runtime's workers.
-            let handle = tokio::runtime::Handle::current();
-            tasks.spawn_blocking(move || {
-                handle.block_on(run_job(p, job, ctx, shared, json_log));
-                let _ = tx.send(Done { policy: name });
-            });
-        }
-        waiting = still;
-        // RPO watch.
+        sched.enqueue_due(now);
+        sched.start_waiting(&opts);
         if tokio::time::Instant::now() >= next_rpo_check {
-            let list: Vec<Arc<Policy>> = policies.values().cloned().collect();
-            for p in &list {
-                let newest = crate::util::lock(&shared.metrics)
-                    .get(&p.name)
-                    .and_then(|m| m.newest);
-                let now = Utc::now();
-                let age = newest.map(|n| (now - n).to_std().unwrap_or_default());
-                if let Some(event) = watches.entry(p.name.clone()).or_default().observe_at(
-                    newest,
-                    now,
-                    p.objectives.rpo,
-                ) {
-                    if let Some(notify) = p.notify.clone() {
-                        let message = crate::notify::Message {
-                            event: event.to_string(),
-                            policy: p.name.clone(),
-                            job: "backup".into(),
-                            id: None,
-                            error: None,
-                            figures: vec![format!(
-                                "recovery point age {} (RPO {})",
-                                age.map_or(
-                                    "unknown (no snapshot)".into(),
-                                    crate::util::format_duration
-                                ),
-                                crate::util::format_duration(p.objectives.rpo)
-                            )],
-                            record: json!({"policy": p.name, "newest_consistent_at": newest}),
-                        };
-                        tokio::spawn(async move { crate::notify::send(&notify, &message).await });
-                    }
-                }
-            }
-            next_rpo_check = tokio::time::Instant::now() + rpo_period(&list);
+            next_rpo_check = tokio::time::Instant::now() + sched.watch_rpo();
         }
-        let next_due = due
+        let next_due = sched
+            .due
             .values()
             .min()
             .copied()
@@ -476,33 +346,13 @@ pub async fn run(opts: Options) -> Result<()> {
             .min(Duration::from_secs(1));
         tokio::select! {
             _ = tokio::time::sleep(sleep) => {}
-            Some(done) = done_rx.recv() => { running.remove(&done.policy); }
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            Some(done) = done_rx.recv() => { sched.running.remove(&done.policy); }
+            Some(_) = sched.tasks.join_next(), if !sched.tasks.is_empty() => {}
             _ = hup.recv() => {
-                let (fresh, broken) = load_dir(&opts.dir);
-                report_load_errors(&shared, &broken, &policies, "does not load, its previous version (if any) keeps running").await;
-                let kept: BTreeSet<String> = broken.iter().filter_map(|(path, _)| {
-                    policies.values().find(|p| &p.path == path).map(|p| p.name.clone())
-                }).collect();
-                let mut next: BTreeMap<String, Arc<Policy>> = policies.iter().filter(|(n, _)| kept.contains(*n)).map(|(n, p)| (n.clone(), p.clone())).collect();
-                for p in fresh {
-                    next.insert(p.name.clone(), Arc::new(p));
-                }
-                policies = next;
-                due.retain(|(n, _), _| policies.contains_key(n));
-                let now = Utc::now();
-                for p in policies.values() {
-                    for job in JOBS {
-                        match next_start(p, job, now) {
-                            Some(t) => { due.insert((p.name.clone(), job), t); }
-                            None => { due.remove(&(p.name.clone(), job)); }
-                        }
-                    }
-                }
-                *crate::util::lock(&shared.policies) = policies.values().cloned().collect();
-                let list: Vec<Arc<Policy>> = policies.values().cloned().collect();
+                sched.reload(&opts).await;
+                let list = sched.list();
                 tokio::task::block_in_place(|| followers.reconcile(&list, shared.clone()));
-                tracing::info!("reloaded: {} policies", policies.len());
+                tracing::info!("reloaded: {} policies", sched.policies.len());
             }
             _ = term.recv() => { break; }
             _ = int.recv() => { break; }
@@ -511,20 +361,252 @@ pub async fn run(opts: Options) -> Result<()> {
     // The streams stop at once: each commits nothing after its stop, and the slot keeps
     // whatever was not sealed for the next start.
     tokio::task::block_in_place(|| followers.stop_all());
-    tracing::info!(
-        "stopping: no new jobs; {} running get {} to finish",
-        running.len(),
-        crate::util::format_duration(opts.grace)
-    );
-    let finished = tokio::time::timeout(opts.grace, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    if finished.is_err() {
-        tracing::warn!("grace period over: cancelling the running jobs");
-        root.cancel(Reason::Requested);
-        while tasks.join_next().await.is_some() {}
-    }
+    sched.stop(opts.grace).await;
     tracing::info!("daemon stopped");
     Ok(())
+}
+
+/// Loads the policies directory at start: an error where nothing loads (a daemon with nothing
+/// to run would look healthy and back up nothing); the files that do not load are reported.
+async fn first_load(opts: &Options, shared: &Shared) -> Result<BTreeMap<String, Arc<Policy>>> {
+    if !opts.dir.is_dir() {
+        return Err(Error::input(format!(
+            "the policies directory {} does not exist: pass --policies DIR (or set BACKSTOP_POLICIES) to the directory of the policy files",
+            opts.dir.display()
+        )));
+    }
+    let (loaded, broken) = load_dir(&opts.dir);
+    report_load_errors(shared, &broken, &BTreeMap::new(), "is skipped").await;
+    if loaded.is_empty() {
+        return Err(Error::input(if broken.is_empty() {
+            format!("no policies (*.toml) in {}", opts.dir.display())
+        } else {
+            format!(
+                "no policy in {} loads ({} skipped, named above): the daemon has nothing to run",
+                opts.dir.display(),
+                broken.len()
+            )
+        }));
+    }
+    let policies: BTreeMap<String, Arc<Policy>> = loaded
+        .into_iter()
+        .map(|p| (p.name.clone(), Arc::new(p)))
+        .collect();
+    *crate::util::lock(&shared.policies) = policies.values().cloned().collect();
+    Ok(policies)
+}
+
+/// The daemon's jobs: when each is due next, those waiting for their turn, the policies with
+/// a job running, and the tasks that run them.
+struct Scheduler {
+    policies: BTreeMap<String, Arc<Policy>>,
+    shared: Arc<Shared>,
+    /// The parent of every job's cancellation token.
+    root: Cancel,
+    done_tx: mpsc::UnboundedSender<Done>,
+    due: HashMap<(String, Job), DateTime<Utc>>,
+    waiting: Vec<(String, Job)>,
+    running: BTreeSet<String>,
+    tasks: tokio::task::JoinSet<()>,
+    watches: HashMap<String, RpoWatch>,
+}
+
+impl Scheduler {
+    fn list(&self) -> Vec<Arc<Policy>> {
+        self.policies.values().cloned().collect()
+    }
+
+    /// Catch-up and first starts: an overdue job (by its last success in the run records)
+    /// waits to run now; every scheduled job gets its next start.
+    async fn catch_up(&mut self) {
+        let now = Utc::now();
+        for p in self.policies.values() {
+            if let Ok(repo) = ops::open_repo(p).await {
+                refresh_metrics(p, &repo, &self.shared).await;
+            }
+            for job in JOBS {
+                if cron_of(p, job).is_none() {
+                    continue;
+                }
+                let last_success = crate::util::lock(&self.shared.metrics)
+                    .get(&p.name)
+                    .and_then(|m| m.jobs.get(&job).and_then(|s| s.last_success));
+                let late = match (last_success, interval(p, job, now)) {
+                    (Some(t), Some(i)) => now - t > i,
+                    _ => true,
+                };
+                if late && (job != Job::Verify || identity_of(p).is_some()) {
+                    tracing::info!(
+                        "{job} of policy {} is overdue (last success {}): it runs now",
+                        p.name,
+                        last_success.map_or("never".into(), |t| t.to_rfc3339())
+                    );
+                    self.waiting.push((p.name.clone(), job));
+                }
+                if let Some(t) = next_start(p, job, now) {
+                    self.due.insert((p.name.clone(), job), t);
+                }
+            }
+        }
+    }
+
+    /// Due jobs join the queue (once) and get their next start.
+    fn enqueue_due(&mut self, now: DateTime<Utc>) {
+        for ((name, job), t) in self.due.iter_mut() {
+            if *t > now {
+                continue;
+            }
+            let no_identity = self
+                .policies
+                .get(name)
+                .is_some_and(|p| identity_of(p).is_none());
+            if *job == Job::Verify && no_identity {
+                tracing::info!("verify of policy {name} is skipped: neither BACKSTOP_IDENTITY nor [verify] identity names an identity on this host");
+            } else if !self.waiting.contains(&(name.clone(), *job)) {
+                self.waiting.push((name.clone(), *job));
+            }
+            if let Some(p) = self.policies.get(name) {
+                *t = next_start(p, *job, now).unwrap_or(now + chrono::Duration::days(3650));
+            }
+        }
+    }
+
+    /// Starts the waiting jobs that may start: one per policy, up to `--max-parallel`.
+    fn start_waiting(&mut self, opts: &Options) {
+        let mut still = Vec::new();
+        for (name, job) in std::mem::take(&mut self.waiting) {
+            let Some(p) = self.policies.get(&name) else {
+                continue;
+            };
+            if self.running.contains(&name) || self.running.len() >= opts.max_parallel.max(1) {
+                still.push((name, job));
+                continue;
+            }
+            self.running.insert(name.clone());
+            let ctx = Ctx {
+                cancel: self.root.child(),
+                lock_wait: p
+                    .schedule
+                    .as_ref()
+                    .map_or(Duration::from_secs(30 * 60), |s| s.lock_wait),
+                queue_own_locks: true,
+                ..Ctx::default()
+            };
+            let (p, shared, tx, json_log) = (
+                p.clone(),
+                self.shared.clone(),
+                self.done_tx.clone(),
+                opts.json_log,
+            );
+            // The operations' futures are not `Send` in general (they borrow across awaits),
+            // so each job drives its own on a blocking thread; what it spawns still runs on
+            // the runtime's workers.
+            let handle = tokio::runtime::Handle::current();
+            self.tasks.spawn_blocking(move || {
+                handle.block_on(run_job(p, job, ctx, shared, json_log));
+                let _ = tx.send(Done { policy: name });
+            });
+        }
+        self.waiting = still;
+    }
+
+    /// Compares each policy's newest recovery point with its RPO and alerts on the edges;
+    /// returns when to look again.
+    fn watch_rpo(&mut self) -> Duration {
+        let list = self.list();
+        for p in &list {
+            let newest = crate::util::lock(&self.shared.metrics)
+                .get(&p.name)
+                .and_then(|m| m.newest);
+            let now = Utc::now();
+            let age = newest.map(|n| (now - n).to_std().unwrap_or_default());
+            let watch = self.watches.entry(p.name.clone()).or_default();
+            let Some(event) = watch.observe_at(newest, now, p.objectives.rpo) else {
+                continue;
+            };
+            let Some(notify) = p.notify.clone() else {
+                continue;
+            };
+            let message = crate::notify::Message {
+                event: event.to_string(),
+                policy: p.name.clone(),
+                job: "backup".into(),
+                id: None,
+                error: None,
+                figures: vec![format!(
+                    "recovery point age {} (RPO {})",
+                    age.map_or("unknown (no snapshot)".into(), crate::util::format_duration),
+                    crate::util::format_duration(p.objectives.rpo)
+                )],
+                record: json!({"policy": p.name, "newest_consistent_at": newest}),
+            };
+            tokio::spawn(async move { crate::notify::send(&notify, &message).await });
+        }
+        rpo_period(&list)
+    }
+
+    /// SIGHUP: the directory again. A policy that no longer loads keeps its old version; new
+    /// ones are added, removed files dropped; every schedule starts afresh.
+    async fn reload(&mut self, opts: &Options) {
+        let (fresh, broken) = load_dir(&opts.dir);
+        report_load_errors(
+            &self.shared,
+            &broken,
+            &self.policies,
+            "does not load, its previous version (if any) keeps running",
+        )
+        .await;
+        let kept: BTreeSet<String> = broken
+            .iter()
+            .filter_map(|(path, _)| {
+                self.policies
+                    .values()
+                    .find(|p| &p.path == path)
+                    .map(|p| p.name.clone())
+            })
+            .collect();
+        let mut next: BTreeMap<String, Arc<Policy>> = self
+            .policies
+            .iter()
+            .filter(|(n, _)| kept.contains(*n))
+            .map(|(n, p)| (n.clone(), p.clone()))
+            .collect();
+        for p in fresh {
+            next.insert(p.name.clone(), Arc::new(p));
+        }
+        self.policies = next;
+        let policies = &self.policies;
+        self.due.retain(|(n, _), _| policies.contains_key(n));
+        let now = Utc::now();
+        for p in self.policies.values() {
+            for job in JOBS {
+                match next_start(p, job, now) {
+                    Some(t) => {
+                        self.due.insert((p.name.clone(), job), t);
+                    }
+                    None => {
+                        self.due.remove(&(p.name.clone(), job));
+                    }
+                }
+            }
+        }
+        *crate::util::lock(&self.shared.policies) = self.list();
+    }
+
+    /// Shutdown: no new jobs; the running ones get `grace`, then are cancelled.
+    async fn stop(mut self, grace: Duration) {
+        tracing::info!(
+            "stopping: no new jobs; {} running get {} to finish",
+            self.running.len(),
+            crate::util::format_duration(grace)
+        );
+        let tasks = &mut self.tasks;
+        let finished =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        if finished.is_err() {
+            tracing::warn!("grace period over: cancelling the running jobs");
+            self.root.cancel(Reason::Requested);
+            while self.tasks.join_next().await.is_some() {}
+        }
+    }
 }

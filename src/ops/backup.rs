@@ -19,7 +19,6 @@ use crate::repo::format::{
 };
 use crate::repo::writer::{BlobWriter, WriteStats};
 use crate::repo::Repo;
-use crate::seal::Sealer;
 use crate::source::archive::{self, Scan};
 use crate::source::copytext::METHOD_COPY;
 use crate::source::pgtools::{self, DbUrl};
@@ -147,6 +146,177 @@ async fn precheck(
     Ok(None)
 }
 
+/// The parts the run backs up (the policy's, narrowed by `--only`).
+struct Chosen {
+    db: bool,
+    storage: bool,
+    git: bool,
+}
+
+fn choose(policy: &Policy, req: &Request, files: bool) -> Result<Chosen> {
+    let chosen = Chosen {
+        db: policy.database.is_some() && wants(req, Only::Db),
+        storage: policy.storage.is_some() && wants(req, Only::Storage),
+        git: !policy.git.is_empty() && wants(req, Only::Git),
+    };
+    if !chosen.db && !chosen.storage && !files && !chosen.git {
+        return Err(Error::input(format!(
+            "policy {} has nothing to back up with {}",
+            policy.name,
+            match req.only {
+                Some(Only::Db) => "--only db (it has no [database])",
+                Some(Only::Storage) => "--only storage (it has no [storage])",
+                Some(Only::Files) => "--only files (it has no [[files]])",
+                Some(Only::Git) => "--only git (it has no [[git]])",
+                None => "these options",
+            }
+        )));
+    }
+    Ok(chosen)
+}
+
+/// The buckets the run backs up, and their source, opened with its key and buckets checked
+/// before the dump starts: a refused key or a missing bucket fails the run at once, not after
+/// the whole dump.
+async fn open_buckets(
+    policy: &Policy,
+    chosen: &Chosen,
+) -> Result<(
+    Vec<String>,
+    Option<Box<dyn crate::source::storage::StorageSource>>,
+)> {
+    let Some(cfg) = policy.storage.as_ref().filter(|_| chosen.storage) else {
+        return Ok((Vec::new(), None));
+    };
+    let source = crate::source::storage::open(cfg).await?;
+    source.check_buckets(&cfg.buckets).await?;
+    Ok((cfg.buckets.clone(), Some(source)))
+}
+
+/// What a snapshot holds, part by part, as the steps give it: the manifest's and meta.json's
+/// halves of each part.
+#[derive(Default)]
+struct Parts {
+    database: Option<DbManifest>,
+    meta_db: Option<MetaDb>,
+    storage: Option<StorageManifest>,
+    meta_storage: Option<MetaStorage>,
+    files: Option<FilesManifest>,
+    meta_files: Option<MetaFiles>,
+    git: Option<GitManifest>,
+    meta_git: Option<MetaGit>,
+    /// Where the change stream joins the dump: its WAL position and the transactions it sees.
+    stream_join: Option<(String, String)>,
+}
+
+impl Parts {
+    /// The database's halves of the manifest and meta.json; returns the figures and the
+    /// storage.objects rows the dump saw.
+    fn take_dump(&mut self, dumped: Dumped) -> (BackupDb, Option<BTreeSet<String>>) {
+        let Dumped {
+            manifest,
+            consistent_lsn,
+            snapshot_xids,
+            figures,
+            storage_rows,
+            ..
+        } = dumped;
+        self.stream_join = Some((consistent_lsn, snapshot_xids));
+        self.meta_db = Some(MetaDb {
+            tables: figures.tables,
+            rows: figures.rows,
+            bytes_plain: figures.bytes_plain,
+            server_version: manifest.server_version.clone(),
+            extensions: manifest.extensions.clone(),
+            roles: manifest.roles.iter().map(|r| r.name.clone()).collect(),
+        });
+        self.database = Some(manifest);
+        (figures, storage_rows)
+    }
+
+    /// The `[[files]]` sets' halves of the manifest and meta.json; returns the figures.
+    fn take_files(
+        &mut self,
+        manifest: FilesManifest,
+        figures: super::files::FilesFigures,
+        read_at: DateTime<Utc>,
+    ) -> super::files::FilesFigures {
+        self.meta_files = Some(MetaFiles {
+            sets: figures.sets,
+            files: figures.files,
+            bytes_plain: figures.bytes_plain,
+        });
+        self.files = Some(FilesManifest {
+            read_at: Some(read_at),
+            ..manifest
+        });
+        figures
+    }
+
+    /// The git repositories' halves of the manifest and meta.json; returns the figures.
+    fn take_git(
+        &mut self,
+        manifest: GitManifest,
+        figures: super::git::GitFigures,
+        read_at: DateTime<Utc>,
+    ) -> super::git::GitFigures {
+        self.meta_git = Some(MetaGit {
+            repositories: figures.repositories.clone(),
+            bytes_plain: figures.bytes_plain,
+        });
+        self.git = Some(GitManifest {
+            read_at: Some(read_at),
+            ..manifest
+        });
+        figures
+    }
+
+    /// The snapshot's manifest: the parts' halves, and how the repository keys and chunks
+    /// (what a restore needs to find the blobs).
+    fn manifest(
+        &mut self,
+        policy: &Policy,
+        repo: &Repo,
+        snapshot_id: &str,
+        consistent_at: DateTime<Utc>,
+        dedup_key: &[u8],
+    ) -> Manifest {
+        Manifest {
+            format: FORMAT,
+            snapshot_id: snapshot_id.to_string(),
+            policy: policy.name.clone(),
+            consistent_at,
+            database: self.database.take(),
+            storage: self.storage.take(),
+            repository: Some(ManifestRepo {
+                blob_id_key: hex::encode(dedup_key),
+                dedup_salt: repo.config.dedup_salt.clone(),
+                chunker: repo.config.chunker,
+                created_at: repo.config.created_at,
+            }),
+            files: self.files.take(),
+            git: self.git.take(),
+        }
+    }
+
+    /// The buckets' halves of the manifest and meta.json.
+    fn take_storage(
+        &mut self,
+        objects: Vec<crate::repo::format::StorageObject>,
+        figures: &BackupStorage,
+    ) {
+        self.meta_storage = Some(MetaStorage {
+            objects: figures.objects,
+            bytes_plain: figures.bytes_plain,
+        });
+        self.storage = Some(StorageManifest {
+            objects,
+            missing_in_bucket: figures.mismatches.missing_in_bucket.clone(),
+            missing_in_table: figures.mismatches.missing_in_table.clone(),
+        });
+    }
+}
+
 /// The parts, each filled into `out` as it is done; the snapshot is committed last.
 #[allow(clippy::too_many_arguments)]
 async fn backup(
@@ -158,101 +328,38 @@ async fn backup(
     snapshot_id: &str,
     out: &mut Outcome,
 ) -> Result<()> {
-    let only = req.only;
-    let started_at = out.times.started_at;
-    let dedup_key = repo.blob_id_key(
-        policy
-            .repository
-            .dedup_key
-            .as_ref()
-            .map(|k| k.expose_secret()),
-        &policy.recipients,
-    )?;
-    let sealer = Arc::new(Sealer::new(
-        &policy.recipients,
-        &dedup_key,
-        policy.repository.zstd_level,
-    )?);
-    let want_db = policy.database.is_some() && wants(req, Only::Db);
-    let want_storage = policy.storage.is_some() && wants(req, Only::Storage);
-    let want_files = file_plans.is_some();
-    let want_git = !policy.git.is_empty() && wants(req, Only::Git);
-    if !want_db && !want_storage && !want_files && !want_git {
-        return Err(Error::input(format!(
-            "policy {} has nothing to back up with {}",
-            policy.name,
-            match only {
-                Some(Only::Db) => "--only db (it has no [database])",
-                Some(Only::Storage) => "--only storage (it has no [storage])",
-                Some(Only::Files) => "--only files (it has no [[files]])",
-                Some(Only::Git) => "--only git (it has no [[git]])",
-                None => "these options",
-            }
-        )));
-    }
-    let buckets: Vec<String> = policy
-        .storage
-        .as_ref()
-        .filter(|_| want_storage)
-        .map(|s| s.buckets.clone())
-        .unwrap_or_default();
-    // The storage source is opened and its key and buckets checked before the dump starts: a
-    // refused key or a missing bucket fails the run at once, not after the whole dump.
-    let source = match policy.storage.as_ref().filter(|_| want_storage) {
-        Some(cfg) => {
-            let source = crate::source::storage::open(cfg).await?;
-            source.check_buckets(&buckets).await?;
-            Some(source)
-        }
-        None => None,
-    };
+    let (sealer, dedup_key) = super::policy_sealer(policy, repo)?;
+    let chosen = choose(policy, req, file_plans.is_some())?;
+    let (buckets, source) = open_buckets(policy, &chosen).await?;
     let writer =
         Arc::new(BlobWriter::new(repo, sealer.clone(), policy.repository.connections).await?);
-    let mut consistent_at = started_at;
-    let mut database = None;
-    let mut meta_db = None;
+    let mut parts = Parts::default();
+    let mut consistent_at = out.times.started_at;
     let mut db_names = None;
-    let mut stream_join = None;
-    if let Some(db) = policy.database.as_ref().filter(|_| want_db) {
+    if let Some(db) = policy.database.as_ref().filter(|_| chosen.db) {
         let url = DbUrl::parse(db.url.expose_secret())?;
         if let Some(note) = super::stream::ensure_slot_before_backup(policy).await {
             tracing::warn!("{note}");
             out.warnings.push(note);
         }
-        let dumped = ctx.cancel.run(dump_database(
-            &url,
-            &db.exclude_schemas,
-            &buckets,
-            &writer,
-            ctx.progress.as_ref(),
-            out,
-        ));
-        let Dumped {
-            manifest,
-            consistent_at: at,
-            consistent_lsn: lsn,
-            snapshot_xids: xids,
-            figures,
-            storage_rows: names,
-        } = dumped.await?;
-        db_names = names;
-        consistent_at = at;
-        stream_join = Some((lsn, xids));
-        meta_db = Some(MetaDb {
-            tables: figures.tables,
-            rows: figures.rows,
-            bytes_plain: figures.bytes_plain,
-            server_version: manifest.server_version.clone(),
-            extensions: manifest.extensions.clone(),
-            roles: manifest.roles.iter().map(|r| r.name.clone()).collect(),
-        });
+        let dumped = ctx
+            .cancel
+            .run(dump_database(
+                &url,
+                &db.exclude_schemas,
+                &buckets,
+                &writer,
+                ctx.progress.as_ref(),
+                out,
+            ))
+            .await?;
+        consistent_at = dumped.consistent_at;
+        let (figures, names) = parts.take_dump(dumped);
         out.db = Some(figures);
-        database = Some(manifest);
+        db_names = names;
     }
     out.consistent_at = Some(consistent_at);
 
-    let mut storage = None;
-    let mut meta_storage = None;
     let cache = crate::cache::load(&repo.store.describe(), &policy.name);
     let mut new_index = cache.clone();
     if let (Some(cfg), Some(source)) = (policy.storage.as_ref(), source) {
@@ -267,43 +374,14 @@ async fn backup(
                 db_names.as_ref(),
             ))
             .await?;
-        for why in &done.figures.unfetchable {
-            let w = format!("storage object not backed up: {why}");
-            tracing::warn!("{w}");
-            out.warnings.push(w);
-        }
-        let m = &done.figures.mismatches;
-        if !m.missing_in_bucket.is_empty() || !m.missing_in_table.is_empty() {
-            let text = format!(
-                "{} storage.objects rows have no object in the bucket, {} objects have no row (e.g. {})",
-                m.missing_in_bucket.len(),
-                m.missing_in_table.len(),
-                m.missing_in_bucket.iter().chain(&m.missing_in_table).take(3).cloned().collect::<Vec<_>>().join(", ")
-            );
-            if cfg.require_consistent {
-                return Err(Error::failed(format!(
-                    "the buckets and storage.objects disagree and storage.require_consistent is set: {text}"
-                )));
-            }
-            tracing::warn!("{text}");
-            out.warnings.push(text);
-        }
-        meta_storage = Some(MetaStorage {
-            objects: done.figures.objects,
-            bytes_plain: done.figures.bytes_plain,
-        });
-        out.storage = Some(done.figures.clone());
-        storage = Some(StorageManifest {
-            objects: done.objects,
-            missing_in_bucket: done.figures.mismatches.missing_in_bucket.clone(),
-            missing_in_table: done.figures.mismatches.missing_in_table.clone(),
-        });
+        out.warnings
+            .extend(storage_warnings(&done.figures, cfg.require_consistent)?);
+        parts.take_storage(done.objects, &done.figures);
         new_index.objects = done.index.objects;
+        out.storage = Some(done.figures);
         out.phases.push(Phase::since("storage", t));
     }
 
-    let mut files = None;
-    let mut meta_files = None;
     if let Some(plans) = file_plans {
         let t = Instant::now();
         let read_at = Utc::now();
@@ -312,91 +390,25 @@ async fn backup(
             .run(super::files::backup(&policy.files, plans, &writer, &cache))
             .await?;
         out.warnings.extend(done.warnings);
-        meta_files = Some(MetaFiles {
-            sets: done.figures.sets,
-            files: done.figures.files,
-            bytes_plain: done.figures.bytes_plain,
-        });
-        out.files = Some(done.figures);
         new_index.files = done.index;
-        files = Some(FilesManifest {
-            read_at: Some(read_at),
-            ..done.manifest
-        });
+        out.files = Some(parts.take_files(done.manifest, done.figures, read_at));
         out.phases.push(Phase::since("files", t));
     }
-
-    let mut git = None;
-    let mut meta_git = None;
-    if want_git {
+    if chosen.git {
         let t = Instant::now();
         let read_at = Utc::now();
         let done = ctx
             .cancel
             .run(super::git::backup(&policy.git, &writer, &cache))
             .await?;
-        meta_git = Some(MetaGit {
-            repositories: done.figures.repositories.clone(),
-            bytes_plain: done.figures.bytes_plain,
-        });
-        out.git = Some(done.figures);
         new_index.git = done.index;
-        git = Some(GitManifest {
-            read_at: Some(read_at),
-            ..done.manifest
-        });
+        out.git = Some(parts.take_git(done.manifest, done.figures, read_at));
         out.phases.push(Phase::since("git", t));
     }
 
     let t = Instant::now();
-    let manifest = Manifest {
-        format: FORMAT,
-        snapshot_id: snapshot_id.to_string(),
-        policy: policy.name.clone(),
-        consistent_at,
-        database,
-        storage,
-        repository: Some(ManifestRepo {
-            blob_id_key: hex::encode(&dedup_key),
-            dedup_salt: repo.config.dedup_salt.clone(),
-            chunker: repo.config.chunker,
-            created_at: repo.config.created_at,
-        }),
-        files,
-        git,
-    };
-    let blobs = writer.used();
-    let meta = Meta {
-        format: FORMAT,
-        id: snapshot_id.to_string(),
-        policy: policy.name.clone(),
-        consistent_at,
-        started_at,
-        finished_at: Utc::now(),
-        tool_version: env!("CARGO_PKG_VERSION").to_string(),
-        db: meta_db,
-        storage: meta_storage,
-        bytes_referenced: blobs.iter().map(|b| b.size).sum(),
-        encryption: MetaEncryption {
-            scheme: "age-x25519".into(),
-            recipients: policy.recipients.clone(),
-        },
-        manifest: StoredObject {
-            key: String::new(),
-            size: 0,
-            sha256: String::new(),
-        },
-        blobs,
-        object_lock: policy.repository.object_lock.as_ref().map(|l| MetaLock {
-            mode: l.mode.clone(),
-            days: l.days,
-            until: started_at + chrono::Duration::days(l.days as i64),
-        }),
-        files: meta_files,
-        git: meta_git,
-        consistent_lsn: stream_join.as_ref().map(|j| j.0.clone()),
-        snapshot_xids: stream_join.map(|j| j.1),
-    };
+    let manifest = parts.manifest(policy, repo, snapshot_id, consistent_at, &dedup_key);
+    let meta = snapshot_meta(policy, snapshot_id, out, parts, writer.used());
     out.blobs_reuploaded = writer.reuploaded();
     if out.blobs_reuploaded > 0 {
         out.warnings.push(format!(
@@ -414,6 +426,79 @@ async fn backup(
     out.snapshot_id = Some(snapshot_id.to_string());
     crate::cache::save(&repo.store.describe(), &policy.name, &new_index);
     Ok(())
+}
+
+/// The warnings a bucket backup gives (objects it could not fetch, buckets and storage.objects
+/// that disagree); an error instead where the policy requires them to agree.
+fn storage_warnings(figures: &BackupStorage, require_consistent: bool) -> Result<Vec<String>> {
+    let mut warnings: Vec<String> = figures
+        .unfetchable
+        .iter()
+        .map(|why| format!("storage object not backed up: {why}"))
+        .collect();
+    let m = &figures.mismatches;
+    if !m.missing_in_bucket.is_empty() || !m.missing_in_table.is_empty() {
+        let text = format!(
+            "{} storage.objects rows have no object in the bucket, {} objects have no row (e.g. {})",
+            m.missing_in_bucket.len(),
+            m.missing_in_table.len(),
+            m.missing_in_bucket.iter().chain(&m.missing_in_table).take(3).cloned().collect::<Vec<_>>().join(", ")
+        );
+        if require_consistent {
+            return Err(Error::failed(format!(
+                "the buckets and storage.objects disagree and storage.require_consistent is set: {text}"
+            )));
+        }
+        warnings.push(text);
+    }
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(warnings)
+}
+
+/// meta.json of the snapshot the run is about to commit (its manifest's place filled in by
+/// the commit).
+fn snapshot_meta(
+    policy: &Policy,
+    snapshot_id: &str,
+    out: &Outcome,
+    parts: Parts,
+    blobs: Vec<crate::repo::format::BlobRef>,
+) -> Meta {
+    let started_at = out.times.started_at;
+    let consistent_at = out.consistent_at.unwrap_or(started_at);
+    Meta {
+        format: FORMAT,
+        id: snapshot_id.to_string(),
+        policy: policy.name.clone(),
+        consistent_at,
+        started_at,
+        finished_at: Utc::now(),
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        db: parts.meta_db,
+        storage: parts.meta_storage,
+        bytes_referenced: blobs.iter().map(|b| b.size).sum(),
+        encryption: MetaEncryption {
+            scheme: "age-x25519".into(),
+            recipients: policy.recipients.clone(),
+        },
+        manifest: StoredObject {
+            key: String::new(),
+            size: 0,
+            sha256: String::new(),
+        },
+        blobs,
+        object_lock: policy.repository.object_lock.as_ref().map(|l| MetaLock {
+            mode: l.mode.clone(),
+            days: l.days,
+            until: started_at + chrono::Duration::days(l.days as i64),
+        }),
+        files: parts.meta_files,
+        git: parts.meta_git,
+        consistent_lsn: parts.stream_join.as_ref().map(|j| j.0.clone()),
+        snapshot_xids: parts.stream_join.map(|j| j.1),
+    }
 }
 
 /// What the database dump gives the snapshot.

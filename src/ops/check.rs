@@ -131,141 +131,170 @@ fn unlisted_blobs<'a>(
 }
 
 async fn check(repo: &Repo, req: &Request, ctx: &Ctx, rec: &mut Outcome) -> Result<()> {
-    let (key, read_data) = (&req.key, req.read_data);
     let listing = repo.listing_with(Blobs::Fold).await?;
     let (metas, lists) = (listing.snapshots, listing.blobs);
     rec.snapshots_checked = (metas.len() + listing.damaged.len()) as u64;
-    let mut damaged: Vec<Damaged> = listing
+    let mut found = Found::default();
+    found
         .damaged
-        .into_iter()
-        .map(|d| Damaged {
+        .extend(listing.damaged.into_iter().map(|d| Damaged {
             blob: d.key,
             problem: d.problem,
             snapshots: vec![d.id],
-        })
-        .collect();
-    // Each blob's records, grouped by what meta.json says of it (size and SHA-256): snapshots
-    // whose meta.json disagree are judged apart, each against the stored bytes.
-    let mut users: BTreeMap<String, Records> = BTreeMap::new();
-    // The snapshot whose recipients each blob was sealed to (the first naming it).
-    let mut sealed_by: HashMap<String, usize> = HashMap::new();
-    for (n, m) in metas.iter().enumerate() {
-        for b in lists.of(m) {
-            let records = users.entry(b.id.clone()).or_default();
-            match records.iter_mut().find(|(r, _)| r == b) {
-                Some((_, snaps)) => snaps.push(n as u32),
-                None => records.push((b.clone(), vec![n as u32])),
-            }
-            sealed_by.entry(b.id.clone()).or_insert(n);
-        }
-    }
-    let sealed_to = |id: &str| sealed_by.get(id).map(|&n| &metas[n].encryption.recipients);
-    let named = |snaps: &mut dyn Iterator<Item = &u32>| -> Vec<String> {
-        snaps.map(|&n| metas[n as usize].id.clone()).collect()
-    };
-    rec.blobs_checked = users.len() as u64;
+        }));
+    let users = Users::of(&metas, &lists);
+    rec.blobs_checked = users.records.len() as u64;
     let stored: HashMap<String, u64> = repo.stored_blobs().await?;
-    let mut intact = Vec::new();
-    for (id, records) in &users {
-        let Some(size) = stored.get(id) else {
-            let snapshots = named(&mut records.iter().flat_map(|r| r.1.iter()));
-            damaged.push(Damaged {
-                blob: id.clone(),
-                problem: format!("missing ({})", blob_key(id)),
-                snapshots,
-            });
-            continue;
-        };
-        // With one record, the stored bytes are judged against it below; with several (the
-        // meta.json files disagree), the stored bytes are hashed here when data is read, and
-        // each record that does not match names its snapshots.
-        let stored_sha = if records.len() > 1 && (read_data || key.is_some()) {
-            let key = blob_key(id);
-            let bytes = repo.store.get_opt(&key).await?;
-            rec.bytes_read += bytes.as_ref().map_or(0, |b| b.len() as u64);
-            bytes.map(|b| sha256_hex(&b))
-        } else {
-            None
-        };
-        for (r, snaps) in records {
-            let problem = if *size != r.size {
-                Some(format!("{size} bytes stored, meta.json records {}", r.size))
-            } else {
-                match &stored_sha {
-                    Some(sha) if *sha != r.sha256 => Some(format!(
-                        "the stored bytes' SHA-256 is {sha}, these snapshots' meta.json records {}",
-                        r.sha256
-                    )),
-                    _ => None,
+    let intact = users.compare_stored(repo, &stored, req, &mut found).await?;
+    let plain_len = check_manifests(repo, &metas, &lists, req, &mut found).await?;
+    drop(lists);
+    if req.read_data || req.key.is_some() {
+        users
+            .read_blobs(repo, intact, req, &plain_len, ctx, &mut found)
+            .await?;
+    }
+    found
+        .damaged
+        .extend(check_segments(repo, &stored, req.read_data, rec).await?);
+    found.damaged.sort_by(|a, b| a.blob.cmp(&b.blob));
+    rec.damaged = found.damaged;
+    rec.bytes_read += found.bytes_read;
+    Ok(())
+}
+
+/// What the check found so far, and how much it read.
+#[derive(Default)]
+struct Found {
+    damaged: Vec<Damaged>,
+    bytes_read: u64,
+}
+
+/// Every blob the snapshots use, with its records, and which snapshot sealed it.
+struct Users<'a> {
+    metas: &'a [crate::repo::format::Meta],
+    /// Each blob's records, grouped by what meta.json says of it (size and SHA-256):
+    /// snapshots whose meta.json disagree are judged apart, each against the stored bytes.
+    records: BTreeMap<String, Records>,
+    /// The snapshot whose recipients each blob was sealed to (the first naming it).
+    sealed_by: HashMap<String, usize>,
+}
+
+impl<'a> Users<'a> {
+    fn of(metas: &'a [crate::repo::format::Meta], lists: &crate::repo::BlobLists) -> Users<'a> {
+        let mut records: BTreeMap<String, Records> = BTreeMap::new();
+        let mut sealed_by: HashMap<String, usize> = HashMap::new();
+        for (n, m) in metas.iter().enumerate() {
+            for b in lists.of(m) {
+                let recs = records.entry(b.id.clone()).or_default();
+                match recs.iter_mut().find(|(r, _)| r == b) {
+                    Some((_, snaps)) => snaps.push(n as u32),
+                    None => recs.push((b.clone(), vec![n as u32])),
                 }
-            };
-            match problem {
-                Some(problem) => damaged.push(Damaged {
-                    blob: id.clone(),
-                    problem,
-                    snapshots: named(&mut snaps.iter()),
-                }),
-                // A record the stored bytes were already hashed against needs no second read
-                // unless the plaintext is to be proved too.
-                None if stored_sha.is_some() && key.is_none() => {}
-                None => intact.push(r.clone()),
+                sealed_by.entry(b.id.clone()).or_insert(n);
             }
         }
-    }
-    // Manifests: present with their size; read (and decrypted) when asked.
-    let mut plain_len: HashMap<String, u32> = HashMap::new();
-    for m in &metas {
-        let k = &m.manifest.key;
-        let problem = match repo.store.stat(k).await? {
-            None => Some("missing".to_string()),
-            Some(s) if s != m.manifest.size => Some(format!(
-                "{s} bytes stored, meta.json records {}",
-                m.manifest.size
-            )),
-            Some(_) => None,
-        };
-        let problem = match (problem, key) {
-            (Some(p), _) => Some(p),
-            (None, Some(k)) => match repo.read_manifest(m, &k.opener).await {
-                Ok(manifest) => {
-                    damaged.extend(unlisted_blobs(&manifest, lists.of(m), &m.id));
-                    for ChunkRef { id, len } in manifest.chunks() {
-                        plain_len.insert(id.clone(), *len);
-                    }
-                    rec.bytes_read += m.manifest.size;
-                    None
-                }
-                // A key that opens none of it is the wrong key, not damage.
-                Err(e) if e.kind == Kind::WrongKey => return Err(e),
-                Err(e) => Some(damage_or_fail(e)?),
-            },
-            (None, None) if read_data => match repo.store.get_opt(k).await? {
-                Some(bytes) => {
-                    rec.bytes_read += bytes.len() as u64;
-                    (sha256_hex(&bytes) != m.manifest.sha256)
-                        .then(|| "its SHA-256 differs from meta.json's".to_string())
-                }
-                None => Some("missing".into()),
-            },
-            (None, None) => None,
-        };
-        if let Some(problem) = problem {
-            damaged.push(Damaged {
-                blob: k.clone(),
-                problem,
-                snapshots: vec![m.id.clone()],
-            });
+        Users {
+            metas,
+            records,
+            sealed_by,
         }
     }
-    drop(lists);
-    if read_data || key.is_some() {
+
+    fn sealed_to(&self, id: &str) -> Option<&'a Vec<String>> {
+        let metas = self.metas;
+        self.sealed_by
+            .get(id)
+            .map(|&n| &metas[n].encryption.recipients)
+    }
+
+    fn named<'b>(&self, snaps: impl Iterator<Item = &'b u32>) -> Vec<String> {
+        snaps.map(|&n| self.metas[n as usize].id.clone()).collect()
+    }
+
+    /// The snapshots that use a blob.
+    fn of_blob(&self, id: &str) -> Vec<String> {
+        self.records
+            .get(id)
+            .map(|r| self.named(r.iter().flat_map(|r| r.1.iter())))
+            .unwrap_or_default()
+    }
+
+    /// Every blob present with the size meta.json records (with several records, the stored
+    /// bytes hashed against each when data is read). Returns the records still to be read.
+    async fn compare_stored(
+        &self,
+        repo: &Repo,
+        stored: &HashMap<String, u64>,
+        req: &Request,
+        found: &mut Found,
+    ) -> Result<Vec<BlobRef>> {
+        let (key, read_data) = (&req.key, req.read_data);
+        let mut intact = Vec::new();
+        for (id, records) in &self.records {
+            let Some(size) = stored.get(id) else {
+                found.damaged.push(Damaged {
+                    blob: id.clone(),
+                    problem: format!("missing ({})", blob_key(id)),
+                    snapshots: self.of_blob(id),
+                });
+                continue;
+            };
+            // With one record, the stored bytes are judged against it later; with several
+            // (the meta.json files disagree), the stored bytes are hashed here when data is
+            // read, and each record that does not match names its snapshots.
+            let stored_sha = if records.len() > 1 && (read_data || key.is_some()) {
+                let bytes = repo.store.get_opt(&blob_key(id)).await?;
+                found.bytes_read += bytes.as_ref().map_or(0, |b| b.len() as u64);
+                bytes.map(|b| sha256_hex(&b))
+            } else {
+                None
+            };
+            for (r, snaps) in records {
+                let problem = if *size != r.size {
+                    Some(format!("{size} bytes stored, meta.json records {}", r.size))
+                } else {
+                    match &stored_sha {
+                        Some(sha) if *sha != r.sha256 => Some(format!(
+                            "the stored bytes' SHA-256 is {sha}, these snapshots' meta.json records {}",
+                            r.sha256
+                        )),
+                        _ => None,
+                    }
+                };
+                match problem {
+                    Some(problem) => found.damaged.push(Damaged {
+                        blob: id.clone(),
+                        problem,
+                        snapshots: self.named(snaps.iter()),
+                    }),
+                    // A record the stored bytes were already hashed against needs no second
+                    // read unless the plaintext is to be proved too.
+                    None if stored_sha.is_some() && key.is_none() => {}
+                    None => intact.push(r.clone()),
+                }
+            }
+        }
+        Ok(intact)
+    }
+
+    /// Reads every intact blob: with the identity, decrypted and its plaintext proved against
+    /// its keyed id and length (one reader per set of recipients: blob ids are keyed with
+    /// them); without, its stored bytes re-hashed against meta.json.
+    async fn read_blobs(
+        &self,
+        repo: &Repo,
+        intact: Vec<BlobRef>,
+        req: &Request,
+        plain_len: &HashMap<String, u32>,
+        ctx: &Ctx,
+        found: &mut Found,
+    ) -> Result<()> {
         let total: u64 = intact.iter().map(|b| b.size).sum();
         let progress = ctx.progress.bar("check", Some(total));
-        // One reader per set of recipients: blob ids are keyed with them.
         let mut readers: HashMap<Vec<String>, Arc<BlobReader>> = HashMap::new();
-        if let Some(k) = key {
+        if let Some(k) = &req.key {
             for b in &intact {
-                let recipients = sealed_to(&b.id).cloned().unwrap_or_default();
+                let recipients = self.sealed_to(&b.id).cloned().unwrap_or_default();
                 if readers.contains_key(&recipients) {
                     continue;
                 }
@@ -279,7 +308,7 @@ async fn check(repo: &Repo, req: &Request, ctx: &Ctx, rec: &mut Outcome) -> Resu
                 );
                 let refs: Vec<BlobRef> = intact
                     .iter()
-                    .filter(|x| sealed_to(&x.id) == Some(&recipients))
+                    .filter(|x| self.sealed_to(&x.id) == Some(&recipients))
                     .cloned()
                     .collect();
                 let reader = BlobReader::from_refs(
@@ -295,7 +324,7 @@ async fn check(repo: &Repo, req: &Request, ctx: &Ctx, rec: &mut Outcome) -> Resu
         let store = repo.store.clone();
         let results: Vec<Result<(String, u64, Option<String>)>> = futures::stream::iter(intact)
             .map(|b| {
-                let reader = sealed_to(&b.id).and_then(|r| readers.get(r)).cloned();
+                let reader = self.sealed_to(&b.id).and_then(|r| readers.get(r)).cloned();
                 let (store, len) = (store.clone(), plain_len.get(&b.id).copied());
                 async move {
                     let problem = match (reader, len) {
@@ -326,24 +355,76 @@ async fn check(repo: &Repo, req: &Request, ctx: &Ctx, rec: &mut Outcome) -> Resu
         progress.finish();
         for result in results {
             let (id, size, problem) = result?;
-            rec.bytes_read += size;
+            found.bytes_read += size;
             if let Some(problem) = problem {
-                let snapshots = users
-                    .get(&id)
-                    .map(|r| named(&mut r.iter().flat_map(|r| r.1.iter())))
-                    .unwrap_or_default();
-                damaged.push(Damaged {
+                found.damaged.push(Damaged {
+                    snapshots: self.of_blob(&id),
                     blob: id,
                     problem,
-                    snapshots,
                 });
             }
         }
+        Ok(())
     }
-    damaged.extend(check_segments(repo, &stored, read_data, rec).await?);
-    damaged.sort_by(|a, b| a.blob.cmp(&b.blob));
-    rec.damaged = damaged;
-    Ok(())
+}
+
+/// Manifests: present with their size; read (and decrypted) when asked, and then compared
+/// with meta.json's blob list. Returns the plaintext length of every chunk the decrypted
+/// manifests name.
+async fn check_manifests(
+    repo: &Repo,
+    metas: &[crate::repo::format::Meta],
+    lists: &crate::repo::BlobLists,
+    req: &Request,
+    found: &mut Found,
+) -> Result<HashMap<String, u32>> {
+    let mut plain_len: HashMap<String, u32> = HashMap::new();
+    for m in metas {
+        let k = &m.manifest.key;
+        let problem = match repo.store.stat(k).await? {
+            None => Some("missing".to_string()),
+            Some(s) if s != m.manifest.size => Some(format!(
+                "{s} bytes stored, meta.json records {}",
+                m.manifest.size
+            )),
+            Some(_) => None,
+        };
+        let problem = match (problem, &req.key) {
+            (Some(p), _) => Some(p),
+            (None, Some(k)) => match repo.read_manifest(m, &k.opener).await {
+                Ok(manifest) => {
+                    found
+                        .damaged
+                        .extend(unlisted_blobs(&manifest, lists.of(m), &m.id));
+                    for ChunkRef { id, len } in manifest.chunks() {
+                        plain_len.insert(id.clone(), *len);
+                    }
+                    found.bytes_read += m.manifest.size;
+                    None
+                }
+                // A key that opens none of it is the wrong key, not damage.
+                Err(e) if e.kind == Kind::WrongKey => return Err(e),
+                Err(e) => Some(damage_or_fail(e)?),
+            },
+            (None, None) if req.read_data => match repo.store.get_opt(k).await? {
+                Some(bytes) => {
+                    found.bytes_read += bytes.len() as u64;
+                    (sha256_hex(&bytes) != m.manifest.sha256)
+                        .then(|| "its SHA-256 differs from meta.json's".to_string())
+                }
+                None => Some("missing".into()),
+            },
+            (None, None) => None,
+        };
+        if let Some(problem) = problem {
+            found.damaged.push(Damaged {
+                blob: k.clone(),
+                problem,
+                snapshots: vec![m.id.clone()],
+            });
+        }
+    }
+    Ok(plain_len)
 }
 
 /// The policy's change-stream segments: every blob present with its recorded size (and, with

@@ -71,6 +71,25 @@ impl RunTimes {
     }
 }
 
+/// The sealer a policy's runs write blobs with, and the key of their keyed ids.
+pub(crate) fn policy_sealer(
+    policy: &crate::policy::Policy,
+    repo: &Repo,
+) -> Result<(std::sync::Arc<crate::seal::Sealer>, Vec<u8>)> {
+    use secrecy::ExposeSecret;
+    let dedup_key = repo.blob_id_key(
+        policy
+            .repository
+            .dedup_key
+            .as_ref()
+            .map(|k| k.expose_secret()),
+        &policy.recipients,
+    )?;
+    let sealer =
+        crate::seal::Sealer::new(&policy.recipients, &dedup_key, policy.repository.zstd_level)?;
+    Ok((std::sync::Arc::new(sealer), dedup_key))
+}
+
 /// Opens the repository a policy names (its backstop.json must exist).
 pub async fn open_repo(policy: &crate::policy::Policy) -> Result<Repo> {
     let store = crate::store::open(&policy.repository.store_config()).await?;

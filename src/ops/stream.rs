@@ -34,7 +34,6 @@ use crate::repo::format::MetaEncryption;
 use crate::repo::streams::{self, frame, SchemaChange, Segment, TableDelta};
 use crate::repo::writer::BlobWriter;
 use crate::repo::Repo;
-use crate::seal::Sealer;
 use crate::source::pgoutput::{self, lsn_text, parse_lsn, Message};
 use crate::source::pgtools::DbUrl;
 use crate::source::postgres::connect;
@@ -452,19 +451,7 @@ async fn seal_once(
     unprotected: Vec<String>,
     run_id: &str,
 ) -> Result<Option<Segment>> {
-    let dedup_key = repo.blob_id_key(
-        policy
-            .repository
-            .dedup_key
-            .as_ref()
-            .map(|k| k.expose_secret()),
-        &policy.recipients,
-    )?;
-    let sealer = Arc::new(Sealer::new(
-        &policy.recipients,
-        &dedup_key,
-        policy.repository.zstd_level,
-    )?);
+    let (sealer, _) = super::policy_sealer(policy, repo)?;
     let writer = Arc::new(BlobWriter::new(repo, sealer, policy.repository.connections).await?);
     // Documents follow at the stream's pace where the policy backs up a bucket.
     let documents = match &policy.storage {
@@ -478,114 +465,23 @@ async fn seal_once(
     // Everything committed before this position is in what the read below returns (it decodes
     // up to the flushed WAL), unless the read stops at MAX_CHANGES.
     let flushed = slot::flush_lsn(conn).await?;
-    let mut tally = Tally::default();
-    let known = &mut chain.relations;
-    let last_before = chain.last_commit_at;
+    let mut decoding = Decoding::new(resume, &mut chain.relations, chain.last_commit_at);
     let produce = async {
         let mut rows = Box::pin(slot::peek(conn, &s.slot, &s.publication, MAX_CHANGES));
         let mut batch = Vec::with_capacity(1 << 20);
-        let mut skipping = false;
-        let mut txn: Option<(u64, DateTime<Utc>)> = None;
-        let mut last_commit = last_before;
-        let mut objects: Option<ObjectsRelation> = None;
-        let mut txn_documents: Vec<(String, String)> = Vec::new();
         while let Some(change) = rows.try_next().await? {
-            tally.rows += 1;
+            decoding.tally.rows += 1;
             let message = pgoutput::decode(&change.data)
                 .map_err(|e| Error::failed(format!("slot {}: {e}", s.slot)))?;
-            let keep = match &message {
-                Message::Begin {
-                    final_lsn,
-                    commit_time,
-                    ..
-                } => {
-                    skipping = resume.is_some_and(|r| *final_lsn < r);
-                    txn = Some((*final_lsn, *commit_time));
-                    !skipping
-                }
-                // Relations and types are kept even in a transaction already sealed: the
-                // segment must describe every relation its transactions use.
-                Message::Relation(r) => {
-                    let name = r.display();
-                    let now = shape(r);
-                    match known.get(&name) {
-                        Some(before) if *before != now && !skipping => {
-                            let (lsn, at) = txn.unwrap_or((change.lsn, Utc::now()));
-                            tally.schema_changes.push(SchemaChange {
-                                table: name.clone(),
-                                lsn: lsn_text(lsn),
-                                commit_at: at,
-                                last_exact_at: last_commit,
-                            });
-                        }
-                        _ => {}
-                    }
-                    known.insert(name.clone(), now);
-                    tally.names.insert(r.oid, name);
-                    if let Some(o) = ObjectsRelation::of(r) {
-                        objects = Some(o);
-                    }
-                    true
-                }
-                Message::Type { .. } => true,
-                _ if skipping => false,
-                Message::Insert { relation, new } | Message::Update { relation, new, .. } => {
-                    let d = delta(&mut tally, *relation);
-                    if matches!(message, Message::Insert { .. }) {
-                        d.inserted += 1;
-                    } else {
-                        d.updated += 1;
-                    }
-                    let named = objects.as_ref().and_then(|o| o.names(*relation, new));
-                    if let Some(n) = named.filter(|n| !txn_documents.contains(n)) {
-                        txn_documents.push(n);
-                    }
-                    true
-                }
-                Message::Delete { relation, .. } => {
-                    delta(&mut tally, *relation).deleted += 1;
-                    true
-                }
-                Message::Truncate { relations, .. } => {
-                    for r in relations {
-                        delta(&mut tally, *r).truncated += 1;
-                    }
-                    true
-                }
-                Message::Commit {
-                    end_lsn,
-                    commit_time,
-                    ..
-                } => {
-                    let names = std::mem::take(&mut txn_documents);
-                    if let Some(source) = documents.as_deref().filter(|_| !names.is_empty()) {
-                        fetch_documents(source, &writer, names, &mut batch, &mut tally).await?;
-                    }
-                    tally.transactions += 1;
-                    tally.end = Some(*end_lsn);
-                    tally.first_commit_at.get_or_insert(*commit_time);
-                    tally.last_commit_at = Some(*commit_time);
-                    last_commit = Some(*commit_time);
-                    true
-                }
-                Message::Other(_) => false,
-            };
-            if matches!(message, Message::Commit { .. }) && skipping {
-                tally.skipped += 1;
+            let keep = decoding.take(change.lsn, &message);
+            let names = std::mem::take(&mut decoding.committed_documents);
+            if let Some(source) = documents.as_deref().filter(|_| !names.is_empty()) {
+                fetch_documents(source, &writer, names, &mut batch, &mut decoding.tally).await?;
             }
             if !keep {
                 continue;
             }
-            if !matches!(
-                message,
-                Message::Begin { .. }
-                    | Message::Commit { .. }
-                    | Message::Relation(_)
-                    | Message::Type { .. }
-            ) {
-                tally.changes += 1;
-            }
-            tally.first_lsn.get_or_insert(change.lsn);
+            decoding.tally.first_lsn.get_or_insert(change.lsn);
             frame::push(
                 &mut batch,
                 frame::MESSAGE,
@@ -599,7 +495,7 @@ async fn seal_once(
             }
         }
         drop(rows);
-        if tally.transactions > 0 {
+        if decoding.tally.transactions > 0 {
             let sequences = slot::sequences(conn).await?;
             let json = serde_json::to_vec(&sequences)
                 .map_err(|e| Error::failed(format!("encoding the sequences: {e}")))?;
@@ -616,6 +512,7 @@ async fn seal_once(
     let (written, produced) = tokio::join!(write, produce);
     produced?;
     let (stream, _stats) = written?;
+    let tally = decoding.tally;
     // A read that returned everything up to `flushed` lets the slot be confirmed that far,
     // past WAL with no transaction of the publication (and past transactions in progress,
     // which the slot still decodes whole when they commit), so that an idle database's slot
@@ -637,34 +534,16 @@ async fn seal_once(
         }
         return Ok(None);
     };
-    let first = tally.first_lsn.unwrap_or(end);
     let base_snapshot = newest_snapshot(repo, &policy.name).await?;
     let segment = Segment {
-        format: streams::SEGMENT_FORMAT,
-        id: streams::segment_id(first, end),
-        policy: policy.name.clone(),
-        first_lsn: lsn_text(first),
-        last_lsn: lsn_text(end),
         previous_lsn: resume.or(chain.start).map(lsn_text),
-        first_commit_at: tally.first_commit_at.unwrap_or_else(Utc::now),
-        last_commit_at: tally.last_commit_at.unwrap_or_else(Utc::now),
-        sealed_at: Utc::now(),
-        transactions: tally.transactions,
-        changes: tally.changes,
-        tables: tally.tables,
-        base_snapshot,
         relations: chain.relations.clone(),
-        schema_changes: tally.schema_changes,
+        base_snapshot,
         unprotected_tables: unprotected,
         bytes_plain: stream.bytes,
         chunks: stream.chunks,
         blobs: writer.used(),
-        encryption: MetaEncryption {
-            scheme: "age-x25519".into(),
-            recipients: policy.recipients.clone(),
-        },
-        documents: tally.documents,
-        documents_failed: tally.documents_failed,
+        ..segment_of(policy, tally, end)
     };
     let body = serde_json::to_vec_pretty(&segment)
         .map_err(|e| Error::failed(format!("encoding segment {}: {e}", segment.id)))?;
@@ -684,6 +563,175 @@ async fn seal_once(
         segment.last_commit_at.to_rfc3339()
     );
     Ok(Some(segment))
+}
+
+/// What one seal's read keeps from message to message: the tally of what it sealed, the
+/// transaction it is in, and the documents that transaction's `storage.objects` rows name.
+struct Decoding<'a> {
+    /// The end of the chain: transactions that end before it are sealed already.
+    resume: Option<u64>,
+    /// The shapes of the relations the chain knows (a changed one is a schema change).
+    known: &'a mut BTreeMap<String, String>,
+    tally: Tally,
+    skipping: bool,
+    txn: Option<(u64, DateTime<Utc>)>,
+    last_commit: Option<DateTime<Utc>>,
+    objects: Option<ObjectsRelation>,
+    txn_documents: Vec<(String, String)>,
+    /// The documents of the transaction that just committed, to fetch before going on.
+    committed_documents: Vec<(String, String)>,
+}
+
+impl<'a> Decoding<'a> {
+    fn new(
+        resume: Option<u64>,
+        known: &'a mut BTreeMap<String, String>,
+        last_commit: Option<DateTime<Utc>>,
+    ) -> Decoding<'a> {
+        Decoding {
+            resume,
+            known,
+            tally: Tally::default(),
+            skipping: false,
+            txn: None,
+            last_commit,
+            objects: None,
+            txn_documents: Vec::new(),
+            committed_documents: Vec::new(),
+        }
+    }
+
+    /// Takes one message into the tally; whether its frame goes into the segment.
+    fn take(&mut self, lsn: u64, message: &Message) -> bool {
+        let keep = match message {
+            Message::Begin {
+                final_lsn,
+                commit_time,
+                ..
+            } => {
+                self.skipping = self.resume.is_some_and(|r| *final_lsn < r);
+                self.txn = Some((*final_lsn, *commit_time));
+                !self.skipping
+            }
+            // Relations and types are kept even in a transaction already sealed: the
+            // segment must describe every relation its transactions use.
+            Message::Relation(r) => {
+                self.relation(lsn, r);
+                true
+            }
+            Message::Type { .. } => true,
+            _ if self.skipping => false,
+            Message::Insert { relation, new } | Message::Update { relation, new, .. } => {
+                let d = delta(&mut self.tally, *relation);
+                if matches!(message, Message::Insert { .. }) {
+                    d.inserted += 1;
+                } else {
+                    d.updated += 1;
+                }
+                let named = self.objects.as_ref().and_then(|o| o.names(*relation, new));
+                if let Some(n) = named.filter(|n| !self.txn_documents.contains(n)) {
+                    self.txn_documents.push(n);
+                }
+                true
+            }
+            Message::Delete { relation, .. } => {
+                delta(&mut self.tally, *relation).deleted += 1;
+                true
+            }
+            Message::Truncate { relations, .. } => {
+                for r in relations {
+                    delta(&mut self.tally, *r).truncated += 1;
+                }
+                true
+            }
+            Message::Commit {
+                end_lsn,
+                commit_time,
+                ..
+            } => {
+                self.committed_documents = std::mem::take(&mut self.txn_documents);
+                let tally = &mut self.tally;
+                tally.transactions += 1;
+                tally.end = Some(*end_lsn);
+                tally.first_commit_at.get_or_insert(*commit_time);
+                tally.last_commit_at = Some(*commit_time);
+                self.last_commit = Some(*commit_time);
+                true
+            }
+            Message::Other(_) => false,
+        };
+        if matches!(message, Message::Commit { .. }) && self.skipping {
+            self.tally.skipped += 1;
+        }
+        if keep
+            && !matches!(
+                message,
+                Message::Begin { .. }
+                    | Message::Commit { .. }
+                    | Message::Relation(_)
+                    | Message::Type { .. }
+            )
+        {
+            self.tally.changes += 1;
+        }
+        keep
+    }
+
+    /// A relation described again: a schema change if its shape differs from the one known.
+    fn relation(&mut self, lsn: u64, r: &pgoutput::Relation) {
+        let name = r.display();
+        let now = shape(r);
+        match self.known.get(&name) {
+            Some(before) if *before != now && !self.skipping => {
+                let (lsn, at) = self.txn.unwrap_or((lsn, Utc::now()));
+                self.tally.schema_changes.push(SchemaChange {
+                    table: name.clone(),
+                    lsn: lsn_text(lsn),
+                    commit_at: at,
+                    last_exact_at: self.last_commit,
+                });
+            }
+            _ => {}
+        }
+        self.known.insert(name.clone(), now);
+        self.tally.names.insert(r.oid, name);
+        if let Some(o) = ObjectsRelation::of(r) {
+            self.objects = Some(o);
+        }
+    }
+}
+
+/// A segment of what a seal's read tallied, up to `end`; the caller fills in where it sits
+/// in the chain and what it was written as.
+fn segment_of(policy: &Policy, tally: Tally, end: u64) -> Segment {
+    let first = tally.first_lsn.unwrap_or(end);
+    Segment {
+        format: streams::SEGMENT_FORMAT,
+        id: streams::segment_id(first, end),
+        policy: policy.name.clone(),
+        first_lsn: lsn_text(first),
+        last_lsn: lsn_text(end),
+        previous_lsn: None,
+        first_commit_at: tally.first_commit_at.unwrap_or_else(Utc::now),
+        last_commit_at: tally.last_commit_at.unwrap_or_else(Utc::now),
+        sealed_at: Utc::now(),
+        transactions: tally.transactions,
+        changes: tally.changes,
+        tables: tally.tables,
+        base_snapshot: None,
+        relations: BTreeMap::new(),
+        schema_changes: tally.schema_changes,
+        unprotected_tables: Vec::new(),
+        bytes_plain: 0,
+        chunks: Vec::new(),
+        blobs: Vec::new(),
+        encryption: MetaEncryption {
+            scheme: "age-x25519".into(),
+            recipients: policy.recipients.clone(),
+        },
+        documents: tally.documents,
+        documents_failed: tally.documents_failed,
+    }
 }
 
 fn delta(tally: &mut Tally, relation: u32) -> &mut TableDelta {
