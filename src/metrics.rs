@@ -126,7 +126,7 @@ impl PolicyMetrics {
     ) -> Result<PolicyMetrics> {
         let store = repo.store.as_ref();
         let listing =
-            list_metas(store, &format!("snapshots/{}/", policy.name), Blobs::Drop).await?;
+            list_metas(store, &crate::repo::snapshots_of(&policy.name), Blobs::Drop).await?;
         let mut m = PolicyMetrics {
             policy: policy.name.clone(),
             rpo_s: policy.objectives.rpo.as_secs_f64(),

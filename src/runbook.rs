@@ -9,7 +9,7 @@
 //! written, with `bash -euo pipefail`: a test does exactly that.
 
 use crate::error::Result;
-use crate::policy::{GitLocation, Location, Policy, StorageKind};
+use crate::policy::{GitLocation, Location, Policy, StorageKind, StorageSource};
 use crate::repo::format::Meta;
 use crate::report::render::esc;
 use crate::util::format_duration;
@@ -534,41 +534,7 @@ fn disaster_recovery(d: &mut Doc, c: &Sources) {
         ));
     }
     if let (Some(st), Some(_)) = (&policy.storage, &facts.newest) {
-        d.sub("Buckets, and their consistency with storage.objects");
-        let dest = match st.kind {
-            StorageKind::Dir => "their directory",
-            StorageKind::S3 => "the S3 source",
-            StorageKind::Supabase => "the new Supabase project",
-        };
-        d.p(format!(
-            "The objects of {} are written under `$RESTORE_DIR/storage/<bucket>/<name>` (names that are not safe paths are mapped and listed in `restore-names.tsv`). To put them back into {dest} directly, run the same command with `--storage-to-source` instead of `--storage-dir` once the policy's `[storage]` points there.",
-            st.buckets.iter().map(|b| format!("`{b}`")).collect::<Vec<_>>().join(", ")
-        ));
-        let mut block = format!(
-            "backstop restore --policy {p} --only storage --storage-dir \"$RESTORE_DIR/storage\""
-        );
-        if policy.database.is_some() {
-            let buckets = st
-                .buckets
-                .iter()
-                .map(|b| format!("'{}'", b.replace('\'', "''")))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!(
-                "select bucket_id || '/' || name from storage.objects where bucket_id in ({buckets})"
-            );
-            let _ = write!(
-                block,
-                "\n# Every storage.objects row should have its object, and every object its row.\n\
-                 psql -X \"$TARGET_DB_URL\" -Atc {} | LC_ALL=C sort > \"$RESTORE_DIR/objects-in-db.txt\"\n\
-                 (cd \"$RESTORE_DIR/storage\" && find . -type f ! -name restore-names.tsv | sed 's|^\\./||' | LC_ALL=C sort) > \"$RESTORE_DIR/objects-restored.txt\"\n\
-                 echo \"rows without object: $(LC_ALL=C comm -23 \"$RESTORE_DIR/objects-in-db.txt\" \"$RESTORE_DIR/objects-restored.txt\" | wc -l)\"\n\
-                 echo \"objects without row: $(LC_ALL=C comm -13 \"$RESTORE_DIR/objects-in-db.txt\" \"$RESTORE_DIR/objects-restored.txt\" | wc -l)\"",
-                shell_quote(&sql)
-            );
-            d.p("A row without its object breaks a download in the app, an object without a row is invisible to it. The backup recorded the mismatches it saw (its record's `storage.mismatches`); any others mean the restore is incomplete.");
-        }
-        d.sh(block);
+        recover_buckets(d, policy, st, p);
     }
     if !policy.files.is_empty() && facts.newest.is_some() {
         d.sub("Configuration files");
@@ -588,31 +554,75 @@ fn disaster_recovery(d: &mut Doc, c: &Sources) {
         ));
     }
     if let Some(m) = &facts.newest {
-        d.sub("Checks");
-        let mut block = String::new();
-        if let (Some(db), Some(_)) = (&m.db, &policy.database) {
-            let _ = write!(
-                block,
-                "tables=$(psql -X \"$TARGET_DB_URL\" -Atc \"select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.relkind in ('r', 'p') and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg_toast%'\")\n\
-                 echo \"tables restored: $tables (the snapshot holds {})\"\n",
-                db.tables
-            );
-        }
-        if let Some(g) = &m.git {
-            for r in &g.repositories {
-                if let Some(head) = &r.head {
-                    let _ = writeln!(
-                        block,
-                        "test \"$(git -C \"$RESTORE_DIR/git/{}\" rev-parse HEAD)\" = {}",
-                        r.name,
-                        shell_quote(head)
-                    );
-                }
+        recovery_checks(d, policy, m);
+    }
+}
+
+/// Section 3's buckets: restored for inspection, and compared with storage.objects.
+fn recover_buckets(d: &mut Doc, policy: &Policy, st: &StorageSource, p: &str) {
+    d.sub("Buckets, and their consistency with storage.objects");
+    let dest = match st.kind {
+        StorageKind::Dir => "their directory",
+        StorageKind::S3 => "the S3 source",
+        StorageKind::Supabase => "the new Supabase project",
+    };
+    d.p(format!(
+        "The objects of {} are written under `$RESTORE_DIR/storage/<bucket>/<name>` (names that are not safe paths are mapped and listed in `restore-names.tsv`). To put them back into {dest} directly, run the same command with `--storage-to-source` instead of `--storage-dir` once the policy's `[storage]` points there.",
+        st.buckets.iter().map(|b| format!("`{b}`")).collect::<Vec<_>>().join(", ")
+    ));
+    let mut block = format!(
+        "backstop restore --policy {p} --only storage --storage-dir \"$RESTORE_DIR/storage\""
+    );
+    if policy.database.is_some() {
+        let buckets = st
+            .buckets
+            .iter()
+            .map(|b| format!("'{}'", b.replace('\'', "''")))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "select bucket_id || '/' || name from storage.objects where bucket_id in ({buckets})"
+        );
+        let _ = write!(
+            block,
+            "\n# Every storage.objects row should have its object, and every object its row.\n\
+             psql -X \"$TARGET_DB_URL\" -Atc {} | LC_ALL=C sort > \"$RESTORE_DIR/objects-in-db.txt\"\n\
+             (cd \"$RESTORE_DIR/storage\" && find . -type f ! -name restore-names.tsv | sed 's|^\\./||' | LC_ALL=C sort) > \"$RESTORE_DIR/objects-restored.txt\"\n\
+             echo \"rows without object: $(LC_ALL=C comm -23 \"$RESTORE_DIR/objects-in-db.txt\" \"$RESTORE_DIR/objects-restored.txt\" | wc -l)\"\n\
+             echo \"objects without row: $(LC_ALL=C comm -13 \"$RESTORE_DIR/objects-in-db.txt\" \"$RESTORE_DIR/objects-restored.txt\" | wc -l)\"",
+            shell_quote(&sql)
+        );
+        d.p("A row without its object breaks a download in the app, an object without a row is invisible to it. The backup recorded the mismatches it saw (its record's `storage.mismatches`); any others mean the restore is incomplete.");
+    }
+    d.sh(block);
+}
+
+/// Section 3's checks: the tables restored and each repository's HEAD.
+fn recovery_checks(d: &mut Doc, policy: &Policy, m: &Meta) {
+    d.sub("Checks");
+    let mut block = String::new();
+    if let (Some(db), Some(_)) = (&m.db, &policy.database) {
+        let _ = write!(
+            block,
+            "tables=$(psql -X \"$TARGET_DB_URL\" -Atc \"select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.relkind in ('r', 'p') and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg_toast%'\")\n\
+             echo \"tables restored: $tables (the snapshot holds {})\"\n",
+            db.tables
+        );
+    }
+    if let Some(g) = &m.git {
+        for r in &g.repositories {
+            if let Some(head) = &r.head {
+                let _ = writeln!(
+                    block,
+                    "test \"$(git -C \"$RESTORE_DIR/git/{}\" rev-parse HEAD)\" = {}",
+                    r.name,
+                    shell_quote(head)
+                );
             }
         }
-        block.push_str("echo \"recovery steps done: continue with section 7, then section 9\"");
-        d.sh(block);
     }
+    block.push_str("echo \"recovery steps done: continue with section 7, then section 9\"");
+    d.sh(block);
 }
 
 /// Section 4. Rollback to an earlier point (and 4.1, to a moment).

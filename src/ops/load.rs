@@ -448,6 +448,119 @@ async fn choose_feed(
     }
 }
 
+/// pg_restore on the target, with what its stdin is: the spool (with `--jobs`), or a pipe
+/// for the stream.
+fn pg_restore_command(
+    tool: &std::path::Path,
+    feed: &Feed,
+    target: &DbTarget,
+    options: &LoadOptions<'_>,
+) -> Result<(std::process::Command, Stdio)> {
+    let mut cmd = std::process::Command::new(tool);
+    cmd.arg("--verbose");
+    if options.stop_on_error {
+        cmd.arg("--exit-on-error");
+    }
+    target.url.configure(&mut cmd);
+    let stdin = match feed {
+        Feed::Stream => Stdio::piped(),
+        Feed::Spool(file, jobs) => {
+            cmd.arg(format!("--jobs={jobs}")).arg("/dev/stdin");
+            tracing::info!("pg_restore with {jobs} jobs from a checked spool");
+            let handle = file
+                .try_clone()
+                .map_err(|e| Error::failed(format!("handing the spool to pg_restore: {e}")))?;
+            Stdio::from(handle)
+        }
+    };
+    Ok((cmd, stdin))
+}
+
+/// How a streamed feed ended.
+enum Fed {
+    Whole,
+    /// pg_restore closed its end (it failed; its messages say why).
+    PipeClosed,
+    /// A chunk could not be read or proved.
+    Failed(Error),
+}
+
+/// Streams the dump's chunks, each checked, into pg_restore's stdin. Returns the bytes written,
+/// their hash, and how the feed ended.
+async fn feed_stream(
+    reader: &Arc<BlobReader>,
+    manifest: &DbManifest,
+    stdin: &mut tokio::process::ChildStdin,
+    options: &LoadOptions<'_>,
+    progress: &dyn crate::ops::Bar,
+) -> (u64, Sha256, Fed) {
+    let mut chunks = reader.stream(manifest.dump.chunks.clone(), options.ahead);
+    let mut hasher = Sha256::new();
+    let mut written = 0u64;
+    while let Some(item) = chunks.next().await {
+        match item {
+            Ok(plain) => {
+                hasher.update(&plain);
+                written += plain.len() as u64;
+                if stdin.write_all(&plain).await.is_err() {
+                    return (written, hasher, Fed::PipeClosed);
+                }
+                progress.inc(plain.len() as u64);
+            }
+            Err(e) => return (written, hasher, Fed::Failed(e)),
+        }
+    }
+    (written, hasher, Fed::Whole)
+}
+
+/// The error of a pg_restore that failed, with its first errors.
+fn failed(status: std::process::ExitStatus, errors: &[RestoreIssue], target: &DbTarget) -> Error {
+    let text: Vec<String> = errors
+        .iter()
+        .take(5)
+        .map(|e| match &e.command {
+            Some(c) => format!("{} (command: {})", e.error, c.lines().next().unwrap_or("")),
+            None => e.error.clone(),
+        })
+        .collect();
+    Error::failed(format!(
+        "pg_restore into {} failed ({status}); the target may hold a partial restore: {}",
+        target.url.masked(),
+        text.join("; ")
+    ))
+}
+
+/// The load's phases: fetch and open (as the reader's work), the spool if there was one, and
+/// pg_restore's schema, data and index phases as its messages marked them.
+fn load_phases(
+    reader: &BlobReader,
+    watched: &Watched,
+    elapsed: Duration,
+    spooled: Option<Duration>,
+) -> Vec<Phase> {
+    let (download, open) = reader.work_times();
+    let spooled_at = spooled.unwrap_or_default();
+    let data_at = watched.data_at.unwrap_or(elapsed).max(spooled_at);
+    let post_at = watched.post_at.unwrap_or(elapsed).max(data_at);
+    let phase = |name: &str, d: Duration| Phase {
+        name: name.into(),
+        duration_s: crate::util::secs(d),
+    };
+    let mut phases = vec![
+        phase("download", download),
+        phase("decrypt_decompress", open),
+    ];
+    if let Some(d) = spooled {
+        phases.push(phase("spool", d));
+    }
+    phases.extend([
+        phase("schema", data_at.saturating_sub(spooled_at)),
+        phase("data_load", post_at - data_at),
+        phase("index_constraint_build", elapsed - post_at),
+    ]);
+    phases
+}
+
 /// Loads the snapshot's dump into pg_restore on the (prepared) target: from a checked spool
 /// with `-j` jobs (see [`crate::policy::RestoreSettings`]), or streamed.
 pub async fn load_dump(
@@ -469,23 +582,7 @@ pub async fn load_dump(
     let feed = choose_feed(&reader, meta, manifest, options, progress.as_ref()).await?;
     let spooled_at = start.elapsed();
     let spooled = matches!(feed, Feed::Spool(..));
-    let mut std_cmd = std::process::Command::new(&tool.path);
-    std_cmd.arg("--verbose");
-    if options.stop_on_error {
-        std_cmd.arg("--exit-on-error");
-    }
-    target.url.configure(&mut std_cmd);
-    let stdin = match &feed {
-        Feed::Stream => Stdio::piped(),
-        Feed::Spool(file, jobs) => {
-            std_cmd.arg(format!("--jobs={jobs}")).arg("/dev/stdin");
-            tracing::info!("pg_restore with {jobs} jobs from a checked spool");
-            let handle = file
-                .try_clone()
-                .map_err(|e| Error::failed(format!("handing the spool to pg_restore: {e}")))?;
-            Stdio::from(handle)
-        }
-    };
+    let (mut std_cmd, stdin) = pg_restore_command(&tool.path, &feed, target, options)?;
     // Its own process group: a cancelled restore stops pg_restore and all its workers.
     crate::child::prepare(&mut std_cmd);
     let mut cmd = tokio::process::Command::from(std_cmd);
@@ -510,29 +607,10 @@ pub async fn load_dump(
                 .stdin
                 .take()
                 .ok_or_else(|| Error::failed("pg_restore has no stdin"))?;
-            let mut chunks = reader.stream(manifest.dump.chunks.clone(), options.ahead);
-            let mut hasher = Sha256::new();
-            let mut written = 0u64;
-            let mut feed_error = None;
-            while let Some(item) = chunks.next().await {
-                match item {
-                    Ok(plain) => {
-                        hasher.update(&plain);
-                        written += plain.len() as u64;
-                        if stdin.write_all(&plain).await.is_err() {
-                            pipe_closed = true;
-                            break;
-                        }
-                        progress.inc(plain.len() as u64);
-                    }
-                    Err(e) => {
-                        feed_error = Some(e);
-                        break;
-                    }
-                }
-            }
-            drop(chunks);
-            if let Some(e) = feed_error {
+            let fed = feed_stream(&reader, manifest, &mut stdin, options, progress.as_ref()).await;
+            let (written, hasher, end) = fed;
+            pipe_closed = matches!(end, Fed::PipeClosed);
+            if let Fed::Failed(e) = end {
                 group.stop();
                 return Err(e.context(format!(
                     "restore into {} stopped; the target may hold a partial restore",
@@ -566,39 +644,9 @@ pub async fn load_dump(
         })
         .collect();
     if !status.success() && (options.stop_on_error || errors.is_empty()) || pipe_closed {
-        let text: Vec<String> = errors
-            .iter()
-            .take(5)
-            .map(|e| match &e.command {
-                Some(c) => format!("{} (command: {})", e.error, c.lines().next().unwrap_or("")),
-                None => e.error.clone(),
-            })
-            .collect();
-        return Err(Error::failed(format!(
-            "pg_restore into {} failed ({status}); the target may hold a partial restore: {}",
-            target.url.masked(),
-            text.join("; ")
-        )));
+        return Err(failed(status, &errors, target));
     }
-    let (download, open) = reader.work_times();
-    let data_at = watched.data_at.unwrap_or(elapsed).max(spooled_at);
-    let post_at = watched.post_at.unwrap_or(elapsed).max(data_at);
-    let phase = |name: &str, d: Duration| Phase {
-        name: name.into(),
-        duration_s: crate::util::secs(d),
-    };
-    let mut phases = vec![
-        phase("download", download),
-        phase("decrypt_decompress", open),
-    ];
-    if spooled {
-        phases.push(phase("spool", spooled_at));
-    }
-    phases.extend([
-        phase("schema", data_at.saturating_sub(spooled_at)),
-        phase("data_load", post_at - data_at),
-        phase("index_constraint_build", elapsed - post_at),
-    ]);
+    let phases = load_phases(&reader, &watched, elapsed, spooled.then_some(spooled_at));
     Ok(LoadOutcome {
         figures: RestoreDb {
             tables: manifest.tables.len() as u64,

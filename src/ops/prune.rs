@@ -191,21 +191,7 @@ async fn prune(
 ) -> Result<()> {
     let store = repo.store.clone();
     let t = Instant::now();
-    let all = list_metas(store.as_ref(), "snapshots/", Blobs::Fold).await?;
-    if !all.damaged.is_empty() {
-        let names: Vec<String> = all
-            .damaged
-            .iter()
-            .map(|d| format!("{} ({})", d.key, d.problem))
-            .collect();
-        return Err(Error::new(
-            Kind::Damaged,
-            format!(
-                "prune does not run while a meta.json is damaged, since it cannot know what that snapshot references: {}; run `backstop check`, then restore or delete it",
-                names.join("; ")
-            ),
-        ));
-    }
+    let all = list_intact(store.as_ref()).await?;
     let verified = verified(repo).await?;
     let mine: Vec<Candidate> = all
         .snapshots
@@ -237,84 +223,39 @@ async fn prune(
         .filter(|s| segment_gone(s))
         .map(|s| s.id.clone())
         .collect();
-    let segment_blobs: HashSet<String> = segments
-        .iter()
-        .filter(|s| !segment_gone(s))
-        .flat_map(|s| s.blobs.iter().map(|b| b.id.clone()))
-        .collect();
+    let blobs = Referenced {
+        all: &all,
+        stored: repo.stored_blobs().await?,
+        segment_blobs: segments
+            .iter()
+            .filter(|s| !segment_gone(s))
+            .flat_map(|s| s.blobs.iter().map(|b| b.id.clone()))
+            .collect(),
+    };
     let removing: HashSet<&str> = plan.remove.iter().map(|s| s.as_str()).collect();
     let gone =
         |m: &crate::repo::format::Meta| m.policy == policy.name && removing.contains(m.id.as_str());
-    let stored: HashMap<String, u64> = repo.stored_blobs().await?;
-    let unreferenced = |alive: &dyn Fn(&crate::repo::format::Meta) -> bool| {
-        let referenced: HashSet<&str> = all
-            .snapshots
-            .iter()
-            .filter(|m| alive(m))
-            .flat_map(|m| all.blobs.of(m).map(|b| b.id.as_str()))
-            .chain(segment_blobs.iter().map(String::as_str))
-            .collect();
-        let mut ids: Vec<(String, u64)> = stored
-            .iter()
-            .filter(|(id, _)| !referenced.contains(id.as_str()))
-            .map(|(id, size)| (id.clone(), *size))
-            .collect();
-        ids.sort();
-        ids
-    };
-    let planned = unreferenced(&|m| !gone(m));
+    let planned = blobs.unreferenced(&|m| !gone(m));
     out.blobs_unreferenced = planned.len() as u64;
     out.bytes_unreferenced = planned.iter().map(|(_, s)| s).sum();
     out.phases.push(Phase::since("plan", t));
     if req.dry_run {
         return Ok(());
     }
-
     // Before anything is deleted, and before each batch of blobs, the exclusive lock is read
     // back: under a lost lock a backup may be reusing the very blobs this sweep would remove.
     let run_id = out.times.run_id.clone();
     crate::repo::lock::confirm(store.as_ref(), &run_id).await?;
-    // 0. The json of each segment no kept snapshot needs (the segment is gone at once).
-    let keys: Vec<String> = out
-        .segments_removed
-        .iter()
-        .map(|id| crate::repo::streams::key(&policy.name, id))
-        .collect();
-    let done = store.remove(&keys).await?;
-    out.locked_until.extend(done.locked);
-    // 1. meta.json of each removed snapshot.
     let t = Instant::now();
-    let metas: Vec<String> = plan.remove.iter().map(|id| repo.meta_key(id)).collect();
-    let done = store.remove(&metas).await?;
-    let still: BTreeSet<String> = done.locked.iter().map(|(k, _)| k.clone()).collect();
-    out.locked_until.extend(done.locked);
-    // 2. Manifests without a meta.json, including those just orphaned.
-    let entries = store.list("snapshots/").await?;
-    let with_meta: HashSet<&str> = entries
-        .iter()
-        .filter_map(|e| e.key.strip_suffix("/meta.json"))
-        .collect();
-    let orphans: Vec<String> = entries
-        .iter()
-        .filter_map(|e| {
-            e.key
-                .strip_suffix("/manifest.age")
-                .filter(|dir| !with_meta.contains(dir))
-                .map(|_| e.key.clone())
-        })
-        .collect();
-    let done = store.remove(&orphans).await?;
-    out.manifests_deleted = done.removed.len() as u64;
-    out.locked_until.extend(done.locked);
+    let still = remove_snapshots(policy, repo, &plan, out).await?;
     out.phases.push(Phase::since("snapshots", t));
     ctx.cancel.check()?;
 
     // 3. Blobs nothing references: snapshots whose meta.json object lock kept still count.
     let t = Instant::now();
-    let kept_locked = |m: &crate::repo::format::Meta| {
-        still.contains(&format!("snapshots/{}/{}/meta.json", m.policy, m.id))
-    };
-    let sweep = unreferenced(&|m| !gone(m) || kept_locked(m));
+    let kept_locked =
+        |m: &crate::repo::format::Meta| still.contains(&crate::repo::meta_key(&m.policy, &m.id));
+    let sweep = blobs.unreferenced(&|m| !gone(m) || kept_locked(m));
     let keys: Vec<String> = sweep.iter().map(|(id, _)| blob_key(id)).collect();
     let bar = ctx.progress.bar("sweeping blobs", Some(keys.len() as u64));
     for batch in keys.chunks(1000) {
@@ -328,6 +269,87 @@ async fn prune(
     }
     out.phases.push(Phase::since("sweep", t));
     Ok(())
+}
+
+/// Every policy's snapshots; an error when a meta.json is damaged, since prune cannot know
+/// what that snapshot references.
+async fn list_intact(store: &dyn crate::store::Store) -> Result<crate::repo::Listing> {
+    let all = list_metas(store, crate::repo::SNAPSHOTS, Blobs::Fold).await?;
+    if all.damaged.is_empty() {
+        return Ok(all);
+    }
+    let names: Vec<String> = all
+        .damaged
+        .iter()
+        .map(|d| format!("{} ({})", d.key, d.problem))
+        .collect();
+    Err(Error::new(
+        Kind::Damaged,
+        format!(
+            "prune does not run while a meta.json is damaged, since it cannot know what that snapshot references: {}; run `backstop check`, then restore or delete it",
+            names.join("; ")
+        ),
+    ))
+}
+
+/// What references the stored blobs: the snapshots' lists and the segments that stay.
+struct Referenced<'a> {
+    all: &'a crate::repo::Listing,
+    stored: HashMap<String, u64>,
+    segment_blobs: HashSet<String>,
+}
+
+impl Referenced<'_> {
+    /// The stored blobs (id, size) that neither a snapshot `alive` keeps nor a segment uses.
+    fn unreferenced(
+        &self,
+        alive: &dyn Fn(&crate::repo::format::Meta) -> bool,
+    ) -> Vec<(String, u64)> {
+        let referenced: HashSet<&str> = self
+            .all
+            .snapshots
+            .iter()
+            .filter(|m| alive(m))
+            .flat_map(|m| self.all.blobs.of(m).map(|b| b.id.as_str()))
+            .chain(self.segment_blobs.iter().map(String::as_str))
+            .collect();
+        let mut ids: Vec<(String, u64)> = self
+            .stored
+            .iter()
+            .filter(|(id, _)| !referenced.contains(id.as_str()))
+            .map(|(id, size)| (id.clone(), *size))
+            .collect();
+        ids.sort();
+        ids
+    }
+}
+
+/// Removes, in this order, the json of each segment no kept snapshot needs, the meta.json of
+/// each removed snapshot, and every manifest left without a meta.json. Returns the meta.json
+/// keys an object lock kept.
+async fn remove_snapshots(
+    policy: &Policy,
+    repo: &Repo,
+    plan: &retention::Plan,
+    out: &mut Outcome,
+) -> Result<BTreeSet<String>> {
+    let store = repo.store.as_ref();
+    let keys: Vec<String> = out
+        .segments_removed
+        .iter()
+        .map(|id| crate::repo::streams::key(&policy.name, id))
+        .collect();
+    let done = store.remove(&keys).await?;
+    out.locked_until.extend(done.locked);
+    let metas: Vec<String> = plan.remove.iter().map(|id| repo.meta_key(id)).collect();
+    let done = store.remove(&metas).await?;
+    let still: BTreeSet<String> = done.locked.iter().map(|(k, _)| k.clone()).collect();
+    out.locked_until.extend(done.locked);
+    let orphans = crate::repo::orphan_manifests(store).await?;
+    let done = store.remove(&orphans).await?;
+    out.manifests_deleted = done.removed.len() as u64;
+    out.locked_until.extend(done.locked);
+    Ok(still)
 }
 
 /// The run record of a prune.

@@ -21,7 +21,7 @@ pub struct Part {
 pub async fn policy_report(policy: &Policy, window: &Window, now: DateTime<Utc>) -> Result<Part> {
     let repo = super::open_repo(policy).await?;
     let store = repo.store.as_ref();
-    let listing = list_metas(store, &format!("snapshots/{}/", policy.name), Blobs::Drop).await?;
+    let listing = list_metas(store, &crate::repo::snapshots_of(&policy.name), Blobs::Drop).await?;
     let backups: Vec<BackupRecord> = runs::read(store, &policy.name, Job::Backup).await?;
     let verifies: Vec<VerifyRecord> = runs::read(store, &policy.name, Job::Verify).await?;
     let segments = if policy.stream.is_some() {

@@ -11,7 +11,7 @@ use crate::runbook::Facts;
 pub async fn facts(policy: &Policy) -> Result<Facts> {
     let repo = super::open_repo(policy).await?;
     let store = repo.store.as_ref();
-    let listing = list_metas(store, &format!("snapshots/{}/", policy.name), Blobs::Drop).await?;
+    let listing = list_metas(store, &crate::repo::snapshots_of(&policy.name), Blobs::Drop).await?;
     let verifies: Vec<VerifyRecord> = runs::read(store, &policy.name, Job::Verify).await?;
     let snapshots = listing.snapshots.len();
     let newest = listing

@@ -489,9 +489,7 @@ async fn seal_once(
             );
             if batch.len() >= 1 << 20 {
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(1 << 20));
-                tx.send(full)
-                    .await
-                    .map_err(|_| Error::failed("the change stream's writer stopped"))?;
+                send(&tx, full).await?;
             }
         }
         drop(rows);
@@ -502,9 +500,7 @@ async fn seal_once(
             frame::push(&mut batch, frame::SEQUENCES, &json);
         }
         if !batch.is_empty() {
-            tx.send(batch)
-                .await
-                .map_err(|_| Error::failed("the change stream's writer stopped"))?;
+            send(&tx, batch).await?;
         }
         drop(tx);
         Ok::<(), Error>(())
@@ -519,22 +515,10 @@ async fn seal_once(
     // holds no WAL.
     let complete = tally.rows < MAX_CHANGES as u64;
     let Some(end) = tally.end else {
-        // Nothing new. Transactions already sealed (a restart after the json was written but
-        // before the slot was confirmed) are confirmed now.
-        // Before the first segment the slot stays where it was created: that is where the
-        // chain begins, and a snapshot taken after it is covered (a restart would otherwise
-        // begin the chain later, past a snapshot taken in between).
-        let upto = if complete && resume.is_some() {
-            Some(flushed)
-        } else {
-            resume
-        };
-        if let Some(upto) = upto.filter(|u| resume.is_none_or(|r| *u >= r)) {
-            confirm(conn, &s.slot, upto).await?;
-        }
+        confirm_idle(conn, &s.slot, resume, complete.then_some(flushed)).await?;
         return Ok(None);
     };
-    let base_snapshot = newest_snapshot(repo, &policy.name).await?;
+    let base_snapshot = repo.newest_snapshot_id(&policy.name).await?;
     let segment = Segment {
         previous_lsn: resume.or(chain.start).map(lsn_text),
         relations: chain.relations.clone(),
@@ -563,6 +547,34 @@ async fn seal_once(
         segment.last_commit_at.to_rfc3339()
     );
     Ok(Some(segment))
+}
+
+/// Hands a batch of frames to the segment's writer.
+async fn send(tx: &tokio::sync::mpsc::Sender<Vec<u8>>, batch: Vec<u8>) -> Result<()> {
+    tx.send(batch)
+        .await
+        .map_err(|_| Error::failed("the change stream's writer stopped"))
+}
+
+/// A read that found nothing new. Transactions already sealed (a restart after the json was
+/// written but before the slot was confirmed) are confirmed now, and past WAL the read saw
+/// whole (`flushed`, when it was complete). Before the first segment the slot stays where it
+/// was created: that is where the chain begins, and a snapshot taken after it is covered (a
+/// restart would otherwise begin the chain later, past a snapshot taken in between).
+async fn confirm_idle(
+    conn: &mut sqlx::PgConnection,
+    slot_name: &str,
+    resume: Option<u64>,
+    flushed: Option<u64>,
+) -> Result<()> {
+    let upto = match (flushed, resume) {
+        (Some(f), Some(_)) => Some(f),
+        _ => resume,
+    };
+    if let Some(upto) = upto.filter(|u| resume.is_none_or(|r| *u >= r)) {
+        confirm(conn, slot_name, upto).await?;
+    }
+    Ok(())
 }
 
 /// What one seal's read keeps from message to message: the tally of what it sealed, the
@@ -754,23 +766,6 @@ async fn confirm(conn: &mut sqlx::PgConnection, slot_name: &str, lsn: u64) -> Re
         slot::advance(conn, slot_name, lsn).await?;
     }
     Ok(())
-}
-
-/// The newest snapshot id of `policy`, from the listing alone (ids sort by time).
-async fn newest_snapshot(repo: &Repo, policy: &str) -> Result<Option<String>> {
-    let prefix = format!("snapshots/{policy}/");
-    Ok(repo
-        .store
-        .list(&prefix)
-        .await?
-        .into_iter()
-        .filter_map(|e| {
-            e.key
-                .strip_prefix(&prefix)?
-                .strip_suffix("/meta.json")
-                .map(str::to_string)
-        })
-        .max())
 }
 
 /// The error of a stream that found its slot busy with another reader.

@@ -667,52 +667,9 @@ impl Validator<'_> {
 
     fn policy(&mut self, raw: RawPolicy, path: &Path) -> Policy {
         let name = self.name(&raw.name, "name", &mut std::collections::HashSet::new());
-        let o = raw.objectives.unwrap_or(RawObjectives {
-            rpo: None,
-            rto: None,
-            retention: None,
-        });
-        let objectives = Objectives {
-            rpo: self.duration(&o.rpo, "objectives.rpo", 86_400),
-            rto: self.duration(&o.rto, "objectives.rto", 3600),
-            retention: self.duration(&o.retention, "objectives.retention", 35 * 86_400),
-        };
-        let schedule = raw.schedule.map(|s| {
-            let timezone = match &s.timezone {
-                None => Tz::UTC,
-                Some(t) => parse_timezone(t.get_ref()).unwrap_or_else(|e| {
-                    self.problem(t.span(), "schedule.timezone", e);
-                    Tz::UTC
-                }),
-            };
-            Schedule {
-                backup: self.cron(&s.backup, "schedule.backup"),
-                verify: self.cron(&s.verify, "schedule.verify"),
-                prune: self.cron(&s.prune, "schedule.prune"),
-                check: self.cron(&s.check, "schedule.check"),
-                timezone,
-                jitter: self.duration(&s.jitter, "schedule.jitter", 0),
-                lock_wait: self.duration(&s.lock_wait, "schedule.lock_wait", 30 * 60),
-            }
-        });
-        let database = raw.database.map(|d| Database {
-            url: self.db_url(&d.url, "database.url").into(),
-            exclude_schemas: d
-                .exclude_schemas
-                .iter()
-                .map(|s| self.expand(s, "database.exclude_schemas"))
-                .collect(),
-        });
-        if let Some(d) = &database {
-            let url = d.url.expose_secret();
-            let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
-            if !url.is_empty() && !postgres {
-                self.problems.push(format!(
-                    "{}: database.url: must be a postgres:// or postgresql:// URL",
-                    self.file
-                ));
-            }
-        }
+        let objectives = self.objectives(raw.objectives);
+        let schedule = raw.schedule.map(|s| self.schedule(s));
+        let database = raw.database.map(|d| self.database(d));
         let storage = raw.storage.map(|s| self.storage(s));
         if database.is_none() && storage.is_none() && raw.files.is_empty() && raw.git.is_empty() {
             self.problems.push(format!(
@@ -722,51 +679,8 @@ impl Validator<'_> {
         }
         let repository = self.repository(raw.repository);
         let recipients = self.recipients(&raw.encryption.recipients);
-        let retention = raw.retention.map(|r| Retention {
-            keep_last: r.keep_last,
-            keep_hourly: r.keep_hourly,
-            keep_daily: r.keep_daily,
-            keep_weekly: r.keep_weekly,
-            keep_monthly: r.keep_monthly,
-            keep_yearly: r.keep_yearly,
-            keep_within: r
-                .keep_within
-                .as_ref()
-                .map(|w| self.duration(&Some(w.clone()), "retention.keep_within", 0)),
-        });
-        if let Some(v) = &raw.verify {
-            for q in &v.queries {
-                if let Err(e) = crate::expect::parse_expect(q.expect.get_ref()) {
-                    self.problem(q.expect.span(), "verify.queries.expect", e);
-                }
-            }
-            if let Some(r) = &v.read_data {
-                if let Err(e) = crate::expect::parse_share(r.get_ref()) {
-                    self.problem(r.span(), "verify.read_data", e);
-                }
-            }
-        }
-        let verify = raw
-            .verify
-            .map(|v| Verify {
-                scratch_url: v
-                    .scratch_url
-                    .as_ref()
-                    .map(|u| self.db_url(u, "verify.scratch_url").into()),
-                identity: self.opt(&v.identity, "verify.identity").map(PathBuf::from),
-                read_data: v.read_data.as_ref().map(|s| s.get_ref().clone()),
-                queries: v
-                    .queries
-                    .iter()
-                    .map(|q| (q.sql.get_ref().clone(), q.expect.get_ref().clone()))
-                    .collect(),
-                allow_missing_extensions: v
-                    .allow_missing_extensions
-                    .iter()
-                    .map(|s| s.get_ref().clone())
-                    .collect(),
-            })
-            .unwrap_or_default();
+        let retention = raw.retention.map(|r| self.retention(r));
+        let verify = raw.verify.map(|v| self.verify(v)).unwrap_or_default();
         let notify = raw.notify.map(|n| self.notify(n));
         let files = self.files(raw.files);
         let git = self.git(raw.git);
@@ -799,6 +713,104 @@ impl Validator<'_> {
             restore,
             stream,
             unresolved: Vec::new(),
+        }
+    }
+
+    fn objectives(&mut self, raw: Option<RawObjectives>) -> Objectives {
+        let o = raw.unwrap_or(RawObjectives {
+            rpo: None,
+            rto: None,
+            retention: None,
+        });
+        Objectives {
+            rpo: self.duration(&o.rpo, "objectives.rpo", 86_400),
+            rto: self.duration(&o.rto, "objectives.rto", 3600),
+            retention: self.duration(&o.retention, "objectives.retention", 35 * 86_400),
+        }
+    }
+
+    fn schedule(&mut self, s: RawSchedule) -> Schedule {
+        let timezone = match &s.timezone {
+            None => Tz::UTC,
+            Some(t) => parse_timezone(t.get_ref()).unwrap_or_else(|e| {
+                self.problem(t.span(), "schedule.timezone", e);
+                Tz::UTC
+            }),
+        };
+        Schedule {
+            backup: self.cron(&s.backup, "schedule.backup"),
+            verify: self.cron(&s.verify, "schedule.verify"),
+            prune: self.cron(&s.prune, "schedule.prune"),
+            check: self.cron(&s.check, "schedule.check"),
+            timezone,
+            jitter: self.duration(&s.jitter, "schedule.jitter", 0),
+            lock_wait: self.duration(&s.lock_wait, "schedule.lock_wait", 30 * 60),
+        }
+    }
+
+    fn database(&mut self, d: RawDatabase) -> Database {
+        let database = Database {
+            url: self.db_url(&d.url, "database.url").into(),
+            exclude_schemas: d
+                .exclude_schemas
+                .iter()
+                .map(|s| self.expand(s, "database.exclude_schemas"))
+                .collect(),
+        };
+        let url = database.url.expose_secret();
+        let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+        if !url.is_empty() && !postgres {
+            self.problems.push(format!(
+                "{}: database.url: must be a postgres:// or postgresql:// URL",
+                self.file
+            ));
+        }
+        database
+    }
+
+    fn retention(&mut self, r: RawRetention) -> Retention {
+        Retention {
+            keep_last: r.keep_last,
+            keep_hourly: r.keep_hourly,
+            keep_daily: r.keep_daily,
+            keep_weekly: r.keep_weekly,
+            keep_monthly: r.keep_monthly,
+            keep_yearly: r.keep_yearly,
+            keep_within: r
+                .keep_within
+                .as_ref()
+                .map(|w| self.duration(&Some(w.clone()), "retention.keep_within", 0)),
+        }
+    }
+
+    fn verify(&mut self, v: RawVerify) -> Verify {
+        for q in &v.queries {
+            if let Err(e) = crate::expect::parse_expect(q.expect.get_ref()) {
+                self.problem(q.expect.span(), "verify.queries.expect", e);
+            }
+        }
+        if let Some(r) = &v.read_data {
+            if let Err(e) = crate::expect::parse_share(r.get_ref()) {
+                self.problem(r.span(), "verify.read_data", e);
+            }
+        }
+        Verify {
+            scratch_url: v
+                .scratch_url
+                .as_ref()
+                .map(|u| self.db_url(u, "verify.scratch_url").into()),
+            identity: self.opt(&v.identity, "verify.identity").map(PathBuf::from),
+            read_data: v.read_data.as_ref().map(|s| s.get_ref().clone()),
+            queries: v
+                .queries
+                .iter()
+                .map(|q| (q.sql.get_ref().clone(), q.expect.get_ref().clone()))
+                .collect(),
+            allow_missing_extensions: v
+                .allow_missing_extensions
+                .iter()
+                .map(|s| s.get_ref().clone())
+                .collect(),
         }
     }
 

@@ -26,6 +26,38 @@ use std::sync::Arc;
 pub const CONFIG_KEY: &str = "backstop.json";
 const BLOB_FORMAT: &str = "age(zstd(chunk)); id = hex(HMAC-SHA256(SHA-256(salt or dedup_key, 0x00, sorted recipients joined by newlines), chunk))";
 
+/// Where every policy's snapshots live: `snapshots/<policy>/<id>/{meta.json,manifest.age}`.
+pub const SNAPSHOTS: &str = "snapshots/";
+
+/// Where one policy's snapshots live.
+pub fn snapshots_of(policy: &str) -> String {
+    format!("{SNAPSHOTS}{policy}/")
+}
+
+/// The meta.json of a policy's snapshot.
+pub fn meta_key(policy: &str, id: &str) -> String {
+    format!("{}{id}/meta.json", snapshots_of(policy))
+}
+
+/// The manifests in the repository without a meta.json beside them (a snapshot whose
+/// meta.json was removed, or a backup that died before its commit).
+pub async fn orphan_manifests(store: &dyn Store) -> Result<Vec<String>> {
+    let entries = store.list(SNAPSHOTS).await?;
+    let with_meta: std::collections::HashSet<&str> = entries
+        .iter()
+        .filter_map(|e| e.key.strip_suffix("/meta.json"))
+        .collect();
+    Ok(entries
+        .iter()
+        .filter_map(|e| {
+            e.key
+                .strip_suffix("/manifest.age")
+                .filter(|dir| !with_meta.contains(dir))
+                .map(|_| e.key.clone())
+        })
+        .collect())
+}
+
 pub fn blob_key(id: &str) -> String {
     format!("blobs/{}/{id}", &id[..2.min(id.len())])
 }
@@ -227,11 +259,28 @@ impl Repo {
     }
 
     fn snapshot_prefix(&self) -> String {
-        format!("snapshots/{}/", self.policy)
+        snapshots_of(&self.policy)
     }
 
     pub fn meta_key(&self, id: &str) -> String {
-        format!("{}{id}/meta.json", self.snapshot_prefix())
+        meta_key(&self.policy, id)
+    }
+
+    /// The newest snapshot id of `policy`, from the listing alone (ids sort by time).
+    pub async fn newest_snapshot_id(&self, policy: &str) -> Result<Option<String>> {
+        let prefix = snapshots_of(policy);
+        Ok(self
+            .store
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|e| {
+                e.key
+                    .strip_prefix(&prefix)?
+                    .strip_suffix("/meta.json")
+                    .map(str::to_string)
+            })
+            .max())
     }
 
     pub fn manifest_key(&self, id: &str) -> String {

@@ -550,77 +550,13 @@ pub(super) fn continuous_protection(
     w: &Window,
 ) -> Option<Control> {
     let s = p.stream.as_ref()?;
-    let seal = chrono::Duration::from_std(s.seal_every).unwrap_or(chrono::Duration::MAX);
     let in_win: Vec<&crate::repo::streams::Segment> = segments
         .iter()
         .filter(|g| g.last_commit_at >= w.from && g.first_commit_at <= w.to)
         .collect();
-    let mut problems = Vec::new();
-    for pair in in_win.windows(2) {
-        if pair[1].previous_lsn.as_deref() != Some(pair[0].last_lsn.as_str()) {
-            problems.push(format!(
-                "hole in the stream after {} (segment {} ends at {}, the next begins after {}): the slot was dropped or recreated",
-                pair[0].last_commit_at.to_rfc3339_secs(),
-                pair[0].id,
-                pair[0].last_lsn,
-                pair[1].previous_lsn.as_deref().unwrap_or("an unknown point")
-            ));
-        }
-    }
-    for g in &in_win {
-        let waited = g.sealed_at - g.first_commit_at;
-        if waited > seal * 2 {
-            problems.push(format!(
-                "gap: changes committed at {} were sealed only at {} ({}, over twice seal_every {})",
-                g.first_commit_at.to_rfc3339_secs(),
-                g.sealed_at.to_rfc3339_secs(),
-                format_duration(secs(waited)),
-                format_duration(s.seal_every)
-            ));
-        }
-        for c in &g.schema_changes {
-            let next = snaps.iter().find(|m| m.consistent_at > c.commit_at);
-            problems.push(format!(
-                "not covered: table {} changed shape at {}; restores are refused from then until {}",
-                c.table,
-                c.commit_at.to_rfc3339_secs(),
-                next.map_or("the next snapshot".into(), |m| format!(
-                    "snapshot {} at {}",
-                    m.id,
-                    m.consistent_at.to_rfc3339_secs()
-                ))
-            ));
-        }
-    }
-    // Each snapshot of the window must be followed by the stream: a snapshot taken after the
-    // newest sealed segment is fine (the stream resumes from it), one the stream began after
-    // is not covered.
-    for m in snaps.iter().filter(|m| m.consistent_at >= w.from) {
-        let after: Vec<&&crate::repo::streams::Segment> = in_win
-            .iter()
-            .filter(|g| g.last_commit_at > m.consistent_at)
-            .collect();
-        let (Some(first), Some(lsn)) = (
-            after.first(),
-            m.consistent_lsn
-                .as_deref()
-                .and_then(crate::source::pgoutput::parse_lsn),
-        ) else {
-            continue;
-        };
-        let began = first
-            .previous_lsn
-            .as_deref()
-            .and_then(crate::source::pgoutput::parse_lsn);
-        if began.is_none_or(|b| b > lsn) {
-            problems.push(format!(
-                "hole between snapshot {} ({}) and the stream, which resumes after {}",
-                m.id,
-                m.consistent_at.to_rfc3339_secs(),
-                first.previous_lsn.as_deref().unwrap_or(&first.first_lsn)
-            ));
-        }
-    }
+    let mut problems = chain_holes(&in_win);
+    problems.extend(late_or_reshaped(&in_win, snaps, s.seal_every));
+    problems.extend(unjoined_snapshots(&in_win, snaps, w));
     let transactions: u64 = in_win.iter().map(|g| g.transactions).sum();
     let mut evidence = problems.clone();
     if let (Some(a), Some(b)) = (in_win.first(), in_win.last()) {
@@ -666,4 +602,96 @@ pub(super) fn continuous_protection(
         },
         evidence,
     ))
+}
+
+type Segment = crate::repo::streams::Segment;
+
+/// Holes in the LSN chain between consecutive segments: a slot dropped or recreated.
+fn chain_holes(in_win: &[&Segment]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for pair in in_win.windows(2) {
+        if pair[1].previous_lsn.as_deref() != Some(pair[0].last_lsn.as_str()) {
+            problems.push(format!(
+                "hole in the stream after {} (segment {} ends at {}, the next begins after {}): the slot was dropped or recreated",
+                pair[0].last_commit_at.to_rfc3339_secs(),
+                pair[0].id,
+                pair[0].last_lsn,
+                pair[1].previous_lsn.as_deref().unwrap_or("an unknown point")
+            ));
+        }
+    }
+    problems
+}
+
+/// Segments sealed over twice `seal_every` after their first commit, and schema changes that
+/// leave a window uncovered until the next snapshot.
+fn late_or_reshaped(
+    in_win: &[&Segment],
+    snaps: &[&Meta],
+    seal_every: std::time::Duration,
+) -> Vec<String> {
+    let seal = chrono::Duration::from_std(seal_every).unwrap_or(chrono::Duration::MAX);
+    let mut problems = Vec::new();
+    for g in in_win {
+        let waited = g.sealed_at - g.first_commit_at;
+        if waited > seal * 2 {
+            problems.push(format!(
+                "gap: changes committed at {} were sealed only at {} ({}, over twice seal_every {})",
+                g.first_commit_at.to_rfc3339_secs(),
+                g.sealed_at.to_rfc3339_secs(),
+                format_duration(secs(waited)),
+                format_duration(seal_every)
+            ));
+        }
+        for c in &g.schema_changes {
+            let next = snaps.iter().find(|m| m.consistent_at > c.commit_at);
+            problems.push(format!(
+                "not covered: table {} changed shape at {}; restores are refused from then until {}",
+                c.table,
+                c.commit_at.to_rfc3339_secs(),
+                next.map_or("the next snapshot".into(), |m| format!(
+                    "snapshot {} at {}",
+                    m.id,
+                    m.consistent_at.to_rfc3339_secs()
+                ))
+            ));
+        }
+    }
+    problems
+}
+
+/// Snapshots of the window the stream began after (a hole between the snapshot and the
+/// stream).
+fn unjoined_snapshots(in_win: &[&Segment], snaps: &[&Meta], w: &Window) -> Vec<String> {
+    let mut problems = Vec::new();
+    // Each snapshot of the window must be followed by the stream: a snapshot taken after the
+    // newest sealed segment is fine (the stream resumes from it), one the stream began after
+    // is not covered.
+    for m in snaps.iter().filter(|m| m.consistent_at >= w.from) {
+        let after: Vec<&&Segment> = in_win
+            .iter()
+            .filter(|g| g.last_commit_at > m.consistent_at)
+            .collect();
+        let (Some(first), Some(lsn)) = (
+            after.first(),
+            m.consistent_lsn
+                .as_deref()
+                .and_then(crate::source::pgoutput::parse_lsn),
+        ) else {
+            continue;
+        };
+        let began = first
+            .previous_lsn
+            .as_deref()
+            .and_then(crate::source::pgoutput::parse_lsn);
+        if began.is_none_or(|b| b > lsn) {
+            problems.push(format!(
+                "hole between snapshot {} ({}) and the stream, which resumes after {}",
+                m.id,
+                m.consistent_at.to_rfc3339_secs(),
+                first.previous_lsn.as_deref().unwrap_or(&first.first_lsn)
+            ));
+        }
+    }
+    problems
 }

@@ -126,6 +126,48 @@ pub(crate) fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// Where things go on the timeline: time across, restore seconds up.
+struct Plot {
+    from: DateTime<Utc>,
+    span_ms: f64,
+    width: f64,
+    top: f64,
+    base: f64,
+    max_s: f64,
+}
+
+impl Plot {
+    fn x(&self, at: DateTime<Utc>) -> f64 {
+        let ms = (at - self.from)
+            .num_milliseconds()
+            .clamp(0, self.span_ms as i64) as f64;
+        50.0 + ms / self.span_ms * (self.width - 70.0)
+    }
+
+    fn y(&self, s: f64) -> f64 {
+        self.base - (s / self.max_s) * (self.base - self.top)
+    }
+
+    /// A band from `a` to `b` (at least 2 px wide) between heights `y0` and `y0 + h`, with
+    /// its span as its title.
+    fn band(
+        &self,
+        svg: &mut String,
+        (class, color, what): (&str, &str, &str),
+        (y0, h): (f64, f64),
+        (a, b): (DateTime<Utc>, DateTime<Utc>),
+    ) {
+        let _ = write!(
+            svg,
+            r##"<rect class="{class}" x="{:.1}" y="{y0}" width="{:.1}" height="{h}" fill="{color}"><title>{what} {} → {}</title></rect>"##,
+            self.x(a),
+            (self.x(b) - self.x(a)).max(2.0),
+            a.to_rfc3339_secs(),
+            b.to_rfc3339_secs()
+        );
+    }
+}
+
 /// The window as an SVG: recovery points as ticks, gaps longer than the RPO shaded red,
 /// verify runs as bars whose height is restore_s against a dashed line at the RTO, failed
 /// runs in red.
@@ -135,10 +177,6 @@ fn timeline(p: &PolicyReport, w: &Window) -> String {
     // The axis starts at the repository's creation when that is inside the window: a young
     // repository fills the width instead of a sliver at its right edge.
     let from = t.start.unwrap_or(w.from).max(w.from);
-    let span = (w.to - from).num_milliseconds().max(1) as f64;
-    let x = |at: DateTime<Utc>| {
-        50.0 + (at - from).num_milliseconds().clamp(0, span as i64) as f64 / span * (width - 70.0)
-    };
     let max_s = t
         .verifies
         .iter()
@@ -146,7 +184,14 @@ fn timeline(p: &PolicyReport, w: &Window) -> String {
         .fold(t.rto_s, f64::max)
         .max(1.0)
         * 1.1;
-    let y = |s: f64| base - (s / max_s) * (base - top);
+    let plot = Plot {
+        from,
+        span_ms: (w.to - from).num_milliseconds().max(1) as f64,
+        width,
+        top,
+        base,
+        max_s,
+    };
     let mut svg = format!(
         r#"<svg class="timeline" viewBox="0 0 {width} {height}" width="100%" role="img" aria-label="timeline of {}">"#,
         esc(&p.name)
@@ -159,116 +204,27 @@ fn timeline(p: &PolicyReport, w: &Window) -> String {
         (top + base) / 2.0,
         (top + base) / 2.0
     );
-    let band = |svg: &mut String,
-                class: &str,
-                color: &str,
-                y0: f64,
-                h: f64,
-                a: DateTime<Utc>,
-                b: DateTime<Utc>,
-                what: &str| {
-        let _ = write!(
-            svg,
-            r##"<rect class="{class}" x="{:.1}" y="{y0}" width="{:.1}" height="{h}" fill="{color}"><title>{what} {} → {}</title></rect>"##,
-            x(a),
-            (x(b) - x(a)).max(2.0),
-            a.to_rfc3339_secs(),
-            b.to_rfc3339_secs()
-        );
-    };
-    for (a, b) in &t.gaps {
-        band(
-            &mut svg,
-            "gap",
-            "#e53935\" fill-opacity=\"0.25",
-            top,
-            base - top,
-            *a,
-            *b,
-            "gap",
-        );
+    let red = "#e53935\" fill-opacity=\"0.25";
+    for gap in &t.gaps {
+        plot.band(&mut svg, ("gap", red, "gap"), (top, base - top), *gap);
     }
-    let lane = base + 36.0;
-    for (a, b) in &t.covered {
-        band(
-            &mut svg,
-            "stream-covered",
-            "#43a047",
-            lane,
-            8.0,
-            *a,
-            *b,
-            "stream covers",
-        );
-    }
-    for (a, b) in &t.uncovered {
-        band(
-            &mut svg,
-            "stream-uncovered",
-            "#fb8c00",
-            lane,
-            8.0,
-            *a,
-            *b,
-            "not covered",
-        );
-    }
-    for (a, b, ok) in &t.proofs {
-        let color = if *ok { "#1e88e5" } else { "#e53935" };
-        band(
-            &mut svg,
-            "stream-proof",
-            color,
-            lane + 10.0,
-            4.0,
-            *a,
-            *b,
-            "stream replay proven",
-        );
-    }
+    stream_lanes(&mut svg, &plot, t);
     let _ = write!(
         svg,
         r##"<line class="rto" x1="50" x2="{}" y1="{:.1}" y2="{:.1}" stroke="#fb8c00" stroke-dasharray="6 4"/><text x="{}" y="{:.1}" font-size="11" text-anchor="end" fill="#fb8c00">RTO {:.0}s</text>"##,
         width - 20.0,
-        y(t.rto_s),
-        y(t.rto_s),
+        plot.y(t.rto_s),
+        plot.y(t.rto_s),
         width - 22.0,
-        y(t.rto_s) - 3.0,
+        plot.y(t.rto_s) - 3.0,
         t.rto_s
     );
-    let label_each = t.verifies.len() <= 30;
-    for (at, restore, ok) in &t.verifies {
-        let h = restore.unwrap_or(0.0);
-        let color = if *ok && h <= t.rto_s {
-            "#1e88e5"
-        } else {
-            "#e53935"
-        };
-        let bar_top = y(h.max(max_s * 0.02));
-        let _ = write!(
-            svg,
-            r#"<rect class="verify" x="{:.1}" y="{bar_top:.1}" width="4" height="{:.1}" fill="{color}"><title>verify {}: {}</title></rect>"#,
-            x(*at) - 2.0,
-            base - bar_top,
-            at.to_rfc3339_secs(),
-            restore.map_or("no restore measured".into(), |s| format!("{s:.1}s"))
-        );
-        // Restore times far below the RTO are a sliver of a bar: the figure says them.
-        if label_each {
-            let _ = write!(
-                svg,
-                r#"<text class="verify-label" x="{:.1}" y="{:.1}" font-size="10" text-anchor="middle" fill="{color}">{}</text>"#,
-                x(*at),
-                bar_top - 3.0,
-                restore.map_or("-".into(), |s| format!("{s:.1}s"))
-            );
-        }
-    }
+    verify_bars(&mut svg, &plot, t);
     for (id, at) in &t.points {
         let _ = write!(
             svg,
             r##"<line class="point" x1="{0:.1}" x2="{0:.1}" y1="{1}" y2="{2}" stroke="#2e7d32" stroke-width="2"><title>{3} {4}</title></line>"##,
-            x(*at),
+            plot.x(*at),
             base + 4.0,
             base + 22.0,
             esc(id),
@@ -279,14 +235,66 @@ fn timeline(p: &PolicyReport, w: &Window) -> String {
         let _ = write!(
             svg,
             r##"<circle class="failed" cx="{:.1}" cy="{}" r="4" fill="#e53935"><title>failed backup {}</title></circle>"##,
-            x(*at),
+            plot.x(*at),
             base + 28.0,
             at.to_rfc3339_secs()
         );
     }
-    svg.push_str(&axis(from, w.to, &x, height - 22.0));
+    svg.push_str(&axis(from, w.to, &|at| plot.x(at), height - 22.0));
     svg.push_str("</svg>");
     svg
+}
+
+/// The change stream's lane under the recovery points: the spans it covers, the windows it
+/// did not, and the spans whose replay a verify proved.
+fn stream_lanes(svg: &mut String, plot: &Plot, t: &super::Timeline) {
+    let lane = plot.base + 36.0;
+    for span in &t.covered {
+        let style = ("stream-covered", "#43a047", "stream covers");
+        plot.band(svg, style, (lane, 8.0), *span);
+    }
+    for span in &t.uncovered {
+        let style = ("stream-uncovered", "#fb8c00", "not covered");
+        plot.band(svg, style, (lane, 8.0), *span);
+    }
+    for (a, b, ok) in &t.proofs {
+        let color = if *ok { "#1e88e5" } else { "#e53935" };
+        let style = ("stream-proof", color, "stream replay proven");
+        plot.band(svg, style, (lane + 10.0, 4.0), (*a, *b));
+    }
+}
+
+/// Each verify as a bar as high as its restore took, red when it failed or took longer than
+/// the RTO, labelled with its seconds when there are few enough to read.
+fn verify_bars(svg: &mut String, plot: &Plot, t: &super::Timeline) {
+    let label_each = t.verifies.len() <= 30;
+    for (at, restore, ok) in &t.verifies {
+        let h = restore.unwrap_or(0.0);
+        let color = if *ok && h <= t.rto_s {
+            "#1e88e5"
+        } else {
+            "#e53935"
+        };
+        let bar_top = plot.y(h.max(plot.max_s * 0.02));
+        let _ = write!(
+            svg,
+            r#"<rect class="verify" x="{:.1}" y="{bar_top:.1}" width="4" height="{:.1}" fill="{color}"><title>verify {}: {}</title></rect>"#,
+            plot.x(*at) - 2.0,
+            plot.base - bar_top,
+            at.to_rfc3339_secs(),
+            restore.map_or("no restore measured".into(), |s| format!("{s:.1}s"))
+        );
+        // Restore times far below the RTO are a sliver of a bar: the figure says them.
+        if label_each {
+            let _ = write!(
+                svg,
+                r#"<text class="verify-label" x="{:.1}" y="{:.1}" font-size="10" text-anchor="middle" fill="{color}">{}</text>"#,
+                plot.x(*at),
+                bar_top - 3.0,
+                restore.map_or("-".into(), |s| format!("{s:.1}s"))
+            );
+        }
+    }
 }
 
 /// Tick marks and labels under the timeline: days beyond two days, hours beyond two hours,

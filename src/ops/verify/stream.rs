@@ -32,6 +32,45 @@ pub struct Proof {
     pub notes: Vec<String>,
 }
 
+/// The newest snapshot older than `newer` that the stream can start from (it records where
+/// the stream joins it).
+async fn older_than(repo: &Repo, newer: &Meta) -> Result<Option<Meta>> {
+    let listing = repo.listing().await?;
+    let Some(older) = listing
+        .snapshots
+        .iter()
+        .rev()
+        .find(|m| m.consistent_at < newer.consistent_at && m.snapshot_xids.is_some())
+    else {
+        return Ok(None);
+    };
+    let selector = crate::repo::Selector::Id(older.id.clone());
+    Ok(Some(repo.find(&selector).await?))
+}
+
+/// Compares the replayed database with the newer snapshot's tables, leaving out materialized
+/// views (a refresh is not a change the stream carries) and the tables the stream does not
+/// protect. Returns how many were compared, those left out, and the differences.
+async fn compare_replayed(
+    url: &DbUrl,
+    db: &crate::repo::format::DbManifest,
+    unprotected: &HashSet<String>,
+) -> Result<(u64, Vec<String>, Vec<String>)> {
+    let mut compared = db.clone();
+    let mut left_out = Vec::new();
+    compared.tables.retain(|t| {
+        let name = format!("{}.{}", t.schema, t.name);
+        let keep = t.kind != "m" && !unprotected.contains(&name);
+        if !keep {
+            left_out.push(name);
+        }
+        keep
+    });
+    let mut found = Findings::default();
+    compare_tables(url, &compared, &HashMap::new(), &mut found).await?;
+    Ok((compared.tables.len() as u64, left_out, found.problems))
+}
+
 /// Proves the stream from the snapshot before `newer` to `newer`; `None` when the policy has
 /// no stream or there is nothing to prove (no older snapshot, no segment between).
 pub async fn prove(
@@ -52,18 +91,9 @@ pub async fn prove(
     ) else {
         return Ok(None);
     };
-    let listing = repo.listing().await?;
-    let Some(older) = listing
-        .snapshots
-        .iter()
-        .rev()
-        .find(|m| m.consistent_at < newer.consistent_at && m.snapshot_xids.is_some())
-    else {
+    let Some(older) = older_than(repo, newer).await? else {
         return Ok(None);
     };
-    let older = repo
-        .find(&crate::repo::Selector::Id(older.id.clone()))
-        .await?;
     let segments = crate::repo::streams::list(repo.store.as_ref(), &policy.name).await?;
     let chosen = match replay::plan(&older, &segments, newer.consistent_at, Some(newer)) {
         Ok(c) if c.is_empty() => return Ok(None),
@@ -126,20 +156,8 @@ pub async fn prove(
             ahead: policy.repository.connections,
         };
         let replayed = replay::replay(&from, &older, &chosen, Until::Snapshot(upto), &url).await?;
-        let mut compared = db.clone();
-        let mut left_out = Vec::new();
-        compared.tables.retain(|t| {
-            let name = format!("{}.{}", t.schema, t.name);
-            let keep = t.kind != "m" && !unprotected.contains(&name);
-            if !keep {
-                left_out.push(name);
-            }
-            keep
-        });
-        let mut found = Findings::default();
-        compare_tables(&url, &compared, &HashMap::new(), &mut found).await?;
-        let problems: Vec<String> = found
-            .problems
+        let (compared, left_out, problems) = compare_replayed(&url, db, &unprotected).await?;
+        let problems = problems
             .iter()
             .map(|p| {
                 format!(
@@ -147,7 +165,7 @@ pub async fn prove(
                     older.id, newer.id
                 )
             })
-            .collect();
+            .collect::<Vec<_>>();
         Ok::<Proof, crate::error::Error>(Proof {
             checked: Some(StreamChecked {
                 from: older.id.clone(),
@@ -155,7 +173,7 @@ pub async fn prove(
                 to_consistent_at: Some(newer.consistent_at),
                 transactions: replayed.transactions,
                 tables_equal: problems.is_empty(),
-                tables_compared: compared.tables.len() as u64,
+                tables_compared: compared,
                 tables_left_out: left_out,
             }),
             problems,
