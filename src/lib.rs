@@ -25,6 +25,7 @@ pub mod record;
 pub mod repo;
 pub mod report;
 pub mod retention;
+pub mod retry;
 pub mod runbook;
 pub mod s3client;
 pub mod schedule;

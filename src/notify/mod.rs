@@ -142,16 +142,20 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
 {
-    for n in 1..=ATTEMPTS {
-        match attempt().await {
-            Ok(()) => return true,
-            Err(e) => tracing::warn!("{what}: {e} (attempt {n} of {ATTEMPTS})"),
+    let backoff = crate::retry::Backoff {
+        attempts: ATTEMPTS,
+        first: Duration::from_millis(500),
+    };
+    let tries = |n: u32| {
+        let tried = attempt();
+        async move {
+            tried.await.map_err(|e| {
+                tracing::warn!("{what}: {e} (attempt {n} of {ATTEMPTS})");
+                crate::retry::Attempt::Again(())
+            })
         }
-        if n < ATTEMPTS {
-            tokio::time::sleep(Duration::from_millis(500 << n)).await;
-        }
-    }
-    false
+    };
+    backoff.run(tries, |_, _| {}).await.is_ok()
 }
 
 /// POSTs `body` to `url`, retrying with backoff; true when delivered. Errors are logged

@@ -142,24 +142,29 @@ async fn backup_one(
     let what = format!("storage object {}/{}", info.bucket, info.name);
     // A download cut off midway (or one that ends short of the listed size) is made again,
     // with backoff; chunks the failed attempt stored are found again, not re-uploaded.
-    let mut attempt = 1;
-    let (stream, stats, download_meta) = loop {
-        match download_once(source, writer, &info, &what).await {
-            Ok(done) => break done,
-            Err(e) if e.kind == Kind::Failed && attempt < DOWNLOAD_ATTEMPTS => {
-                tracing::warn!(
-                    "{}; trying again (attempt {} of {DOWNLOAD_ATTEMPTS})",
-                    e.message,
-                    attempt + 1
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(500 << attempt)).await;
-                attempt += 1;
-            }
-            Err(e) if attempt > 1 => {
-                return Err(e.context(format!("{attempt} attempts")));
-            }
-            Err(e) => return Err(e),
-        }
+    let backoff = crate::retry::Backoff {
+        attempts: DOWNLOAD_ATTEMPTS,
+        first: std::time::Duration::from_millis(500),
+    };
+    let once = |_| async {
+        download_once(source, writer, &info, &what)
+            .await
+            .map_err(|e| match e.kind {
+                Kind::Failed => crate::retry::Attempt::Again(e),
+                _ => crate::retry::Attempt::Final(e),
+            })
+    };
+    let again = |e: &Error, n: u32| {
+        tracing::warn!(
+            "{}; trying again (attempt {} of {DOWNLOAD_ATTEMPTS})",
+            e.message,
+            n + 1
+        );
+    };
+    let (stream, stats, download_meta) = match backoff.run(once, again).await {
+        Ok(done) => done,
+        Err((e, n)) if n > 1 => return Err(e.context(format!("{n} attempts"))),
+        Err((e, _)) => return Err(e),
     };
     let object = StorageObject {
         bucket: info.bucket,

@@ -39,6 +39,12 @@ pub use crate::s3client::PART_SIZE;
 /// How many times a GET whose body is cut off midway is made in all.
 const BODY_ATTEMPTS: u32 = 5;
 
+/// Why a GET failed: the request (final), or its body cut off midway (tried again).
+enum GetFailed {
+    Request(Error),
+    Cut(aws_sdk_s3::primitives::ByteStreamError),
+}
+
 #[derive(Debug, Clone)]
 pub struct S3Config {
     pub bucket: String,
@@ -570,55 +576,65 @@ impl Store for S3Store {
     async fn get_opt(&self, key: &str) -> Result<Option<Vec<u8>>> {
         // The SDK retries a request that fails; a body cut off midway is retried here, the
         // whole GET again, with backoff, before the read is given up naming the attempts.
-        let mut attempt = 1;
-        loop {
-            let cut = {
-                let _p = self.permits.acquire().await;
-                let out = match self
-                    .client
-                    .get_object()
-                    .bucket(&self.config.bucket)
-                    .key(self.key(key))
-                    .send()
-                    .await
-                {
-                    Ok(o) => o,
-                    Err(e) if is_not_found(&e) => return Ok(None),
-                    Err(e) => return Err(self.error("get object", key, e)),
-                };
-                match out.body.collect().await {
-                    Ok(body) => return Ok(Some(body.into_bytes().to_vec())),
-                    Err(e) => e,
+        let backoff = crate::retry::Backoff {
+            attempts: BODY_ATTEMPTS,
+            first: std::time::Duration::from_millis(200),
+        };
+        let once = |_| async {
+            let _p = self.permits.acquire().await;
+            let out = match self
+                .client
+                .get_object()
+                .bucket(&self.config.bucket)
+                .key(self.key(key))
+                .send()
+                .await
+            {
+                Ok(o) => o,
+                Err(e) if is_not_found(&e) => return Ok(None),
+                Err(e) => {
+                    return Err(crate::retry::Attempt::Final(GetFailed::Request(
+                        self.error("get object", key, e),
+                    )))
                 }
             };
-            if attempt >= BODY_ATTEMPTS && is_checksum_mismatch(&cut) {
-                // Every read of it failed the checksum the store keeps with the object: the
-                // stored bytes are damaged, whoever reads them (one flipped in transit would
-                // have read right the next time).
-                return Err(Error::new(
-                    Kind::Damaged,
-                    format!(
-                        "s3: get object {}/{}: the stored bytes fail the object's checksum, {attempt} reads of {attempt} ({cut}): the object is damaged",
-                        self.config.bucket,
-                        self.key(key)
-                    ),
-                ));
+            match out.body.collect().await {
+                Ok(body) => Ok(Some(body.into_bytes().to_vec())),
+                Err(cut) => Err(crate::retry::Attempt::Again(GetFailed::Cut(cut))),
             }
-            if attempt >= BODY_ATTEMPTS {
-                return Err(Error::new(
-                    Kind::Unavailable,
-                    format!(
-                        "s3: get object {}/{}: reading the body failed {attempt} times, last: {cut}",
-                        self.config.bucket,
-                        self.key(key)
-                    ),
-                )
-                .with_source(cut));
+        };
+        let again = |e: &GetFailed, _| {
+            if let GetFailed::Cut(cut) = e {
+                tracing::debug!("s3: get object {key}: body cut off ({cut}); retrying");
             }
-            tracing::debug!("s3: get object {key}: body cut off ({cut}); retrying");
-            tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
-            attempt += 1;
+        };
+        let (cut, attempt) = match backoff.run(once, again).await {
+            Ok(body) => return Ok(body),
+            Err((GetFailed::Request(e), _)) => return Err(e),
+            Err((GetFailed::Cut(cut), n)) => (cut, n),
+        };
+        if is_checksum_mismatch(&cut) {
+            // Every read of it failed the checksum the store keeps with the object: the
+            // stored bytes are damaged, whoever reads them (one flipped in transit would
+            // have read right the next time).
+            return Err(Error::new(
+                Kind::Damaged,
+                format!(
+                    "s3: get object {}/{}: the stored bytes fail the object's checksum, {attempt} reads of {attempt} ({cut}): the object is damaged",
+                    self.config.bucket,
+                    self.key(key)
+                ),
+            ));
         }
+        Err(Error::new(
+            Kind::Unavailable,
+            format!(
+                "s3: get object {}/{}: reading the body failed {attempt} times, last: {cut}",
+                self.config.bucket,
+                self.key(key)
+            ),
+        )
+        .with_source(cut))
     }
 
     async fn stat(&self, key: &str) -> Result<Option<u64>> {
