@@ -3,6 +3,14 @@
 //! policy's figures after each of its jobs; the recovery point age is taken at scrape time);
 //! `backup|verify|prune --metrics-file FILE` writes one policy's for node_exporter's textfile
 //! collector. Run totals count the records in the repository, which prune never removes.
+//!
+//! The text is written here rather than through `prometheus-client`: every value is read from
+//! the repository when it is rendered, not kept as a live counter, so a registry would be
+//! built afresh for each scrape only to print these same lines; and that crate's encoders
+//! change what scrapers and the textfile collector have read so far (its documented example
+//! appends a period to every help text, and a `Family` prints its label sets in hash order, so
+//! the file would reorder between writes). The format is a dozen `# HELP`/`# TYPE` families and
+//! escaped label values ([`escape`]), pinned by the test below.
 
 use crate::error::Result;
 use crate::policy::Policy;
