@@ -4,21 +4,23 @@
 //! `backup|verify|prune --metrics-file FILE` writes one policy's for node_exporter's textfile
 //! collector. Run totals count the records in the repository, which prune never removes.
 //!
-//! The text is written here rather than through `prometheus-client`: every value is read from
-//! the repository when it is rendered, not kept as a live counter, so a registry would be
-//! built afresh for each scrape only to print these same lines; and that crate's encoders
-//! change what scrapers and the textfile collector have read so far (its documented example
-//! appends a period to every help text, and a `Family` prints its label sets in hash order, so
-//! the file would reorder between writes). The format is a dozen `# HELP`/`# TYPE` families and
-//! escaped label values ([`escape`]), pinned by the test below.
+//! The text is encoded by `prometheus-client` (its Prometheus text encoder, with escaping):
+//! every value is read from the repository when it is rendered, not kept as a live counter, so
+//! each rendering hands the registry one collector holding the families it computed, in a fixed
+//! order (the registry's own `Family` would print label sets in hash order).
 
 use crate::error::Result;
 use crate::policy::Policy;
 use crate::record::{BackupRecord, Header, Job};
 use crate::repo::{list_metas, runs, Blobs, Repo};
 use chrono::{DateTime, Utc};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
-use std::fmt::Write;
 
 pub const JOBS: [Job; 4] = [Job::Backup, Job::Verify, Job::Prune, Job::Check];
 
@@ -167,133 +169,178 @@ impl PolicyMetrics {
     }
 }
 
-fn escape(label: &str) -> String {
-    label
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// A sample's labels, in order.
+type Labels = Vec<(&'static str, String)>;
+
+/// One metric family as rendered: its samples, each a label set and a value. A counter's name
+/// ends in `_total`, as it is scraped.
+#[derive(Debug)]
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    counter: bool,
+    samples: Vec<(Labels, f64)>,
+}
+
+fn gauge(name: &'static str, help: &'static str, samples: Vec<(Labels, f64)>) -> Family {
+    Family {
+        name,
+        help,
+        counter: false,
+        samples,
+    }
+}
+
+fn counter(name: &'static str, help: &'static str, samples: Vec<(Labels, f64)>) -> Family {
+    Family {
+        counter: true,
+        ..gauge(name, help, samples)
+    }
+}
+
+/// The families of one rendering, computed before it: a collector, so the registry encodes
+/// what was read from the repository as it is, in this order.
+#[derive(Debug)]
+struct Families(Vec<Family>);
+
+impl Collector for Families {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        for f in &self.0 {
+            let (name, kind) = match f.name.strip_suffix("_total").filter(|_| f.counter) {
+                Some(base) => (base, MetricType::Counter),
+                None => (f.name, MetricType::Gauge),
+            };
+            let mut family = encoder.encode_descriptor(name, f.help, None, kind)?;
+            for (labels, v) in &f.samples {
+                let sample = family.encode_family(labels)?;
+                if f.counter {
+                    ConstCounter::new(*v as u64).encode(sample)?;
+                } else {
+                    ConstGauge::new(*v).encode(sample)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Prometheus text format 0.0.4 of `families`.
+fn text(families: Vec<Family>) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Families(families)));
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry) {
+        tracing::warn!("metrics: encoding failed: {e}");
+    }
+    out
+}
+
+fn policy_label(policy: &str) -> Labels {
+    vec![("policy", policy.to_string())]
 }
 
 /// The Prometheus text of every policy at `now`.
 pub fn render(policies: &[PolicyMetrics], now: DateTime<Utc>) -> String {
-    let mut out = String::new();
     let ts = |t: DateTime<Utc>| t.timestamp_millis() as f64 / 1000.0;
-    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, v) in samples {
-            let _ = writeln!(out, "{name}{{{labels}}} {v}");
-        }
-    };
-    let per_job = |f: &dyn Fn(&JobStats) -> Option<f64>| -> Vec<(String, f64)> {
+    let per_job = |f: &dyn Fn(&JobStats) -> Option<f64>| -> Vec<(Labels, f64)> {
         policies
             .iter()
             .flat_map(|p| {
                 p.jobs.iter().filter_map(move |(job, s)| {
-                    f(s).map(|v| (format!("policy=\"{}\",job=\"{job}\"", escape(&p.policy)), v))
+                    let labels = vec![("policy", p.policy.clone()), ("job", job.to_string())];
+                    f(s).map(|v| (labels, v))
                 })
             })
             .collect()
     };
-    let per_policy = |f: &dyn Fn(&PolicyMetrics) -> Option<f64>| -> Vec<(String, f64)> {
+    let per_policy = |f: &dyn Fn(&PolicyMetrics) -> Option<f64>| -> Vec<(Labels, f64)> {
         policies
             .iter()
-            .filter_map(|p| f(p).map(|v| (format!("policy=\"{}\"", escape(&p.policy)), v)))
+            .filter_map(|p| f(p).map(|v| (policy_label(&p.policy), v)))
             .collect()
     };
-    family(
-        "backstop_last_run_timestamp_seconds",
-        "gauge",
-        "When the job's last run ended (Unix time).",
-        per_job(&|s| s.last_run.map(ts)),
-    );
-    family(
-        "backstop_last_success_timestamp_seconds",
-        "gauge",
-        "When the job last succeeded (Unix time).",
-        per_job(&|s| s.last_success.map(ts)),
-    );
-    family(
-        "backstop_last_run_success",
-        "gauge",
-        "1 if the job's last run succeeded, else 0.",
-        per_job(&|s| s.last_ok.map(|ok| if ok { 1.0 } else { 0.0 })),
-    );
-    family(
-        "backstop_last_run_duration_seconds",
-        "gauge",
-        "How long the job's last run took.",
-        per_job(&|s| s.last_duration_s),
-    );
-    let totals: Vec<(String, f64)> = policies
+    let totals: Vec<(Labels, f64)> = policies
         .iter()
         .flat_map(|p| {
             p.jobs.iter().flat_map(move |(job, s)| {
                 [("success", s.successes), ("failure", s.failures)]
                     .into_iter()
                     .map(move |(outcome, n)| {
-                        (
-                            format!(
-                                "policy=\"{}\",job=\"{job}\",outcome=\"{outcome}\"",
-                                escape(&p.policy)
-                            ),
-                            n as f64,
-                        )
+                        let labels = vec![
+                            ("policy", p.policy.clone()),
+                            ("job", job.to_string()),
+                            ("outcome", outcome.to_string()),
+                        ];
+                        (labels, n as f64)
                     })
             })
         })
         .collect();
-    family(
-        "backstop_runs_total",
-        "counter",
-        "Runs recorded in the repository, by outcome.",
-        totals,
-    );
-    family(
-        "backstop_recovery_point_age_seconds",
-        "gauge",
-        "Now minus the newest snapshot's consistent_at.",
-        per_policy(&|p| {
-            p.newest
-                .map(|n| (now - n).num_milliseconds().max(0) as f64 / 1000.0)
-        }),
-    );
-    family(
-        "backstop_rpo_seconds",
-        "gauge",
-        "The policy's recovery point objective.",
-        per_policy(&|p| Some(p.rpo_s)),
-    );
-    family(
-        "backstop_rto_seconds",
-        "gauge",
-        "The policy's recovery time objective.",
-        per_policy(&|p| Some(p.rto_s)),
-    );
-    family(
-        "backstop_verify_restore_seconds",
-        "gauge",
-        "The last passed verify's measured restore time.",
-        per_policy(&|p| p.last_restore_s),
-    );
-    family(
-        "backstop_snapshots",
-        "gauge",
-        "Snapshots of the policy in the repository.",
-        per_policy(&|p| Some(p.snapshots as f64)),
-    );
-    family(
-        "backstop_stream_verified_until_timestamp_seconds",
-        "gauge",
-        "Up to when a verify replayed the change stream and found every table equal (Unix time).",
-        per_policy(&|p| p.stream_verified_until.map(ts)),
-    );
-    family(
-        "backstop_backup_bytes_stored",
-        "gauge",
-        "Bytes the last successful backup newly stored.",
-        per_policy(&|p| p.last_bytes_stored.map(|b| b as f64)),
-    );
-    out
+    text(vec![
+        gauge(
+            "backstop_last_run_timestamp_seconds",
+            "When the job's last run ended (Unix time).",
+            per_job(&|s| s.last_run.map(ts)),
+        ),
+        gauge(
+            "backstop_last_success_timestamp_seconds",
+            "When the job last succeeded (Unix time).",
+            per_job(&|s| s.last_success.map(ts)),
+        ),
+        gauge(
+            "backstop_last_run_success",
+            "1 if the job's last run succeeded, else 0.",
+            per_job(&|s| s.last_ok.map(|ok| if ok { 1.0 } else { 0.0 })),
+        ),
+        gauge(
+            "backstop_last_run_duration_seconds",
+            "How long the job's last run took.",
+            per_job(&|s| s.last_duration_s),
+        ),
+        counter(
+            "backstop_runs_total",
+            "Runs recorded in the repository, by outcome.",
+            totals,
+        ),
+        gauge(
+            "backstop_recovery_point_age_seconds",
+            "Now minus the newest snapshot's consistent_at.",
+            per_policy(&|p| {
+                p.newest
+                    .map(|n| (now - n).num_milliseconds().max(0) as f64 / 1000.0)
+            }),
+        ),
+        gauge(
+            "backstop_rpo_seconds",
+            "The policy's recovery point objective.",
+            per_policy(&|p| Some(p.rpo_s)),
+        ),
+        gauge(
+            "backstop_rto_seconds",
+            "The policy's recovery time objective.",
+            per_policy(&|p| Some(p.rto_s)),
+        ),
+        gauge(
+            "backstop_verify_restore_seconds",
+            "The last passed verify's measured restore time.",
+            per_policy(&|p| p.last_restore_s),
+        ),
+        gauge(
+            "backstop_snapshots",
+            "Snapshots of the policy in the repository.",
+            per_policy(&|p| Some(p.snapshots as f64)),
+        ),
+        gauge(
+            "backstop_stream_verified_until_timestamp_seconds",
+            "Up to when a verify replayed the change stream and found every table equal (Unix time).",
+            per_policy(&|p| p.stream_verified_until.map(ts)),
+        ),
+        gauge(
+            "backstop_backup_bytes_stored",
+            "Bytes the last successful backup newly stored.",
+            per_policy(&|p| p.last_bytes_stored.map(|b| b as f64)),
+        ),
+    ])
 }
 
 /// The change streams the daemon follows: the newest sealed commit, the WAL the slot holds,
@@ -301,54 +348,45 @@ pub fn render(policies: &[PolicyMetrics], now: DateTime<Utc>) -> String {
 pub fn render_streams<'a>(
     streams: impl Iterator<Item = (&'a str, Option<DateTime<Utc>>, Option<i64>, u64)> + Clone,
 ) -> String {
-    let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(&str, f64)>| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (policy, v) in samples {
-            let _ = writeln!(out, "{name}{{policy=\"{}\"}} {v}", escape(policy));
-        }
-    };
-    family(
-        "backstop_stream_last_commit_timestamp_seconds",
-        "gauge",
-        "Commit time of the newest transaction the change stream sealed (Unix time).",
-        streams
-            .clone()
-            .filter_map(|(p, t, _, _)| t.map(|t| (p, t.timestamp_millis() as f64 / 1000.0)))
-            .collect(),
-    );
-    family(
-        "backstop_stream_lag_bytes",
-        "gauge",
-        "WAL the stream's slot holds on the primary.",
-        streams
-            .clone()
-            .filter_map(|(p, _, l, _)| l.map(|l| (p, l as f64)))
-            .collect(),
-    );
-    family(
-        "backstop_stream_segments_total",
-        "counter",
-        "Segments this daemon's stream sealed.",
-        streams.map(|(p, _, _, n)| (p, n as f64)).collect(),
-    );
-    out
+    text(vec![
+        gauge(
+            "backstop_stream_last_commit_timestamp_seconds",
+            "Commit time of the newest transaction the change stream sealed (Unix time).",
+            streams
+                .clone()
+                .filter_map(|(p, t, _, _)| {
+                    t.map(|t| (policy_label(p), t.timestamp_millis() as f64 / 1000.0))
+                })
+                .collect(),
+        ),
+        gauge(
+            "backstop_stream_lag_bytes",
+            "WAL the stream's slot holds on the primary.",
+            streams
+                .clone()
+                .filter_map(|(p, _, l, _)| l.map(|l| (policy_label(p), l as f64)))
+                .collect(),
+        ),
+        counter(
+            "backstop_stream_segments_total",
+            "Segments this daemon's stream sealed.",
+            streams
+                .map(|(p, _, _, n)| (policy_label(p), n as f64))
+                .collect(),
+        ),
+    ])
 }
 
 /// The daemon's policy files that did not load (skipped at start, or kept at their previous
 /// version after a reload): `backstop_policy_load_errors{file} 1` each.
 pub fn render_load_errors<'a>(files: impl Iterator<Item = &'a str>) -> String {
-    let mut out = String::from(
-        "# HELP backstop_policy_load_errors Policy files that did not load (skipped, or kept at their previous version).\n# TYPE backstop_policy_load_errors gauge\n",
-    );
-    for f in files {
-        let _ = writeln!(
-            out,
-            "backstop_policy_load_errors{{file=\"{}\"}} 1",
-            escape(f)
-        );
-    }
-    out
+    text(vec![gauge(
+        "backstop_policy_load_errors",
+        "Policy files that did not load (skipped, or kept at their previous version).",
+        files
+            .map(|f| (vec![("file", f.to_string())], 1.0))
+            .collect(),
+    )])
 }
 
 /// Writes one policy's metrics to `path` atomically (for node_exporter's textfile collector).
