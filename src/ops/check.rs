@@ -145,13 +145,13 @@ async fn check(repo: &Repo, req: &Request, ctx: &Ctx, rec: &mut Outcome) -> Resu
     let users = Users::of(&metas, &lists);
     rec.blobs_checked = users.records.len() as u64;
     let stored: HashMap<String, u64> = repo.stored_blobs().await?;
-    let intact = users.compare_stored(repo, &stored, req, &mut found).await?;
-    let plain_len = check_manifests(repo, &metas, &lists, req, &mut found).await?;
+    let (intact, stored_found) = users.compare_stored(repo, &stored, req).await?;
+    found.add(stored_found);
+    let (plain_len, manifests_found) = check_manifests(repo, &metas, &lists, req).await?;
+    found.add(manifests_found);
     drop(lists);
     if req.read_data || req.key.is_some() {
-        users
-            .read_blobs(repo, intact, req, &plain_len, ctx, &mut found)
-            .await?;
+        found.add(users.read_blobs(repo, intact, req, &plain_len, ctx).await?);
     }
     found
         .damaged
@@ -162,11 +162,18 @@ async fn check(repo: &Repo, req: &Request, ctx: &Ctx, rec: &mut Outcome) -> Resu
     Ok(())
 }
 
-/// What the check found so far, and how much it read.
+/// What a step of the check found, and how much it read.
 #[derive(Default)]
 struct Found {
     damaged: Vec<Damaged>,
     bytes_read: u64,
+}
+
+impl Found {
+    fn add(&mut self, other: Found) {
+        self.damaged.extend(other.damaged);
+        self.bytes_read += other.bytes_read;
+    }
 }
 
 /// Every blob the snapshots use, with its records, and which snapshot sealed it.
@@ -220,15 +227,16 @@ impl<'a> Users<'a> {
     }
 
     /// Every blob present with the size meta.json records (with several records, the stored
-    /// bytes hashed against each when data is read). Returns the records still to be read.
+    /// bytes hashed against each when data is read). Returns the records still to be read, and
+    /// what it found.
     async fn compare_stored(
         &self,
         repo: &Repo,
         stored: &HashMap<String, u64>,
         req: &Request,
-        found: &mut Found,
-    ) -> Result<Vec<BlobRef>> {
+    ) -> Result<(Vec<BlobRef>, Found)> {
         let (key, read_data) = (&req.key, req.read_data);
+        let mut found = Found::default();
         let mut intact = Vec::new();
         for (id, records) in &self.records {
             let Some(size) = stored.get(id) else {
@@ -274,7 +282,7 @@ impl<'a> Users<'a> {
                 }
             }
         }
-        Ok(intact)
+        Ok((intact, found))
     }
 
     /// Reads every intact blob: with the identity, decrypted and its plaintext proved against
@@ -287,8 +295,8 @@ impl<'a> Users<'a> {
         req: &Request,
         plain_len: &HashMap<String, u32>,
         ctx: &Ctx,
-        found: &mut Found,
-    ) -> Result<()> {
+    ) -> Result<Found> {
+        let mut found = Found::default();
         let total: u64 = intact.iter().map(|b| b.size).sum();
         let progress = ctx.progress.bar("check", Some(total));
         let mut readers: HashMap<Vec<String>, Arc<BlobReader>> = HashMap::new();
@@ -364,21 +372,21 @@ impl<'a> Users<'a> {
                 });
             }
         }
-        Ok(())
+        Ok(found)
     }
 }
 
 /// Manifests: present with their size; read (and decrypted) when asked, and then compared
 /// with meta.json's blob list. Returns the plaintext length of every chunk the decrypted
-/// manifests name.
+/// manifests name, and what it found.
 async fn check_manifests(
     repo: &Repo,
     metas: &[crate::repo::format::Meta],
     lists: &crate::repo::BlobLists,
     req: &Request,
-    found: &mut Found,
-) -> Result<HashMap<String, u32>> {
+) -> Result<(HashMap<String, u32>, Found)> {
     let mut plain_len: HashMap<String, u32> = HashMap::new();
+    let mut found = Found::default();
     for m in metas {
         let k = &m.manifest.key;
         let problem = match repo.store.stat(k).await? {
@@ -424,7 +432,7 @@ async fn check_manifests(
             });
         }
     }
-    Ok(plain_len)
+    Ok((plain_len, found))
 }
 
 /// The policy's change-stream segments: every blob present with its recorded size (and, with
