@@ -10,7 +10,9 @@ use super::Shared;
 use crate::error::{Error, Result};
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -36,12 +38,10 @@ pub async fn serve(addr: &str, shared: Arc<Shared>) -> Result<()> {
             };
             let shared = shared.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    move |req: Request<hyper::body::Incoming>| {
-                        let shared = shared.clone();
-                        async move { Ok::<_, std::convert::Infallible>(answer(&req, &shared).await) }
-                    },
-                );
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let shared = shared.clone();
+                    async move { Ok::<_, Infallible>(answer(&req, &shared).await) }
+                });
                 let served = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(HEAD_TIMEOUT)

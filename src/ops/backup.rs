@@ -438,11 +438,15 @@ fn storage_warnings(figures: &BackupStorage, require_consistent: bool) -> Result
         .collect();
     let m = &figures.mismatches;
     if !m.missing_in_bucket.is_empty() || !m.missing_in_table.is_empty() {
+        let examples: Vec<&str> = (m.missing_in_bucket.iter().chain(&m.missing_in_table))
+            .take(3)
+            .map(String::as_str)
+            .collect();
         let text = format!(
             "{} storage.objects rows have no object in the bucket, {} objects have no row (e.g. {})",
             m.missing_in_bucket.len(),
             m.missing_in_table.len(),
-            m.missing_in_bucket.iter().chain(&m.missing_in_table).take(3).cloned().collect::<Vec<_>>().join(", ")
+            examples.join(", ")
         );
         if require_consistent {
             return Err(Error::failed(format!(

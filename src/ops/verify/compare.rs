@@ -60,6 +60,49 @@ pub struct Findings {
     pub notes: Vec<String>,
 }
 
+impl Findings {
+    /// Adds what one step of the examination found (every field named, so a new one is not
+    /// forgotten here).
+    pub fn add(&mut self, step: Findings) {
+        let Findings {
+            restore_s,
+            tables,
+            objects_checked,
+            objects_read,
+            objects_failed,
+            queries,
+            problems,
+            names_mapped,
+            missing_extensions,
+            expected_failures,
+            phases,
+            files_checked,
+            git_checked,
+            stream_checked,
+            notes,
+        } = step;
+        self.restore_s = restore_s.or(self.restore_s);
+        self.tables.extend(tables);
+        self.objects_checked += objects_checked;
+        self.objects_read += objects_read;
+        self.objects_failed += objects_failed;
+        self.queries.extend(queries);
+        self.problems.extend(problems);
+        self.names_mapped.extend(names_mapped);
+        for ext in missing_extensions {
+            if !self.missing_extensions.contains(&ext) {
+                self.missing_extensions.push(ext);
+            }
+        }
+        self.expected_failures.extend(expected_failures);
+        self.phases.extend(phases);
+        self.files_checked += files_checked;
+        self.git_checked += git_checked;
+        self.stream_checked = stream_checked.or(self.stream_checked.take());
+        self.notes.extend(notes);
+    }
+}
+
 /// What to compare, and where.
 pub struct Options {
     /// The temporary database, created and dropped by the caller.
@@ -108,18 +151,19 @@ pub async fn examine(
             Ok(outcome) => {
                 found.restore_s = Some(secs(outcome.elapsed));
                 found.phases.extend(outcome.phases);
-                let failed_tables =
-                    judge_errors(&outcome.errors, &options.allow_missing_extensions, found);
-                compare_tables(&target.url, db, &failed_tables, found).await?;
-                run_queries(&target.url, &options.queries, found).await?;
+                let (failed_tables, judged) =
+                    judge_errors(&outcome.errors, &options.allow_missing_extensions);
+                found.add(judged);
+                found.add(compare_tables(&target.url, db, &failed_tables).await?);
+                found.add(run_queries(&target.url, &options.queries).await?);
                 if let Some(storage) = &manifest.storage {
-                    cross_check_rows(&target.url, storage, found).await?;
+                    found.add(cross_check_rows(&target.url, storage).await?);
                 }
             }
         }
     }
     if let Some(storage) = &manifest.storage {
-        check_objects(repo, meta, storage, opener, ids, options, found).await?;
+        found.add(check_objects(repo, meta, storage, opener, ids, options).await?);
     }
     Ok(())
 }
@@ -153,12 +197,12 @@ fn created_table(command: &str) -> Option<String> {
 }
 
 /// Sorts pg_restore's errors into those a missing extension explains and the rest. Returns the
-/// tables that could not be created because of a missing extension.
+/// tables that could not be created because of a missing extension, and the findings.
 fn judge_errors(
     errors: &[RestoreIssue],
     allowed: &[String],
-    found: &mut Findings,
-) -> HashMap<String, String> {
+) -> (HashMap<String, String>, Findings) {
+    let mut found = Findings::default();
     let mut extensions: Vec<(String, Option<String>)> = Vec::new();
     let mut failed_tables: HashMap<String, String> = HashMap::new();
     for e in errors {
@@ -206,15 +250,15 @@ fn judge_errors(
                 .push(format!("pg_restore error: {} ({first_line})", e.error)),
         }
     }
-    failed_tables
+    (failed_tables, found)
 }
 
 pub(super) async fn compare_tables(
     url: &DbUrl,
     db: &crate::repo::format::DbManifest,
     failed: &HashMap<String, String>,
-    found: &mut Findings,
-) -> Result<()> {
+) -> Result<Findings> {
+    let mut found = Findings::default();
     let mut conn = connect(url).await?;
     let setup =
         |e: sqlx::Error| Error::failed(format!("verify: setting up the comparison session: {e}"));
@@ -296,7 +340,7 @@ pub(super) async fn compare_tables(
         }
     }
     let _ = conn.close().await;
-    Ok(())
+    Ok(found)
 }
 
 /// Row count and checksum of what `copy` writes, as `source::archive` computes them on the dump.
@@ -317,13 +361,10 @@ async fn copy_digest(
     Ok(digest.finish())
 }
 
-async fn run_queries(
-    url: &DbUrl,
-    queries: &[(String, Expect)],
-    found: &mut Findings,
-) -> Result<()> {
+async fn run_queries(url: &DbUrl, queries: &[(String, Expect)]) -> Result<Findings> {
+    let mut found = Findings::default();
     if queries.is_empty() {
-        return Ok(());
+        return Ok(found);
     }
     let mut conn = connect(url).await?;
     for (sql, expect) in queries {
@@ -352,7 +393,7 @@ async fn run_queries(
         found.queries.push(check);
     }
     let _ = conn.close().await;
-    Ok(())
+    Ok(found)
 }
 
 /// The first column as text, whatever its type (numbers, text, booleans).
@@ -374,8 +415,8 @@ fn first_column_text(row: &sqlx::postgres::PgRow) -> Option<String> {
 async fn cross_check_rows(
     url: &DbUrl,
     storage: &crate::repo::format::StorageManifest,
-    found: &mut Findings,
-) -> Result<()> {
+) -> Result<Findings> {
+    let mut found = Findings::default();
     let mut conn = connect(url).await?;
     let exists: bool = sqlx::query("select to_regclass('storage.objects') is not null")
         .fetch_one(&mut conn)
@@ -388,7 +429,7 @@ async fn cross_check_rows(
             ))
         })?;
     if !exists {
-        return Ok(());
+        return Ok(found);
     }
     let buckets: Vec<String> = storage
         .objects
@@ -435,7 +476,7 @@ async fn cross_check_rows(
             ));
         }
     }
-    Ok(())
+    Ok(found)
 }
 
 /// Whether an object falls in the read share: a stable choice per snapshot and object.
@@ -455,8 +496,8 @@ async fn check_objects(
     opener: Arc<Opener>,
     ids: BlobIds,
     options: &Options,
-    found: &mut Findings,
-) -> Result<()> {
+) -> Result<Findings> {
+    let mut found = Findings::default();
     let stored: HashMap<String, u64> = repo.stored_blobs().await?;
     let recorded: HashMap<&str, u64> = meta.blobs.iter().map(|b| (b.id.as_str(), b.size)).collect();
     let reader = Arc::new(BlobReader::new(repo.store.clone(), opener, ids, meta));
@@ -523,7 +564,7 @@ async fn check_objects(
         found.objects_failed += 1;
         found.problems.push(problem);
     }
-    Ok(())
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -582,8 +623,7 @@ mod tests {
                 "CREATE VIEW public.v AS nonsense;",
             ),
         ];
-        let mut found = Findings::default();
-        let failed = judge_errors(&errors, &["fancy".into()], &mut found);
+        let (failed, found) = judge_errors(&errors, &["fancy".into()]);
         assert_eq!(found.missing_extensions, vec!["fancy"]);
         assert_eq!(
             found.expected_failures.len(),
@@ -596,8 +636,7 @@ mod tests {
             failed.get("public.prices").map(String::as_str),
             Some("fancy")
         );
-        let mut strict = Findings::default();
-        judge_errors(&errors, &[], &mut strict);
+        let (_, strict) = judge_errors(&errors, &[]);
         assert_eq!(strict.problems.len(), 4);
         assert!(strict.problems[0].contains("allow_missing_extensions"));
     }

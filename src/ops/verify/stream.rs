@@ -10,7 +10,7 @@
 //! does not cover (a hole, a schema change) is not a failure of the stream's proof: it is
 //! noted, and the report's `continuous_protection` names it.
 
-use super::compare::{compare_tables, Findings};
+use super::compare::compare_tables;
 use crate::error::Result;
 use crate::ops::load::{create_missing_roles, load_dump, DbTarget, LoadOptions};
 use crate::ops::replay::{self, Reading, Until, Visibility};
@@ -66,8 +66,7 @@ async fn compare_replayed(
         }
         keep
     });
-    let mut found = Findings::default();
-    compare_tables(url, &compared, &HashMap::new(), &mut found).await?;
+    let found = compare_tables(url, &compared, &HashMap::new()).await?;
     Ok((compared.tables.len() as u64, left_out, found.problems))
 }
 
