@@ -17,14 +17,20 @@
 #     (a copy of the repository plus 398 synthetic daily snapshots, each naming the real
 #     snapshot's blobs with every 20th replaced by one of its own, as 5% daily churn would;
 #     one untimed backup first builds the host's blob index, as the daily runs before it would)
-#   backstop restore (empty database)     / pg_restore -j2 from a local file
+#   backstop restore (empty database)     / pg_restore -jJOBS from a local file
 #   backstop backup of the documents      / restic backup       (apt-get install restic)
 #   backstop restore of the documents     / restic restore
 #   backstop backup into S3 (new bucket)  / the backup into a new local repository above
-#   backstop restore from S3              / pg_restore -j2 from a local file
+#   backstop restore from S3              / pg_restore -jJOBS from a local file
 #     (S3 is the moto server on loopback, from PyPI like the tests': its Python shares the
 #     machine's cores with everything else, which a real S3 endpoint would not)
-# It prints each round's times, peak RSS (GNU time's %M), the CPU-seconds the whole machine
+# JOBS (default: the cores, at most 8) is both pg_restore's -j and the policies' [restore] jobs.
+# CASES=restore runs only the restore cases (the backups they need are made untimed), and
+# prints the most bytes of temporary files (spool or TOC) the restore held at any moment.
+# Needs only PostgreSQL's binaries, Python 3 and the backstop binary (BIN=path, else built
+# with cargo); zstd and age (the pipeline), restic and moto (from PyPI) are optional: their
+# cases are skipped, with a note, when they cannot be had.
+# It prints each round's times, peak RSS (the largest process's), the CPU-seconds the whole machine
 # spent during each case (from /proc/stat: backstop's work and the PostgreSQL server's alike)
 # and the ratios, then the medians of the ratios. Where a case and its baseline both keep every
 # core busy, the ratio of their CPU-seconds is the ratio of their times no scheduling can beat. Targets (issue 15): backup <= 1.1x pg_dump and <= 1.0x the pipeline, unchanged
@@ -38,18 +44,32 @@ case "${CASES:-all}" in
   stream) exec bash scripts/bench-stream.sh ;;
 esac
 . scripts/deps.sh
-ensure_deps age zstd jq runuser time restic
-ensure_moto
+MODE=${CASES:-all}
+# Optional tools: installed where the machine allows it, else their cases are skipped.
+[ "$(id -u)" = 0 ] && (ensure_deps runuser) >/dev/null 2>&1
+[ "$MODE" = all ] && { (ensure_deps age zstd restic) >/dev/null 2>&1 || true; }
+(ensure_moto) >/dev/null 2>&1 && ensure_moto >/dev/null 2>&1 || true
+have() { command -v "$1" >/dev/null 2>&1; }
+SKIP=()
+{ have age && have zstd; } || SKIP+=(pipeline)
+have restic || SKIP+=(restic_backup restic_restore)
+[ -x "${BACKSTOP_MOTO_SERVER:-}" ] || SKIP+=(s3_backup s3_restore)
+((${#SKIP[@]})) && echo "note: skipping ${SKIP[*]} (age and zstd, restic or moto not available)" >&2
 . scripts/pg.sh
 
 DATASET=${DATASET:-app}
 ROUNDS=${ROUNDS:-3}
-cargo build --release --quiet
-BIN=$PWD/target/release/backstop
+JOBS=${JOBS:-$(n=$(nproc); echo $((n > 8 ? 8 : n)))}
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --quiet
+  BIN=$PWD/target/release/backstop
+fi
 WORK=$(mktemp -d /var/tmp/backstop-bench.XXXXXX)
 chmod 755 "$WORK"
 MOTO_PID=
 cleanup() { [ -n "$MOTO_PID" ] && kill "$MOTO_PID" 2>/dev/null; pg_stop "$WORK/pg"; rm -rf "$WORK"; }
+SPOOL=$WORK/spool
+mkdir -p "$SPOOL"
 trap cleanup EXIT
 
 PASSWORD=bench-$RANDOM
@@ -75,7 +95,9 @@ DB_URL="postgres://postgres:$PASSWORD@127.0.0.1:$PG_PORT/bench"
 "$BIN" keygen --out "$WORK/key.txt" > "$WORK/recipient" 2>/dev/null
 RECIPIENT=$(cat "$WORK/recipient")
 
+[ "$MODE" = restore ] && DOCS=0
 echo "generating the documents ($DOCS files) ..." >&2
+mkdir -p "$WORK/docs/documents"
 python3 - "$WORK/docs/documents" "$DOCS" <<'PY'
 import os, random, sys
 root, n = sys.argv[1], int(sys.argv[2])
@@ -101,6 +123,9 @@ url = "\${BENCH_DB_URL}"
 url = "\${BENCH_REPO}"
 [encryption]
 recipients = ["$RECIPIENT"]
+[restore]
+jobs = $JOBS
+spool_dir = "$SPOOL"
 POLICY
 cat > "$WORK/policy-docs.toml" <<POLICY
 name = "docs"
@@ -114,9 +139,11 @@ url = "$WORK/docrepo"
 recipients = ["$RECIPIENT"]
 POLICY
 MOTO_PORT=$(free_port)
-"$BACKSTOP_MOTO_SERVER" -H 127.0.0.1 -p "$MOTO_PORT" >/dev/null 2>&1 &
-MOTO_PID=$!
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$MOTO_PORT") 2>/dev/null && break; sleep 0.2; done
+if [ -x "${BACKSTOP_MOTO_SERVER:-}" ]; then
+  "$BACKSTOP_MOTO_SERVER" -H 127.0.0.1 -p "$MOTO_PORT" >/dev/null 2>&1 &
+  MOTO_PID=$!
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$MOTO_PORT") 2>/dev/null && break; sleep 0.2; done
+fi
 cat > "$WORK/policy-s3.toml" <<POLICY
 name = "bench"
 [database]
@@ -127,6 +154,9 @@ endpoint = "http://127.0.0.1:$MOTO_PORT"
 region = "us-east-1"
 [encryption]
 recipients = ["$RECIPIENT"]
+[restore]
+jobs = $JOBS
+spool_dir = "$SPOOL"
 POLICY
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret
 export BENCH_DB_URL=$DB_URL BENCH_REPO=$WORK/repo BACKSTOP_CACHE_DIR=$WORK/cache
@@ -179,7 +209,7 @@ prep() {
       rm -rf "$WORK/repo400"; cp -a "$WORK/repo" "$WORK/repo400"
       python3 "$WORK/history.py" "$WORK/repo400" 398
       BENCH_REPO=$WORK/repo400 "$BIN" backup --policy "$WORK/policy.toml" 2>/dev/null >/dev/null ;;
-    pg_restore_j2 | backstop_restore) fresh_target ;;
+    pg_restore_j | backstop_restore) fresh_target ;;
     restic_backup) rm -rf "$WORK/restic"; restic init -q >/dev/null ;;
     docs_backup) rm -rf "$WORK/docrepo" "$WORK/cache/index"; "$BIN" init --policy "$WORK/policy-docs.toml" 2>/dev/null ;;
     restic_restore | docs_restore) rm -rf "$WORK/restored" ;;
@@ -199,7 +229,7 @@ run_case() {
     pipeline) bash -c "set -o pipefail; '$PG_BIN/pg_dump' -Fc -Z0 -d bench | zstd -3 -T0 -q | age -r $RECIPIENT | tee >(sha256sum > '$WORK/pipeline.sha') > '$WORK/pipeline.age'" ;;
     backstop_backup | backstop_backup_again) "$BIN" backup --policy "$WORK/policy.toml" ;;
     backstop_backup_history) BENCH_REPO=$WORK/repo400 "$BIN" backup --policy "$WORK/policy.toml" ;;
-    pg_restore_j2) "$PG_BIN/pg_restore" -j2 -d target "$WORK/bench.dump" ;;
+    pg_restore_j) "$PG_BIN/pg_restore" -j"$JOBS" -d target "$WORK/bench.dump" ;;
     backstop_restore) "$BIN" restore --policy "$WORK/policy.toml" --identity "$WORK/key.txt" --db-url "$TARGET_URL" ;;
     restic_backup) restic backup -q "$WORK/docs" ;;
     docs_backup) "$BIN" backup --policy "$WORK/policy-docs.toml" ;;
@@ -209,63 +239,120 @@ run_case() {
     s3_restore) "$BIN" restore --policy "$WORK/policy-s3.toml" --identity "$WORK/key.txt" --db-url "$TARGET_URL" ;;
   esac
 }
+# Times a command: its wall time, the peak RSS of its largest process (as GNU time's %M), and
+# the most disk the temporary files in SPOOL held at once (unnamed files included: each open
+# file descriptor of every process is looked at every 0.2 s), when SPOOL is given.
+cat > "$WORK/measure.py" <<'PY'
+import os, resource, subprocess, sys, time
+out, spool, cmd = sys.argv[1], sys.argv[2], sys.argv[3:]
+def held():
+    files = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(spool):
+                    st = os.stat(f"/proc/{pid}/fd/{fd}")
+                    files[(st.st_dev, st.st_ino)] = st.st_blocks * 512
+            except OSError:
+                pass
+    return sum(files.values())
+start = time.monotonic()
+p = subprocess.Popen(cmd)
+most = 0
+while p.poll() is None:
+    if spool:
+        most = max(most, held())
+    time.sleep(0.2)
+elapsed = time.monotonic() - start
+peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+open(out, "w").write(f"{elapsed:.2f} {peak} {most}\n")
+sys.exit(p.returncode)
+PY
 # Cases run in this order in even rounds and reversed in odd ones; a case that needs another
 # (the unchanged backup needs the first, the restores need the backups) is kept after it.
-ORDER=(pg_dump pipeline "backstop_backup backstop_backup_again backstop_backup_history" pg_restore_j2 backstop_restore
-       restic_backup docs_backup restic_restore docs_restore "s3_backup s3_restore")
-RATIOS=("backstop_backup pg_dump" "backstop_backup pipeline" "backstop_backup_again pg_dump"
-        "backstop_backup_history backstop_backup_again"
-        "backstop_restore pg_restore_j2" "docs_backup restic_backup" "docs_restore restic_restore"
-        "s3_backup backstop_backup" "s3_restore pg_restore_j2")
-declare -A T M C
+if [ "$MODE" = restore ]; then
+  ORDER=(pg_restore_j backstop_restore s3_restore)
+  REVERSED=(s3_restore backstop_restore pg_restore_j)
+  RATIOS=("backstop_restore pg_restore_j" "s3_restore pg_restore_j")
+  # What the restores restore, made once and untimed.
+  prep backstop_backup; "$BIN" backup --policy "$WORK/policy.toml" >/dev/null 2>&1
+else
+  ORDER=(pg_dump pipeline "backstop_backup backstop_backup_again backstop_backup_history" pg_restore_j backstop_restore
+         restic_backup docs_backup restic_restore docs_restore "s3_backup s3_restore")
+  # Reversed, but a restore still after its backup: baselines and backstop swap places.
+  REVERSED=("s3_backup s3_restore" restic_restore restic_backup docs_backup docs_restore backstop_restore
+            "backstop_backup backstop_backup_again backstop_backup_history" pg_restore_j pipeline pg_dump)
+  RATIOS=("backstop_backup pg_dump" "backstop_backup pipeline" "backstop_backup_again pg_dump"
+          "backstop_backup_history backstop_backup_again"
+          "backstop_restore pg_restore_j" "docs_backup restic_backup" "docs_restore restic_restore"
+          "s3_backup backstop_backup" "s3_restore pg_restore_j")
+fi
+skipped() { [[ " ${SKIP[*]} " == *" $1 "* ]]; }
+S3_READY=
+declare -A T M C D
 # CPU-seconds the machine has spent busy (user, nice, system, irq, softirq) since boot.
 busy() { awk '/^cpu /{printf "%.2f", ($2 + $3 + $4 + $7 + $8) / 100}' /proc/stat; }
 for ((r = 1; r <= ROUNDS; r++)); do
   order=("${ORDER[@]}")
-  if ((r % 2 == 0)); then
-    # Reversed, but a restore still after its backup: baselines and backstop swap places.
-    order=("s3_backup s3_restore" restic_restore restic_backup docs_backup docs_restore backstop_restore
-           "backstop_backup backstop_backup_again backstop_backup_history" pg_restore_j2 pipeline pg_dump)
-  fi
+  ((r % 2 == 0)) && order=("${REVERSED[@]}")
   echo "round $r: ${order[*]}" >&2
   for group in "${order[@]}"; do
     for c in $group; do
+      skipped "$c" && continue
       prep "$c"
+      if [ "$c" = s3_restore ] && [ "$MODE" = restore ] && [ -z "$S3_READY" ]; then
+        prep s3_backup; "$BIN" backup --policy "$WORK/policy-s3.toml" >/dev/null 2>&1; S3_READY=1
+      fi
+      watch_dir=; [[ $c == *restore ]] && watch_dir=$SPOOL
       b0=$(busy)
-      /usr/bin/time -f "%e %M" -o "$WORK/time" bash -c "$(declare -f run_case); $(declare -p BIN WORK PG_BIN RECIPIENT TARGET_URL); run_case $c" >/dev/null 2>"$WORK/err" \
+      python3 "$WORK/measure.py" "$WORK/time" "$watch_dir" bash -c "$(declare -f run_case); $(declare -p BIN WORK PG_BIN RECIPIENT TARGET_URL JOBS); run_case $c" >/dev/null 2>"$WORK/err" \
         || { echo "case $c failed:"; cat "$WORK/err"; exit 1; }
-      read -r t m < "$WORK/time"
-      T[$r.$c]=$t; M[$r.$c]=$((m / 1024)); C[$r.$c]=$(awk -v a="$b0" -v b="$(busy)" 'BEGIN { printf "%.1f", b - a }')
-      printf '  %-24s %8ss  peak RSS %5s MiB  machine CPU %6s s\n' "$c" "$t" "${M[$r.$c]}" "${C[$r.$c]}" >&2
+      read -r t m d < "$WORK/time"
+      T[$r.$c]=$t; M[$r.$c]=$((m / 1024)); D[$r.$c]=$((d / 1048576)); C[$r.$c]=$(awk -v a="$b0" -v b="$(busy)" 'BEGIN { printf "%.1f", b - a }')
+      printf '  %-24s %8ss  peak RSS %5s MiB  machine CPU %6s s  temporary files %5s MiB\n' "$c" "$t" "${M[$r.$c]}" "${C[$r.$c]}" "${D[$r.$c]}" >&2
     done
   done
 done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+name() { if [ "$1" = pg_restore_j ]; then echo "pg_restore_j$JOBS"; else echo "$1"; fi; }
 echo
-echo "dataset: $DATASET, database $SIZE, $TABLES tables, dump $((DUMP_BYTES / 1048576)) MiB; documents $DOCS files, $((DOCS_BYTES / 1048576)) MiB; rounds $ROUNDS; cores $(nproc)"
-# Each pair's ratio in every round and its median, of the times (T) or the CPU-seconds (C).
+echo "dataset: $DATASET, database $SIZE, $TABLES tables, dump $((DUMP_BYTES / 1048576)) MiB; documents $DOCS files, $((DOCS_BYTES / 1048576)) MiB; rounds $ROUNDS; cores $(nproc); JOBS $JOBS"
+echo
+# Each pair's ratio in every round and its median, of the times (T) or the CPU-seconds (C), as
+# a Markdown table.
 ratio_table() {
   local -n of=$2
-  printf '%-40s' "$1"
-  for ((r = 1; r <= ROUNDS; r++)); do printf '%9s' "round$r"; done
-  printf '%9s\n' median
+  local line="| $1 |" rule="|---|"
+  for ((r = 1; r <= ROUNDS; r++)); do line+=" round $r |"; rule+="---|"; done
+  printf '%s median |\n%s---|\n' "$line" "$rule"
   for pair in "${RATIOS[@]}"; do
     read -r a b <<<"$pair"
-    printf '%-40s' "$a / $b"
+    if skipped "$a" || skipped "$b"; then continue; fi
+    printf '| %s / %s |' "$(name "$a")" "$(name "$b")"
     vals=()
-    for ((r = 1; r <= ROUNDS; r++)); do v=$(ratio "${of[$r.$a]}" "${of[$r.$b]}"); vals+=("$v"); printf '%9s' "$v"; done
-    printf '%9s\n' "$(printf '%s\n' "${vals[@]}" | median)"
+    for ((r = 1; r <= ROUNDS; r++)); do v=$(ratio "${of[$r.$a]}" "${of[$r.$b]}"); vals+=("$v"); printf ' %s |' "$v"; done
+    printf ' **%s** |\n' "$(printf '%s\n' "${vals[@]}" | median)"
   done
 }
-ratio_table "ratio (case / baseline, same round)" T
+ratio_table "time ratio (case / baseline, same round)" T
 echo
 ratio_table "machine CPU-seconds ratio (same pairs)" C
 echo
-printf '%-40s %12s %14s %16s\n' case "median_s" "max_peak_MiB" "median_CPU_s"
-for c in pg_dump pipeline backstop_backup backstop_backup_again backstop_backup_history pg_restore_j2 backstop_restore restic_backup docs_backup restic_restore docs_restore s3_backup s3_restore; do
-  ts=(); cs=(); mx=0
-  for ((r = 1; r <= ROUNDS; r++)); do ts+=("${T[$r.$c]}"); cs+=("${C[$r.$c]}"); ((M[$r.$c] > mx)) && mx=${M[$r.$c]}; done
-  printf '%-40s %12s %14s %16s\n' "$c" "$(printf '%s\n' "${ts[@]}" | median)" "$mx" "$(printf '%s\n' "${cs[@]}" | median)"
+echo "| case | median s | max peak RSS MiB | median machine CPU s | max temporary files MiB |"
+echo "|---|---|---|---|---|"
+for c in pg_dump pipeline backstop_backup backstop_backup_again backstop_backup_history pg_restore_j backstop_restore restic_backup docs_backup restic_restore docs_restore s3_backup s3_restore; do
+  [ -n "${T[1.$c]:-}" ] || continue
+  ts=(); cs=(); mx=0; dx=0
+  for ((r = 1; r <= ROUNDS; r++)); do
+    ts+=("${T[$r.$c]}"); cs+=("${C[$r.$c]}")
+    ((M[$r.$c] > mx)) && mx=${M[$r.$c]}
+    ((D[$r.$c] > dx)) && dx=${D[$r.$c]}
+  done
+  printf '| %s | %s | %s | %s | %s |\n' "$(name "$c")" "$(printf '%s\n' "${ts[@]}" | median)" "$mx" "$(printf '%s\n' "${cs[@]}" | median)" "$dx"
 done

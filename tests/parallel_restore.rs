@@ -1,5 +1,6 @@
-//! Restore (and verify) feed pg_restore from a checked spool with `-j` jobs when `[restore]`
-//! allows it, and fall back to streaming into one pg_restore when the dump is over
+//! The fixture holds a large object, which the parallel load leaves to the spool path (see
+//! tests/parallel_load.rs for that load). Restore (and verify) feed pg_restore from a checked
+//! spool with `-j` jobs when `[restore]` allows it, and fall back to streaming into one pg_restore when the dump is over
 //! `spool_max` or the spool cannot be written. Every path restores exactly, and no spool file
 //! is left behind.
 
@@ -68,6 +69,12 @@ fn parallel_spooled_and_streamed_restores_are_equal() {
         );
         if !spooled {
             assert!(!stderr.contains("from a checked spool"), "{stderr}");
+        }
+        if !settings.starts_with("jobs = 1") {
+            assert!(
+                stderr.contains("not the parallel load (the dump holds large objects"),
+                "{settings}: {stderr}"
+            );
         }
         assert!(
             table_contents(&env.scratch, &db) == original,

@@ -588,6 +588,7 @@ async fn dump_database(
         }
     };
     let (dump, wstats, scanned) = dumped?;
+    let layout = dump_layout(&dump, &scanned);
     let stats = table_stats(&mut session, &tables, scanned, &mut out.warnings).await?;
     let consistent_at = session.consistent_at;
     let consistent_lsn = session.consistent_lsn.clone();
@@ -622,6 +623,7 @@ async fn dump_database(
         extensions,
         bytea_output: Some(bytea_output),
         lc_monetary: Some(lc_monetary),
+        layout,
     };
     Ok(Dumped {
         manifest,
@@ -630,6 +632,41 @@ async fn dump_database(
         snapshot_xids,
         figures,
         storage_rows,
+    })
+}
+
+/// Where the dump's TOC ends and each data block lies in its chunks, from the archive scan;
+/// `None` when the scan failed (the restore then takes the spool path, as for snapshots of
+/// versions before the layout).
+fn dump_layout(
+    dump: &StreamRef,
+    scanned: &std::result::Result<Scan, String>,
+) -> Option<crate::repo::format::DumpLayout> {
+    use crate::repo::format::{DataBlock, DumpLayout};
+    let scan = scanned.as_ref().ok()?;
+    let starts = dump.chunk_starts();
+    let blocks = scan
+        .blocks
+        .iter()
+        .map(|b| {
+            Some(DataBlock {
+                dump_id: b.dump_id,
+                desc: b.desc.clone(),
+                schema: b.schema.clone(),
+                name: b.name.clone(),
+                start: StreamRef::position(&starts, b.start)?,
+                end: StreamRef::position(&starts, b.end)?,
+            })
+        })
+        .collect::<Option<Vec<_>>>();
+    if blocks.is_none() {
+        tracing::warn!(
+            "the archive scan's data blocks lie past the dump's end: no layout recorded"
+        );
+    }
+    Some(DumpLayout {
+        toc_bytes: scan.toc_end,
+        blocks: blocks?,
     })
 }
 

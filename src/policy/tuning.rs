@@ -13,9 +13,9 @@ use std::path::PathBuf;
 
 #[derive(Debug, Clone)]
 pub struct RestoreSettings {
-    /// pg_restore jobs; 1 streams the dump with no spool.
+    /// Load workers and pg_restore jobs; 1 streams the dump into one pg_restore.
     pub jobs: usize,
-    /// Where the spool goes (default: the system's temporary directory).
+    /// Where the TOC-only archive or the spool goes (default: the system's temporary directory).
     pub spool_dir: Option<PathBuf>,
     /// The largest dump spooled, in bytes.
     pub spool_max: u64,

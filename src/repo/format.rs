@@ -293,6 +293,78 @@ pub struct DbManifest {
     /// The database's `lc_monetary` when it was dumped: how money values read as COPY text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lc_monetary: Option<String>,
+    /// Where the dump's TOC ends and each data block lies, found by the archive scan as the
+    /// dump streamed past: what lets a restore load each table from its own chunks. Absent in
+    /// snapshots of older versions, and when the scan could not read the archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<DumpLayout>,
+}
+
+/// The dump's shape: its first `toc_bytes` bytes are the archive's header and table of
+/// contents; each data block starts and ends at a place in its chunks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DumpLayout {
+    pub toc_bytes: u64,
+    pub blocks: Vec<DataBlock>,
+}
+
+/// One TOC entry's data block, from its block-type byte to the end of its closing zero length.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataBlock {
+    pub dump_id: i64,
+    /// `TABLE DATA`, or `BLOBS` (large objects).
+    pub desc: String,
+    pub schema: String,
+    pub name: String,
+    pub start: ChunkPos,
+    /// Exclusive: the first byte after the block.
+    pub end: ChunkPos,
+}
+
+/// A place in a stream: the index of a chunk in its list, and an offset into that chunk's
+/// plaintext (an end position may equal the chunk's length).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkPos {
+    pub chunk: u32,
+    pub offset: u32,
+}
+
+impl StreamRef {
+    /// Where each chunk starts in the stream, and the stream's end last.
+    pub fn chunk_starts(&self) -> Vec<u64> {
+        let mut at = 0u64;
+        let mut starts = Vec::with_capacity(self.chunks.len() + 1);
+        for c in &self.chunks {
+            starts.push(at);
+            at += u64::from(c.len);
+        }
+        starts.push(at);
+        starts
+    }
+
+    /// The place of stream offset `at`: in the chunk holding it, or at the end of the last
+    /// chunk for the stream's end. `None` past the end.
+    pub fn position(starts: &[u64], at: u64) -> Option<ChunkPos> {
+        let end = *starts.last()?;
+        if at > end {
+            return None;
+        }
+        let i = match starts.binary_search(&at) {
+            Ok(i) if i + 1 < starts.len() => i,
+            Ok(i) | Err(i) => i.checked_sub(1)?,
+        };
+        Some(ChunkPos {
+            chunk: u32::try_from(i).ok()?,
+            offset: u32::try_from(at - starts[i]).ok()?,
+        })
+    }
+
+    /// The stream offset of a place, when it lies within the stream.
+    pub fn offset(starts: &[u64], pos: ChunkPos) -> Option<u64> {
+        let i = pos.chunk as usize;
+        let at = starts.get(i)? + u64::from(pos.offset);
+        (i + 1 < starts.len() && at <= starts[i + 1]).then_some(at)
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -317,4 +389,57 @@ pub struct StorageObject {
     pub etag: Option<String>,
     pub version: Option<String>,
     pub chunks: Vec<ChunkRef>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_and_offsets_are_each_other_s_inverse() {
+        let stream = StreamRef {
+            bytes: 10,
+            sha256: String::new(),
+            chunks: [4u32, 1, 5]
+                .iter()
+                .map(|&len| ChunkRef {
+                    id: String::new(),
+                    len,
+                })
+                .collect(),
+        };
+        let starts = stream.chunk_starts();
+        assert_eq!(starts, [0, 4, 5, 10]);
+        let at = |chunk, offset| Some(ChunkPos { chunk, offset });
+        assert_eq!(StreamRef::position(&starts, 0), at(0, 0));
+        assert_eq!(StreamRef::position(&starts, 3), at(0, 3));
+        assert_eq!(StreamRef::position(&starts, 4), at(1, 0));
+        assert_eq!(StreamRef::position(&starts, 9), at(2, 4));
+        assert_eq!(StreamRef::position(&starts, 10), at(2, 5), "the end");
+        assert_eq!(StreamRef::position(&starts, 11), None);
+        for x in 0..=10 {
+            let p = StreamRef::position(&starts, x).unwrap();
+            assert_eq!(StreamRef::offset(&starts, p), Some(x));
+        }
+        assert_eq!(
+            StreamRef::offset(
+                &starts,
+                ChunkPos {
+                    chunk: 1,
+                    offset: 2
+                }
+            ),
+            None
+        );
+        assert_eq!(
+            StreamRef::offset(
+                &starts,
+                ChunkPos {
+                    chunk: 3,
+                    offset: 0
+                }
+            ),
+            None
+        );
+    }
 }

@@ -42,6 +42,23 @@ pub struct Scan {
     /// The archive's client encoding (its `ENCODING` entry).
     pub encoding: Option<String>,
     pub tables: Vec<TableData>,
+    /// Where the header and TOC end: the first data block starts here.
+    pub toc_end: u64,
+    /// Every data block, in stream order.
+    pub blocks: Vec<BlockSpan>,
+}
+
+/// Where one data block lies in the archive: from its block-type byte to the end of its
+/// closing zero length, `end` exclusive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockSpan {
+    pub dump_id: i64,
+    /// The TOC entry's kind: `TABLE DATA`, or `BLOBS` (large objects).
+    pub desc: String,
+    pub schema: String,
+    pub name: String,
+    pub start: u64,
+    pub end: u64,
 }
 
 /// Wraps `inner` so that every byte read through it is also parsed on another thread. The
@@ -193,16 +210,48 @@ const fn version(major: u32, minor: u32) -> u32 {
 }
 
 /// One TOC entry, as far as backstop needs it.
-struct TocEntry {
-    dump_id: i64,
-    tag: String,
-    desc: String,
-    defn: String,
-    copy: String,
-    namespace: String,
+#[derive(Debug, Clone)]
+pub struct TocEntry {
+    pub dump_id: i64,
+    pub tag: String,
+    pub desc: String,
+    /// pg_dump's section: 1 none (ACL, COMMENT: the section of the entry before), 2 pre-data,
+    /// 3 data, 4 post-data.
+    pub section: i64,
+    pub defn: String,
+    pub copy: String,
+    pub namespace: String,
     /// Where the entry's data-offset flag byte is, counted from the archive's start.
     offset_at: u64,
     offset_flag: u8,
+}
+
+pub const SECTION_NONE: i64 = 1;
+pub const SECTION_DATA: i64 = 3;
+
+/// An archive's header and table of contents.
+#[derive(Debug, Clone)]
+pub struct Toc {
+    /// The size of the archive's integers, after their sign byte.
+    pub int_size: usize,
+    pub entries: Vec<TocEntry>,
+    /// Where the TOC ends, counted from the archive's start.
+    pub end: u64,
+}
+
+/// Reads an archive's header and table of contents from `r`.
+pub fn read_toc<R: Read>(r: R) -> Result<Toc, String> {
+    let mut a = Archive::new(r);
+    let off_size = read_header(&mut a)?;
+    let count = a.int()?;
+    let entries = (0..count)
+        .map(|_| read_toc_entry(&mut a, off_size))
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(Toc {
+        int_size: a.int_size,
+        entries,
+        end: a.pos,
+    })
 }
 
 /// Reads the header up to the TOC; returns the archive's offset size.
@@ -255,7 +304,7 @@ fn read_toc_entry<R: Read>(a: &mut Archive<R>, off_size: usize) -> Result<TocEnt
     a.string()?; // oid
     let tag = a.string()?.unwrap_or_default();
     let desc = a.string()?.unwrap_or_default();
-    a.int()?; // section
+    let section = a.int()?;
     let defn = a.string()?.unwrap_or_default();
     a.string()?; // drop statement
     let copy = a.string()?.unwrap_or_default();
@@ -277,6 +326,7 @@ fn read_toc_entry<R: Read>(a: &mut Archive<R>, off_size: usize) -> Result<TocEnt
         dump_id,
         tag,
         desc,
+        section,
         defn,
         copy,
         namespace,
@@ -291,9 +341,14 @@ pub fn scan<R: Read>(r: R) -> Result<Scan, String> {
     let off_size = read_header(&mut a)?;
     let mut scan = Scan::default();
     let mut data_entries: HashMap<i64, (String, String, String)> = HashMap::new();
+    let mut names: HashMap<i64, (String, String, String)> = HashMap::new();
     let count = a.int()?;
     for _ in 0..count {
         let e = read_toc_entry(&mut a, off_size)?;
+        names.insert(
+            e.dump_id,
+            (e.desc.clone(), e.namespace.clone(), e.tag.clone()),
+        );
         match e.desc.as_str() {
             "ENCODING" => scan.encoding = e.defn.split('\'').nth(1).map(str::to_string),
             "TABLE DATA" => {
@@ -313,8 +368,10 @@ pub fn scan<R: Read>(r: R) -> Result<Scan, String> {
         }
     }
 
+    scan.toc_end = a.pos;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
+        let start = a.pos;
         let kind = match a.byte_or_end()? {
             None => return Ok(scan),
             Some(k) => k,
@@ -347,6 +404,122 @@ pub fn scan<R: Read>(r: R) -> Result<Scan, String> {
             }
             other => return Err(format!("unknown data block type {other}")),
         }
+        let (desc, schema, name) = names.remove(&dump_id).unwrap_or_default();
+        scan.blocks.push(BlockSpan {
+            dump_id,
+            desc,
+            schema,
+            name,
+            start,
+            end: a.pos,
+        });
+    }
+}
+
+/// Takes one `TABLE DATA` block's bytes, fed in pieces from its block-type byte to its end,
+/// and gives back its payload: the COPY text, without the archive's framing (the block's
+/// header, then a length before each piece of data, and a zero length at the end).
+#[derive(Debug)]
+pub struct Deframer {
+    int_size: usize,
+    dump_id: i64,
+    state: Frame,
+    /// The bytes of a header or length read so far.
+    partial: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Frame {
+    Header,
+    Length,
+    Data(u64),
+    Done,
+}
+
+impl Deframer {
+    pub fn new(int_size: usize, dump_id: i64) -> Deframer {
+        Deframer {
+            int_size,
+            dump_id,
+            state: Frame::Header,
+            partial: Vec::with_capacity(2 + int_size),
+        }
+    }
+
+    /// Whether the block's closing zero length has been read.
+    pub fn is_done(&self) -> bool {
+        self.state == Frame::Done
+    }
+
+    /// An int in the archive's form: a sign byte, then `int_size` bytes, least significant
+    /// first.
+    fn int(bytes: &[u8]) -> i64 {
+        let value = bytes[1..]
+            .iter()
+            .enumerate()
+            .fold(0i64, |v, (i, &x)| v | (x as i64) << (8 * i));
+        if bytes[0] != 0 {
+            -value
+        } else {
+            value
+        }
+    }
+
+    /// Collects up to `need` framing bytes from `input`; true once they are all there.
+    fn gather(&mut self, input: &mut &[u8], need: usize) -> bool {
+        let take = (need - self.partial.len()).min(input.len());
+        self.partial.extend_from_slice(&input[..take]);
+        *input = &input[take..];
+        self.partial.len() == need
+    }
+
+    /// Reads `input`, appending its payload to `out`.
+    pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        while !input.is_empty() {
+            match self.state {
+                Frame::Header => {
+                    if self.gather(&mut input, 2 + self.int_size) {
+                        let id = Self::int(&self.partial[1..]);
+                        if self.partial[0] != BLK_DATA || id != self.dump_id {
+                            return Err(format!(
+                                "expected the data block of entry {}, found a block of type {} for entry {id}",
+                                self.dump_id, self.partial[0]
+                            ));
+                        }
+                        self.partial.clear();
+                        self.state = Frame::Length;
+                    }
+                }
+                Frame::Length => {
+                    if self.gather(&mut input, 1 + self.int_size) {
+                        let len = Self::int(&self.partial);
+                        self.partial.clear();
+                        self.state = match u64::try_from(len) {
+                            Ok(0) => Frame::Done,
+                            Ok(n) => Frame::Data(n),
+                            Err(_) => return Err(format!("negative chunk length {len}")),
+                        };
+                    }
+                }
+                Frame::Data(left) => {
+                    let n = left.min(input.len() as u64) as usize;
+                    out.extend_from_slice(&input[..n]);
+                    input = &input[n..];
+                    self.state = match left - n as u64 {
+                        0 => Frame::Length,
+                        rest => Frame::Data(rest),
+                    };
+                }
+                Frame::Done => {
+                    return Err(format!(
+                        "{} bytes past the end of the data block of entry {}",
+                        input.len(),
+                        self.dump_id
+                    ))
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -778,5 +951,50 @@ mod tests {
         drop(tee);
         assert_eq!(copy, bytes);
         assert_eq!(handle.join().unwrap().unwrap(), scan(&bytes[..]).unwrap());
+    }
+
+    #[test]
+    fn block_spans_and_the_deframer_give_back_each_table_s_copy_text() {
+        let bytes = sample(16);
+        let scan = scan(&bytes[..]).unwrap();
+        let toc = read_toc(&bytes[..]).unwrap();
+        assert_eq!(toc.end, scan.toc_end);
+        assert_eq!(toc.entries.len(), 4);
+        let spans: Vec<(i64, &str)> = scan
+            .blocks
+            .iter()
+            .map(|b| (b.dump_id, b.desc.as_str()))
+            .collect();
+        assert_eq!(spans, [(2, "TABLE DATA"), (3, "TABLE DATA"), (4, "BLOBS")]);
+        assert_eq!(scan.blocks[0].start, scan.toc_end);
+        assert_eq!(scan.blocks[1].start, scan.blocks[0].end);
+        assert_eq!(scan.blocks[2].end, bytes.len() as u64);
+        let expected: [&[u8]; 2] = [b"1\tx\n2\ty\n3\t\\N\n\\.\n\n\n", b""];
+        for (block, want) in scan.blocks.iter().zip(expected) {
+            let whole = &bytes[block.start as usize..block.end as usize];
+            for piece in [1, 2, 5, whole.len()] {
+                let mut d = Deframer::new(toc.int_size, block.dump_id);
+                let mut out = Vec::new();
+                for p in whole.chunks(piece) {
+                    assert!(!d.is_done());
+                    d.feed(p, &mut out).unwrap();
+                }
+                assert!(d.is_done(), "pieces of {piece}");
+                assert_eq!(out, want, "pieces of {piece}");
+            }
+        }
+        let first = &bytes[scan.blocks[0].start as usize..scan.blocks[0].end as usize];
+        let mut wrong = Deframer::new(toc.int_size, 3);
+        assert!(wrong
+            .feed(first, &mut Vec::new())
+            .unwrap_err()
+            .contains("entry 3"));
+        let mut past = Deframer::new(toc.int_size, 2);
+        let mut longer = first.to_vec();
+        longer.push(0);
+        assert!(past
+            .feed(&longer, &mut Vec::new())
+            .unwrap_err()
+            .contains("past the end"));
     }
 }

@@ -4,10 +4,14 @@
 //! (refused otherwise, unless `force`, which drops and recreates the target database, so the
 //! result is exactly the snapshot: pg_restore's own `--clean` cannot drop every kind of object,
 //! e.g. a partition's inherited primary key); create, as NOLOGIN, the roles the dump refers to that the target
-//! server lacks; then stream the dump into pg_restore's stdin, blobs fetched several ahead and
-//! each one checked (see [`crate::repo::reader`]) before a byte of it reaches pg_restore. Any
+//! server lacks; then load the dump, blobs fetched several ahead and each one checked (see
+//! [`crate::repo::reader`]) before a byte of it reaches the server: table by table with
+//! parallel workers ([`parallel`]), or from a checked spool with `pg_restore -j`, or streamed
+//! into one pg_restore's stdin, whichever the snapshot and `[restore]` allow ([`choose_feed`]). Any
 //! damaged blob stops the restore with the blob named; pg_restore reporting any error fails
 //! the restore with its messages. A failed restore may leave a partly loaded target: say so.
+
+mod parallel;
 
 use super::{Phase, ProgressSink};
 use crate::error::{Error, Result};
@@ -273,9 +277,11 @@ async fn watch(stderr: tokio::process::ChildStderr, start: Instant) -> Watched {
     p
 }
 
-/// How the dump reaches pg_restore.
+/// How the dump reaches the target.
 enum Feed {
-    /// Streamed into its stdin, one job.
+    /// Each table loaded from its own chunks by parallel workers (see [`parallel`]).
+    Parallel(parallel::Plan),
+    /// Streamed into pg_restore's stdin, one job.
     Stream,
     /// A checked spool file, `-j jobs`: unnamed (see [`spool_dump`]).
     Spool(std::fs::File, usize),
@@ -414,8 +420,9 @@ fn check_whole(meta: &Meta, manifest: &DbManifest, written: u64, hasher: Sha256)
     Ok(())
 }
 
-/// Chooses the feed: a spool with `jobs` when allowed and it can be written; else the stream,
-/// saying why.
+/// Chooses the feed, saying which and why: with `jobs` above 1, the parallel load where the
+/// snapshot and its archive allow it, else a spool with `jobs` where it can be written; else
+/// the stream.
 async fn choose_feed(
     reader: &Arc<BlobReader>,
     meta: &Meta,
@@ -425,7 +432,16 @@ async fn choose_feed(
 ) -> Result<Feed> {
     let settings = &options.restore;
     if settings.jobs <= 1 {
+        tracing::info!("restore.jobs = 1: streaming the dump into one pg_restore");
         return Ok(Feed::Stream);
+    }
+    let dir = settings
+        .spool_dir
+        .clone()
+        .unwrap_or_else(std::env::temp_dir);
+    match parallel::plan(reader, manifest, &dir, settings.jobs, options.ahead).await? {
+        Ok(plan) => return Ok(Feed::Parallel(plan)),
+        Err(why) => tracing::info!("not the parallel load ({why}): the spool path instead"),
     }
     if manifest.dump.bytes > settings.spool_max {
         tracing::info!(
@@ -435,10 +451,6 @@ async fn choose_feed(
         );
         return Ok(Feed::Stream);
     }
-    let dir = settings
-        .spool_dir
-        .clone()
-        .unwrap_or_else(std::env::temp_dir);
     match spool_dump(reader, meta, manifest, &dir, options.ahead, progress).await? {
         Ok(file) => Ok(Feed::Spool(file, settings.jobs)),
         Err(problem) => {
@@ -463,7 +475,7 @@ fn pg_restore_command(
     }
     target.url.configure(&mut cmd);
     let stdin = match feed {
-        Feed::Stream => Stdio::piped(),
+        Feed::Stream | Feed::Parallel(_) => Stdio::piped(),
         Feed::Spool(file, jobs) => {
             cmd.arg(format!("--jobs={jobs}")).arg("/dev/stdin");
             tracing::info!("pg_restore with {jobs} jobs from a checked spool");
@@ -513,8 +525,21 @@ async fn feed_stream(
     (written, hasher, Fed::Whole)
 }
 
+/// pg_restore's errors with the target's password scrubbed from them.
+fn scrubbed(errors: &[RestoreIssue], url: &DbUrl) -> Vec<RestoreIssue> {
+    let password = url.password().unwrap_or_default();
+    let scrub = |t: &str| crate::util::scrub(t, &[&password]);
+    errors
+        .iter()
+        .map(|e| RestoreIssue {
+            error: scrub(&e.error),
+            command: e.command.as_deref().map(scrub),
+        })
+        .collect()
+}
+
 /// The error of a pg_restore that failed, with its first errors.
-fn failed(status: std::process::ExitStatus, errors: &[RestoreIssue], target: &DbTarget) -> Error {
+fn failed(status: std::process::ExitStatus, errors: &[RestoreIssue], url: &DbUrl) -> Error {
     let text: Vec<String> = errors
         .iter()
         .take(5)
@@ -525,7 +550,7 @@ fn failed(status: std::process::ExitStatus, errors: &[RestoreIssue], target: &Db
         .collect();
     Error::failed(format!(
         "pg_restore into {} failed ({status}); the target may hold a partial restore: {}",
-        target.url.masked(),
+        url.masked(),
         text.join("; ")
     ))
 }
@@ -561,6 +586,40 @@ fn load_phases(
     phases
 }
 
+/// The outcome of a parallel load: its schema, data and post-data steps are the phases.
+fn parallel_outcome(
+    reader: &BlobReader,
+    manifest: &DbManifest,
+    l: parallel::Loaded,
+) -> LoadOutcome {
+    let (download, open) = reader.work_times();
+    let phase = |name: &str, d: Duration| Phase {
+        name: name.into(),
+        duration_s: crate::util::secs(d),
+    };
+    LoadOutcome {
+        figures: RestoreDb {
+            tables: manifest.tables.len() as u64,
+            rows: manifest.tables.iter().map(|t| t.rows).sum(),
+            bytes: manifest.dump.bytes,
+            database_created: false,
+            roles_created: Vec::new(),
+        },
+        errors: l.errors,
+        phases: vec![
+            phase("download", download),
+            phase("decrypt_decompress", open),
+            phase("schema", l.schema_done),
+            phase("data_load", l.data_done.saturating_sub(l.schema_done)),
+            phase(
+                "index_constraint_build",
+                l.elapsed.saturating_sub(l.data_done),
+            ),
+        ],
+        elapsed: l.elapsed,
+    }
+}
+
 /// Loads the snapshot's dump into pg_restore on the (prepared) target: from a checked spool
 /// with `-j` jobs (see [`crate::policy::RestoreSettings`]), or streamed.
 pub async fn load_dump(
@@ -580,6 +639,23 @@ pub async fn load_dump(
     let reader = Arc::new(BlobReader::new(repo.store.clone(), opener, ids, meta));
     let progress = options.progress.bar("restore", Some(manifest.dump.bytes));
     let feed = choose_feed(&reader, meta, manifest, options, progress.as_ref()).await?;
+    let feed = match feed {
+        Feed::Parallel(plan) => {
+            let step = parallel::Step {
+                tool: &tool.path,
+                url: &target.url,
+                jobs: options.restore.jobs,
+                ahead: options.ahead,
+                stop_on_error: options.stop_on_error,
+                start,
+            };
+            let bar: Arc<dyn crate::ops::Bar> = Arc::from(progress);
+            let loaded = parallel::load(&reader, plan, &step, bar.clone()).await;
+            bar.finish();
+            return loaded.map(|l| parallel_outcome(&reader, manifest, l));
+        }
+        other => other,
+    };
     let spooled_at = start.elapsed();
     let spooled = matches!(feed, Feed::Spool(..));
     let (mut std_cmd, stdin) = pg_restore_command(&tool.path, &feed, target, options)?;
@@ -601,7 +677,7 @@ pub async fn load_dump(
 
     let mut pipe_closed = false;
     let written = match &feed {
-        Feed::Spool(..) => manifest.dump.bytes,
+        Feed::Spool(..) | Feed::Parallel(_) => manifest.dump.bytes,
         Feed::Stream => {
             let mut stdin = child
                 .stdin
@@ -633,18 +709,9 @@ pub async fn load_dump(
     drop(feed);
     let elapsed = start.elapsed();
     let watched = watcher.await.unwrap_or_default();
-    let password = target.url.password().unwrap_or_default();
-    let scrub = |t: &str| crate::util::scrub(t, &[&password]);
-    let errors: Vec<RestoreIssue> = watched
-        .errors
-        .iter()
-        .map(|e| RestoreIssue {
-            error: scrub(&e.error),
-            command: e.command.as_deref().map(scrub),
-        })
-        .collect();
+    let errors = scrubbed(&watched.errors, &target.url);
     if !status.success() && (options.stop_on_error || errors.is_empty()) || pipe_closed {
-        return Err(failed(status, &errors, target));
+        return Err(failed(status, &errors, &target.url));
     }
     let phases = load_phases(&reader, &watched, elapsed, spooled.then_some(spooled_at));
     Ok(LoadOutcome {

@@ -1,0 +1,653 @@
+//! The parallel load: each table loaded from its own chunks while they arrive, with no spool.
+//!
+//! A backup records where the dump's TOC ends and where each data block lies in its chunks
+//! ([`DumpLayout`]). With it, and `[restore] jobs` above 1, a restore:
+//! 1. fetches the chunks that hold the archive's header and TOC, and restores the schema
+//!    (`pg_restore --section=pre-data`) from them alone: a TOC-only archive, in an unnamed
+//!    file like the spool's (it holds the schema, never a row);
+//! 2. meanwhile starts `jobs` workers, each on its own connection. A worker takes the next
+//!    piece of work, largest first (a big table, or a run of small ones that lie side by side
+//!    in the dump), fetches its chunks ahead (each one checked as everywhere: the stored size,
+//!    age's MAC and the keyed id), strips the archive's framing and feeds the COPY text into
+//!    the TOC entry's own `COPY ... FROM stdin` as pg_restore would. Nothing reaches the
+//!    server before its chunk is checked, and a damaged or missing blob stops the restore
+//!    naming it. Workers wait for the schema before their first COPY;
+//! 3. sets the sequences (the `SEQUENCE SET` entries' own statements);
+//! 4. builds indexes, constraints, triggers and policies and refreshes materialized views
+//!    with `pg_restore --section=post-data --jobs=N` from the TOC-only archive, after all
+//!    data, as pg_restore does (foreign keys included).
+//!
+//! pg_restore's three sections restored one after the other are its documented equivalent of
+//! a whole restore. Each worker's session is set up the way pg_restore sets up its own (the
+//! archive's client encoding, standard_conforming_strings and search_path, no statement or
+//! lock timeout, `row_security = off` so that a policy can never filter a COPY silently), plus
+//! `synchronous_commit = off`: a COPY's commit does not wait for its WAL to reach disk. The
+//! loaded rows are the same; the post-data step's own commits flush the WAL before the restore
+//! reports success.
+//!
+//! The whole-dump SHA-256 is not recomputed on this path (the chunks arrive out of order):
+//! every chunk's plaintext is proved by its keyed id, and the manifest (authenticated by age)
+//! lists the ids in order, which proves the same bytes.
+//!
+//! What it does not take, and the spool path does (the log says which and why): snapshots
+//! without a layout (taken by older versions), dumps with large objects, and any archive whose
+//! data section holds anything but table data and sequence values, or whose TOC does not match
+//! the layout.
+
+use super::{watch, RestoreIssue, Watched};
+use crate::error::{Error, Result};
+use crate::ops::Bar;
+use crate::repo::format::{ChunkRef, DbManifest, DumpLayout, StreamRef};
+use crate::repo::reader::BlobReader;
+use crate::source::archive::{self, Deframer, TocEntry};
+use crate::source::pgtools::DbUrl;
+use crate::source::postgres::connect;
+use futures::StreamExt;
+use sqlx::{Executor, PgConnection};
+use std::collections::VecDeque;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// What the parallel load works from: the TOC-only archive and the pieces of work.
+pub(super) struct Plan {
+    /// The archive's header and TOC, in an unnamed file.
+    toc_file: std::fs::File,
+    int_size: usize,
+    /// Largest first.
+    work: Vec<Work>,
+    /// The `SEQUENCE SET` entries' statements.
+    sequences: Vec<String>,
+    /// What each session runs first, as pg_restore sets up its own.
+    session: String,
+    pub(super) tables: usize,
+    pub(super) toc_bytes: u64,
+}
+
+/// One table's data block.
+#[derive(Debug, Clone)]
+struct Table {
+    dump_id: i64,
+    /// `schema.name`, for messages.
+    label: String,
+    copy: String,
+    start: u64,
+    end: u64,
+}
+
+/// Tables that lie side by side in the dump, loaded one after the other by one worker, and the
+/// chunks that hold them.
+#[derive(Debug, Clone)]
+struct Work {
+    tables: Vec<Table>,
+    chunks: Vec<ChunkRef>,
+    /// Where the first of `chunks` starts in the dump.
+    chunks_at: u64,
+}
+
+impl Work {
+    fn bytes(&self) -> u64 {
+        self.tables.iter().map(|t| t.end - t.start).sum()
+    }
+}
+
+/// Data-block kinds and TOC entries of large objects: the spool path restores them.
+const LARGE_OBJECTS: [&str; 5] = [
+    "BLOB",
+    "BLOBS",
+    "LARGE OBJECT",
+    "LARGE OBJECTS",
+    "BLOB METADATA",
+];
+
+/// The chunk range `[first, last)` that holds the stream's bytes `[start, end)`.
+fn chunk_range(starts: &[u64], start: u64, end: u64) -> (usize, usize) {
+    let first = starts.partition_point(|&s| s <= start).saturating_sub(1);
+    let last = starts.partition_point(|&s| s < end);
+    (first, last.max(first))
+}
+
+/// Plans the parallel load, or says why it cannot take this snapshot. The outer error is the
+/// snapshot's own (a damaged blob in the TOC's chunks); the inner one a reason to take the
+/// spool path.
+pub(super) async fn plan(
+    reader: &Arc<BlobReader>,
+    manifest: &DbManifest,
+    spool_dir: &std::path::Path,
+    jobs: usize,
+    ahead: usize,
+) -> Result<std::result::Result<Plan, String>> {
+    let Some(layout) = &manifest.layout else {
+        return Ok(Err(
+            "the snapshot was taken before backstop recorded where each table's data lies in the dump".into(),
+        ));
+    };
+    let dump = &manifest.dump;
+    let starts = dump.chunk_starts();
+    if layout.toc_bytes == 0 || layout.toc_bytes > dump.bytes {
+        return Ok(Err(format!(
+            "the recorded TOC size {} does not fit the dump",
+            layout.toc_bytes
+        )));
+    }
+    let (first, last) = chunk_range(&starts, 0, layout.toc_bytes);
+    let mut head = Vec::with_capacity(layout.toc_bytes as usize);
+    let mut fetched = reader.stream(dump.chunks[first..last].to_vec(), ahead);
+    while let Some(chunk) = fetched.next().await {
+        head.extend_from_slice(&chunk?);
+    }
+    head.truncate(layout.toc_bytes as usize);
+    let toc = match archive::read_toc(head.as_slice()) {
+        Ok(t) if t.end == layout.toc_bytes => t,
+        Ok(t) => {
+            return Ok(Err(format!(
+                "the TOC ends at byte {}, the layout records {}",
+                t.end, layout.toc_bytes
+            )))
+        }
+        Err(e) => return Ok(Err(format!("the archive's TOC cannot be read: {e}"))),
+    };
+    let (tables, sequences) = match data_entries(&toc.entries, layout, &starts) {
+        Ok(found) => found,
+        Err(why) => return Ok(Err(why)),
+    };
+    let toc_file = match toc_file(spool_dir, &head) {
+        Ok(f) => f,
+        Err(e) => {
+            return Ok(Err(format!(
+                "the TOC-only archive in {} failed: {e}",
+                spool_dir.display()
+            )))
+        }
+    };
+    let session = session_sql(&toc.entries);
+    let count = tables.len();
+    Ok(Ok(Plan {
+        toc_file,
+        int_size: toc.int_size,
+        work: work(tables, dump, &starts, jobs),
+        sequences,
+        session,
+        tables: count,
+        toc_bytes: layout.toc_bytes,
+    }))
+}
+
+/// The TOC-only archive, in an unnamed file in `dir` (see `spool_dump`).
+fn toc_file(dir: &std::path::Path, head: &[u8]) -> std::io::Result<std::fs::File> {
+    use std::io::{Seek, Write};
+    let mut f = tempfile::tempfile_in(dir)?;
+    f.write_all(head)?;
+    f.rewind()?;
+    Ok(f)
+}
+
+/// The tables to load, each with its block, and the sequence statements; or why the archive's
+/// data section is not one this path restores exactly.
+fn data_entries(
+    entries: &[TocEntry],
+    layout: &DumpLayout,
+    starts: &[u64],
+) -> std::result::Result<(Vec<Table>, Vec<String>), String> {
+    if let Some(e) = entries
+        .iter()
+        .find(|e| LARGE_OBJECTS.contains(&e.desc.as_str()))
+    {
+        return Err(format!("the dump holds large objects ({} entry)", e.desc));
+    }
+    let mut blocks = std::collections::HashMap::new();
+    for b in &layout.blocks {
+        let span = StreamRef::offset(starts, b.start).zip(StreamRef::offset(starts, b.end));
+        match span {
+            Some((s, e)) if s < e && b.desc == "TABLE DATA" => {
+                blocks.insert(b.dump_id, (s, e));
+            }
+            _ => {
+                return Err(format!(
+                    "the layout's block for {}.{} ({}) is not one this path reads",
+                    b.schema, b.name, b.desc
+                ))
+            }
+        }
+    }
+    let (mut tables, mut sequences) = (Vec::new(), Vec::new());
+    // As pg_restore reads sections: an entry without one belongs to the section before it.
+    let mut section = 2;
+    for e in entries {
+        if e.section != archive::SECTION_NONE {
+            section = e.section;
+        }
+        if section != archive::SECTION_DATA {
+            continue;
+        }
+        let label = format!("{}.{}", e.namespace, e.tag);
+        match e.desc.as_str() {
+            "TABLE DATA" => {
+                let (start, end) = blocks
+                    .remove(&e.dump_id)
+                    .ok_or_else(|| format!("no data block is recorded for table {label}"))?;
+                tables.push(Table {
+                    dump_id: e.dump_id,
+                    label,
+                    copy: e.copy.clone(),
+                    start,
+                    end,
+                });
+            }
+            "SEQUENCE SET" => sequences.push(e.defn.clone()),
+            other => return Err(format!("the data section holds a {other} entry ({label})")),
+        }
+    }
+    if let Some(id) = blocks.keys().next() {
+        return Err(format!(
+            "the layout records a data block for entry {id}, which the TOC lacks"
+        ));
+    }
+    tables.sort_by_key(|t| t.start);
+    Ok((tables, sequences))
+}
+
+/// Groups tables that lie side by side into pieces of work of at least a share of the data,
+/// so that small tables do not each fetch a chunk they share; largest first.
+fn work(tables: Vec<Table>, dump: &StreamRef, starts: &[u64], jobs: usize) -> Vec<Work> {
+    let total: u64 = tables.iter().map(|t| t.end - t.start).sum();
+    let share = (total / (jobs as u64 * 16)).clamp(256 << 10, 16 << 20);
+    let mut groups: Vec<Vec<Table>> = Vec::new();
+    for t in tables {
+        match groups.last_mut() {
+            Some(g)
+                if g.last().is_some_and(|l| l.end == t.start)
+                    && g.iter().map(|t| t.end - t.start).sum::<u64>() < share
+                    && t.end - t.start < share =>
+            {
+                g.push(t)
+            }
+            _ => groups.push(vec![t]),
+        }
+    }
+    let mut work: Vec<Work> = groups
+        .into_iter()
+        .map(|tables| {
+            let (start, end) = (tables[0].start, tables[tables.len() - 1].end);
+            let (first, last) = chunk_range(starts, start, end);
+            Work {
+                tables,
+                chunks: dump.chunks[first..last].to_vec(),
+                chunks_at: starts[first],
+            }
+        })
+        .collect();
+    work.sort_by_key(|w| std::cmp::Reverse(w.bytes()));
+    work
+}
+
+/// The statements that set a session up as pg_restore sets up its own, from the archive's
+/// ENCODING, STDSTRINGS and SEARCHPATH entries, plus `synchronous_commit = off`.
+fn session_sql(entries: &[TocEntry]) -> String {
+    let mut sql = String::from(
+        "SET statement_timeout = 0; SET lock_timeout = 0; \
+         SET idle_in_transaction_session_timeout = 0; SET check_function_bodies = false; \
+         SET xmloption = content; SET client_min_messages = warning; SET row_security = off; \
+         SET synchronous_commit = off;\n",
+    );
+    for e in entries {
+        if ["ENCODING", "STDSTRINGS", "SEARCHPATH"].contains(&e.desc.as_str()) {
+            sql.push_str(&e.defn);
+            sql.push('\n');
+        }
+    }
+    sql
+}
+
+/// How each step of a parallel load went, for the caller's outcome.
+pub(super) struct Loaded {
+    pub(super) errors: Vec<RestoreIssue>,
+    /// When the schema was in place, when the data was, and when the load ended.
+    pub(super) schema_done: Duration,
+    pub(super) data_done: Duration,
+    pub(super) elapsed: Duration,
+}
+
+/// What a load step runs with.
+pub(super) struct Step<'a> {
+    pub(super) tool: &'a std::path::Path,
+    pub(super) url: &'a DbUrl,
+    pub(super) jobs: usize,
+    pub(super) ahead: usize,
+    pub(super) stop_on_error: bool,
+    pub(super) start: Instant,
+}
+
+/// Runs the plan: schema, data with `jobs` workers, sequences, then the post-data section.
+/// With `stop_on_error`, the first error ends the load (the caller reports it); otherwise
+/// every error is collected, as pg_restore without `--exit-on-error` would.
+pub(super) async fn load(
+    reader: &Arc<BlobReader>,
+    plan: Plan,
+    step: &Step<'_>,
+    bar: Arc<dyn Bar>,
+) -> Result<Loaded> {
+    bar.inc(plan.toc_bytes);
+    tracing::info!(
+        "parallel load: {} tables in {} pieces of work, {} workers, no spool",
+        plan.tables,
+        plan.work.len(),
+        step.jobs
+    );
+    let (schema_tx, schema_rx) = tokio::sync::watch::channel(false);
+    let queue = Arc::new(Mutex::new(VecDeque::from(plan.work)));
+    let session = Arc::new(plan.session);
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..step.jobs.max(1) {
+        let worker = Worker {
+            reader: reader.clone(),
+            queue: queue.clone(),
+            url: step.url.clone(),
+            session: session.clone(),
+            schema: schema_rx.clone(),
+            stop_on_error: step.stop_on_error,
+            ahead: (step.ahead / step.jobs.max(1)).max(2),
+            int_size: plan.int_size,
+            bar: bar.clone(),
+        };
+        workers.spawn(worker.run());
+    }
+    let mut errors = Vec::new();
+    match section(step, &plan.toc_file, "pre-data", 1).await {
+        Ok(found) => errors.extend(found),
+        Err(e) if step.stop_on_error => return Err(e),
+        Err(e) => errors.push(issue(e.message, None)),
+    }
+    // The workers wait for this before their first COPY; a failed schema with
+    // `stop_on_error` returned above, which stops them.
+    let _ = schema_tx.send(true);
+    let schema_done = step.start.elapsed();
+    errors.extend(set_sequences(step, &session, &plan.sequences).await?);
+    while let Some(joined) = workers.join_next().await {
+        let found = joined.map_err(|e| Error::failed(format!("a load worker failed: {e}")))??;
+        errors.extend(found);
+    }
+    let data_done = step.start.elapsed();
+    match section(step, &plan.toc_file, "post-data", step.jobs).await {
+        Ok(found) => errors.extend(found),
+        Err(e) if step.stop_on_error => return Err(e),
+        Err(e) => errors.push(issue(e.message, None)),
+    }
+    Ok(Loaded {
+        errors,
+        schema_done,
+        data_done,
+        elapsed: step.start.elapsed(),
+    })
+}
+
+fn issue(error: String, command: Option<String>) -> RestoreIssue {
+    RestoreIssue { error, command }
+}
+
+/// A database error's own message, or the error as text.
+fn db_message(e: &sqlx::Error) -> String {
+    match e.as_database_error() {
+        Some(d) => format!("ERROR:  {}", d.message()),
+        None => e.to_string(),
+    }
+}
+
+/// Runs the sequences' `setval` statements on a session of its own.
+async fn set_sequences(
+    step: &Step<'_>,
+    session: &str,
+    sequences: &[String],
+) -> Result<Vec<RestoreIssue>> {
+    let mut found = Vec::new();
+    if sequences.is_empty() {
+        return Ok(found);
+    }
+    let mut conn = connect(step.url).await?;
+    conn.execute(session)
+        .await
+        .map_err(|e| Error::failed(format!("setting up a session: {}", db_message(&e))))?;
+    for statement in sequences {
+        if let Err(e) = conn.execute(statement.as_str()).await {
+            let failure = issue(
+                format!("could not execute query: {}", db_message(&e)),
+                Some(statement.trim().to_string()),
+            );
+            if step.stop_on_error {
+                return Err(Error::failed(format!(
+                    "restore into {} failed setting a sequence; the target may hold a partial restore: {} (command: {})",
+                    step.url.masked(),
+                    failure.error,
+                    statement.trim()
+                )));
+            }
+            found.push(failure);
+        }
+    }
+    Ok(found)
+}
+
+/// One section of the TOC-only archive, restored by pg_restore with `jobs`. Returns the errors
+/// it reported when it went on past them; an error when it stopped or failed without saying why.
+async fn section(
+    step: &Step<'_>,
+    toc: &std::fs::File,
+    name: &str,
+    jobs: usize,
+) -> Result<Vec<RestoreIssue>> {
+    let mut cmd = std::process::Command::new(step.tool);
+    cmd.arg("--verbose").arg(format!("--section={name}"));
+    if jobs > 1 {
+        cmd.arg(format!("--jobs={jobs}"));
+    }
+    if step.stop_on_error {
+        cmd.arg("--exit-on-error");
+    }
+    step.url.configure(&mut cmd);
+    cmd.arg("/dev/stdin");
+    crate::child::prepare(&mut cmd);
+    let handle = toc
+        .try_clone()
+        .map_err(|e| Error::failed(format!("handing the TOC to pg_restore: {e}")))?;
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.stdin(Stdio::from(handle))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::failed(format!("cannot start {}: {e}", step.tool.display())))?;
+    let mut group = crate::child::Group::of(child.id().unwrap_or(0));
+    let stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| Error::failed("pg_restore has no stderr"))?;
+    let watched: Watched = watch(stderr, step.start).await;
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| Error::failed(format!("waiting for pg_restore: {e}")))?;
+    group.finished();
+    let errors = super::scrubbed(&watched.errors, step.url);
+    if !status.success() && (step.stop_on_error || errors.is_empty()) {
+        return Err(super::failed(status, &errors, step.url).context(format!("the {name} section")));
+    }
+    Ok(errors)
+}
+
+/// One worker: its own session, loading pieces of work until none is left.
+struct Worker {
+    reader: Arc<BlobReader>,
+    queue: Arc<Mutex<VecDeque<Work>>>,
+    url: DbUrl,
+    session: Arc<String>,
+    schema: tokio::sync::watch::Receiver<bool>,
+    stop_on_error: bool,
+    ahead: usize,
+    int_size: usize,
+    bar: Arc<dyn Bar>,
+}
+
+impl Worker {
+    async fn run(mut self) -> Result<Vec<RestoreIssue>> {
+        let mut found = Vec::new();
+        let mut conn: Option<PgConnection> = None;
+        loop {
+            let Some(work) = crate::util::lock(&self.queue).pop_front() else {
+                return Ok(found);
+            };
+            // Fetched ahead, beside the COPY, from the moment the work is taken.
+            let (tx, rx) = mpsc::channel(self.ahead);
+            let chunks = self.reader.stream(work.chunks.clone(), self.ahead);
+            let pump = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+                let mut chunks = std::pin::pin!(chunks);
+                while let Some(c) = chunks.next().await {
+                    let failed = c.is_err();
+                    if tx.send(c).await.is_err() || failed {
+                        break;
+                    }
+                }
+            }));
+            if conn.is_none() {
+                let mut c = connect(&self.url).await?;
+                c.execute(self.session.as_str()).await.map_err(|e| {
+                    Error::failed(format!("setting up a load session: {}", db_message(&e)))
+                })?;
+                conn = Some(c);
+            }
+            if self.schema.wait_for(|ready| *ready).await.is_err() {
+                return Ok(found); // the load stopped before the schema was in place
+            }
+            let mut cursor = Cursor {
+                rx,
+                chunk: Vec::new(),
+                pos: 0,
+                at: work.chunks_at,
+            };
+            let Some(conn) = conn.as_mut() else {
+                return Ok(found);
+            };
+            for table in &work.tables {
+                if let Some(failure) = self.copy_table(conn, table, &mut cursor).await? {
+                    if self.stop_on_error {
+                        return Err(Error::failed(format!(
+                            "restore into {} failed loading {}; the target may hold a partial restore: {} (command: {})",
+                            self.url.masked(),
+                            table.label,
+                            failure.error,
+                            table.copy.trim()
+                        )));
+                    }
+                    found.push(failure);
+                }
+            }
+            drop(pump);
+        }
+    }
+
+    /// Loads one table from the cursor. An error is the snapshot's or the connection's (it
+    /// stops the load); a failure the server reported for this table is returned.
+    async fn copy_table(
+        &self,
+        conn: &mut PgConnection,
+        table: &Table,
+        cursor: &mut Cursor,
+    ) -> Result<Option<RestoreIssue>> {
+        cursor.skip_to(table.start).await?;
+        let failure = |e: sqlx::Error| {
+            issue(
+                format!("could not execute query: {}", db_message(&e)),
+                Some(table.copy.trim().to_string()),
+            )
+        };
+        let mut copy = match conn.copy_in_raw(&table.copy).await {
+            Ok(c) => c,
+            Err(e) if e.as_database_error().is_some() => {
+                cursor.skip_to(table.end).await?;
+                return Ok(Some(failure(e)));
+            }
+            Err(e) => return Err(Error::failed(format!("COPY into {}: {e}", table.label))),
+        };
+        let mut deframer = Deframer::new(self.int_size, table.dump_id);
+        let mut payload = Vec::new();
+        while let Some(piece) = cursor.next(table.end).await? {
+            self.bar.inc(piece.len() as u64);
+            payload.clear();
+            deframer
+                .feed(piece, &mut payload)
+                .map_err(|e| Error::failed(format!("the dump's data for {}: {e}", table.label)))?;
+            if !payload.is_empty() {
+                copy.send(payload.as_slice())
+                    .await
+                    .map_err(|e| Error::failed(format!("COPY into {}: {e}", table.label)))?;
+            }
+        }
+        if !deframer.is_done() {
+            return Err(Error::failed(format!(
+                "the dump's data for {} ends early",
+                table.label
+            )));
+        }
+        match copy.finish().await {
+            Ok(_) => Ok(None),
+            Err(e) if e.as_database_error().is_some() => Ok(Some(failure(e))),
+            Err(e) => Err(Error::failed(format!("COPY into {}: {e}", table.label))),
+        }
+    }
+}
+
+/// A place in a piece of work's chunks as they arrive.
+struct Cursor {
+    rx: mpsc::Receiver<Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    /// How much of `chunk` has been read.
+    pos: usize,
+    /// Where `chunk` starts in the dump.
+    at: u64,
+}
+
+impl Cursor {
+    /// The next bytes before `limit` (a place in the dump), from the chunk at hand or the next
+    /// one; `None` at `limit`.
+    async fn next(&mut self, limit: u64) -> Result<Option<&[u8]>> {
+        while self.pos == self.chunk.len() && self.at + (self.pos as u64) < limit {
+            let next =
+                self.rx.recv().await.ok_or_else(|| {
+                    Error::failed("the dump's chunks ended before a table's data")
+                })??;
+            self.at += self.chunk.len() as u64;
+            self.chunk = next;
+            self.pos = 0;
+        }
+        let here = self.at + self.pos as u64;
+        if here >= limit {
+            return Ok(None);
+        }
+        let n = (self.chunk.len() - self.pos).min((limit - here) as usize);
+        let piece = &self.chunk[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(Some(piece))
+    }
+
+    /// Passes over the bytes before `to`.
+    async fn skip_to(&mut self, to: u64) -> Result<()> {
+        while self.next(to).await?.is_some() {}
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chunk_range_holds_exactly_the_bytes_asked_for() {
+        let starts = [0, 4, 5, 10];
+        assert_eq!(chunk_range(&starts, 0, 4), (0, 1));
+        assert_eq!(chunk_range(&starts, 0, 5), (0, 2));
+        assert_eq!(chunk_range(&starts, 3, 6), (0, 3));
+        assert_eq!(chunk_range(&starts, 4, 5), (1, 2));
+        assert_eq!(chunk_range(&starts, 5, 10), (2, 3));
+        assert_eq!(chunk_range(&starts, 9, 10), (2, 3));
+    }
+}
