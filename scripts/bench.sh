@@ -312,8 +312,8 @@ for ((r = 1; r <= ROUNDS; r++)); do
       python3 "$WORK/measure.py" "$WORK/time" "$watch_dir" bash -c "$(declare -f run_case); $(declare -p BIN WORK PG_BIN RECIPIENT TARGET_URL JOBS); run_case $c" >/dev/null 2>"$WORK/err" \
         || { echo "case $c failed:"; cat "$WORK/err"; exit 1; }
       read -r t m d < "$WORK/time"
-      T[$r.$c]=$t; M[$r.$c]=$((m / 1024)); D[$r.$c]=$((d / 1048576)); C[$r.$c]=$(awk -v a="$b0" -v b="$(busy)" 'BEGIN { printf "%.1f", b - a }')
-      printf '  %-24s %8ss  peak RSS %5s MiB  machine CPU %6s s  temporary files %5s MiB\n' "$c" "$t" "${M[$r.$c]}" "${C[$r.$c]}" "${D[$r.$c]}" >&2
+      T[$r.$c]=$t; M[$r.$c]=$((m / 1024)); D[$r.$c]=$((d / 1024)); C[$r.$c]=$(awk -v a="$b0" -v b="$(busy)" 'BEGIN { printf "%.1f", b - a }')
+      printf '  %-24s %8ss  peak RSS %5s MiB  machine CPU %6s s  temporary files %7s KiB\n' "$c" "$t" "${M[$r.$c]}" "${C[$r.$c]}" "${D[$r.$c]}" >&2
     done
   done
 done
@@ -344,7 +344,7 @@ ratio_table "time ratio (case / baseline, same round)" T
 echo
 ratio_table "machine CPU-seconds ratio (same pairs)" C
 echo
-echo "| case | median s | max peak RSS MiB | median machine CPU s | max temporary files MiB |"
+echo "| case | median s | max peak RSS MiB | median machine CPU s | max temporary files KiB |"
 echo "|---|---|---|---|---|"
 for c in pg_dump pipeline backstop_backup backstop_backup_again backstop_backup_history pg_restore_j backstop_restore restic_backup docs_backup restic_restore docs_restore s3_backup s3_restore; do
   [ -n "${T[1.$c]:-}" ] || continue

@@ -650,4 +650,50 @@ mod tests {
         assert_eq!(chunk_range(&starts, 5, 10), (2, 3));
         assert_eq!(chunk_range(&starts, 9, 10), (2, 3));
     }
+
+    #[test]
+    fn small_neighbours_are_loaded_together_and_the_largest_work_comes_first() {
+        // 64 chunks of 1 MiB; tables of 40 MiB, then ten of 10 KiB, then 20 MiB.
+        let mib = 1u64 << 20;
+        let dump = StreamRef {
+            bytes: 64 * mib,
+            sha256: String::new(),
+            chunks: (0..64)
+                .map(|i| ChunkRef {
+                    id: format!("c{i}"),
+                    len: mib as u32,
+                })
+                .collect(),
+        };
+        let starts = dump.chunk_starts();
+        let mut tables = Vec::new();
+        let mut at = 1000;
+        let mut add = |len: u64| {
+            tables.push(Table {
+                dump_id: tables.len() as i64,
+                label: format!("t{}", tables.len()),
+                copy: String::new(),
+                start: at,
+                end: at + len,
+            });
+            at += len;
+        };
+        add(40 * mib);
+        for _ in 0..10 {
+            add(10 << 10);
+        }
+        add(20 * mib);
+        let work = work(tables, &dump, &starts, 2);
+        let shape: Vec<(usize, u64)> = work.iter().map(|w| (w.tables.len(), w.bytes())).collect();
+        assert_eq!(shape, [(1, 40 * mib), (1, 20 * mib), (10, 100 << 10)]);
+        for w in &work {
+            let first = w.tables[0].start;
+            let last = w.tables[w.tables.len() - 1].end;
+            assert!(w.chunks_at <= first);
+            let covered: u64 = w.chunks.iter().map(|c| u64::from(c.len)).sum();
+            assert!(w.chunks_at + covered >= last, "the chunks hold the work");
+            assert!(w.chunks_at + covered - last < mib, "and no more");
+        }
+        assert_eq!(work[2].chunks.len(), 1, "the small tables share one chunk");
+    }
 }
