@@ -521,6 +521,8 @@ fn no_plaintext_spool_or_partial_file_outlives_a_killed_restore_or_verify() {
         ),
     );
     env.backup_json();
+    // A snapshot that takes the spool path (as those of versions before the dump layout do).
+    env.rewrite_manifest("latest", "del(.database.layout)");
     // A spool an older version left with a name (the campaign found them 0600 and plaintext).
     std::fs::write(spool.join(".backstop-spool-old"), b"plaintext").unwrap();
     let named = || std::fs::read_dir(&spool).unwrap().count();

@@ -1,8 +1,8 @@
 //! The parallel load: with `[restore] jobs` above 1, a snapshot whose manifest records the
 //! dump's layout is restored table by table from its own chunks, with no spool. It restores
-//! the Supabase-shaped fixture exactly (verify takes the same path); a damaged blob in the
-//! middle of a table stops it, naming the blob; a snapshot without a layout (as older versions
-//! wrote) still restores, through the spool.
+//! the Supabase-shaped fixture exactly, its large object included (verify takes the same
+//! path); a damaged blob in the middle of a table stops it, naming the blob; a snapshot without
+//! a layout (as older versions wrote) still restores, through the spool.
 
 mod common;
 
@@ -10,7 +10,7 @@ use common::{policies, sequences, table_contents, Env, FIXTURE_DB};
 use std::collections::BTreeMap;
 
 /// Everything a restore must bring back: rows of every table and materialized view, sequence
-/// values, RLS policies, indexes, constraints and triggers.
+/// values, RLS policies, indexes, constraints, triggers, columns and large objects.
 fn fingerprint(c: &common::pg::Cluster, db: &str) -> BTreeMap<String, String> {
     let mut f = table_contents(c, db);
     f.insert("sequences".into(), sequences(c, db));
@@ -31,6 +31,10 @@ fn fingerprint(c: &common::pg::Cluster, db: &str) -> BTreeMap<String, String> {
         "columns".into(),
         c.psql(db, "select table_schema, table_name, column_name, data_type, is_identity, is_generated, coalesce(generation_expression, '') from information_schema.columns where table_schema not in ('pg_catalog', 'information_schema') order by 1, 2, ordinal_position"),
     );
+    f.insert(
+        "large objects".into(),
+        c.psql(db, "select oid, lomowner::regrole, md5(lo_get(oid)), length(lo_get(oid)) from pg_largeobject_metadata order by 1"),
+    );
     f
 }
 
@@ -44,14 +48,6 @@ fn differences(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Ve
                 .map(|k| format!("{k} only in the restore")),
         )
         .collect()
-}
-
-/// The fixture without its one large object (dumps with large objects take the spool path).
-fn without_large_objects(env: &Env) {
-    env.source.psql(
-        FIXTURE_DB,
-        "select count(lo_unlink(oid)) from pg_largeobject_metadata",
-    );
 }
 
 fn with_jobs(env: &Env, jobs: usize) {
@@ -70,7 +66,6 @@ fn with_jobs(env: &Env, jobs: usize) {
 fn the_supabase_fixture_restores_exactly_through_the_parallel_load_and_old_snapshots_through_the_spool(
 ) {
     let env = Env::new();
-    without_large_objects(&env);
     with_jobs(&env, 2);
     env.backup_json();
     let layout = env.snapshot_manifest_query("latest", ".database.layout.blocks | length");
@@ -79,6 +74,11 @@ fn the_supabase_fixture_restores_exactly_through_the_parallel_load_and_old_snaps
         "{layout} blocks recorded"
     );
     let original = fingerprint(&env.source, FIXTURE_DB);
+    assert!(
+        original["large objects"].starts_with("424242|"),
+        "the fixture's large object: {}",
+        original["large objects"]
+    );
 
     let (code, rec, stderr) = env.restore_json(&env.scratch.url("parallel"), &[]);
     assert_eq!(code, 0, "{stderr}");
@@ -127,7 +127,6 @@ fn the_supabase_fixture_restores_exactly_through_the_parallel_load_and_old_snaps
 #[test]
 fn a_flipped_byte_in_the_third_largest_table_stops_the_parallel_load_naming_the_blob() {
     let env = Env::new();
-    without_large_objects(&env);
     with_jobs(&env, 2);
     env.backup_json();
     let blocks: Vec<serde_json::Value> = serde_json::from_str(&env.snapshot_manifest_query(

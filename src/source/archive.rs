@@ -416,37 +416,65 @@ pub fn scan<R: Read>(r: R) -> Result<Scan, String> {
     }
 }
 
-/// Takes one `TABLE DATA` block's bytes, fed in pieces from its block-type byte to its end,
-/// and gives back its payload: the COPY text, without the archive's framing (the block's
-/// header, then a length before each piece of data, and a zero length at the end).
+/// Takes one data block's bytes, fed in pieces from its block-type byte to its end, and gives
+/// back its payload without the archive's framing. A `TABLE DATA` block is its header, then a
+/// length before each piece of COPY text, and a zero length at the end. A `BLOBS` block (large
+/// objects) is its header, then for each object its OID and its pieces framed the same way,
+/// and a zero OID at the end.
 #[derive(Debug)]
 pub struct Deframer {
     int_size: usize,
     dump_id: i64,
+    kind: u8,
     state: Frame,
-    /// The bytes of a header or length read so far.
+    /// The bytes of a header, OID or length read so far.
     partial: Vec<u8>,
+    /// The large object being read, and how much of it so far.
+    object: u32,
+    object_at: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Frame {
     Header,
+    Object,
     Length,
     Data(u64),
     Done,
 }
 
+/// A piece of a large object: write `data` at `at` in object `oid`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectPiece {
+    pub oid: u32,
+    pub at: u64,
+    pub data: Vec<u8>,
+}
+
 impl Deframer {
+    /// For the `TABLE DATA` block of TOC entry `dump_id`.
     pub fn new(int_size: usize, dump_id: i64) -> Deframer {
+        Self::of_kind(int_size, dump_id, BLK_DATA)
+    }
+
+    /// For the `BLOBS` block of TOC entry `dump_id`.
+    pub fn large_objects(int_size: usize, dump_id: i64) -> Deframer {
+        Self::of_kind(int_size, dump_id, BLK_BLOBS)
+    }
+
+    fn of_kind(int_size: usize, dump_id: i64, kind: u8) -> Deframer {
         Deframer {
             int_size,
             dump_id,
+            kind,
             state: Frame::Header,
             partial: Vec::with_capacity(2 + int_size),
+            object: 0,
+            object_at: 0,
         }
     }
 
-    /// Whether the block's closing zero length has been read.
+    /// Whether the block's closing zero length (or OID) has been read.
     pub fn is_done(&self) -> bool {
         self.state == Frame::Done
     }
@@ -473,21 +501,65 @@ impl Deframer {
         self.partial.len() == need
     }
 
-    /// Reads `input`, appending its payload to `out`.
-    pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    /// Reads a `TABLE DATA` block's `input`, appending its payload to `out`.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        self.run(input, |_, _, data| out.extend_from_slice(data))
+    }
+
+    /// Reads a `BLOBS` block's `input`, returning the pieces of large objects it holds.
+    pub fn feed_objects(&mut self, input: &[u8]) -> Result<Vec<ObjectPiece>, String> {
+        let mut pieces: Vec<ObjectPiece> = Vec::new();
+        self.run(input, |oid, at, data| match pieces.last_mut() {
+            Some(p) if p.oid == oid && p.at + p.data.len() as u64 == at => {
+                p.data.extend_from_slice(data)
+            }
+            _ => pieces.push(ObjectPiece {
+                oid,
+                at,
+                data: data.to_vec(),
+            }),
+        })?;
+        Ok(pieces)
+    }
+
+    /// The state machine: `each(object, offset in it, data)` for every run of payload.
+    fn run(
+        &mut self,
+        mut input: &[u8],
+        mut each: impl FnMut(u32, u64, &[u8]),
+    ) -> Result<(), String> {
+        let after_header = if self.kind == BLK_BLOBS {
+            Frame::Object
+        } else {
+            Frame::Length
+        };
         while !input.is_empty() {
             match self.state {
                 Frame::Header => {
                     if self.gather(&mut input, 2 + self.int_size) {
                         let id = Self::int(&self.partial[1..]);
-                        if self.partial[0] != BLK_DATA || id != self.dump_id {
+                        if self.partial[0] != self.kind || id != self.dump_id {
                             return Err(format!(
                                 "expected the data block of entry {}, found a block of type {} for entry {id}",
                                 self.dump_id, self.partial[0]
                             ));
                         }
                         self.partial.clear();
-                        self.state = Frame::Length;
+                        self.state = after_header;
+                    }
+                }
+                Frame::Object => {
+                    if self.gather(&mut input, 1 + self.int_size) {
+                        let oid = Self::int(&self.partial);
+                        self.partial.clear();
+                        self.state = match u32::try_from(oid) {
+                            Ok(0) => Frame::Done,
+                            Ok(oid) => {
+                                (self.object, self.object_at) = (oid, 0);
+                                Frame::Length
+                            }
+                            Err(_) => return Err(format!("large object OID {oid} out of range")),
+                        };
                     }
                 }
                 Frame::Length => {
@@ -495,6 +567,7 @@ impl Deframer {
                         let len = Self::int(&self.partial);
                         self.partial.clear();
                         self.state = match u64::try_from(len) {
+                            Ok(0) if self.kind == BLK_BLOBS => Frame::Object,
                             Ok(0) => Frame::Done,
                             Ok(n) => Frame::Data(n),
                             Err(_) => return Err(format!("negative chunk length {len}")),
@@ -503,7 +576,8 @@ impl Deframer {
                 }
                 Frame::Data(left) => {
                     let n = left.min(input.len() as u64) as usize;
-                    out.extend_from_slice(&input[..n]);
+                    each(self.object, self.object_at, &input[..n]);
+                    self.object_at += n as u64;
                     input = &input[n..];
                     self.state = match left - n as u64 {
                         0 => Frame::Length,
@@ -996,5 +1070,46 @@ mod tests {
             .feed(&longer, &mut Vec::new())
             .unwrap_err()
             .contains("past the end"));
+    }
+
+    #[test]
+    fn the_deframer_gives_back_each_large_object_s_pieces() {
+        let bytes = sample(16);
+        let scan = scan(&bytes[..]).unwrap();
+        let block = &scan.blocks[2];
+        assert_eq!(block.desc, "BLOBS");
+        let whole = &bytes[block.start as usize..block.end as usize];
+        for piece in [1, 3, whole.len()] {
+            let mut d = Deframer::large_objects(4, block.dump_id);
+            let mut pieces: Vec<ObjectPiece> = Vec::new();
+            for p in whole.chunks(piece) {
+                for got in d.feed_objects(p).unwrap() {
+                    match pieces.last_mut() {
+                        Some(last)
+                            if last.oid == got.oid
+                                && last.at + last.data.len() as u64 == got.at =>
+                        {
+                            last.data.extend_from_slice(&got.data)
+                        }
+                        _ => pieces.push(got),
+                    }
+                }
+            }
+            assert!(d.is_done());
+            assert_eq!(
+                pieces,
+                [ObjectPiece {
+                    oid: 16384,
+                    at: 0,
+                    data: b"lob".to_vec()
+                }],
+                "pieces of {piece}"
+            );
+        }
+        let mut rows = Deframer::new(4, block.dump_id);
+        assert!(
+            rows.feed(whole, &mut Vec::new()).is_err(),
+            "a BLOBS block is not table data"
+        );
     }
 }

@@ -29,10 +29,13 @@
 //! every chunk's plaintext is proved by its keyed id, and the manifest (authenticated by age)
 //! lists the ids in order, which proves the same bytes.
 //!
+//! Large objects (a `BLOBS` block) are written by one worker with `lo_put`, in one transaction
+//! per block, into the objects the schema step created (`lo_create`), as pg_restore writes them.
+//!
 //! What it does not take, and the spool path does (the log says which and why): snapshots
-//! without a layout (taken by older versions), dumps with large objects, and any archive whose
-//! data section holds anything but table data and sequence values, or whose TOC does not match
-//! the layout.
+//! without a layout (taken by older versions), and any archive whose data section holds
+//! anything but table data, large objects and sequence values, or whose TOC does not match the
+//! layout.
 
 use super::{watch, RestoreIssue, Watched};
 use crate::error::{Error, Result};
@@ -65,10 +68,13 @@ pub(super) struct Plan {
     pub(super) toc_bytes: u64,
 }
 
-/// One table's data block.
+/// One table's data block, or a block of large objects.
 #[derive(Debug, Clone)]
 struct Table {
     dump_id: i64,
+    /// A `BLOBS` block: large objects, written with `lo_put` (each was created by the schema
+    /// step, as pg_restore creates them), rather than a table's rows.
+    objects: bool,
     /// `schema.name`, for messages.
     label: String,
     copy: String,
@@ -91,15 +97,6 @@ impl Work {
         self.tables.iter().map(|t| t.end - t.start).sum()
     }
 }
-
-/// Data-block kinds and TOC entries of large objects: the spool path restores them.
-const LARGE_OBJECTS: [&str; 5] = [
-    "BLOB",
-    "BLOBS",
-    "LARGE OBJECT",
-    "LARGE OBJECTS",
-    "BLOB METADATA",
-];
 
 /// The chunk range `[first, last)` that holds the stream's bytes `[start, end)`.
 fn chunk_range(starts: &[u64], start: u64, end: u64) -> (usize, usize) {
@@ -190,17 +187,11 @@ fn data_entries(
     layout: &DumpLayout,
     starts: &[u64],
 ) -> std::result::Result<(Vec<Table>, Vec<String>), String> {
-    if let Some(e) = entries
-        .iter()
-        .find(|e| LARGE_OBJECTS.contains(&e.desc.as_str()))
-    {
-        return Err(format!("the dump holds large objects ({} entry)", e.desc));
-    }
     let mut blocks = std::collections::HashMap::new();
     for b in &layout.blocks {
         let span = StreamRef::offset(starts, b.start).zip(StreamRef::offset(starts, b.end));
         match span {
-            Some((s, e)) if s < e && b.desc == "TABLE DATA" => {
+            Some((s, e)) if s < e && ["TABLE DATA", "BLOBS"].contains(&b.desc.as_str()) => {
                 blocks.insert(b.dump_id, (s, e));
             }
             _ => {
@@ -223,12 +214,13 @@ fn data_entries(
         }
         let label = format!("{}.{}", e.namespace, e.tag);
         match e.desc.as_str() {
-            "TABLE DATA" => {
+            "TABLE DATA" | "BLOBS" => {
                 let (start, end) = blocks
                     .remove(&e.dump_id)
-                    .ok_or_else(|| format!("no data block is recorded for table {label}"))?;
+                    .ok_or_else(|| format!("no data block is recorded for {label}"))?;
                 tables.push(Table {
                     dump_id: e.dump_id,
+                    objects: e.desc == "BLOBS",
                     label,
                     copy: e.copy.clone(),
                     start,
@@ -554,6 +546,9 @@ impl Worker {
         cursor: &mut Cursor,
     ) -> Result<Option<RestoreIssue>> {
         cursor.skip_to(table.start).await?;
+        if table.objects {
+            return self.large_objects(conn, table, cursor).await;
+        }
         let failure = |e: sqlx::Error| {
             issue(
                 format!("could not execute query: {}", db_message(&e)),
@@ -593,6 +588,58 @@ impl Worker {
             Err(e) if e.as_database_error().is_some() => Ok(Some(failure(e))),
             Err(e) => Err(Error::failed(format!("COPY into {}: {e}", table.label))),
         }
+    }
+}
+
+impl Worker {
+    /// Writes a block's large objects in one transaction, as pg_restore does. Returns a failure
+    /// the server reported (the rest of the block is passed over).
+    async fn large_objects(
+        &self,
+        conn: &mut PgConnection,
+        table: &Table,
+        cursor: &mut Cursor,
+    ) -> Result<Option<RestoreIssue>> {
+        let mut deframer = Deframer::large_objects(self.int_size, table.dump_id);
+        let mut failed = None;
+        if let Err(e) = conn.execute("BEGIN").await {
+            failed = Some(e);
+        }
+        while let Some(piece) = cursor.next(table.end).await? {
+            self.bar.inc(piece.len() as u64);
+            let objects = deframer
+                .feed_objects(piece)
+                .map_err(|e| Error::failed(format!("the dump's large objects: {e}")))?;
+            for o in objects {
+                if failed.is_some() {
+                    break;
+                }
+                let put = sqlx::query("SELECT pg_catalog.lo_put($1, $2, $3)")
+                    .bind(sqlx::postgres::types::Oid(o.oid))
+                    .bind(o.at as i64)
+                    .bind(o.data)
+                    .execute(&mut *conn)
+                    .await;
+                failed = put.err();
+            }
+        }
+        if !deframer.is_done() {
+            return Err(Error::failed("the dump's large objects end early"));
+        }
+        let end = if failed.is_some() {
+            "ROLLBACK"
+        } else {
+            "COMMIT"
+        };
+        if let Err(e) = conn.execute(end).await {
+            failed.get_or_insert(e);
+        }
+        Ok(failed.map(|e| {
+            issue(
+                format!("could not restore large objects: {}", db_message(&e)),
+                Some("SELECT pg_catalog.lo_put(...)".into()),
+            )
+        }))
     }
 }
 
@@ -671,6 +718,7 @@ mod tests {
         let mut add = |len: u64| {
             tables.push(Table {
                 dump_id: tables.len() as i64,
+                objects: false,
                 label: format!("t{}", tables.len()),
                 copy: String::new(),
                 start: at,
