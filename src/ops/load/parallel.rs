@@ -65,6 +65,8 @@ pub(super) struct Plan {
     /// What each session runs first, as pg_restore sets up its own.
     session: String,
     pub(super) tables: usize,
+    /// `BLOBS` blocks (large objects).
+    object_blocks: usize,
     pub(super) toc_bytes: u64,
 }
 
@@ -159,7 +161,8 @@ pub(super) async fn plan(
         }
     };
     let session = session_sql(&toc.entries);
-    let count = tables.len();
+    let count = tables.iter().filter(|t| !t.objects).count();
+    let object_blocks = tables.len() - count;
     Ok(Ok(Plan {
         toc_file,
         int_size: toc.int_size,
@@ -167,6 +170,7 @@ pub(super) async fn plan(
         sequences,
         session,
         tables: count,
+        object_blocks,
         toc_bytes: layout.toc_bytes,
     }))
 }
@@ -321,8 +325,12 @@ pub(super) async fn load(
     bar: Arc<dyn Bar>,
 ) -> Result<Loaded> {
     bar.inc(plan.toc_bytes);
+    let objects = match plan.object_blocks {
+        0 => String::new(),
+        n => format!(" and {n} block(s) of large objects"),
+    };
     tracing::info!(
-        "parallel load: {} tables in {} pieces of work, {} workers, no spool",
+        "parallel load: {} tables{objects} in {} pieces of work, {} workers, no spool",
         plan.tables,
         plan.work.len(),
         step.jobs
