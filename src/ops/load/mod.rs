@@ -12,6 +12,7 @@
 //! the restore with its messages. A failed restore may leave a partly loaded target: say so.
 
 mod parallel;
+mod plan;
 
 use super::{Phase, ProgressSink};
 use crate::error::{Error, Result};
@@ -280,7 +281,7 @@ async fn watch(stderr: tokio::process::ChildStderr, start: Instant) -> Watched {
 /// How the dump reaches the target.
 enum Feed {
     /// Each table loaded from its own chunks by parallel workers (see [`parallel`]).
-    Parallel(parallel::Plan),
+    Parallel(plan::Plan),
     /// Streamed into pg_restore's stdin, one job.
     Stream,
     /// A checked spool file, `-j jobs`: unnamed (see [`spool_dump`]).
@@ -439,7 +440,7 @@ async fn choose_feed(
         .spool_dir
         .clone()
         .unwrap_or_else(std::env::temp_dir);
-    match parallel::plan(reader, manifest, &dir, settings.jobs, options.ahead).await? {
+    match plan::plan(reader, manifest, &dir, settings.jobs, options.ahead).await? {
         Ok(plan) => return Ok(Feed::Parallel(plan)),
         Err(why) => tracing::info!("not the parallel load ({why}): the spool path instead"),
     }
