@@ -63,12 +63,8 @@ fn finish_workload(child: Child) {
     );
 }
 
-fn start_stream(env: &Env) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(env.dir.path().join("stream.log"))
-        .unwrap();
+/// `backstop stream --policy P` as the daemon or an operator runs it.
+fn stream_command(env: &Env) -> Command {
     let mut c = Command::new(assert_cmd::cargo::cargo_bin("backstop"));
     c.current_dir(env.dir.path())
         .env("SOURCE_DB_URL", env.source.url(FIXTURE_DB))
@@ -78,13 +74,24 @@ fn start_stream(env: &Env) -> Child {
         .env("S3_SECRET", common::s3::SECRET)
         .env("SUPABASE_KEY", common::supabase::KEY)
         .args(["stream", "--policy"])
-        .arg(&env.policy)
-        .stdout(Stdio::null())
-        .stderr(log);
+        .arg(&env.policy);
     if let RepoSpec::S3 { endpoint, .. } = &env.repo_spec {
         c.env("S3_ENDPOINT", endpoint);
     }
-    c.spawn().unwrap()
+    c
+}
+
+fn start_stream(env: &Env) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(env.dir.path().join("stream.log"))
+        .unwrap();
+    stream_command(env)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
 }
 
 fn stream_log(env: &Env) -> String {
@@ -434,6 +441,83 @@ fn killed_at_spread_points_the_stream_loses_and_repeats_nothing() {
     );
     assert!(seq >= max);
     assert!(rec["stream"]["segments"].as_u64().unwrap() > 1, "{rec}");
+}
+
+/// A stream killed while the server runs its query leaves a session that holds the slot's
+/// lock until that query ends: the next stream waits for it and follows. A live stream's
+/// lock is refused with exit 4.
+#[test]
+fn a_stream_started_after_a_killed_one_waits_for_its_session_and_a_live_one_is_refused() {
+    let env = Env::logical(RepoSpec::Local);
+    env.source.psql(FIXTURE_DB, APP);
+    env.write_policy(&env.policy, STREAM);
+    let (code, _, stderr) = common::run(
+        env.backstop()
+            .args(["stream", "--setup", "--policy"])
+            .arg(&env.policy),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let held = || {
+        env.source.psql(
+            FIXTURE_DB,
+            "select count(*) from pg_locks where locktype = 'advisory' and granted",
+        ) != "0"
+    };
+    // What a killed stream leaves: a session that holds the lock, busy in a query, whose
+    // client is gone.
+    let started = Instant::now();
+    let mut client = env
+        .source
+        .psql_command(FIXTURE_DB)
+        .args([
+            "-c",
+            "select pg_advisory_lock(hashtext('backstop stream backstop_test')), pg_sleep(8)",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    while !held() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "psql took no lock"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    sigkill(&mut client);
+    assert!(held(), "the session lost its lock with its client");
+    let mut stream = start_stream(&env);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !stream_log(&env).contains("following slot") {
+        assert!(
+            stream.try_wait().unwrap().is_none(),
+            "the stream ended instead of waiting for the killed one's session: {}",
+            stream_log(&env)
+        );
+        assert!(Instant::now() < deadline, "{}", stream_log(&env));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(8),
+        "the stream followed before the old session ended"
+    );
+    let log = stream_log(&env);
+    assert!(
+        log.contains("running a query since") && log.contains("waiting up to"),
+        "{log}"
+    );
+
+    // A second stream beside a live one: refused, exit 4, naming the slot.
+    let second = Instant::now();
+    let out = stream_command(&env).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("another backstop stream already follows slot backstop_test"),
+        "{stderr}"
+    );
+    assert!(second.elapsed() < Duration::from_secs(30), "{stderr}");
+    assert!(stream.try_wait().unwrap().is_none(), "{}", stream_log(&env));
+    sigkill(&mut stream);
 }
 
 #[test]

@@ -202,14 +202,7 @@ pub async fn status(policy: &Policy, repo: &Repo) -> Result<Status> {
 /// Whether a backstop stream holds the slot's advisory lock (it reads the slot between
 /// seals, so the slot itself shows as inactive most of the time).
 async fn held_by_a_stream(conn: &mut sqlx::PgConnection, slot: &str) -> bool {
-    sqlx::query_scalar::<_, bool>(
-        "select exists (select 1 from pg_locks where locktype = 'advisory' and granted \
-           and objid = hashtext('backstop stream ' || $1)::oid)",
-    )
-    .bind(slot)
-    .fetch_one(conn)
-    .await
-    .unwrap_or(false)
+    matches!(slot::holder(conn, slot).await, Ok(Some(_)))
 }
 
 /// Follows the slot until `ctx` is cancelled (or the slot is dropped), sealing a segment at
@@ -223,7 +216,7 @@ pub async fn follow(
     let s = settings(policy)?;
     let url = db_url(policy)?;
     let mut conn = connect(&url).await?;
-    slot::claim(&mut conn, &s.slot).await?;
+    slot::claim(&mut conn, &s.slot, &ctx.cancel).await?;
     if slot::slot_state(&mut conn, &s.slot).await?.is_none() {
         return Err(Error::input(format!(
             "slot {} does not exist: run `backstop stream --setup --policy {}` first",

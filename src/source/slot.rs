@@ -204,21 +204,98 @@ pub async fn drop_slot(conn: &mut PgConnection, slot: &str) -> Result<bool> {
     Ok(true)
 }
 
+/// How long [`claim`] waits for a holder that is running a query to end it.
+const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The session that holds a slot's stream lock.
+pub struct Holder {
+    pub pid: i32,
+    /// Running a query (`pg_stat_activity.state = 'active'`), not waiting for its client.
+    pub busy: bool,
+    /// When its current query (or its last one) started.
+    pub since: Option<String>,
+}
+
+/// The session holding `slot`'s stream lock, if one does.
+pub async fn holder(conn: &mut PgConnection, slot: &str) -> Result<Option<Holder>> {
+    let row = sqlx::query(
+        "select l.pid, coalesce(a.state = 'active', false), a.query_start::text \
+         from pg_locks l left join pg_stat_activity a on a.pid = l.pid \
+         where l.locktype = 'advisory' and l.granted \
+           and l.database = (select oid from pg_database where datname = current_database()) \
+           and l.objid = hashtext('backstop stream ' || $1)::oid \
+         limit 1",
+    )
+    .bind(slot)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|e| db_error("finding who follows the slot", e))?;
+    let Some(row) = row else { return Ok(None) };
+    Ok(Some(Holder {
+        pid: column(&row, 0, "pid")?,
+        busy: column(&row, 1, "state")?,
+        since: column(&row, 2, "query_start")?,
+    }))
+}
+
 /// Holds the session's advisory lock for `slot`: one stream follows a slot at a time.
-pub async fn claim(conn: &mut PgConnection, slot: &str) -> Result<()> {
-    let got: bool =
-        sqlx::query_scalar("select pg_try_advisory_lock(hashtext('backstop stream ' || $1))")
-            .bind(slot)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(|e| db_error("taking the stream's advisory lock", e))?;
-    if got {
-        Ok(())
-    } else {
-        Err(Error::new(
-            Kind::Locked,
-            format!("another backstop stream already follows slot {slot}: stop it first"),
-        ))
+///
+/// A holder that is idle on two looks half a second apart is a live stream waiting for its
+/// next read (the idle session of a killed client ends as soon as the connection closes):
+/// refused. A holder that is running a query may be the session of a stream that was just
+/// killed: the server notices its client is gone only when the query ends (reading one large
+/// transaction takes seconds to minutes), and only then drops the lock. So while the holder
+/// is busy the claim waits, up to [`CLAIM_WAIT`], rather than fail a restart that would
+/// succeed a moment later.
+pub async fn claim(
+    conn: &mut PgConnection,
+    slot: &str,
+    cancel: &crate::cancel::Cancel,
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + CLAIM_WAIT;
+    let mut told = false;
+    let mut seen_idle = false;
+    loop {
+        let got: bool =
+            sqlx::query_scalar("select pg_try_advisory_lock(hashtext('backstop stream ' || $1))")
+                .bind(slot)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|e| db_error("taking the stream's advisory lock", e))?;
+        if got {
+            return Ok(());
+        }
+        match holder(conn, slot).await? {
+            // Released between the two queries: try again.
+            None => seen_idle = false,
+            Some(h) if !h.busy && !seen_idle => seen_idle = true,
+            Some(h) if !h.busy || std::time::Instant::now() >= deadline => {
+                return Err(Error::new(
+                    Kind::Locked,
+                    format!(
+                        "another backstop stream already follows slot {slot} (server process {}, {}): stop it first",
+                        h.pid,
+                        if h.busy { "still running the query it started" } else { "idle between reads" }
+                    ),
+                ));
+            }
+            Some(h) => {
+                seen_idle = false;
+                if !told {
+                    tracing::info!(
+                        "slot {slot} is held by server process {}, running a query since {}: waiting up to {} for it to end (the session of a stream that was stopped ends with its query)",
+                        h.pid,
+                        h.since.as_deref().unwrap_or("an unknown time"),
+                        crate::util::format_duration(CLAIM_WAIT)
+                    );
+                    told = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            _ = cancel.cancelled() => return Err(cancel.error()),
+        }
     }
 }
 

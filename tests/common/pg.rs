@@ -226,7 +226,7 @@ impl Cluster {
     }
 
     /// psql against a database of this cluster, stopping at the first error.
-    fn psql_command(&self, db: &str) -> Command {
+    pub fn psql_command(&self, db: &str) -> Command {
         let mut c = Command::new(bindir().join("psql"));
         c.args([
             "-X",
