@@ -63,6 +63,18 @@ fn finish_workload(child: Child) {
     );
 }
 
+/// The application's tables, the policy with `stream_section`, and `stream --setup`.
+fn set_up(env: &Env, stream_section: &str) {
+    env.source.psql(FIXTURE_DB, APP);
+    env.write_policy(&env.policy, stream_section);
+    let (code, _, stderr) = common::run(
+        env.backstop()
+            .args(["stream", "--setup", "--policy"])
+            .arg(&env.policy),
+    );
+    assert_eq!(code, 0, "{stderr}");
+}
+
 /// `backstop stream --policy P` as the daemon or an operator runs it.
 fn stream_command(env: &Env) -> Command {
     let mut c = Command::new(assert_cmd::cargo::cargo_bin("backstop"));
@@ -323,14 +335,7 @@ fn moments_round_trip(env: Env) {
 #[test]
 fn a_schema_change_is_exact_before_it_and_refused_after_it() {
     let env = Env::logical(RepoSpec::Local);
-    env.source.psql(FIXTURE_DB, APP);
-    env.write_policy(&env.policy, STREAM);
-    let (code, _, stderr) = common::run(
-        env.backstop()
-            .args(["stream", "--setup", "--policy"])
-            .arg(&env.policy),
-    );
-    assert_eq!(code, 0, "{stderr}");
+    set_up(&env, STREAM);
     let mut stream = start_stream(&env);
     env.backup_json();
     env.source.psql(
@@ -410,17 +415,10 @@ fn a_schema_change_is_exact_before_it_and_refused_after_it() {
 #[test]
 fn killed_at_spread_points_the_stream_loses_and_repeats_nothing() {
     let env = Env::logical(RepoSpec::Local);
-    env.source.psql(FIXTURE_DB, APP);
-    env.write_policy(
-        &env.policy,
+    set_up(
+        &env,
         &STREAM.replace("seal_every = \"2s\"", "seal_every = \"1s\""),
     );
-    let (code, _, stderr) = common::run(
-        env.backstop()
-            .args(["stream", "--setup", "--policy"])
-            .arg(&env.policy),
-    );
-    assert_eq!(code, 0, "{stderr}");
     env.backup_json();
     let work = start_workload(&env, 40);
     for i in 0..20u64 {
@@ -449,14 +447,7 @@ fn killed_at_spread_points_the_stream_loses_and_repeats_nothing() {
 #[test]
 fn a_stream_started_after_a_killed_one_waits_for_its_session_and_a_live_one_is_refused() {
     let env = Env::logical(RepoSpec::Local);
-    env.source.psql(FIXTURE_DB, APP);
-    env.write_policy(&env.policy, STREAM);
-    let (code, _, stderr) = common::run(
-        env.backstop()
-            .args(["stream", "--setup", "--policy"])
-            .arg(&env.policy),
-    );
-    assert_eq!(code, 0, "{stderr}");
+    set_up(&env, STREAM);
     let held = || {
         env.source.psql(
             FIXTURE_DB,
@@ -524,20 +515,11 @@ fn a_stream_started_after_a_killed_one_waits_for_its_session_and_a_live_one_is_r
 fn a_slot_that_holds_too_much_wal_raises_lag_then_is_dropped_and_the_primary_keeps_working() {
     let env = Env::logical(RepoSpec::Local);
     let hooks = common::hooks::Receiver::start();
-    env.source.psql(FIXTURE_DB, APP);
-    env.write_policy(
-        &env.policy,
-        &format!(
-            "{STREAM}max_slot_lag = \"1MiB\"\ndrop_slot_at = \"48MiB\"\n\n[notify]\nwebhook = \"{}\"\nwebhook_format = \"json\"\n",
-            hooks.url("/hook")
-        ),
+    let policy = format!(
+        "{STREAM}max_slot_lag = \"1MiB\"\ndrop_slot_at = \"48MiB\"\n\n[notify]\nwebhook = \"{}\"\nwebhook_format = \"json\"\n",
+        hooks.url("/hook")
     );
-    let (code, _, stderr) = common::run(
-        env.backstop()
-            .args(["stream", "--setup", "--policy"])
-            .arg(&env.policy),
-    );
-    assert_eq!(code, 0, "{stderr}");
+    set_up(&env, &policy);
     let bulk = |rows: u32| {
         env.source.psql(
             FIXTURE_DB,
@@ -600,17 +582,10 @@ fn a_slot_that_holds_too_much_wal_raises_lag_then_is_dropped_and_the_primary_kee
 #[test]
 fn verify_replays_the_stream_between_two_snapshots_and_compares() {
     let env = Env::logical(RepoSpec::Local);
-    env.source.psql(FIXTURE_DB, APP);
-    env.write_policy(
-        &env.policy,
+    set_up(
+        &env,
         &format!("{STREAM}\n[verify]\nscratch_url = \"${{SCRATCH_URL}}\"\n"),
     );
-    let (code, _, stderr) = common::run(
-        env.backstop()
-            .args(["stream", "--setup", "--policy"])
-            .arg(&env.policy),
-    );
-    assert_eq!(code, 0, "{stderr}");
     let mut stream = start_stream(&env);
     env.backup_json();
     let work = start_workload(&env, 8);
@@ -804,17 +779,10 @@ fn drop_one_accounts_update(env: &Env, segment: &std::path::Path) -> bool {
 #[test]
 fn a_segment_resealed_without_one_transaction_fails_verify_naming_the_table() {
     let env = Env::logical(RepoSpec::Local);
-    env.source.psql(FIXTURE_DB, APP);
-    env.write_policy(
-        &env.policy,
+    set_up(
+        &env,
         &format!("{STREAM}\n[verify]\nscratch_url = \"${{SCRATCH_URL}}\"\n"),
     );
-    let (code, _, stderr) = common::run(
-        env.backstop()
-            .args(["stream", "--setup", "--policy"])
-            .arg(&env.policy),
-    );
-    assert_eq!(code, 0, "{stderr}");
     let mut stream = start_stream(&env);
     env.backup_json();
     let work = start_workload(&env, 5);
